@@ -1,0 +1,309 @@
+"""The nvml backend: pynvml calls translated to migd's types. Every NVML pitfall is handled here, once.
+
+- Profile *index* (only the profile-info calls) vs profile *ID* (everything else): indices are enumerated until
+  INVALID_ARGUMENT, skipping NOT_SUPPORTED, and the ID is read from the info struct; nothing is hard-coded.
+- Placements go by `ctypes.byref`; placement arrays are sized from a NULL count query first.
+- Handles are never compared: instances are identified by (GI id, CI id) from GetInfo.
+- nvmlDeviceSetMigMode *returns* an activation status; the mode is re-read after it, with fresh handles.
+- The read-only guard is an allowlist of NVML functions that only read: anything else is refused before it
+  reaches the driver, so a read-only run cannot change a GPU whatever code path it takes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+from typing import Dict, List, Optional, Tuple
+
+from ..errors import DriverError, ReadOnlyViolation
+from ..model import ComputeProfile, GpuInfo, GpuProfile, GpuState, LiveComputeInstance, LiveGpuInstance, Placement
+from ..profiles import derive_compute_profiles, strip_mig
+
+_READ_ONLY_CALLS = re.compile(
+    r"^nvml(Init\w*|Shutdown|SystemGet\w+|DeviceGet\w+|DeviceIsMigDeviceHandle|GpuInstanceGet\w+"
+    r"|ComputeInstanceGet\w+|ErrorString)$")
+
+_ARCH_NAMES = {2: "kepler", 3: "maxwell", 4: "pascal", 5: "volta", 6: "turing", 7: "ampere", 8: "ada",
+               9: "hopper", 10: "blackwell"}
+_PROFILE_INDEX_LIMIT = 64  # the driver answers INVALID_ARGUMENT well before this (0x11 on R580)
+_CI_INDEX_SKIP = 7  # NVML_COMPUTE_INSTANCE_PROFILE_1_SLICE_REV1 aliases 1-slice CIs: listing it doubles them
+_ID_ANY = 0xFFFFFFFF
+
+
+class NvmlBackend:
+    def __init__(self, read_only: bool = False, description: str = "nvml", sim_host=None):
+        import pynvml  # imported here so pure commands (validate) never load it
+
+        self._n = pynvml
+        self.read_only = read_only
+        self.description = description
+        self._sim_host = sim_host
+        self._handles: Dict[int, object] = {}
+        self._infos: Optional[List[GpuInfo]] = None
+        self._open = False
+
+    # --- plumbing -------------------------------------------------------------------------------------------
+
+    def _call(self, name: str, *args, gpu: Optional[int] = None):
+        if self.read_only and not _READ_ONLY_CALLS.match(name):
+            raise ReadOnlyViolation(name)
+        try:
+            return getattr(self._n, name)(*args)
+        except self._n.NVMLError as e:
+            raise DriverError(e.value, name, gpu) from None
+
+    def _try(self, name: str, *args, gpu: Optional[int] = None, ok_codes: Tuple[int, ...] = ()):
+        """A call whose listed failure codes mean "not there" (returns None) rather than an error."""
+        try:
+            return self._call(name, *args, gpu=gpu)
+        except DriverError as e:
+            if e.code in ok_codes:
+                return None
+            raise
+
+    def open(self) -> None:
+        if not self._open:
+            self._call("nvmlInit")
+            self._open = True
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            self._handles.clear()
+            self._infos = None
+            try:
+                self._call("nvmlShutdown")
+            except DriverError:
+                pass
+
+    def __enter__(self) -> "NvmlBackend":
+        self.open()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def driver_version(self) -> str:
+        return str(self._call("nvmlSystemGetDriverVersion"))
+
+    def _handle(self, gpu: int):
+        h = self._handles.get(gpu)
+        if h is None:
+            h = self._handles[gpu] = self._call("nvmlDeviceGetHandleByIndex", gpu, gpu=gpu)
+        return h
+
+    # --- identity and capabilities ---------------------------------------------------------------------------
+
+    def gpus(self) -> List[GpuInfo]:
+        if self._infos is None:
+            count = self._call("nvmlDeviceGetCount")
+            self._infos = [self._read_info(i) for i in range(count)]
+        return self._infos
+
+    def _read_info(self, i: int) -> GpuInfo:
+        h = self._handle(i)
+        name = str(self._call("nvmlDeviceGetName", h, gpu=i))
+        uuid = str(self._call("nvmlDeviceGetUUID", h, gpu=i))
+        pci = self._call("nvmlDeviceGetPciInfo", h, gpu=i)
+        bus_id = pci.busId.decode() if isinstance(pci.busId, bytes) else str(pci.busId)
+        arch = self._try("nvmlDeviceGetArchitecture", h, gpu=i, ok_codes=(3,))
+        mig_capable = self._try("nvmlDeviceGetMigMode", h, gpu=i, ok_codes=(3,)) is not None
+        profiles: Tuple[GpuProfile, ...] = ()
+        if mig_capable:
+            # R550+ answers profile queries with MIG off; older drivers say NOT_SUPPORTED until MIG is enabled.
+            profiles = tuple(self._read_profiles(i, h))
+        slices = max((p.slices for p in profiles), default=0)
+        slots = max((p.placements[0].start + p.placements[0].size for p in profiles if p.placements), default=0)
+        return GpuInfo(index=i, uuid=uuid, name=name, pci_bus_id=bus_id,
+                       architecture=_ARCH_NAMES.get(arch, f"arch{arch}") if arch is not None else "unknown",
+                       mig_capable=mig_capable, profiles=profiles, total_slices=slices, total_memory_slots=slots)
+
+    def _read_profiles(self, i: int, h) -> List[GpuProfile]:
+        profiles = []
+        for index in range(_PROFILE_INDEX_LIMIT):
+            try:
+                info = self._call("nvmlDeviceGetGpuInstanceProfileInfo", h, index, gpu=i)
+            except DriverError as e:
+                if e.code == 2:  # INVALID_ARGUMENT: past the driver's last index
+                    break
+                if e.code == 3:  # NOT_SUPPORTED: this GPU lacks the profile
+                    continue
+                raise
+            placements = self._placements("nvmlDeviceGetGpuInstancePossiblePlacements", h, info.id, i,
+                                          self._n.c_nvmlGpuInstancePlacement_t)
+            gp = GpuProfile(
+                index=index, id=info.id, name=strip_mig(_text(info.name)), slices=info.sliceCount,
+                instance_count=info.instanceCount, memory_mb=info.memorySizeMB,
+                multiprocessors=info.multiprocessorCount, copy_engines=info.copyEngineCount,
+                decoders=info.decoderCount, encoders=info.encoderCount, jpegs=info.jpegCount, ofas=info.ofaCount,
+                placements=tuple(placements))
+            profiles.append(_with_compute(gp, derive_compute_profiles(gp)))
+        return profiles
+
+    def _placements(self, call: str, handle, profile_id: int, gpu: int, struct) -> List[Placement]:
+        count = ctypes.c_uint(0)
+        self._call(call, handle, profile_id, None, ctypes.byref(count), gpu=gpu)  # the count is output-only
+        if not count.value:
+            return []
+        array = (struct * count.value)()
+        self._call(call, handle, profile_id, array, ctypes.byref(count), gpu=gpu)
+        return [Placement(p.start, p.size) for p in array[:count.value]]
+
+    def device_nodes(self, gpu: int) -> List[str]:
+        if self._sim_host is not None:
+            node = self._sim_host.device_node(gpu)
+            return [node] if node else []
+        minor = self._try("nvmlDeviceGetMinorNumber", self._handle(gpu), gpu=gpu, ok_codes=(3,))
+        return [f"/dev/nvidia{minor}"] if minor is not None else []
+
+    # --- live state ----------------------------------------------------------------------------------------
+
+    def state(self, gpu: int) -> GpuState:
+        h = self._handle(gpu)
+        mode = self._try("nvmlDeviceGetMigMode", h, gpu=gpu, ok_codes=(3,))
+        current, pending = (bool(mode[0]), bool(mode[1])) if mode else (False, False)
+        pm = self._try("nvmlDeviceGetPersistenceMode", h, gpu=gpu, ok_codes=(3,))
+        persistence = None if pm is None else bool(pm)
+        if not current:
+            pids = tuple(p.pid for p in self._processes(h, gpu))
+            return GpuState(current, pending, persistence, (), pids)
+        info = self.gpus()[gpu]
+        uuids, pids_by_ci = self._mig_devices(h, gpu)
+        instances = []
+        for profile in info.profiles:
+            for gi in self._gpu_instances(h, gpu, profile):
+                instances.append(self._read_gi(gpu, gi, uuids, pids_by_ci))
+        instances.sort(key=lambda x: x.placement.start)
+        return GpuState(current, pending, persistence, tuple(instances))
+
+    def _gpu_instances(self, h, gpu: int, profile: GpuProfile) -> list:
+        count = ctypes.c_uint(profile.instance_count)
+        array = (self._n.c_nvmlGpuInstance_t * max(profile.instance_count, 1))()
+        found = self._try("nvmlDeviceGetGpuInstances", h, profile.id, array, ctypes.byref(count), gpu=gpu,
+                          ok_codes=(3,))
+        return [] if found is None else list(array[:count.value])
+
+    def _read_gi(self, gpu: int, gi, uuids: dict, pids_by_ci: dict) -> LiveGpuInstance:
+        info = self._call("nvmlGpuInstanceGetInfo", gi, gpu=gpu)
+        compute = []
+        for index in range(_PROFILE_INDEX_LIMIT):
+            if index == _CI_INDEX_SKIP:
+                continue
+            try:
+                cp = self._call("nvmlGpuInstanceGetComputeInstanceProfileInfo", gi, index,
+                                self._n.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED, gpu=gpu)
+            except DriverError as e:
+                if e.code == 2:
+                    break
+                if e.code == 3:
+                    continue
+                raise
+            count = ctypes.c_uint(cp.instanceCount)
+            array = (self._n.c_nvmlComputeInstance_t * max(cp.instanceCount, 1))()
+            self._call("nvmlGpuInstanceGetComputeInstances", gi, cp.id, array, ctypes.byref(count), gpu=gpu)
+            for ci in array[:count.value]:
+                ci_info = self._call("nvmlComputeInstanceGetInfo", ci, gpu=gpu)
+                key = (info.id, ci_info.id)
+                compute.append(LiveComputeInstance(
+                    id=ci_info.id, profile_id=ci_info.profileId,
+                    placement=Placement(ci_info.placement.start, ci_info.placement.size),
+                    uuid=uuids.get(key, ""), pids=tuple(pids_by_ci.get(key, ()))))
+        compute.sort(key=lambda c: c.placement.start)
+        return LiveGpuInstance(id=info.id, profile_id=info.profileId,
+                               placement=Placement(info.placement.start, info.placement.size),
+                               compute=tuple(compute))
+
+    def _mig_devices(self, h, gpu: int) -> Tuple[dict, dict]:
+        """(GI id, CI id) -> MIG UUID, and -> PIDs. NVML has no direct lookup: walk MIG device indices."""
+        uuids: Dict[Tuple[int, int], str] = {}
+        pids: Dict[Tuple[int, int], List[int]] = {}
+        for n in range(self._call("nvmlDeviceGetMaxMigDeviceCount", h, gpu=gpu)):
+            mig = self._try("nvmlDeviceGetMigDeviceHandleByIndex", h, n, gpu=gpu, ok_codes=(2, 6))
+            if mig is None:
+                continue
+            key = (self._call("nvmlDeviceGetGpuInstanceId", mig, gpu=gpu),
+                   self._call("nvmlDeviceGetComputeInstanceId", mig, gpu=gpu))
+            uuids[key] = str(self._call("nvmlDeviceGetUUID", mig, gpu=gpu))
+            pids[key] = [p.pid for p in self._processes(mig, gpu)]
+        return uuids, pids
+
+    def _processes(self, h, gpu: int) -> list:
+        procs = []
+        for call in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
+            try:
+                procs += self._call(call, h, gpu=gpu)
+            except DriverError as e:
+                if e.code not in (3, 4, 13):  # not supported / no permission / old driver: unknown, not none
+                    raise
+            except self._n.NVMLLibraryMismatchError:
+                pass
+        return procs
+
+    # --- mutations ----------------------------------------------------------------------------------------
+
+    def set_mig_mode(self, gpu: int, enabled: bool) -> int:
+        status = self._call("nvmlDeviceSetMigMode", self._handle(gpu), int(enabled), gpu=gpu)
+        # "May unbind or reset the device ... minor number might change": re-acquire handles and infos.
+        self._handles.clear()
+        self._infos = None
+        return int(status)
+
+    def set_persistence(self, gpu: int, enabled: bool) -> None:
+        self._call("nvmlDeviceSetPersistenceMode", self._handle(gpu), int(enabled), gpu=gpu)
+
+    def create_gpu_instance(self, gpu: int, profile_id: int, placement: Placement) -> int:
+        p = self._n.c_nvmlGpuInstancePlacement_t()
+        p.start, p.size = placement.start, placement.size
+        gi = self._call("nvmlDeviceCreateGpuInstanceWithPlacement", self._handle(gpu), profile_id,
+                        ctypes.byref(p), gpu=gpu)
+        return int(self._call("nvmlGpuInstanceGetInfo", gi, gpu=gpu).id)
+
+    def compute_profiles_of(self, gpu: int, gi_id: int) -> Tuple[ComputeProfile, ...]:
+        """The CI profiles an existing GI really offers (the planner's table is derived; this is the driver's)."""
+        gi = self._call("nvmlDeviceGetGpuInstanceById", self._handle(gpu), gi_id, gpu=gpu)
+        out = []
+        for index in range(_PROFILE_INDEX_LIMIT):
+            if index == _CI_INDEX_SKIP:
+                continue
+            try:
+                cp = self._call("nvmlGpuInstanceGetComputeInstanceProfileInfo", gi, index,
+                                self._n.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED, gpu=gpu)
+            except DriverError as e:
+                if e.code == 2:
+                    break
+                if e.code == 3:
+                    continue
+                raise
+            placements = self._placements("nvmlGpuInstanceGetComputeInstancePossiblePlacements", gi, cp.id, gpu,
+                                          self._n.c_nvmlComputeInstancePlacement_t)
+            out.append(ComputeProfile(index=index, id=cp.id, name=strip_mig(_text(getattr(cp, "name", ""))),
+                                      slices=cp.sliceCount, instance_count=cp.instanceCount,
+                                      multiprocessors=cp.multiprocessorCount, placements=tuple(placements)))
+        return tuple(out)
+
+    def create_compute_instance(self, gpu: int, gi_id: int, ci_profile_id: int, placement: Placement) -> int:
+        gi = self._call("nvmlDeviceGetGpuInstanceById", self._handle(gpu), gi_id, gpu=gpu)
+        p = self._n.c_nvmlComputeInstancePlacement_t()
+        p.start, p.size = placement.start, placement.size
+        ci = self._call("nvmlGpuInstanceCreateComputeInstanceWithPlacement", gi, ci_profile_id, ctypes.byref(p),
+                        gpu=gpu)
+        return int(self._call("nvmlComputeInstanceGetInfo", ci, gpu=gpu).id)
+
+    def destroy_compute_instance(self, gpu: int, gi_id: int, ci_id: int) -> None:
+        gi = self._call("nvmlDeviceGetGpuInstanceById", self._handle(gpu), gi_id, gpu=gpu)
+        ci = self._call("nvmlGpuInstanceGetComputeInstanceById", gi, ci_id, gpu=gpu)
+        self._call("nvmlComputeInstanceDestroy", ci, gpu=gpu)
+
+    def destroy_gpu_instance(self, gpu: int, gi_id: int) -> None:
+        gi = self._call("nvmlDeviceGetGpuInstanceById", self._handle(gpu), gi_id, gpu=gpu)
+        self._call("nvmlGpuInstanceDestroy", gi, gpu=gpu)
+
+
+def _with_compute(gp: GpuProfile, compute: Tuple[ComputeProfile, ...]) -> GpuProfile:
+    from dataclasses import replace
+
+    return replace(gp, compute_profiles=compute)
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

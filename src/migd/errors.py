@@ -1,0 +1,97 @@
+"""Errors and exit codes shared across migd."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional
+
+# Exit codes: distinct so scripts and systemd can tell outcomes apart (documented in README and migd(8)).
+EXIT_OK = 0
+EXIT_FAILURE = 1  # a GPU could not be applied / read
+EXIT_USAGE = 2  # bad config, bad arguments: nothing was touched
+EXIT_DRIFT = 3  # `check`: live layout differs from the config
+EXIT_PENDING = 4  # a MIG mode change is pending: needs the GPU idle + reset, or a reboot
+EXIT_BUSY = 5  # lock held by another migd, or instances in use block the change
+
+# NVML return codes migd cares about (nvml.h); names match NVML_ERROR_*.
+NVML_CODES = {
+    0: "SUCCESS", 1: "UNINITIALIZED", 2: "INVALID_ARGUMENT", 3: "NOT_SUPPORTED", 4: "NO_PERMISSION",
+    5: "ALREADY_INITIALIZED", 6: "NOT_FOUND", 7: "INSUFFICIENT_SIZE", 8: "INSUFFICIENT_POWER",
+    9: "DRIVER_NOT_LOADED", 10: "TIMEOUT", 11: "IRQ_ISSUE", 12: "LIBRARY_NOT_FOUND", 13: "FUNCTION_NOT_FOUND",
+    14: "CORRUPTED_INFOROM", 15: "GPU_IS_LOST", 16: "RESET_REQUIRED", 17: "OPERATING_SYSTEM",
+    18: "LIB_RM_VERSION_MISMATCH", 19: "IN_USE", 20: "MEMORY", 21: "NO_DATA", 22: "VGPU_ECC_NOT_ENABLED",
+    23: "INSUFFICIENT_RESOURCES", 999: "UNKNOWN",
+}
+CODE_BY_NAME = {name: code for code, name in NVML_CODES.items()}
+
+SUCCESS = 0
+INVALID_ARGUMENT = 2
+NOT_SUPPORTED = 3
+NO_PERMISSION = 4
+NOT_FOUND = 6
+DRIVER_NOT_LOADED = 9
+LIBRARY_NOT_FOUND = 12
+GPU_IS_LOST = 15
+RESET_REQUIRED = 16
+IN_USE = 19
+INSUFFICIENT_RESOURCES = 23
+UNKNOWN = 999
+
+
+def code_name(code: int) -> str:
+    return NVML_CODES.get(code, f"code {code}")
+
+
+class MigdError(Exception):
+    exit_code = EXIT_FAILURE
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong in a config file."""
+
+    message: str
+    path: str = ""
+    line: Optional[int] = None
+    key: str = ""
+
+    def __str__(self) -> str:
+        where = self.path + (f":{self.line}" if self.line else "")
+        prefix = ": ".join(x for x in (where, self.key) if x)
+        return f"{prefix}: {self.message}" if prefix else self.message
+
+
+class ConfigError(MigdError):
+    """An invalid configuration: each problem names file, line and key path. No GPU is touched."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, problems: List[Problem]):
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+    @classmethod
+    def one(cls, message: str, path: str = "", line: Optional[int] = None, key: str = "") -> "ConfigError":
+        return cls([Problem(message, path, line, key)])
+
+
+class DriverError(MigdError):
+    """A driver call failed. `code` is the NVML return code, whichever backend raised it."""
+
+    def __init__(self, code: int, call: str, gpu: Optional[int] = None, detail: str = ""):
+        self.code, self.call, self.gpu = code, call, gpu
+        on = f"GPU {gpu}: " if gpu is not None else ""
+        text = f"{on}{call} failed: {code_name(code)}"
+        super().__init__(text + (f" ({detail})" if detail else ""))
+
+
+class ReadOnlyViolation(MigdError):
+    """A mutating driver call was attempted under the read-only guard."""
+
+    def __init__(self, call: str):
+        self.call = call
+        super().__init__(f"refused {call}: read-only mode (MIGD_READ_ONLY=1 or a read-only verb) forbids changes")
+
+
+class LockBusy(MigdError):
+    exit_code = EXIT_BUSY

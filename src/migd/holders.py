@@ -1,0 +1,78 @@
+"""Who holds a GPU: processes with its device node open, and the systemd unit each belongs to.
+
+This is what `fuser -v /dev/nvidia*` shows in the runbook, plus the unit name, so a pending mode change can say
+"held by nv-hostengine (pid 2180, nvidia-dcgm.service)".
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterable, List, Optional
+
+PROC = "/proc"
+
+
+@dataclass(frozen=True)
+class Holder:
+    pid: int
+    comm: str
+    unit: Optional[str]
+
+    def __str__(self) -> str:
+        return f"{self.comm} (pid {self.pid}{', ' + self.unit if self.unit else ''})"
+
+
+def pids_holding(paths: Iterable[str], proc: str = PROC) -> List[int]:
+    """PIDs with any of `paths` open. Unreadable processes are skipped (not root, or gone meanwhile)."""
+    wanted = {os.path.realpath(p) for p in paths}
+    found = []
+    for name in os.listdir(proc):
+        if not name.isdigit():
+            continue
+        fd_dir = os.path.join(proc, name, "fd")
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(os.path.join(fd_dir, fd))
+            except OSError:
+                continue
+            if target in wanted:
+                found.append(int(name))
+                break
+    return sorted(found)
+
+
+def unit_of(pid: int, proc: str = PROC) -> Optional[str]:
+    """The systemd unit a process runs in, from its cgroup path (e.g. .../system.slice/nvidia-dcgm.service)."""
+    try:
+        with open(os.path.join(proc, str(pid), "cgroup"), encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        path = line.split(":", 2)[-1]
+        for part in reversed(path.split("/")):
+            if part.endswith((".service", ".scope")) and not part.startswith("init.scope"):
+                return part
+    return None
+
+
+def comm_of(pid: int, proc: str = PROC) -> str:
+    try:
+        with open(os.path.join(proc, str(pid), "comm"), encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+def describe(pids: Iterable[int], proc: str = PROC) -> List[Holder]:
+    return [Holder(pid, comm_of(pid, proc), unit_of(pid, proc)) for pid in pids]
+
+
+def gpu_device_nodes(minor: int) -> List[str]:
+    """The node whose holders block a mode change on one GPU (/dev/nvidiactl is shared: every NVML user has it)."""
+    return [f"/dev/nvidia{minor}"]

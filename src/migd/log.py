@@ -1,0 +1,379 @@
+"""Logging for migd: structlog in front, systemd's journal or one stderr line behind.
+
+Call sites::
+
+    from migd.log import get_logger
+    log = get_logger()
+    log.info("gi_created", msg="GPU 0: created 1g.10gb at 0:1",
+             gpu=0, profile="1g.10gb", placement="0:1")
+
+The first argument is a snake_case event name (journal field MIGD_EVENT), ``msg``
+the one-line human text (MESSAGE), every other keyword a structured field
+(MIGD_<KEY>). Without ``msg`` the text is built as "event key=value ...".
+
+Import cost: structlog takes ~45 ms to import, more than the rest of a short CLI
+run, so it is imported on the first log call rather than here; verbs that log
+nothing never pay for it. For the same reason socket, json and traceback are
+imported where they are used (structlog pulls them in anyway once it loads).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+__all__ = ["setup", "get_logger", "Logger", "LEVELS", "journal_field_name", "encode_journal"]
+
+LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}  # structlog's numbers
+PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}  # syslog's numbers
+
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+_FIELD_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+_FIELD_NAME_MAX = 64  # journald ignores longer field names
+
+
+# --- encoding --------------------------------------------------------------------------
+
+
+def field_text(value: Any) -> str:
+    """A field value as journal text: str as-is, bool true/false, containers as compact JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None or isinstance(value, (int, float, list, tuple, dict)):
+        import json
+
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+    return str(value)
+
+
+def journal_field_name(key: str) -> str:
+    """MIGD_<KEY> with anything outside [A-Z0-9_] turned into "_".
+
+    The prefix also keeps names from starting with "_" (journald's trusted fields) or a digit.
+    """
+    name = "MIGD_" + "".join(c if c in _FIELD_CHARS else "_" for c in key.upper())
+    return name[:_FIELD_NAME_MAX]
+
+
+def encode_journal(fields: List[Tuple[str, Union[str, bytes]]]) -> bytes:
+    """Serialize fields in journald's native protocol (systemd.io/JOURNAL_NATIVE_PROTOCOL).
+
+    "KEY=value\\n" normally; a value containing a newline is sent as
+    "KEY\\n" + 64-bit little-endian length + raw bytes + "\\n".
+    """
+    out = bytearray()
+    for key, value in fields:
+        data = value if isinstance(value, bytes) else value.encode("utf-8", "backslashreplace")
+        if b"\n" in data:
+            out += key.encode("ascii") + b"\n" + len(data).to_bytes(8, "little") + data + b"\n"
+        else:
+            out += key.encode("ascii") + b"=" + data + b"\n"
+    return bytes(out)
+
+
+def _one_line(text: str) -> str:
+    # Operators read one event per line: a stray newline in a message must not split it.
+    return text.strip().replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _kv(key: str, value: Any) -> str:
+    text = field_text(value)
+    if not text or " " in text or not text.isprintable():  # keeps the line one line, splittable on spaces
+        import json
+
+        text = json.dumps(text, ensure_ascii=False)
+    return f"{key}={text}"
+
+
+def stderr_is_journal(fd: int = 2) -> bool:
+    """True when fd is the stream systemd connected to the journal.
+
+    systemd sets JOURNAL_STREAM=<st_dev>:<st_ino> of that stream; comparing it with the fd
+    tells us the variable was not just inherited by a process whose stderr was redirected.
+    """
+    expected = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        dev, ino = (int(part) for part in expected.split(":"))
+        st = os.fstat(fd)
+    except (ValueError, OSError):
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
+
+
+def _caller() -> Any:
+    """The first frame outside structlog and this module: the log call site."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if module != __name__ and module.partition(".")[0] != "structlog":
+            return frame
+        frame = frame.f_back
+    return None
+
+
+def _exc_tuple(exc_info: Any) -> Optional[Tuple[Any, Any, Any]]:
+    if isinstance(exc_info, BaseException):
+        return (type(exc_info), exc_info, exc_info.__traceback__)
+    if isinstance(exc_info, tuple):
+        return exc_info if exc_info and exc_info[0] is not None else None
+    if exc_info:
+        info = sys.exc_info()
+        return info if info[0] is not None else None
+    return None
+
+
+# --- output ----------------------------------------------------------------------------
+
+
+class _Record:
+    """One formatted event, between the structlog processor and the writers."""
+
+    __slots__ = ("level", "event", "message", "text", "fields", "exception", "traceback")
+
+    def __init__(
+        self,
+        level: str,
+        event: str,
+        message: str,
+        text: str,
+        fields: Dict[str, Any],
+        exception: Optional[str],
+        traceback: Optional[str],
+    ) -> None:
+        self.level = level  # debug, info, warning, error, critical
+        self.event = event
+        self.message = message  # journal MESSAGE: msg, or "event key=value ..."
+        self.text = text  # stderr line lead: msg, or the event name
+        self.fields = fields
+        self.exception = exception  # one-line "Type: text"
+        self.traceback = traceback  # only at debug level
+
+
+class _Output:
+    """What one setup() decided. It is both the structlog processor (__call__, which
+    formats) and the logger structlog hands the result to (_emit, which writes)."""
+
+    def __init__(self, level: str, target: str, identifier: str, journal_socket: str) -> None:
+        self.level = level
+        self.target = target
+        self.identifier = identifier
+        self.journal_socket = journal_socket
+        # If the journal socket fails and stderr is itself a journal stream, a "<N>" prefix
+        # keeps the priority (journald parses it, SyslogLevelPrefix= defaults to yes).
+        self.prefix_priority = stderr_is_journal()
+        self._sock: Any = None
+        self._wrapper: Any = None
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+
+    def bind(self, context: Dict[str, Any]) -> Any:
+        """A structlog bound logger that filters by level and feeds this output."""
+        import structlog  # here, not at module import: see the module docstring
+
+        if self._wrapper is None:
+            self._wrapper = structlog.make_filtering_bound_logger(LEVELS[self.level])
+        return self._wrapper(self, processors=[self], context=dict(context))
+
+    # structlog processor: event dict -> arguments of _emit
+    def __call__(self, _logger: Any, level: str, ev: Dict[str, Any]) -> Any:
+        event = str(ev.pop("event", ""))
+        msg = ev.pop("msg", None)
+        exc = _exc_tuple(ev.pop("exc_info", None))
+        ev.pop("stack_info", None)  # multi-line by nature; not supported
+        fields = ev
+
+        # The journal shows only MESSAGE by default, so without msg it carries the fields too;
+        # the stderr line always lists them, so there the event name alone leads.
+        if msg is None:
+            message = " ".join([event] + [_kv(k, v) for k, v in fields.items()])
+            text = event
+        else:
+            message = text = str(msg)
+        summary = tb = None
+        if exc is not None:
+            import traceback
+
+            summary = _one_line("".join(traceback.format_exception_only(exc[0], exc[1])))
+            message, text = f"{message}: {summary}", f"{text}: {summary}"
+            if self.level == "debug":  # tracebacks are for developers, kept out of info logs
+                tb = "".join(traceback.format_exception(*exc))
+        record = _Record(level, event, _one_line(message), _one_line(text), fields, summary, tb)
+        return (record,), {}
+
+    def _emit(self, record: _Record) -> None:
+        if self.target == "journal" and self._send_journal(self._journal_fields(record)):
+            return
+        self._write_stderr(record)
+
+    # structlog calls the logger method named after the level.
+    debug = info = warning = error = critical = _emit
+
+    def _journal_fields(self, r: _Record) -> List[Tuple[str, Union[str, bytes]]]:
+        out: List[Tuple[str, Union[str, bytes]]] = [
+            ("MESSAGE", r.message),
+            ("PRIORITY", str(PRIORITY[r.level])),
+            ("SYSLOG_IDENTIFIER", self.identifier),
+            ("MIGD_EVENT", r.event),
+        ]
+        for key, value in r.fields.items():
+            out.append((journal_field_name(key), value if isinstance(value, bytes) else field_text(value)))
+        if r.exception is not None:
+            out.append(("MIGD_EXCEPTION", r.exception))
+        if r.traceback is not None:
+            out.append(("MIGD_TRACEBACK", r.traceback))
+        frame = _caller()
+        if frame is not None:
+            out += [
+                ("CODE_FILE", frame.f_code.co_filename),
+                ("CODE_LINE", str(frame.f_lineno)),
+                ("CODE_FUNC", frame.f_code.co_name),
+            ]
+        return out
+
+    def _send_journal(self, fields: List[Tuple[str, Union[str, bytes]]]) -> bool:
+        """One datagram per event. False (never an exception) if journald can't be reached."""
+        import errno
+        import socket
+
+        data = encode_journal(fields)
+        try:
+            if self._sock is None:
+                # Blocking, like libsystemd: journald applies back-pressure rather than losing events.
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._sock.sendto(data, self.journal_socket)
+            return True
+        except OSError as e:
+            if e.errno not in (errno.EMSGSIZE, errno.ENOBUFS):
+                return False
+        # Too big for a datagram: journald accepts the same bytes in a sealed memfd passed
+        # as SCM_RIGHTS on an otherwise empty datagram (what sd_journal_sendv does).
+        try:
+            import fcntl
+
+            fd = os.memfd_create("migd-journal", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+            try:
+                with open(fd, "wb", closefd=False) as f:
+                    f.write(data)
+                fcntl.fcntl(
+                    fd,
+                    fcntl.F_ADD_SEALS,
+                    fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL,
+                )
+                # sendmsg, not socket.send_fds: on Python 3.9 that drops the address argument.
+                rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fd.to_bytes(4, sys.byteorder))]
+                self._sock.sendmsg([], rights, 0, self.journal_socket)
+            finally:
+                os.close(fd)
+            return True
+        except (OSError, AttributeError):  # AttributeError: no memfd on this platform
+            return False
+
+    def _write_stderr(self, r: _Record) -> None:
+        """migd[<level>]: <msg> (key=value ...), no colours, no timestamp (journald adds one)."""
+        line = f"{self.identifier}[{r.level}]: {r.text}"
+        if r.fields:
+            line += " (" + " ".join(_kv(k, v) for k, v in r.fields.items()) + ")"
+        if self.prefix_priority:
+            line = f"<{PRIORITY[r.level]}>{line}"
+        if r.traceback is not None:  # debug level only: a developer is reading
+            line += "\n" + r.traceback.rstrip("\n")
+        try:
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+        except (OSError, ValueError, AttributeError):  # closed or missing stderr: nowhere left to log
+            pass
+
+
+_output: Optional[_Output] = None
+
+
+def setup(
+    level: str = "info",
+    target: str = "auto",
+    identifier: str = "migd",
+    *,
+    quiet: bool = False,
+    journal_socket: Optional[str] = None,
+) -> str:
+    """Configure logging for the process; returns the target chosen ("journal" or "stderr").
+
+    level: debug, info, warning, error or critical. quiet=True raises it to at least
+    warning, for CLI verbs whose stdout is the product.
+    target: "journal" (native protocol), "stderr", or "auto": the journal when stderr
+    is a journal stream (JOURNAL_STREAM) and the socket exists, else stderr.
+    journal_socket: defaults to $MIGD_JOURNAL_SOCKET, then /run/systemd/journal/socket.
+    May be called again; loggers already handed out follow the new settings.
+    """
+    global _output
+    level = level.lower()
+    if level not in LEVELS:
+        raise ValueError(f"unknown log level {level!r}; expected one of {', '.join(LEVELS)}")
+    if quiet and LEVELS[level] < LEVELS["warning"]:
+        level = "warning"
+    if target not in ("auto", "journal", "stderr"):
+        raise ValueError(f"unknown log target {target!r}; expected auto, journal or stderr")
+    path = journal_socket or os.environ.get("MIGD_JOURNAL_SOCKET") or JOURNAL_SOCKET
+    if target == "auto":
+        target = "journal" if stderr_is_journal() and os.path.exists(path) else "stderr"
+    if _output is not None:
+        _output.close()
+    _output = _Output(level, target, identifier, path)
+    return target
+
+
+def _current() -> _Output:
+    if _output is None:
+        setup()  # logging before setup() still works, with the defaults
+    assert _output is not None
+    return _output
+
+
+class Logger:
+    """What get_logger() returns. Binds a structlog logger on first use (and again after
+    setup() is called), so module-level ``log = get_logger()`` costs nothing."""
+
+    __slots__ = ("_context", "_output", "_bound")
+
+    def __init__(self, context: Dict[str, Any]) -> None:
+        self._context = context
+        self._output: Optional[_Output] = None
+        self._bound: Any = None
+
+    def _logger(self) -> Any:
+        output = _current()
+        if self._output is not output:
+            self._bound, self._output = output.bind(self._context), output
+        return self._bound
+
+    def bind(self, **fields: Any) -> Logger:
+        """A logger that adds these fields to every event."""
+        return Logger({**self._context, **fields})
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._logger().debug(event, **fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._logger().info(event, **fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._logger().warning(event, **fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._logger().error(event, **fields)
+
+    def critical(self, event: str, **fields: Any) -> None:
+        self._logger().critical(event, **fields)
+
+    def exception(self, event: str, **fields: Any) -> None:
+        """error() with the exception being handled (exc_info=True)."""
+        self._logger().exception(event, **fields)
+
+
+def get_logger(**fields: Any) -> Logger:
+    """A logger; fields given here are added to every event it logs."""
+    return Logger(dict(fields))

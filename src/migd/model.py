@@ -1,0 +1,198 @@
+"""Plain data shared by config, planner, backends and reports.
+
+Nothing here knows NVML: backends translate driver structures into these types, so pure code (config, plan,
+reports) can be tested without a GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A span on the GPU's memory-slot grid (GPU instances) or a GI's compute slices (compute instances)."""
+
+    start: int
+    size: int
+
+    @property
+    def mask(self) -> int:
+        return ((1 << self.size) - 1) << self.start
+
+    def __str__(self) -> str:
+        return f"{self.start}:{self.size}"
+
+
+@dataclass(frozen=True)
+class ComputeProfile:
+    """A compute-instance profile available inside GPU instances of one GI profile."""
+
+    index: int  # NVML_COMPUTE_INSTANCE_PROFILE_* index
+    id: int  # profile ID the driver takes in create calls
+    name: str  # without the "MIG " prefix, e.g. "1c.3g.40gb" or "3g.40gb"
+    slices: int
+    instance_count: int
+    multiprocessors: int
+    placements: Tuple[Placement, ...] = ()
+
+
+@dataclass(frozen=True)
+class GpuProfile:
+    """A GPU-instance profile as the driver reports it (one row of `nvidia-smi mig -lgip`)."""
+
+    index: int  # NVML_GPU_INSTANCE_PROFILE_* index: only profile-info calls take it
+    id: int  # profile ID: every other call takes this
+    name: str  # without the "MIG " prefix, e.g. "1g.10gb+me"
+    slices: int  # compute slices
+    instance_count: int
+    memory_mb: int
+    multiprocessors: int
+    copy_engines: int
+    decoders: int
+    encoders: int
+    jpegs: int
+    ofas: int
+    placements: Tuple[Placement, ...]
+    compute_profiles: Tuple[ComputeProfile, ...] = ()
+
+    @property
+    def memory_slots(self) -> int:
+        return self.placements[0].size if self.placements else 0
+
+    @property
+    def full_compute_profile(self) -> Optional[ComputeProfile]:
+        """The compute instance spanning the whole GI (what `nvidia-smi mig -C` creates)."""
+        for cp in self.compute_profiles:
+            if cp.slices == self.slices:
+                return cp
+        return None
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """A physical GPU's identity and MIG capabilities: fixed while the driver is loaded."""
+
+    index: int
+    uuid: str
+    name: str
+    pci_bus_id: str
+    architecture: str  # "ampere", "hopper", "blackwell", ...
+    mig_capable: bool
+    profiles: Tuple[GpuProfile, ...] = ()
+    total_slices: int = 0  # compute slices (7, or 4 on A30)
+    total_memory_slots: int = 0  # memory slots (8, or 4 on A30)
+
+    def profile_by_id(self, profile_id: int) -> Optional[GpuProfile]:
+        for p in self.profiles:
+            if p.id == profile_id:
+                return p
+        return None
+
+    @property
+    def model(self) -> str:
+        return self.name[len("NVIDIA "):] if self.name.startswith("NVIDIA ") else self.name
+
+
+@dataclass(frozen=True)
+class LiveComputeInstance:
+    id: int
+    profile_id: int
+    placement: Placement
+    uuid: str = ""
+    pids: Tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class LiveGpuInstance:
+    id: int
+    profile_id: int
+    placement: Placement
+    compute: Tuple[LiveComputeInstance, ...] = ()
+    pids: Tuple[int, ...] = ()  # processes anywhere in this GI
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.pids) or any(ci.pids for ci in self.compute)
+
+    @property
+    def all_pids(self) -> Tuple[int, ...]:
+        seen: Dict[int, None] = dict.fromkeys(self.pids)
+        for ci in self.compute:
+            seen.update(dict.fromkeys(ci.pids))
+        return tuple(seen)
+
+
+@dataclass(frozen=True)
+class GpuState:
+    """What is on a GPU right now."""
+
+    mig_current: bool
+    mig_pending: bool
+    persistence: Optional[bool]
+    instances: Tuple[LiveGpuInstance, ...] = ()
+    pids: Tuple[int, ...] = ()  # processes on the whole GPU (MIG off)
+
+    @property
+    def mode_change_pending(self) -> bool:
+        return self.mig_current != self.mig_pending
+
+
+@dataclass(frozen=True)
+class Gpu:
+    info: GpuInfo
+    state: GpuState
+
+
+# --- desired layout (from config) -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """One desired GPU instance as written in the config; profile spellings resolve per GPU model later."""
+
+    profile: str  # as written ("1g.10gb", "MIG 1g.10gb", "19", "3g", ...)
+    name: Optional[str] = None
+    compute: Tuple[str, ...] = ()  # empty: one compute instance spanning the GI
+    where: str = ""  # "file:line key" for messages
+
+
+@dataclass(frozen=True)
+class GpuSelector:
+    kind: str  # "all", "index", "uuid", "pci", "glob"
+    values: Tuple[object, ...] = ()
+
+    def __str__(self) -> str:
+        if self.kind == "all":
+            return "all"
+        if self.kind == "index":
+            return ",".join(str(v) for v in self.values)
+        return str(self.values[0])
+
+
+@dataclass(frozen=True)
+class GpuEntry:
+    """One [[gpu]] table."""
+
+    number: int  # 1-based position in the file
+    selector: GpuSelector
+    mig: bool
+    instances: Tuple[InstanceSpec, ...] = ()
+    where: str = ""  # "file:line"
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    watch_interval: float = 60.0
+    drift_policy: str = "log"  # "log" | "reapply"
+    driver_wait_timeout: float = 120.0
+    persistence_mode: bool = True
+    stop_clients: Tuple[str, ...] = ()
+    lock_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    entries: Tuple[GpuEntry, ...] = ()
+    daemon: DaemonSettings = field(default_factory=DaemonSettings)

@@ -1,0 +1,304 @@
+"""The planner: desired layout × GPU capabilities × live state -> ordered actions with explicit placements. Pure.
+
+Exact: placements are chosen by a search over the memory-slot grid (dynamic programming over (instance, occupied
+slots)), so if any valid placement exists it is found, whatever the order the admin listed instances in.
+Minimal: among valid layouts it keeps the most live instances that already match (profile, placement and compute
+instances), destroys only what stands in the way, and a GPU that already matches gets zero actions.
+Safe: a GPU instance with processes is never destroyed; if the layout needs that, the GPU is refused.
+Deterministic: ties go to the lowest slots in config order, so the same input gives the same placements.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from .layout import DesiredGpu, DesiredInstance
+from .model import ComputeProfile, GpuInfo, GpuState, LiveGpuInstance, Placement
+from .profiles import describe_counts
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: str  # set_persistence | set_mig_mode | destroy_ci | destroy_gi | create_gi | create_ci
+    gpu: int
+    enabled: Optional[bool] = None  # set_*
+    gi_id: Optional[int] = None  # destroy_*: the live GI; create_ci: the live GI when known
+    ci_id: Optional[int] = None  # destroy_ci
+    slot: Optional[int] = None  # create_*: which desired instance (index in the config's list)
+    profile_id: Optional[int] = None
+    profile_name: str = ""
+    placement: Optional[Placement] = None
+
+    @property
+    def mutating(self) -> bool:
+        return True
+
+    def __str__(self) -> str:
+        if self.kind == "set_persistence":
+            return f"GPU {self.gpu}: persistence mode {'on' if self.enabled else 'off'}"
+        if self.kind == "set_mig_mode":
+            return f"GPU {self.gpu}: MIG mode {'on' if self.enabled else 'off'}"
+        if self.kind == "destroy_ci":
+            return f"GPU {self.gpu}: destroy compute instance {self.gi_id}/{self.ci_id} ({self.profile_name})"
+        if self.kind == "destroy_gi":
+            return f"GPU {self.gpu}: destroy GPU instance {self.gi_id} ({self.profile_name} at {self.placement})"
+        if self.kind == "create_gi":
+            return (f"GPU {self.gpu}: create GPU instance {self.profile_name} (profile ID {self.profile_id}) "
+                    f"at {self.placement}")
+        if self.kind == "create_ci":
+            return (f"GPU {self.gpu}: create compute instance {self.profile_name} (profile ID {self.profile_id}) "
+                    f"at {self.placement} in instance #{self.slot}")
+        return f"GPU {self.gpu}: {self.kind}"
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """Where one desired instance ends up."""
+
+    slot: int
+    instance: DesiredInstance
+    placement: Placement
+    kept_gi: Optional[int]  # live GI id when kept as is
+    compute_placements: Tuple[Placement, ...]
+
+
+@dataclass(frozen=True)
+class GpuPlan:
+    gpu: int
+    actions: Tuple[Action, ...] = ()
+    assignments: Tuple[Assignment, ...] = ()
+    refusal: Optional[str] = None  # set: this GPU cannot (or must not) be changed; actions empty
+    busy_pids: Tuple[int, ...] = ()
+    managed: bool = True  # False: no config entry selects this GPU
+
+    @property
+    def ok(self) -> bool:
+        return self.refusal is None
+
+    @property
+    def noop(self) -> bool:
+        return self.ok and not self.actions
+
+
+class Refusal(Exception):
+    def __init__(self, message: str, pids: Sequence[int] = ()):
+        super().__init__(message)
+        self.pids = tuple(pids)
+
+
+def plan_gpu(info: GpuInfo, desired: DesiredGpu, state: GpuState, persistence: Optional[bool] = None) -> GpuPlan:
+    try:
+        actions, assignments = _plan(info, desired, state, persistence)
+    except Refusal as r:
+        return GpuPlan(info.index, refusal=f"GPU {info.index}: {r}", busy_pids=r.pids)
+    return GpuPlan(info.index, tuple(actions), tuple(assignments))
+
+
+def _plan(info: GpuInfo, desired: DesiredGpu, state: GpuState,
+          persistence: Optional[bool]) -> Tuple[List[Action], List[Assignment]]:
+    g = info.index
+    actions: List[Action] = []
+    if persistence is not None and state.persistence is not None and state.persistence != persistence:
+        actions.append(Action("set_persistence", g, enabled=persistence))
+
+    if not desired.mig:
+        if state.mig_current:
+            busy = [gi for gi in state.instances if gi.busy]
+            if busy:
+                raise Refusal(f"MIG off would destroy {_describe_live(info, busy)}, which "
+                              f"{'has' if len(busy) == 1 else 'have'} processes {_pids(busy)}", _pid_list(busy))
+            actions += _destroy(info, state.instances)
+        if state.mig_current or state.mig_pending:
+            actions.append(Action("set_mig_mode", g, enabled=False))
+        return actions, []
+
+    if not info.mig_capable:
+        raise Refusal(f"{info.model} does not support MIG")
+    items = list(desired.instances)
+    _precheck(info, items)
+    live = list(state.instances) if state.mig_current else []
+    placements, kept = _place(info, items, live)
+    assignments = []
+    for slot, (item, placement) in enumerate(zip(items, placements)):
+        assignments.append(Assignment(slot, item, placement, kept.get(slot), _place_compute(item)))
+
+    if not state.mig_current or not state.mig_pending:
+        actions.append(Action("set_mig_mode", g, enabled=True))
+    kept_ids = set(kept.values())
+    actions += _destroy(info, [gi for gi in live if gi.id not in kept_ids])
+    for a in assignments:
+        if a.kept_gi is not None:
+            continue
+        actions.append(Action("create_gi", g, slot=a.slot, profile_id=a.instance.profile.id,
+                              profile_name=a.instance.profile.name, placement=a.placement))
+        for cp, cpl in zip(a.instance.compute, a.compute_placements):
+            actions.append(Action("create_ci", g, slot=a.slot, profile_id=cp.id, profile_name=cp.name, placement=cpl))
+    return actions, assignments
+
+
+def _precheck(info: GpuInfo, items: List[DesiredInstance]) -> None:
+    """Order-independent limits, refused with the reason an admin can act on."""
+    slices = sum(i.profile.slices for i in items)
+    if slices > info.total_slices:
+        raise Refusal(f"needs {slices} compute slices ({describe_counts([i.profile.name for i in items])}), "
+                      f"{info.model} has {info.total_slices}")
+    by_profile: Dict[int, List[DesiredInstance]] = {}
+    for i in items:
+        by_profile.setdefault(i.profile.id, []).append(i)
+    for same in by_profile.values():
+        p = same[0].profile
+        if len(same) > p.instance_count:
+            raise Refusal(f"{p.name} allows {p.instance_count} instance{'s' if p.instance_count > 1 else ''}, "
+                          f"{len(same)} requested")
+    ofa = [i.profile.name for i in items if i.profile.ofas]
+    if len(ofa) > 1:
+        raise Refusal(f"{' and '.join(ofa)} each need the GPU's single optical-flow accelerator")
+
+
+def _place(info: GpuInfo, items: List[DesiredInstance],
+           live: List[LiveGpuInstance]) -> Tuple[List[Placement], Dict[int, int]]:
+    """Placements for every item maximizing kept live GIs; busy live GIs must be kept. Raises Refusal."""
+    busy = [gi for gi in live if gi.busy]
+    busy_mask = 0
+    for gi in busy:
+        busy_mask |= gi.placement.mask
+    # (profile id, placement start, compute key) -> live GI that would be kept as is
+    keepable: Dict[Tuple[int, int, Tuple[int, ...]], LiveGpuInstance] = {}
+    for gi in live:
+        keepable[(gi.profile_id, gi.placement.start, tuple(sorted(ci.profile_id for ci in gi.compute)))] = gi
+    candidates = [[i.pin] if i.pin else sorted(i.profile.placements, key=lambda p: p.start) for i in items]
+    n = len(items)
+
+    def keeps(k: int, p: Placement) -> Optional[LiveGpuInstance]:
+        gi = keepable.get((items[k].profile.id, p.start, items[k].compute_key))
+        return gi if gi is not None and gi.placement == p else None
+
+    NEG = -1
+
+    @lru_cache(maxsize=None)
+    def best(k: int, mask: int) -> int:
+        """Most live GIs keepable for items k.. given occupied slots; NEG if no valid completion."""
+        if k == n:
+            return 0 if busy_mask & ~mask == 0 else NEG  # every busy GI must have been kept
+        top = NEG
+        for p in candidates[k]:
+            if p.mask & mask:
+                continue
+            kept = keeps(k, p)
+            if p.mask & busy_mask and (kept is None or not kept.busy):
+                continue  # would overlap (destroy) a busy GI
+            rest = best(k + 1, mask | p.mask)
+            if rest != NEG:
+                top = max(top, rest + (1 if kept else 0))
+        return top
+
+    if best(0, 0) == NEG:
+        raise _explain_infeasible(info, items, busy)
+    placements: List[Placement] = []
+    kept_map: Dict[int, int] = {}
+    mask, k, target = 0, 0, best(0, 0)
+    for k in range(n):
+        for p in candidates[k]:
+            if p.mask & mask:
+                continue
+            kept = keeps(k, p)
+            if p.mask & busy_mask and (kept is None or not kept.busy):
+                continue
+            rest = best(k + 1, mask | p.mask)
+            gain = 1 if kept else 0
+            if rest != NEG and rest + gain == target:
+                placements.append(p)
+                if kept:
+                    kept_map[k] = kept.id
+                mask |= p.mask
+                target -= gain
+                break
+    return placements, kept_map
+
+
+def _explain_infeasible(info: GpuInfo, items: List[DesiredInstance], busy: List[LiveGpuInstance]) -> Refusal:
+    if not _fits(items, 0):
+        for k in range(len(items)):
+            if not _fits(items[:k + 1], 0):
+                before = describe_counts([i.profile.name for i in items[:k]])
+                return Refusal(f"no placement fits {items[k].profile.name}" + (f" after {before}" if before else "")
+                               + f" on {info.model}")
+    return Refusal(f"the layout needs the slots of {_describe_live(info, busy)}, which "
+                   f"{'has' if len(busy) == 1 else 'have'} processes {_pids(busy)}: not destroying busy instances",
+                   _pid_list(busy))
+
+
+def _fits(items: Sequence[DesiredInstance], mask: int) -> bool:
+    if not items:
+        return True
+    for p in items[0].profile.placements:
+        if not p.mask & mask and _fits(items[1:], mask | p.mask):
+            return True
+    return False
+
+
+def _place_compute(item: DesiredInstance) -> Tuple[Placement, ...]:
+    """Compute-instance placements inside the GI: first fit in order, with backtracking."""
+    cps = list(item.compute)
+    total = item.profile.slices
+    for cp in {c.id: c for c in cps}.values():
+        count = sum(1 for c in cps if c.id == cp.id)
+        if count > cp.instance_count:
+            raise Refusal(f"{cp.name} allows {cp.instance_count} per {item.profile.name} instance, {count} requested")
+    if sum(c.slices for c in cps) > total:
+        raise Refusal(f"compute instances {describe_counts([c.name for c in cps])} need "
+                      f"{sum(c.slices for c in cps)} slices, a {item.profile.name} instance has {total}")
+
+    def go(k: int, mask: int) -> Optional[List[Placement]]:
+        if k == len(cps):
+            return []
+        for p in cps[k].placements:
+            if not p.mask & mask:
+                rest = go(k + 1, mask | p.mask)
+                if rest is not None:
+                    return [p] + rest
+        return None
+
+    result = go(0, 0)
+    if result is None:
+        raise Refusal(f"no placement fits compute instances {describe_counts([c.name for c in cps])} in a "
+                      f"{item.profile.name} instance")
+    return tuple(result)
+
+
+def _destroy(info: GpuInfo, gis: Sequence[LiveGpuInstance]) -> List[Action]:
+    actions = []
+    for gi in gis:
+        profile = info.profile_by_id(gi.profile_id)
+        name = profile.name if profile else f"profile {gi.profile_id}"
+        for ci in gi.compute:
+            cname = next((c.name for c in (profile.compute_profiles if profile else ()) if c.id == ci.profile_id),
+                         f"profile {ci.profile_id}")
+            actions.append(Action("destroy_ci", info.index, gi_id=gi.id, ci_id=ci.id, profile_name=cname,
+                                  profile_id=ci.profile_id, placement=ci.placement))
+        actions.append(Action("destroy_gi", info.index, gi_id=gi.id, profile_name=name, profile_id=gi.profile_id,
+                              placement=gi.placement))
+    return actions
+
+
+def _describe_live(info: GpuInfo, gis: Sequence[LiveGpuInstance]) -> str:
+    parts = []
+    for gi in gis:
+        p = info.profile_by_id(gi.profile_id)
+        parts.append(f"GPU instance {gi.id} ({p.name if p else gi.profile_id} at {gi.placement})")
+    return ", ".join(parts)
+
+
+def _pid_list(gis: Sequence[LiveGpuInstance]) -> List[int]:
+    return sorted({pid for gi in gis for pid in gi.all_pids})
+
+
+def _pids(gis: Sequence[LiveGpuInstance]) -> str:
+    return ", ".join(map(str, _pid_list(gis)))
+
+
+def matches_live(plan: GpuPlan) -> bool:
+    """True when nothing needs doing (a `check` passes)."""
+    return plan.noop

@@ -1,0 +1,93 @@
+"""Profile names: how an admin may spell a profile, and the compute-instance profiles inside a GPU instance.
+
+Pure: works on model.GpuProfile tables, whichever backend produced them.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from .model import ComputeProfile, GpuInfo, GpuProfile, Placement
+
+# The model-independent spellings "1g" ... "7g" mean the plain profile of that size: the one at NVML's
+# NVML_GPU_INSTANCE_PROFILE_<N>_SLICE index (ID 19/14/9/5/0 on A100/H100, 14/5/-/0 on A30).
+PLAIN_INDEX_BY_SLICES = {1: 0, 2: 1, 3: 2, 4: 3, 7: 4}
+CI_INDEX_BY_SLICES = {1: 0, 2: 1, 3: 2, 4: 3, 7: 4}  # NVML_COMPUTE_INSTANCE_PROFILE_<N>_SLICE; ID == index
+
+_SIZE_ONLY = re.compile(r"^([1-8])g$")
+_CI_SIZE_ONLY = re.compile(r"^([1-8])c$")
+
+
+def strip_mig(name: str) -> str:
+    name = name.strip()
+    return name[4:].strip() if name[:4].upper() == "MIG " else name
+
+
+def resolve_gpu_profile(spelling: str, gpu: GpuInfo) -> Tuple[Optional[GpuProfile], str]:
+    """Return (profile, "") or (None, reason) for an admin's spelling on this GPU."""
+    text = strip_mig(str(spelling))
+    if text.isdigit():
+        p = gpu.profile_by_id(int(text))
+        return (p, "") if p else (None, f"no profile ID {text} on {gpu.model}; {_known(gpu)}")
+    m = _SIZE_ONLY.match(text.lower())
+    if m:
+        idx = PLAIN_INDEX_BY_SLICES.get(int(m.group(1)))
+        for p in gpu.profiles:
+            if p.index == idx and p.slices == int(m.group(1)):
+                return p, ""
+        return None, f"{gpu.model} has no plain {text} profile; {_known(gpu)}"
+    for p in gpu.profiles:
+        if p.name.lower() == text.lower():
+            return p, ""
+    return None, f"{gpu.model} has no profile {text!r}; {_known(gpu)}"
+
+
+def _known(gpu: GpuInfo) -> str:
+    return "it has " + ", ".join(f"{p.name} (ID {p.id})" for p in gpu.profiles)
+
+
+def resolve_compute_profile(spelling: str, gi: GpuProfile) -> Tuple[Optional[ComputeProfile], str]:
+    text = strip_mig(str(spelling)).lower()
+    m = _CI_SIZE_ONLY.match(text)
+    for cp in gi.compute_profiles:
+        if cp.name.lower() == text or (m and cp.slices == int(m.group(1))):
+            return cp, ""
+        if text.isdigit() and cp.id == int(text):
+            return cp, ""
+    names = ", ".join(cp.name for cp in gi.compute_profiles) or "none known"
+    return None, f"no compute profile {spelling!r} in a {gi.name} instance; it has {names}"
+
+
+def derive_compute_profiles(gi: GpuProfile, sm_per_slice: Optional[int] = None) -> Tuple[ComputeProfile, ...]:
+    """The CI profiles a GI of this profile offers, by NVIDIA's documented pattern (reference §2.3).
+
+    NVML only answers CI-profile queries on an existing GI, so plans for GIs not yet created use this table;
+    apply re-reads the real one from each GI it creates before creating compute instances.
+    """
+    g = gi.slices
+    per_slice = sm_per_slice or max(1, gi.multiprocessors // max(g, 1))
+    out = []
+    for c, idx in CI_INDEX_BY_SLICES.items():
+        if c > g or (c < g and 2 * c > g + 1):  # no 3c in a 4g, no 5c/6c in a 7g
+            continue
+        full = c == g
+        out.append(ComputeProfile(
+            index=idx, id=idx, name=gi.name if full else f"{c}c.{gi.name}", slices=c, instance_count=g // c,
+            multiprocessors=gi.multiprocessors if full else c * per_slice,
+            placements=tuple(Placement(s, c) for s in range(0, g - c + 1, c)),
+        ))
+    return tuple(out)
+
+
+def describe_counts(names: Sequence[str]) -> str:
+    """["2g.20gb", "2g.20gb", "1g.10gb"] -> "2 × 2g.20gb, 1g.10gb"."""
+    counts: Dict[str, int] = {}
+    for n in names:
+        counts[n] = counts.get(n, 0) + 1
+    return ", ".join(f"{c} × {n}" if c > 1 else n for n, c in counts.items())
+
+
+def ci_names(gi: GpuProfile, profile_ids: Sequence[int]) -> List[str]:
+    by_id = {cp.id: cp.name for cp in gi.compute_profiles}
+    return [by_id.get(i, f"CI profile {i}") for i in profile_ids]

@@ -1,0 +1,537 @@
+"""A fake libnvidia-ml.so for pynvml, backed by a SimHost.
+
+pynvml's own wrappers run unchanged on top of it: they allocate the ctypes structures, pass `byref` arguments and
+raise the real `NVMLError_*` classes from our return codes. So everything migd's nvml backend does with pynvml,
+including the ctypes details (placements by reference, output-only counts, handles that must not be compared
+with ==), is exercised by every simulated test, not only on hardware.
+
+Faults: each entry of the host's `faults` (or of MIGD_SIM_FAULTS, `CALL=CODE[@N][/gpuK]`, comma-separated) makes
+the N-th call of C function CALL (every call if no N) return CODE, or hang when CODE is `hang`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+from typing import Callable, Dict, List, Optional, Tuple
+
+from .. import errors as E
+from .catalog import CI_PROFILE_INDEX_END, PROFILE_INDEX_END
+from .host import SimError, SimHost
+
+DRIVER_VERSION = b"580.159.04"
+_ID_ANY = 0xFFFFFFFF
+_CI_ENGINE_SHARED = 0
+
+
+def parse_faults(text: str) -> List[dict]:
+    """`nvmlGpuInstanceDestroy=IN_USE@2/gpu1,nvmlDeviceGetMigMode=hang` -> fault dicts. Raises ValueError."""
+    faults = []
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        call, sep, rest = item.partition("=")
+        if not sep or not call.startswith("nvml"):
+            raise ValueError(f"bad fault {item!r}: expected CALL=CODE[@N][/gpuK], e.g. nvmlGpuInstanceDestroy=IN_USE@1")
+        rest, _, gpu = rest.partition("/gpu")
+        code, _, at = rest.partition("@")
+        fault: dict = {"call": call, "at": int(at) if at else None, "gpu": int(gpu) if gpu else None}
+        if code == "hang":
+            fault["hang"] = True
+        elif code.isdigit():
+            fault["code"] = int(code)
+        elif code in E.CODE_BY_NAME:
+            fault["code"] = E.CODE_BY_NAME[code]
+        else:
+            raise ValueError(f"bad fault code {code!r} in {item!r}: an NVML error name (IN_USE, ...), a number, or hang")
+        faults.append(fault)
+    return faults
+
+
+class _Handles:
+    """Real pointer values for opaque NVML handles, so callers get genuine ctypes pointers."""
+
+    def __init__(self) -> None:
+        self._buffers: Dict[tuple, ctypes.c_uint] = {}
+        self._by_addr: Dict[int, tuple] = {}
+
+    def address(self, key: tuple) -> int:
+        buf = self._buffers.get(key)
+        if buf is None:
+            buf = self._buffers[key] = ctypes.c_uint(0)
+            self._by_addr[ctypes.addressof(buf)] = key
+        return ctypes.addressof(buf)
+
+    def key(self, handle) -> Optional[tuple]:
+        addr = ctypes.cast(handle, ctypes.c_void_p).value if handle is not None else None
+        return self._by_addr.get(addr) if addr else None
+
+
+def _out(ref):
+    """The object behind a byref() argument (or the object itself, when passed bare)."""
+    return getattr(ref, "_obj", ref)
+
+
+def _set_pointer(ref, addr: int) -> None:
+    ctypes.c_void_p.from_address(ctypes.addressof(_out(ref))).value = addr
+
+
+def _int(x) -> int:
+    return x.value if hasattr(x, "value") else int(x)
+
+
+def _placement(p) -> Tuple[int, int]:
+    p = _out(p)
+    return (p.start, p.size)
+
+
+def _put_string(buf, size, text: bytes) -> int:
+    if len(text) + 1 > _int(size):
+        return 7  # INSUFFICIENT_SIZE
+    ctypes.memmove(buf, text + b"\0", len(text) + 1)
+    return 0
+
+
+class FakeNvmlLib:
+    """Attribute lookup returns C-like functions: positional ctypes arguments in, int return code out."""
+
+    def __init__(self, host: SimHost, faults: Optional[List[dict]] = None):
+        self.host = host
+        self.extra_faults = list(faults or [])
+        self.calls: Dict[str, int] = {}
+        self.handles = _Handles()
+        self.initialized = 0
+        self._stat: Optional[Tuple[int, int]] = None
+
+    def __getattr__(self, name: str) -> Callable:
+        impl = getattr(type(self), "_" + name, None)
+        if impl is None or not name.startswith("nvml"):
+            raise AttributeError(name)  # pynvml turns this into FUNCTION_NOT_FOUND, like a missing symbol
+
+        def call(*args):
+            try:
+                self._refresh()
+                self._inject(name, args)
+                if name not in ("nvmlInitWithFlags", "nvmlInit_v2") and not self.initialized:
+                    return E.CODE_BY_NAME["UNINITIALIZED"]
+                result = impl(self, *args)
+                return 0 if result is None else result
+            except SimError as e:
+                if e.code == E.GPU_IS_LOST:
+                    self._mark_lost(args)
+                return e.code
+
+        return call
+
+    # --- plumbing -------------------------------------------------------------------------------------------
+
+    def _refresh(self) -> None:
+        """See changes other processes made to a shared state file (the driver is live, not a snapshot)."""
+        path = self.host.path
+        if not path:
+            return
+        try:
+            st = os.stat(path)
+        except OSError:
+            return
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp != self._stat:
+            self.host.reload()
+            self._stat = stamp
+
+    def _commit(self) -> None:
+        self.host.save()
+        if self.host.path:
+            st = os.stat(self.host.path)
+            self._stat = (st.st_mtime_ns, st.st_size)
+
+    def _mutate(self, fn: Callable[[], object]):
+        """Mutations: reload, change, save, so processes sharing a state file never lose each other's work."""
+        if self.host.path:
+            self.host.reload()
+        result = fn()
+        self._commit()
+        return result
+
+    def _faults(self) -> List[dict]:
+        env = os.environ.get("MIGD_SIM_FAULTS", "")
+        return list(self.host.state.get("faults", [])) + self.extra_faults + (parse_faults(env) if env else [])
+
+    def _inject(self, name: str, args: tuple) -> None:
+        base = name.split("_v")[0] if "_v" in name else name
+        count = self.calls[base] = self.calls.get(base, 0) + 1
+        for fault in self._faults():
+            if fault["call"] not in (name, base):
+                continue
+            if fault.get("at") is not None and fault["at"] != count:
+                continue
+            if fault.get("gpu") is not None and self._gpu_of(args) != fault["gpu"]:
+                continue
+            if fault.get("hang"):
+                while True:  # a wedged driver call: only the watchdog (SIGKILL) gets us out
+                    time.sleep(3600)
+            raise SimError(fault["code"], f"injected fault in {name}")
+
+    def _gpu_of(self, args: tuple) -> Optional[int]:
+        for a in args[:1]:
+            try:
+                key = self.handles.key(a)
+            except (TypeError, ctypes.ArgumentError):
+                key = None
+            if key:
+                return key[1]
+        return None
+
+    def _mark_lost(self, args: tuple) -> None:
+        gpu = self._gpu_of(args)
+        if gpu is not None:
+            self._mutate(lambda: self.host.gpus[gpu].__setitem__("lost", True))
+
+    def _key(self, handle, kind: str) -> tuple:
+        key = self.handles.key(handle)
+        if not key or key[0] != kind:
+            raise SimError(E.INVALID_ARGUMENT, f"not a {kind} handle")
+        self.host.check_gpu(key[1])
+        if kind in ("gi",) and not self._gi_exists(key):
+            raise SimError(E.INVALID_ARGUMENT, "stale GPU instance handle")
+        if kind in ("ci", "mig"):
+            try:
+                self.host.find_ci(key[1], key[2], key[3])
+            except SimError:
+                raise SimError(E.INVALID_ARGUMENT, "stale handle") from None
+        return key
+
+    def _gi_exists(self, key: tuple) -> bool:
+        try:
+            self.host.find_gi(key[1], key[2])
+            return True
+        except SimError:
+            return False
+
+    def _gpu(self, handle) -> int:
+        return self._key(handle, "gpu")[1]
+
+    def _gi(self, handle) -> Tuple[int, dict]:
+        key = self._key(handle, "gi")
+        return key[1], self.host.find_gi(key[1], key[2])
+
+    # --- library ------------------------------------------------------------------------------------------
+
+    def _nvmlInitWithFlags(self, flags):
+        self.host.check_driver()
+        self.initialized += 1
+
+    def _nvmlShutdown(self):
+        self.initialized = max(0, self.initialized - 1)
+
+    def _nvmlSystemGetDriverVersion(self, buf, size):
+        return _put_string(buf, size, DRIVER_VERSION)
+
+    # --- devices ------------------------------------------------------------------------------------------
+
+    def _nvmlDeviceGetCount_v2(self, count_ref):
+        _out(count_ref).value = len(self.host.gpus)
+
+    def _nvmlDeviceGetHandleByIndex_v2(self, index, dev_ref):
+        i = _int(index)
+        if not 0 <= i < len(self.host.gpus):
+            raise SimError(E.INVALID_ARGUMENT)
+        _set_pointer(dev_ref, self.handles.address(("gpu", i)))
+
+    def _nvmlDeviceGetHandleByUUID(self, uuid, dev_ref):
+        text = _out(uuid).value.decode()
+        for i, g in enumerate(self.host.gpus):
+            if g["uuid"] == text:
+                return _set_pointer(dev_ref, self.handles.address(("gpu", i)))
+            for gi, ci in self.host.mig_devices(i) if g["mig"][0] else []:
+                if self.host.mig_uuid(i, gi["id"], ci["id"]) == text:
+                    return _set_pointer(dev_ref, self.handles.address(("mig", i, gi["id"], ci["id"])))
+        raise SimError(E.NOT_FOUND)
+
+    def _device_key(self, handle) -> tuple:
+        key = self.handles.key(handle)
+        if not key or key[0] not in ("gpu", "mig"):
+            raise SimError(E.INVALID_ARGUMENT)
+        self.host.check_gpu(key[1])
+        return key
+
+    def _nvmlDeviceGetName(self, handle, buf, size):
+        key = self._device_key(handle)
+        name = self.host.model(key[1]).name
+        if key[0] == "mig":
+            gi = self.host.find_gi(key[1], key[2])
+            ci = self.host.find_ci(key[1], key[2], key[3])
+            name += " " + self.host.ci_profile(key[1], gi, ci["profile_id"])["name"]
+        return _put_string(buf, size, name.encode())
+
+    def _nvmlDeviceGetUUID(self, handle, buf, size):
+        key = self._device_key(handle)
+        uuid = self.host.gpus[key[1]]["uuid"] if key[0] == "gpu" else self.host.mig_uuid(*key[1:])
+        return _put_string(buf, size, uuid.encode())
+
+    def _nvmlDeviceGetPciInfo_v3(self, handle, info_ref):
+        i = self._gpu(handle)
+        info = _out(info_ref)
+        bus_id = self.host.gpus[i]["pci_bus_id"]
+        info.busId = bus_id.encode()
+        info.busIdLegacy = bus_id[4:].encode()
+        info.domain, info.bus, info.device = 0, int(bus_id[9:11], 16), 0
+        info.pciDeviceId = self.host.model(i).pci_device_id
+
+    def _nvmlDeviceGetArchitecture(self, handle, arch_ref):
+        _out(arch_ref).value = self.host.model(self._gpu(handle)).architecture
+
+    def _nvmlDeviceGetMinorNumber(self, handle, ref):
+        _out(ref).value = self._gpu(handle)
+
+    def _nvmlDeviceGetPersistenceMode(self, handle, ref):
+        _out(ref).value = self.host.gpus[self._gpu(handle)]["persistence"]
+
+    def _nvmlDeviceSetPersistenceMode(self, handle, mode):
+        i = self._gpu(handle)
+        self._mutate(lambda: self.host.gpus[i].__setitem__("persistence", _int(mode)))
+
+    # --- MIG mode -----------------------------------------------------------------------------------------
+
+    def _nvmlDeviceGetMigMode(self, handle, cur_ref, pend_ref):
+        g = self.host.gpus[self._gpu(handle)]
+        _out(cur_ref).value, _out(pend_ref).value = g["mig"]
+
+    def _nvmlDeviceSetMigMode(self, handle, mode, status_ref):
+        i = self._gpu(handle)
+        _out(status_ref).value = self._mutate(lambda: self.host.set_mig_mode(i, _int(mode)))
+
+    # --- GPU-instance profiles ----------------------------------------------------------------------------
+
+    def _profile_by_index(self, handle, index) -> dict:
+        i = self._gpu(handle)
+        idx = _int(index)
+        if idx >= PROFILE_INDEX_END:
+            raise SimError(E.INVALID_ARGUMENT)
+        info = self.host.model(i).gi_profiles.get(idx)
+        if info is None:
+            raise SimError(E.NOT_SUPPORTED)
+        return info
+
+    def _nvmlDeviceGetGpuInstanceProfileInfoV(self, handle, index, info_ref):
+        info = self._profile_by_index(handle, index)
+        out = _out(info_ref)
+        for field, value in info.items():
+            if field == "name":
+                out.name = value.encode()
+            elif field != "placements":
+                setattr(out, field, value)
+        out.version = 0  # measured: the driver zeroes version after a successful V call
+
+    def _nvmlDeviceGetGpuInstanceProfileInfo(self, handle, index, info_ref):
+        info = self._profile_by_index(handle, index)
+        out = _out(info_ref)
+        for field, value in info.items():
+            if field not in ("name", "placements"):
+                setattr(out, field, value)
+
+    def _nvmlDeviceGetGpuInstancePossiblePlacements_v2(self, handle, profile_id, array, count_ref):
+        i = self._gpu(handle)
+        _, info = self.host.gi_profile(i, _int(profile_id))
+        return self._fill_placements(info["placements"], array, count_ref)
+
+    @staticmethod
+    def _fill_placements(placements, array, count_ref):
+        count = _out(count_ref)
+        if array is not None:
+            if len(array) < len(placements):  # the real call overruns a short buffer: fail loudly instead
+                raise AssertionError(f"placement buffer of {len(array)} for {len(placements)} placements")
+            for slot, (start, size) in zip(array, placements):
+                slot.start, slot.size = start, size
+        count.value = len(placements)
+
+    def _nvmlDeviceGetGpuInstanceRemainingCapacity(self, handle, profile_id, count_ref):
+        i = self._gpu(handle)
+        pid = _int(profile_id)
+        _, info = self.host.gi_profile(i, pid)
+        if not self.host.gpus[i]["mig"][0]:
+            _out(count_ref).value = info["instanceCount"]  # measured with MIG off
+            return
+        free = len(self.host.free_placements(i, pid))
+        used = sum(1 for gi in self.host.gpus[i]["gis"] if gi["profile_id"] == pid)
+        _out(count_ref).value = min(free, info["instanceCount"] - used)
+
+    # --- GPU instances ------------------------------------------------------------------------------------
+
+    def _nvmlDeviceCreateGpuInstance(self, handle, profile_id, gi_ref):
+        i = self._gpu(handle)
+        gi_id = self._mutate(lambda: self.host.create_gi(i, _int(profile_id)))
+        _set_pointer(gi_ref, self.handles.address(("gi", i, gi_id)))
+
+    def _nvmlDeviceCreateGpuInstanceWithPlacement(self, handle, profile_id, placement, gi_ref):
+        i = self._gpu(handle)
+        gi_id = self._mutate(lambda: self.host.create_gi(i, _int(profile_id), _placement(placement)))
+        _set_pointer(gi_ref, self.handles.address(("gi", i, gi_id)))
+
+    def _nvmlGpuInstanceDestroy(self, gi_handle):
+        i, gi = self._gi(gi_handle)
+        self._mutate(lambda: self.host.destroy_gi(i, gi["id"]))
+
+    def _nvmlDeviceGetGpuInstances(self, handle, profile_id, array, count_ref):
+        i = self._gpu(handle)
+        pid = _int(profile_id)
+        self.host.gi_profile(i, pid)
+        found = [gi for gi in self.host.gpus[i]["gis"] if gi["profile_id"] == pid]
+        count = _out(count_ref)
+        if len(found) > count.value:
+            raise SimError(7)  # INSUFFICIENT_SIZE
+        for n, gi in enumerate(found):
+            array[n] = ctypes.cast(self.handles.address(("gi", i, gi["id"])), type(array[0]) if len(array) else None)
+        count.value = len(found)
+
+    def _nvmlDeviceGetGpuInstanceById(self, handle, gi_id, gi_ref):
+        i = self._gpu(handle)
+        self.host.find_gi(i, _int(gi_id))
+        _set_pointer(gi_ref, self.handles.address(("gi", i, _int(gi_id))))
+
+    def _nvmlGpuInstanceGetInfo(self, gi_handle, info_ref):
+        i, gi = self._gi(gi_handle)
+        out = _out(info_ref)
+        out.device = ctypes.cast(self.handles.address(("gpu", i)), type(out.device))
+        out.id, out.profileId = gi["id"], gi["profile_id"]
+        out.placement.start, out.placement.size = gi["start"], gi["size"]
+
+    # --- compute instances --------------------------------------------------------------------------------
+
+    def _ci_profile_by_index(self, gi_handle, index, eng) -> dict:
+        i, gi = self._gi(gi_handle)
+        idx = _int(index)
+        if idx >= CI_PROFILE_INDEX_END or _int(eng) != _CI_ENGINE_SHARED:
+            raise SimError(E.INVALID_ARGUMENT)
+        info = self.host.ci_profiles(i, gi).get(idx)
+        if info is None:
+            raise SimError(E.NOT_SUPPORTED)
+        return info
+
+    def _nvmlGpuInstanceGetComputeInstanceProfileInfoV(self, gi_handle, index, eng, info_ref):
+        info = self._ci_profile_by_index(gi_handle, index, eng)
+        out = _out(info_ref)
+        for field, value in info.items():
+            if field == "name":
+                out.name = value.encode()
+            elif field != "placements":
+                setattr(out, field, value)
+        out.version = 0
+
+    def _nvmlGpuInstanceGetComputeInstanceProfileInfo(self, gi_handle, index, eng, info_ref):
+        info = self._ci_profile_by_index(gi_handle, index, eng)
+        out = _out(info_ref)
+        for field, value in info.items():
+            if field not in ("name", "placements"):
+                setattr(out, field, value)
+
+    def _nvmlGpuInstanceGetComputeInstancePossiblePlacements(self, gi_handle, ci_profile_id, array, count_ref):
+        i, gi = self._gi(gi_handle)
+        info = self.host.ci_profile(i, gi, _int(ci_profile_id))
+        return self._fill_placements(info["placements"], array, count_ref)
+
+    def _nvmlGpuInstanceGetComputeInstanceRemainingCapacity(self, gi_handle, ci_profile_id, count_ref):
+        i, gi = self._gi(gi_handle)
+        pid = _int(ci_profile_id)
+        info = self.host.ci_profile(i, gi, pid)
+        used = sum(1 for ci in gi["cis"] if ci["profile_id"] == pid)
+        _out(count_ref).value = max(0, info["instanceCount"] - used)
+
+    def _create_ci(self, gi_handle, ci_profile_id, placement, ci_ref):
+        i, gi = self._gi(gi_handle)
+        gi_id = gi["id"]
+        ci_id = self._mutate(lambda: self.host.create_ci(i, gi_id, _int(ci_profile_id), placement))
+        _set_pointer(ci_ref, self.handles.address(("ci", i, gi_id, ci_id)))
+
+    def _nvmlGpuInstanceCreateComputeInstance(self, gi_handle, ci_profile_id, ci_ref):
+        self._create_ci(gi_handle, ci_profile_id, None, ci_ref)
+
+    def _nvmlGpuInstanceCreateComputeInstanceWithPlacement(self, gi_handle, ci_profile_id, placement, ci_ref):
+        self._create_ci(gi_handle, ci_profile_id, _placement(placement), ci_ref)
+
+    def _nvmlComputeInstanceDestroy(self, ci_handle):
+        key = self._key(ci_handle, "ci")
+        self._mutate(lambda: self.host.destroy_ci(*key[1:]))
+
+    def _nvmlGpuInstanceGetComputeInstances(self, gi_handle, ci_profile_id, array, count_ref):
+        i, gi = self._gi(gi_handle)
+        pid = _int(ci_profile_id)
+        self.host.ci_profile(i, gi, pid)
+        found = [ci for ci in gi["cis"] if ci["profile_id"] == pid]
+        count = _out(count_ref)
+        if len(found) > count.value:
+            raise SimError(7)
+        for n, ci in enumerate(found):
+            array[n] = ctypes.cast(self.handles.address(("ci", i, gi["id"], ci["id"])), type(array[0]))
+        count.value = len(found)
+
+    def _nvmlGpuInstanceGetComputeInstanceById(self, gi_handle, ci_id, ci_ref):
+        i, gi = self._gi(gi_handle)
+        self.host.find_ci(i, gi["id"], _int(ci_id))
+        _set_pointer(ci_ref, self.handles.address(("ci", i, gi["id"], _int(ci_id))))
+
+    def _nvmlComputeInstanceGetInfo_v2(self, ci_handle, info_ref):
+        key = self._key(ci_handle, "ci")
+        ci = self.host.find_ci(*key[1:])
+        out = _out(info_ref)
+        out.device = ctypes.cast(self.handles.address(("gpu", key[1])), type(out.device))
+        out.gpuInstance = ctypes.cast(self.handles.address(("gi", key[1], key[2])), type(out.gpuInstance))
+        out.id, out.profileId = ci["id"], ci["profile_id"]
+        out.placement.start, out.placement.size = ci["start"], ci["size"]
+
+    # --- MIG devices --------------------------------------------------------------------------------------
+
+    def _nvmlDeviceGetMaxMigDeviceCount(self, handle, ref):
+        i = self._gpu(handle)
+        _out(ref).value = self.host.model(i).compute_slices if self.host.gpus[i]["mig"][0] else 0
+
+    def _nvmlDeviceGetMigDeviceHandleByIndex(self, handle, index, ref):
+        i = self._gpu(handle)
+        devices = self.host.mig_devices(i)
+        n = _int(index)
+        if n >= self.host.model(i).compute_slices:
+            raise SimError(E.INVALID_ARGUMENT)
+        if n >= len(devices):
+            raise SimError(E.NOT_FOUND)
+        gi, ci = devices[n]
+        _set_pointer(ref, self.handles.address(("mig", i, gi["id"], ci["id"])))
+
+    def _nvmlDeviceIsMigDeviceHandle(self, handle, ref):
+        _out(ref).value = 1 if self._device_key(handle)[0] == "mig" else 0
+
+    def _nvmlDeviceGetGpuInstanceId(self, handle, ref):
+        key = self._device_key(handle)
+        if key[0] != "mig":
+            raise SimError(E.INVALID_ARGUMENT)
+        _out(ref).value = key[2]
+
+    def _nvmlDeviceGetComputeInstanceId(self, handle, ref):
+        key = self._device_key(handle)
+        if key[0] != "mig":
+            raise SimError(E.INVALID_ARGUMENT)
+        _out(ref).value = key[3]
+
+    def _nvmlDeviceGetDeviceHandleFromMigDeviceHandle(self, handle, ref):
+        key = self._device_key(handle)
+        if key[0] != "mig":
+            raise SimError(E.INVALID_ARGUMENT)
+        _set_pointer(ref, self.handles.address(("gpu", key[1])))
+
+    def _nvmlDeviceGetComputeRunningProcesses_v3(self, handle, count_ref, array):
+        key = self._device_key(handle)
+        g = self.host.gpus[key[1]]
+        if key[0] == "mig":
+            procs = [p for p in g["processes"] if p["gi"] == key[2] and p["ci"] == key[3]]
+        else:
+            procs = list(g["processes"])
+        count = _out(count_ref)
+        if not procs:
+            count.value = 0
+            return 0
+        if array is None or count.value < len(procs):
+            count.value = len(procs)
+            return 7  # INSUFFICIENT_SIZE: pynvml sizes its buffer and calls again
+        for slot, p in zip(array, procs):
+            slot.pid, slot.usedGpuMemory = p["pid"], 0
+            slot.gpuInstanceId = _ID_ANY if p["gi"] is None else p["gi"]
+            slot.computeInstanceId = _ID_ANY if p["ci"] is None else p["ci"]
+        count.value = len(procs)

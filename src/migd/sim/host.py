@@ -1,0 +1,349 @@
+"""A simulated GPU host: the hardware and driver rules NVML would enforce, as plain Python state.
+
+State is a JSON-able dict so a state file can share one simulated host between processes (boot apply, the
+watchdog, a test poking at it). Rules follow ../shared/reference/nvml-mig.md: explicit placements, overlap and
+instance limits as INSUFFICIENT_RESOURCES, destroy of a busy GI/CI as IN_USE, pending MIG mode while a client holds
+the GPU, Ampere keeping MIG mode across reboot and Hopper losing it, instances lost at every reboot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+import uuid as uuidlib
+from typing import Dict, Iterator, List, Optional, Tuple
+
+from .. import errors as E
+from .catalog import MODELS, SimModel, compute_profiles, parse_host_spec
+
+STATE_VERSION = 1
+_MIG_NAMESPACE = uuidlib.UUID("5f3c1d2e-7b9a-4c8d-9e0f-6a1b2c3d4e5f")  # any fixed namespace: uuid5 like the driver
+
+
+class SimError(Exception):
+    """A driver-level failure, carrying the NVML return code the real driver gives."""
+
+    def __init__(self, code: int, detail: str = ""):
+        self.code = code
+        super().__init__(f"{E.code_name(code)}{': ' + detail if detail else ''}")
+
+
+def new_state(spec: str, seed: str = "") -> dict:
+    models = parse_host_spec(spec)
+    gpus = []
+    for i, model in enumerate(models):
+        u = uuidlib.uuid5(_MIG_NAMESPACE, f"{seed}{spec}/{i}")
+        gpus.append({
+            "model": model.key,
+            "uuid": f"GPU-{u}",
+            "pci_bus_id": f"00000000:{0x07 + 0x10 * i:02X}:00.0",
+            "mig": [0, 0],
+            "persistence": 0,
+            "gis": [],
+            "processes": [],  # {"pid", "gi", "ci"}: CUDA processes (gi/ci None with MIG off)
+            "clients": [],  # pids holding the device open (monitoring agents, ...): block mode changes
+            "lost": False,
+            "reset_supported": True,  # False: a pass-through VM where an Ampere mode change needs a reboot
+        })
+    return {"version": STATE_VERSION, "spec": spec, "driver": "loaded", "boot": 1, "gpus": gpus, "faults": [],
+            "device_dir": None}
+
+
+class SimHost:
+    """Simulated GPUs plus driver rules. Mutating methods raise SimError with NVML's code."""
+
+    def __init__(self, state: dict, path: Optional[str] = None):
+        self.state = state
+        self.path = path
+
+    # --- persistence ----------------------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, spec: str, path: Optional[str] = None) -> "SimHost":
+        """Load the host from `path` if it exists, else build it from `spec` (and save it there)."""
+        if path and os.path.exists(path):
+            return cls(load_state(path), path)
+        host = cls(new_state(spec), path)
+        if path:
+            host.state["device_dir"] = os.path.join(os.path.dirname(os.path.abspath(path)), "dev")
+            host.save()
+        return host
+
+    def save(self) -> None:
+        if not self.path:
+            return
+        with _locked(self.path):
+            _atomic_write_json(self.path, self.state)
+
+    def reload(self) -> None:
+        if self.path and os.path.exists(self.path):
+            self.state = load_state(self.path)
+
+    # --- identity ------------------------------------------------------------------------------------------
+
+    @property
+    def gpus(self) -> List[dict]:
+        return self.state["gpus"]
+
+    def model(self, gpu: int) -> SimModel:
+        return MODELS[self.gpus[gpu]["model"]]
+
+    def device_node(self, gpu: int) -> Optional[str]:
+        d = self.state.get("device_dir")
+        return os.path.join(d, f"nvidia{gpu}") if d else None
+
+    def check_driver(self) -> None:
+        driver = self.state.get("driver", "loaded")
+        if driver == "no-library":
+            raise SimError(E.LIBRARY_NOT_FOUND, "libnvidia-ml.so.1 not found")
+        ready_at = self.state.get("driver_ready_at")
+        if driver == "not-loaded" or (ready_at is not None and time.time() < ready_at):
+            raise SimError(E.DRIVER_NOT_LOADED, "NVIDIA kernel module not loaded")
+
+    def check_gpu(self, gpu: int) -> dict:
+        g = self.gpus[gpu]
+        if g.get("lost"):
+            raise SimError(E.GPU_IS_LOST, f"GPU {gpu} has fallen off the bus")
+        return g
+
+    # --- clients and processes -----------------------------------------------------------------------------
+
+    def holders(self, gpu: int) -> List[int]:
+        """PIDs holding the GPU: registered clients, processes, and anything with its device node open."""
+        g = self.gpus[gpu]
+        pids = [c for c in g["clients"] if _alive(c)] + [p["pid"] for p in g["processes"]]
+        node = self.device_node(gpu)
+        if node:
+            from ..holders import pids_holding  # same /proc scan migd uses to name holders
+
+            pids += [p for p in pids_holding([node]) if p != os.getpid()]
+        return sorted(set(pids))
+
+    # --- MIG mode ------------------------------------------------------------------------------------------
+
+    def set_mig_mode(self, gpu: int, mode: int) -> int:
+        """Returns the activation status like nvmlDeviceSetMigMode: 0 activated, else the change is pending."""
+        g = self.check_gpu(gpu)
+        if mode not in (0, 1):
+            raise SimError(E.INVALID_ARGUMENT)
+        g["mig"][1] = mode
+        if g["mig"][0] == mode:
+            return E.SUCCESS
+        if g["gis"] or self.holders(gpu):
+            return E.IN_USE
+        if not self.model(gpu).resetless_mig and not g.get("reset_supported", True):
+            return E.RESET_REQUIRED
+        g["mig"][0] = mode  # Ampere: the driver resets the idle GPU itself; Hopper needs no reset
+        return E.SUCCESS
+
+    def reset_gpu(self, gpu: int) -> None:
+        """What `nvidia-smi -r -i <bus-id>` does: refused while held; commits a pending mode; drops instances."""
+        g = self.check_gpu(gpu)
+        if self.holders(gpu):
+            raise SimError(E.IN_USE, "GPU is in use by another client")
+        if not g.get("reset_supported", True):
+            raise SimError(E.NOT_SUPPORTED, "reset not supported (pass-through)")
+        g["mig"][0] = g["mig"][1]
+        g["gis"] = []
+        g["processes"] = []
+
+    def reboot(self) -> None:
+        self.state["boot"] = self.state.get("boot", 1) + 1
+        for i, g in enumerate(self.gpus):
+            g["gis"], g["processes"], g["clients"] = [], [], []
+            g["persistence"] = 0
+            if self.model(i).resetless_mig:
+                g["mig"] = [0, 0]  # Hopper+: MIG mode lives only as long as the driver
+            else:
+                g["mig"] = [g["mig"][1]] * 2  # Ampere: InfoROM bit; a pending change commits at boot
+
+    # --- GPU instances ------------------------------------------------------------------------------------
+
+    def gi_profile(self, gpu: int, profile_id: int) -> Tuple[int, dict]:
+        for idx, info in self.model(gpu).gi_profiles.items():
+            if info["id"] == profile_id:
+                return idx, info
+        raise SimError(E.INVALID_ARGUMENT, f"unknown GPU instance profile ID {profile_id}")
+
+    def free_placements(self, gpu: int, profile_id: int) -> List[Tuple[int, int]]:
+        _, info = self.gi_profile(gpu, profile_id)
+        g = self.gpus[gpu]
+        return [p for p in info["placements"] if self._placement_error(g, gpu, info, p) is None]
+
+    def _placement_error(self, g: dict, gpu: int, info: dict, placement: Tuple[int, int]) -> Optional[str]:
+        start, size = placement
+        if (start, size) not in [tuple(p) for p in info["placements"]]:
+            return f"{start}:{size} is not a placement of {info['name']}"
+        mask = _mask(start, size)
+        for gi in g["gis"]:
+            if _mask(gi["start"], gi["size"]) & mask:
+                return f"{start}:{size} overlaps GPU instance {gi['id']} at {gi['start']}:{gi['size']}"
+        same = [gi for gi in g["gis"] if gi["profile_id"] == info["id"]]
+        if len(same) >= info["instanceCount"]:
+            return f"{info['name']} allows {info['instanceCount']} instance(s)"
+        model = self.model(gpu)
+        used = sum(self.gi_profile(gpu, gi["profile_id"])[1]["sliceCount"] for gi in g["gis"])
+        if used + info["sliceCount"] > model.compute_slices:
+            return f"needs {used + info['sliceCount']} compute slices, {model.compute_slices} exist"
+        ofa = sum(self.gi_profile(gpu, gi["profile_id"])[1]["ofaCount"] for gi in g["gis"])
+        if info["ofaCount"] and ofa + info["ofaCount"] > 1:
+            return "the GPU's single optical-flow accelerator is taken"
+        return None
+
+    def create_gi(self, gpu: int, profile_id: int, placement: Optional[Tuple[int, int]] = None) -> int:
+        g = self.check_gpu(gpu)
+        _, info = self.gi_profile(gpu, profile_id)
+        if not g["mig"][0]:
+            raise SimError(E.NOT_SUPPORTED, "MIG mode is disabled")
+        if placement is None:
+            # The driver picks: highest free slot first, which reproduces the guide's `-cgi 19,19,14,9` failure.
+            free = self.free_placements(gpu, profile_id)
+            if not free:
+                raise SimError(E.INSUFFICIENT_RESOURCES, f"no free placement for {info['name']}")
+            placement = max(free)
+        problem = self._placement_error(g, gpu, info, placement)
+        if problem:
+            raise SimError(E.INSUFFICIENT_RESOURCES, problem)
+        start, size = placement
+        gi_id = self._gi_id(gpu, start, size)
+        g["gis"].append({"id": gi_id, "profile_id": profile_id, "start": start, "size": size, "cis": []})
+        g["gis"].sort(key=lambda x: x["start"])
+        return gi_id
+
+    def _gi_id(self, gpu: int, start: int, size: int) -> int:
+        # Binary-tree numbering (0 whole, 1-2 halves, 3-6 quarters, 7-14 eighths), as observed on 8-slot GPUs.
+        slots = self.model(gpu).memory_slots
+        level = (slots // size).bit_length() - 1
+        return (1 << level) - 1 + start // size
+
+    def find_gi(self, gpu: int, gi_id: int) -> dict:
+        for gi in self.check_gpu(gpu)["gis"]:
+            if gi["id"] == gi_id:
+                return gi
+        raise SimError(E.NOT_FOUND, f"no GPU instance {gi_id}")
+
+    def destroy_gi(self, gpu: int, gi_id: int) -> None:
+        g = self.check_gpu(gpu)
+        if not g["mig"][0]:
+            raise SimError(E.NOT_SUPPORTED, "MIG mode is disabled")
+        gi = self.find_gi(gpu, gi_id)
+        if gi["cis"] or any(p["gi"] == gi_id for p in g["processes"]):
+            raise SimError(E.IN_USE, f"GPU instance {gi_id} has compute instances or processes")
+        g["gis"].remove(gi)
+
+    # --- compute instances --------------------------------------------------------------------------------
+
+    def ci_profiles(self, gpu: int, gi: dict) -> Dict[int, dict]:
+        _, info = self.gi_profile(gpu, gi["profile_id"])
+        return compute_profiles(self.model(gpu), info)
+
+    def ci_profile(self, gpu: int, gi: dict, ci_profile_id: int) -> dict:
+        for info in self.ci_profiles(gpu, gi).values():
+            if info["id"] == ci_profile_id:
+                return info
+        raise SimError(E.INVALID_ARGUMENT, f"unknown compute instance profile ID {ci_profile_id}")
+
+    def create_ci(self, gpu: int, gi_id: int, ci_profile_id: int,
+                  placement: Optional[Tuple[int, int]] = None) -> int:
+        gi = self.find_gi(gpu, gi_id)
+        info = self.ci_profile(gpu, gi, ci_profile_id)
+        taken = 0
+        for ci in gi["cis"]:
+            taken |= _mask(ci["start"], ci["size"])
+        if placement is None:
+            free = [p for p in info["placements"] if not _mask(*p) & taken]
+            if not free:
+                raise SimError(E.INSUFFICIENT_RESOURCES, f"no room for {info['name']}")
+            placement = tuple(free[0])
+        if tuple(placement) not in [tuple(p) for p in info["placements"]] or _mask(*placement) & taken:
+            raise SimError(E.INSUFFICIENT_RESOURCES, f"{placement[0]}:{placement[1]} is not free for {info['name']}")
+        if sum(1 for ci in gi["cis"] if ci["profile_id"] == ci_profile_id) >= info["instanceCount"]:
+            raise SimError(E.INSUFFICIENT_RESOURCES, f"{info['name']} allows {info['instanceCount']} instance(s)")
+        ids = {ci["id"] for ci in gi["cis"]}
+        ci_id = next(i for i in range(64) if i not in ids)
+        gi["cis"].append({"id": ci_id, "profile_id": ci_profile_id, "start": placement[0], "size": placement[1]})
+        gi["cis"].sort(key=lambda x: x["start"])
+        return ci_id
+
+    def find_ci(self, gpu: int, gi_id: int, ci_id: int) -> dict:
+        for ci in self.find_gi(gpu, gi_id)["cis"]:
+            if ci["id"] == ci_id:
+                return ci
+        raise SimError(E.NOT_FOUND, f"no compute instance {ci_id} in GPU instance {gi_id}")
+
+    def destroy_ci(self, gpu: int, gi_id: int, ci_id: int) -> None:
+        g = self.check_gpu(gpu)
+        ci = self.find_ci(gpu, gi_id, ci_id)
+        if any(p["gi"] == gi_id and p["ci"] == ci_id for p in g["processes"]):
+            raise SimError(E.IN_USE, f"compute instance {gi_id}/{ci_id} has processes")
+        self.find_gi(gpu, gi_id)["cis"].remove(ci)
+
+    # --- MIG devices -------------------------------------------------------------------------------------
+
+    def mig_devices(self, gpu: int) -> List[Tuple[dict, dict]]:
+        """(GI, CI) pairs in MIG device index order: by placement."""
+        g = self.check_gpu(gpu)
+        if not g["mig"][0]:
+            return []
+        return [(gi, ci) for gi in g["gis"] for ci in gi["cis"]]
+
+    def mig_uuid(self, gpu: int, gi_id: int, ci_id: int) -> str:
+        # Derived from (parent GPU, GI, CI) like the driver's appear to be (reference §4.4): RFC 4122 v5.
+        return "MIG-" + str(uuidlib.uuid5(_MIG_NAMESPACE, f"{self.gpus[gpu]['uuid']}/{gi_id}/{ci_id}"))
+
+    def add_process(self, gpu: int, pid: int, gi: Optional[int] = None, ci: Optional[int] = None) -> None:
+        g = self.check_gpu(gpu)
+        if g["mig"][0]:
+            self.find_ci(gpu, gi if gi is not None else -1, ci if ci is not None else 0)
+        g["processes"].append({"pid": pid, "gi": gi, "ci": ci})
+
+
+def _mask(start: int, size: int) -> int:
+    return ((1 << size) - 1) << start
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def load_state(path: str) -> dict:
+    with _locked(path):
+        with open(path, encoding="utf-8") as f:
+            try:
+                state = json.load(f)
+            except ValueError as e:
+                raise ValueError(f"{path}: not a simulated-host state file: {e}") from None
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION or not isinstance(state.get("gpus"), list):
+        raise ValueError(f"{path}: not a simulated-host state file (version {STATE_VERSION})")
+    for g in state["gpus"]:
+        if not isinstance(g, dict) or g.get("model") not in MODELS:
+            raise ValueError(f"{path}: unknown simulated GPU model {g.get('model') if isinstance(g, dict) else g!r}")
+    return state
+
+
+@contextlib.contextmanager
+def _locked(path: str) -> Iterator[None]:
+    """Serialize readers and writers of one state file across processes."""
+    lock_path = path + ".lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _atomic_write_json(path: str, data: dict) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
