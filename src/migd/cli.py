@@ -1,0 +1,329 @@
+"""migd's command line: `migd [--config PATH] [--simulate SPEC] VERB`.
+
+Read verbs (status, profiles, validate, plan, check, export) always run behind the read-only guard. Every verb that
+takes a config validates all of it, against every GPU it selects, before touching any GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from . import __version__
+from . import errors as E
+from .errors import ConfigError, DriverError, MigdError
+
+READ_VERBS = ("status", "profiles", "validate", "plan", "check", "export")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="migd", description="Put NVIDIA GPUs into the MIG layout declared in /etc/migd.toml.",
+        epilog="Exit codes: 0 ok, 1 failure, 2 bad config or usage, 3 drift (check), 4 MIG mode change pending "
+               "(needs idle GPU + reset, or reboot), 5 busy (lock held).")
+    p.add_argument("--version", action="version", version=f"migd {__version__}")
+    p.add_argument("-c", "--config", default=os.environ.get("MIGD_CONFIG", "/etc/migd.toml"),
+                   help="layout file (default /etc/migd.toml; env MIGD_CONFIG)")
+    p.add_argument("--simulate", metavar="SPEC", default=os.environ.get("MIGD_SIMULATE") or None,
+                   help="use simulated GPUs: dgx-a100, dgx-h100, or MODEL[:COUNT],... with models a100-40gb, "
+                        "a100-80gb, a30, h100-80gb, h100-94gb, h200 (env MIGD_SIMULATE)")
+    p.add_argument("--sim-state", metavar="PATH", default=os.environ.get("MIGD_SIM_STATE") or None,
+                   help="share simulated GPUs between processes through this state file, created from --simulate "
+                        "when absent (env MIGD_SIM_STATE)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    sub = p.add_subparsers(dest="verb", metavar="VERB")
+    sub.required = True
+    s = sub.add_parser("status", help="GPUs, MIG mode, instances with placements and UUIDs")
+    s.add_argument("--json", action="store_true", help="stable JSON (see README)")
+    s = sub.add_parser("profiles", help="MIG profiles and placements per GPU (nvidia-smi mig -lgip + -lgipp)")
+    s.add_argument("--json", action="store_true")
+    sub.add_parser("validate", help="check the config; with --simulate or GPUs, which entry each GPU gets")
+    sub.add_parser("plan", help="the actions apply would take; changes nothing")
+    s = sub.add_parser("apply", help="make the GPUs match the config")
+    s.add_argument("--dry-run", action="store_true", help="same as plan")
+    s = sub.add_parser("check", help="exit 0 if the live layout matches the config, 3 on drift, 4 if pending")
+    s.add_argument("--json", action="store_true")
+    sub.add_parser("export", help="the live layout as a migd.toml")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .log import setup
+
+    read_verb = args.verb in READ_VERBS or (args.verb == "apply" and args.dry_run)
+    level = "debug" if args.verbose else ("warning" if args.quiet or read_verb else "info")
+    setup(level=level)
+    try:
+        return VERBS[args.verb](args, read_verb)
+    except ConfigError as e:
+        print(f"migd: invalid configuration, no GPU touched:\n{e}", file=sys.stderr)
+        return E.EXIT_USAGE
+    except MigdError as e:
+        print(f"migd: {e}", file=sys.stderr)
+        return e.exit_code
+    except ValueError as e:  # bad --simulate spec or state file
+        print(f"migd: {e}", file=sys.stderr)
+        return E.EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `migd plan | head`
+        sys.stderr.close()
+        return E.EXIT_OK
+
+
+# --- shared steps ---------------------------------------------------------------------------------------------
+
+
+def _backend(args, read_only: bool):
+    from .backend import make_backend
+
+    backend = make_backend(simulate=args.simulate, sim_state=args.sim_state, read_only=read_only)
+    backend.open()
+    return backend
+
+
+def _load_config(args):
+    from . import config
+
+    return config.load(args.config)
+
+
+def _desired(cfg, infos) -> Tuple[Dict[int, object], List[str]]:
+    """GPU index -> DesiredGpu for every selected GPU, or problems (config errors on this host)."""
+    from . import layout
+    from .model import GpuState
+    from .plan import plan_gpu
+
+    chosen, problems = layout.select(cfg, infos)
+    desired = {}
+    for info in infos:
+        entry = chosen.get(info.index)
+        if entry is None:
+            continue
+        try:
+            d = layout.resolve(entry, info)
+        except layout.LayoutError as e:
+            problems.append(str(e))
+            continue
+        # A layout that cannot fit even an empty GPU is a config error: refuse before touching anything.
+        empty = plan_gpu(info, d, GpuState(mig_current=True, mig_pending=True, persistence=None))
+        if empty.refusal:
+            problems.append(f"{entry.where}: {empty.refusal}")
+            continue
+        desired[info.index] = d
+    return desired, problems
+
+
+def _config_problems(problems: List[str]) -> ConfigError:
+    from .errors import Problem
+
+    return ConfigError([Problem(p) for p in dict.fromkeys(problems)])  # one line per problem, not per GPU
+
+
+def _plans(backend, infos, desired, cfg):
+    from .plan import plan_gpu
+
+    persistence = cfg.daemon.persistence_mode or None  # None: leave persistence mode as it is
+    return {i: plan_gpu(infos[i], d, backend.state(i), persistence) for i, d in desired.items()}
+
+
+# --- verbs --------------------------------------------------------------------------------------------------------
+
+
+def cmd_status(args, read_only: bool) -> int:
+    from . import report
+    from .model import Gpu
+
+    backend = _backend(args, True)
+    try:
+        infos = backend.gpus()
+        gpus = [Gpu(info, backend.state(info.index)) for info in infos]
+        names: Dict[int, Dict[int, str]] = {}
+        managed: Dict[int, str] = {}
+        try:
+            cfg = _load_config(args)
+            desired, _ = _desired(cfg, infos)
+            for i, plan in _plans(backend, infos, desired, cfg).items():
+                names[i] = report.names_by_gi(plan)
+                managed[i] = desired[i].entry.where + (" (matches)" if _layout_matches(plan) else " (drift)")
+        except ConfigError:
+            pass  # status works without a (valid) config: it only loses instance names
+        if args.json:
+            print(report.status_json(gpus, names, backend.driver_version(), backend.description))
+        else:
+            print(report.status_text(gpus, names, managed))
+        return E.EXIT_OK
+    finally:
+        backend.close()
+
+
+def _layout_matches(plan) -> bool:
+    """Matches apart from persistence mode, which is not part of the layout."""
+    return plan.ok and all(a.kind == "set_persistence" for a in plan.actions)
+
+
+def cmd_profiles(args, read_only: bool) -> int:
+    from . import report
+
+    backend = _backend(args, True)
+    try:
+        infos = backend.gpus()
+        print(report.profiles_json(infos) if args.json else report.profiles_text(infos))
+        return E.EXIT_OK
+    finally:
+        backend.close()
+
+
+def cmd_validate(args, read_only: bool) -> int:
+    cfg = _load_config(args)
+    print(f"{cfg.path}: syntax and keys OK ({len(cfg.entries)} GPU entr{'y' if len(cfg.entries) == 1 else 'ies'})")
+    if not (args.simulate or args.sim_state or os.path.exists("/dev/nvidiactl")):
+        print("no GPUs to check against (no driver; use --simulate SPEC to check a model)")
+        return E.EXIT_OK
+    from . import layout
+
+    backend = _backend(args, True)
+    try:
+        infos = backend.gpus()
+        desired, problems = _desired(cfg, infos)
+        chosen, _ = layout.select(cfg, infos)
+        for info in infos:
+            entry = chosen.get(info.index)
+            what = "not managed (no entry matches)" if entry is None else \
+                f"entry #{entry.number} ({entry.where}, select = {entry.selector})"
+            print(f"GPU {info.index} {info.name}: {what}")
+        if problems:
+            raise _config_problems(problems)
+        print("layout fits every selected GPU")
+        return E.EXIT_OK
+    finally:
+        backend.close()
+
+
+def cmd_plan(args, read_only: bool) -> int:
+    cfg = _load_config(args)
+    backend = _backend(args, True)
+    try:
+        infos = backend.gpus()
+        desired, problems = _desired(cfg, infos)
+        if problems:
+            raise _config_problems(problems)
+        plans = _plans(backend, infos, desired, cfg)
+        code = E.EXIT_OK
+        for i, info in enumerate(infos):
+            plan = plans.get(i)
+            if plan is None:
+                print(f"GPU {i}: not managed")
+            elif plan.refusal:
+                print(f"{plan.refusal}")
+                code = E.EXIT_FAILURE
+            elif plan.noop:
+                print(f"GPU {i}: nothing to do")
+            else:
+                for action in plan.actions:
+                    print(action)
+        return code
+    finally:
+        backend.close()
+
+
+def cmd_check(args, read_only: bool) -> int:
+    import json
+
+    from . import report
+
+    cfg = _load_config(args)
+    backend = _backend(args, True)
+    try:
+        infos = backend.gpus()
+        desired, problems = _desired(cfg, infos)
+        if problems:
+            raise _config_problems(problems)
+        code, rows = E.EXIT_OK, []
+        for i, plan in _plans(backend, infos, desired, cfg).items():
+            state = backend.state(i)
+            found = report.live_layout(infos[i], state)
+            if state.mode_change_pending:
+                status, code = "pending", max(code, E.EXIT_PENDING) if code != E.EXIT_DRIFT else code
+            elif _layout_matches(plan):
+                status = "ok"
+            else:
+                status, code = "drift", E.EXIT_DRIFT
+            expected = report.desired_layout(plan, desired[i].mig) if plan.ok else plan.refusal
+            rows.append({"gpu": i, "status": status, "expected": expected, "found": found})
+        if args.json:
+            print(json.dumps({"status": "ok" if code == 0 else "drift" if code == E.EXIT_DRIFT else "pending",
+                              "gpus": rows}, indent=2))
+        else:
+            for r in rows:
+                line = f"GPU {r['gpu']}: {r['status']}: {r['found']}"
+                if r["status"] != "ok":
+                    line += f"; expected {r['expected']}"
+                print(line)
+        return code
+    finally:
+        backend.close()
+
+
+def cmd_export(args, read_only: bool) -> int:
+    from . import report
+    from .model import Gpu
+
+    backend = _backend(args, True)
+    try:
+        print(report.export_toml([Gpu(i, backend.state(i.index)) for i in backend.gpus()]), end="")
+        return E.EXIT_OK
+    finally:
+        backend.close()
+
+
+def cmd_apply(args, read_only: bool) -> int:
+    if args.dry_run:
+        return cmd_plan(args, True)
+    from . import apply, report
+    from .holders import describe, pids_holding
+    from .log import get_logger
+    from .model import Gpu
+
+    log = get_logger()
+    cfg = _load_config(args)
+    backend = _backend(args, False)
+    try:
+        infos = backend.gpus()
+        desired, problems = _desired(cfg, infos)
+        if problems:
+            raise _config_problems(problems)
+
+        def holders(i: int) -> List[str]:
+            return [str(h) for h in describe(pids_holding(backend.device_nodes(i))) if h.pid != os.getpid()]
+
+        persistence = cfg.daemon.persistence_mode or None
+        results = []
+        for info in infos:
+            if info.index not in desired:
+                continue
+            try:
+                results.append(apply.apply_gpu(backend, info, desired[info.index], persistence, holders))
+            except DriverError as e:  # reading the GPU failed before anything changed
+                log.error("gpu_unreadable", msg=str(e), gpu=info.index)
+                results.append(apply.GpuResult(info.index, apply.FAILED, str(e)))
+        for r in results:
+            print(r.message)
+        gpus = [Gpu(info, backend.state(info.index)) for info in infos if info.index in desired]
+        names = {i: report.names_by_gi(p) for i, p in _plans(backend, infos, desired, cfg).items()}
+        print(report.status_text(gpus, names, {i: desired[i].entry.where for i in desired}))
+        return apply.exit_code(results)
+    finally:
+        backend.close()
+
+
+VERBS = {"status": cmd_status, "profiles": cmd_profiles, "validate": cmd_validate, "plan": cmd_plan,
+         "apply": cmd_apply, "check": cmd_check, "export": cmd_export}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""What migd prints: status (text and the stable JSON), profile tables, drift descriptions, TOML export."""
+
+from __future__ import annotations
+
+import json
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from .model import Gpu, GpuInfo, GpuState, LiveGpuInstance
+from .plan import GpuPlan
+
+# --- status -------------------------------------------------------------------------------------------------------
+
+
+def names_by_gi(plan: Optional[GpuPlan]) -> Dict[int, str]:
+    """Live GI id -> configured instance name, when the GPU matches its config (names live only in the config)."""
+    if plan is None or not plan.noop:
+        return {}
+    return {a.kept_gi: a.instance.name for a in plan.assignments if a.kept_gi is not None and a.instance.name}
+
+
+def status_json(gpus: Sequence[Gpu], names: Dict[int, Dict[int, str]], driver: str, backend: str) -> str:
+    return json.dumps({"driver_version": driver, "backend": backend,
+                       "gpus": [gpu_json(g, names.get(g.info.index, {})) for g in gpus]}, indent=2)
+
+
+def gpu_json(gpu: Gpu, names: Dict[int, str]) -> dict:
+    info, state = gpu.info, gpu.state
+    return {
+        "index": info.index, "uuid": info.uuid, "name": info.name, "pci_bus_id": info.pci_bus_id,
+        "architecture": info.architecture, "mig_capable": info.mig_capable,
+        "mig": {"current": state.mig_current, "pending": state.mig_pending},
+        "persistence": state.persistence,
+        "processes": list(state.pids),
+        "instances": [_instance_json(info, gi, names.get(gi.id)) for gi in state.instances],
+    }
+
+
+def _instance_json(info: GpuInfo, gi: LiveGpuInstance, name: Optional[str]) -> dict:
+    profile = info.profile_by_id(gi.profile_id)
+    cps = {c.id: c.name for c in profile.compute_profiles} if profile else {}
+    return {
+        "gi_id": gi.id, "profile": profile.name if profile else None, "profile_id": gi.profile_id,
+        "placement": {"start": gi.placement.start, "size": gi.placement.size},
+        "uuid": gi.compute[0].uuid if len(gi.compute) == 1 else None,  # the MIG device, when there is one
+        "name": name,
+        "compute": [{"ci_id": ci.id, "profile": cps.get(ci.profile_id), "profile_id": ci.profile_id,
+                     "placement": {"start": ci.placement.start, "size": ci.placement.size},
+                     "uuid": ci.uuid, "pids": list(ci.pids)} for ci in gi.compute],
+    }
+
+
+def status_text(gpus: Sequence[Gpu], names: Dict[int, Dict[int, str]], managed: Dict[int, str]) -> str:
+    out = []
+    for gpu in gpus:
+        info, state = gpu.info, gpu.state
+        out.append(f"GPU {info.index}: {info.name}  {info.pci_bus_id}  {info.uuid}")
+        if not info.mig_capable:
+            out.append("  MIG not supported")
+            continue
+        mode = "on" if state.mig_current else "off"
+        if state.mode_change_pending:
+            mode += f" (pending: {'on' if state.mig_pending else 'off'})"
+        pm = {None: "unknown", True: "on", False: "off"}[state.persistence]
+        out.append(f"  MIG {mode}, persistence {pm}, config: {managed.get(info.index, 'not managed')}")
+        gi_names = names.get(info.index, {})
+        for gi in state.instances:
+            profile = info.profile_by_id(gi.profile_id)
+            pname = profile.name if profile else f"profile {gi.profile_id}"
+            cps = {c.id: c.name for c in profile.compute_profiles} if profile else {}
+            label = f"  [{gi_names[gi.id]}]" if gi.id in gi_names else ""
+            out.append(f"  GI {gi.id:>2}  {pname:<14} at {str(gi.placement):<4}{label}")
+            for ci in gi.compute:
+                pids = f"  pids {','.join(map(str, ci.pids))}" if ci.pids else ""
+                out.append(f"      CI {ci.id}  {cps.get(ci.profile_id, ci.profile_id)!s:<14} {ci.uuid}{pids}")
+        if state.mig_current and not state.instances:
+            out.append("  no MIG instances")
+    return "\n".join(out)
+
+
+# --- profiles -----------------------------------------------------------------------------------------------------
+
+
+def profiles_text(infos: Sequence[GpuInfo]) -> str:
+    """Like `nvidia-smi mig -lgip` and `-lgipp` together."""
+    out = []
+    for info in infos:
+        out.append(f"GPU {info.index}: {info.name}")
+        if not info.profiles:
+            out.append("  no MIG profiles" + ("" if info.mig_capable else " (MIG not supported)"))
+            continue
+        out.append(f"  {'profile':<14}{'ID':>4}{'inst':>6}{'GiB':>8}{'SM':>5}{'CE':>4}{'DEC':>5}{'ENC':>5}"
+                   f"{'JPG':>5}{'OFA':>5}  placements (start:size)")
+        for p in sorted(info.profiles, key=lambda p: (p.slices, p.memory_mb, p.index)):
+            starts = ",".join(str(pl.start) for pl in p.placements)
+            size = p.placements[0].size if p.placements else 0
+            out.append(f"  {p.name:<14}{p.id:>4}{p.instance_count:>6}{p.memory_mb / 1024:>8.2f}{p.multiprocessors:>5}"
+                       f"{p.copy_engines:>4}{p.decoders:>5}{p.encoders:>5}{p.jpegs:>5}{p.ofas:>5}  {{{starts}}}:{size}")
+            compute = ", ".join(c.name for c in p.compute_profiles)
+            out.append(f"  {'':<14}compute: {compute}")
+    return "\n".join(out)
+
+
+def profiles_json(infos: Sequence[GpuInfo]) -> str:
+    return json.dumps({"gpus": [{
+        "index": i.index, "name": i.name, "profiles": [{
+            "index": p.index, "id": p.id, "name": p.name, "slices": p.slices, "instance_count": p.instance_count,
+            "memory_mb": p.memory_mb, "multiprocessors": p.multiprocessors, "copy_engines": p.copy_engines,
+            "decoders": p.decoders, "encoders": p.encoders, "jpegs": p.jpegs, "ofas": p.ofas,
+            "placements": [{"start": pl.start, "size": pl.size} for pl in p.placements],
+            "compute": [c.name for c in p.compute_profiles],
+        } for p in i.profiles]} for i in infos]}, indent=2)
+
+
+# --- drift --------------------------------------------------------------------------------------------------------
+
+
+def live_layout(info: GpuInfo, state: GpuState) -> str:
+    """One line: "MIG on: 3g.40gb@4:4 2g.20gb@0:2" (compute instances in brackets when not the default)."""
+    if not state.mig_current:
+        return "MIG off" + (" (pending on)" if state.mig_pending else "")
+    parts = []
+    for gi in state.instances:
+        p = info.profile_by_id(gi.profile_id)
+        name = p.name if p else str(gi.profile_id)
+        full = p.full_compute_profile.id if p and p.full_compute_profile else None
+        cis = [ci.profile_id for ci in gi.compute]
+        extra = "" if cis == [full] else "[" + ",".join(
+            next((c.name for c in p.compute_profiles if c.id == x), str(x)) for x in cis) + "]" if p else ""
+        parts.append(f"{name}@{gi.placement}{extra}")
+    return "MIG on: " + (" ".join(parts) if parts else "no instances")
+
+
+def desired_layout(plan: GpuPlan, mig: bool) -> str:
+    if not mig:
+        return "MIG off"
+    parts = []
+    for a in sorted(plan.assignments, key=lambda a: a.placement.start):
+        full = a.instance.profile.full_compute_profile
+        extra = "" if [c.id for c in a.instance.compute] == [full.id if full else None] else \
+            "[" + ",".join(c.name for c in a.instance.compute) + "]"
+        parts.append(f"{a.instance.profile.name}@{a.placement}{extra}")
+    return "MIG on: " + (" ".join(parts) if parts else "no instances")
+
+
+# --- export -------------------------------------------------------------------------------------------------------
+
+
+def export_toml(gpus: Sequence[Gpu]) -> str:
+    """The live layout as a migd.toml that `migd apply` reproduces (applied here: nothing to do)."""
+    groups: List[Tuple[List[int], Tuple[bool, Tuple[str, ...]], List[str]]] = []
+    for gpu in gpus:
+        if not gpu.info.mig_capable:
+            continue
+        key, lines = _export_entry(gpu)
+        for indices, k, _ in groups:
+            if k == key:
+                indices.append(gpu.info.index)
+                break
+        else:
+            groups.append(([gpu.info.index], key, lines))
+    out = ["# Exported by `migd export`: the live MIG layout. `migd apply` with this file changes nothing here.", ""]
+    for indices, _, lines in groups:
+        select = str(indices[0]) if len(indices) == 1 else "[" + ", ".join(map(str, indices)) + "]"
+        out += ["[[gpu]]", f"select = {select}"] + lines + [""]
+    return "\n".join(out)
+
+
+def _export_entry(gpu: Gpu) -> Tuple[Tuple[bool, Tuple[str, ...]], List[str]]:
+    info, state = gpu.info, gpu.state
+    if not state.mig_current:
+        return (False, ()), ["mig = false"]
+    items = []
+    for gi in state.instances:
+        p = info.profile_by_id(gi.profile_id)
+        if p is None:
+            continue
+        cps = {c.id: c.name for c in p.compute_profiles}
+        full = p.full_compute_profile
+        cis = [ci.profile_id for ci in gi.compute]
+        if full is not None and cis == [full.id]:
+            items.append(json.dumps(p.name))
+        else:
+            compute = ", ".join(json.dumps(cps.get(x, str(x))) for x in cis)
+            items.append(f"{{ profile = {json.dumps(p.name)}, compute = [{compute}] }}")
+    return (True, (info.name,) + tuple(items)), ["mig = true", f"instances = [{', '.join(items)}]"]
