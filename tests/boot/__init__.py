@@ -1,0 +1,1 @@
+"""Boot-test harness: Debian rootfs (rootfs.py) booted under systemd-nspawn (nspawn.py)."""
