@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("plan", help="the actions apply would take; changes nothing")
     s = sub.add_parser("apply", help="make the GPUs match the config")
     s.add_argument("--dry-run", action="store_true", help="same as plan")
+    s.add_argument("--stop-clients", action="store_true",
+                   help="if a GPU is held, stop the [daemon] stop_clients units holding it, apply, restart them")
+    sub.add_parser("boot", help="what migd.service runs: wait for the driver, then apply")
+    sub.add_parser("watch", help="what migd-watch.service runs: log drift (systemd watchdog)")
     s = sub.add_parser("check", help="exit 0 if the live layout matches the config, 3 on drift, 4 if pending")
     s.add_argument("--json", action="store_true")
     sub.add_parser("export", help="the live layout as a migd.toml")
@@ -57,22 +61,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     read_verb = args.verb in READ_VERBS or (args.verb == "apply" and args.dry_run)
     level = "debug" if args.verbose else ("warning" if args.quiet or read_verb else "info")
     setup(level=level)
+    service_verb = args.verb in ("boot", "watch")
     try:
         return VERBS[args.verb](args, read_verb)
     except ConfigError as e:
-        print(f"migd: invalid configuration, no GPU touched:\n{e}", file=sys.stderr)
-        return E.EXIT_USAGE
+        return _fail(service_verb, "config_invalid", f"invalid configuration, no GPU touched:\n{e}", E.EXIT_USAGE)
     except MigdError as e:
-        print(f"migd: {e}", file=sys.stderr)
-        return e.exit_code
+        return _fail(service_verb, "failed", str(e), e.exit_code)
     except ValueError as e:  # bad --simulate spec or state file
-        print(f"migd: {e}", file=sys.stderr)
-        return E.EXIT_USAGE
+        return _fail(service_verb, "usage", str(e), E.EXIT_USAGE)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `migd plan | head`
         sys.stderr.close()
         return E.EXIT_OK
+
+
+def _fail(service_verb: bool, event: str, text: str, code: int) -> int:
+    """Under systemd, errors are journal events (one per line, with fields); at a terminal, plain stderr."""
+    if service_verb:
+        from .log import get_logger
+
+        for line in text.splitlines():
+            if line.strip():
+                get_logger().error(event, msg=line.strip(), exit=code)
+    else:
+        print(f"migd: {text}", file=sys.stderr)
+    return code
 
 
 # --- shared steps ---------------------------------------------------------------------------------------------
@@ -92,38 +107,6 @@ def _load_config(args):
     return config.load(args.config)
 
 
-def _desired(cfg, infos) -> Tuple[Dict[int, object], List[str]]:
-    """GPU index -> DesiredGpu for every selected GPU, or problems (config errors on this host)."""
-    from . import layout
-    from .model import GpuState
-    from .plan import plan_gpu
-
-    chosen, problems = layout.select(cfg, infos)
-    desired = {}
-    for info in infos:
-        entry = chosen.get(info.index)
-        if entry is None:
-            continue
-        try:
-            d = layout.resolve(entry, info)
-        except layout.LayoutError as e:
-            problems.append(str(e))
-            continue
-        # A layout that cannot fit even an empty GPU is a config error: refuse before touching anything.
-        empty = plan_gpu(info, d, GpuState(mig_current=True, mig_pending=True, persistence=None))
-        if empty.refusal:
-            problems.append(f"{entry.where}: {empty.refusal}")
-            continue
-        desired[info.index] = d
-    return desired, problems
-
-
-def _config_problems(problems: List[str]) -> ConfigError:
-    from .errors import Problem
-
-    return ConfigError([Problem(p) for p in dict.fromkeys(problems)])  # one line per problem, not per GPU
-
-
 def _plans(backend, infos, desired, cfg):
     from .plan import plan_gpu
 
@@ -135,7 +118,7 @@ def _plans(backend, infos, desired, cfg):
 
 
 def cmd_status(args, read_only: bool) -> int:
-    from . import report
+    from . import report, service
     from .model import Gpu
 
     backend = _backend(args, True)
@@ -146,7 +129,7 @@ def cmd_status(args, read_only: bool) -> int:
         managed: Dict[int, str] = {}
         try:
             cfg = _load_config(args)
-            desired, _ = _desired(cfg, infos)
+            desired = service.desired_for(cfg, infos)
             for i, plan in _plans(backend, infos, desired, cfg).items():
                 names[i] = report.names_by_gi(plan)
                 managed[i] = desired[i].entry.where + (" (matches)" if _layout_matches(plan) else " (drift)")
@@ -184,20 +167,18 @@ def cmd_validate(args, read_only: bool) -> int:
     if not (args.simulate or args.sim_state or os.path.exists("/dev/nvidiactl")):
         print("no GPUs to check against (no driver; use --simulate SPEC to check a model)")
         return E.EXIT_OK
-    from . import layout
+    from . import layout, service
 
     backend = _backend(args, True)
     try:
         infos = backend.gpus()
-        desired, problems = _desired(cfg, infos)
         chosen, _ = layout.select(cfg, infos)
         for info in infos:
             entry = chosen.get(info.index)
             what = "not managed (no entry matches)" if entry is None else \
                 f"entry #{entry.number} ({entry.where}, select = {entry.selector})"
             print(f"GPU {info.index} {info.name}: {what}")
-        if problems:
-            raise _config_problems(problems)
+        service.desired_for(cfg, infos)
         print("layout fits every selected GPU")
         return E.EXIT_OK
     finally:
@@ -205,13 +186,13 @@ def cmd_validate(args, read_only: bool) -> int:
 
 
 def cmd_plan(args, read_only: bool) -> int:
+    from . import service
+
     cfg = _load_config(args)
     backend = _backend(args, True)
     try:
         infos = backend.gpus()
-        desired, problems = _desired(cfg, infos)
-        if problems:
-            raise _config_problems(problems)
+        desired = service.desired_for(cfg, infos)
         plans = _plans(backend, infos, desired, cfg)
         code = E.EXIT_OK
         for i, info in enumerate(infos):
@@ -234,15 +215,13 @@ def cmd_plan(args, read_only: bool) -> int:
 def cmd_check(args, read_only: bool) -> int:
     import json
 
-    from . import report
+    from . import report, service
 
     cfg = _load_config(args)
     backend = _backend(args, True)
     try:
         infos = backend.gpus()
-        desired, problems = _desired(cfg, infos)
-        if problems:
-            raise _config_problems(problems)
+        desired = service.desired_for(cfg, infos)
         code, rows = E.EXIT_OK, []
         for i, plan in _plans(backend, infos, desired, cfg).items():
             state = backend.state(i)
@@ -284,45 +263,61 @@ def cmd_export(args, read_only: bool) -> int:
 def cmd_apply(args, read_only: bool) -> int:
     if args.dry_run:
         return cmd_plan(args, True)
-    from . import apply, report
-    from .holders import describe, pids_holding
-    from .log import get_logger
-    from .model import Gpu
+    from . import service
 
-    log = get_logger()
-    cfg = _load_config(args)
+    cfg = _load_config(args)  # invalid config: exit 2 before the driver is even opened
     backend = _backend(args, False)
     try:
-        infos = backend.gpus()
-        desired, problems = _desired(cfg, infos)
-        if problems:
-            raise _config_problems(problems)
-
-        def holders(i: int) -> List[str]:
-            return [str(h) for h in describe(pids_holding(backend.device_nodes(i))) if h.pid != os.getpid()]
-
-        persistence = cfg.daemon.persistence_mode or None
-        results = []
-        for info in infos:
-            if info.index not in desired:
-                continue
-            try:
-                results.append(apply.apply_gpu(backend, info, desired[info.index], persistence, holders))
-            except DriverError as e:  # reading the GPU failed before anything changed
-                log.error("gpu_unreadable", msg=str(e), gpu=info.index)
-                results.append(apply.GpuResult(info.index, apply.FAILED, str(e)))
-        for r in results:
-            print(r.message)
-        gpus = [Gpu(info, backend.state(info.index)) for info in infos if info.index in desired]
-        names = {i: report.names_by_gi(p) for i, p in _plans(backend, infos, desired, cfg).items()}
-        print(report.status_text(gpus, names, {i: desired[i].entry.where for i in desired}))
-        return apply.exit_code(results)
+        desired = service.desired_for(cfg, backend.gpus())
+        code = service.apply_all(backend, cfg, desired, stop_clients=bool(args.stop_clients))
+        _print_status(backend, cfg, desired)
+        return code
     finally:
         backend.close()
 
 
+def cmd_boot(args, read_only: bool) -> int:
+    """migd.service: wait for the driver, then apply. Failures fail the unit (exit != 0), never the boot."""
+    from . import service
+    from .backend import make_backend
+    from .log import get_logger
+
+    log = get_logger()
+    cfg = _load_config(args)
+    if not cfg.entries:
+        log.info("boot_nothing", msg=f"{cfg.path} selects no GPU: nothing to do")
+        return E.EXIT_OK
+    backend = service.wait_for_driver(
+        lambda: make_backend(simulate=args.simulate, sim_state=args.sim_state), cfg.daemon.driver_wait_timeout)
+    try:
+        desired = service.desired_for(cfg, backend.gpus())
+        log.info("boot_apply", msg=f"applying {cfg.path} to {len(desired)} GPU(s)", gpus=sorted(desired))
+        code = service.apply_all(backend, cfg, desired)
+        level = log.info if code == E.EXIT_OK else log.error
+        level("boot_done", msg=f"boot apply finished: exit {code}", exit=code)
+        return code
+    finally:
+        backend.close()
+
+
+def cmd_watch(args, read_only: bool) -> int:
+    from .watch import Watcher
+
+    return Watcher(args.config, simulate=args.simulate, sim_state=args.sim_state).run()
+
+
+def _print_status(backend, cfg, desired) -> None:
+    from . import report
+    from .model import Gpu
+
+    infos = backend.gpus()
+    gpus = [Gpu(infos[i], backend.state(i)) for i in sorted(desired)]
+    names = {i: report.names_by_gi(p) for i, p in _plans(backend, infos, desired, cfg).items()}
+    print(report.status_text(gpus, names, {i: desired[i].entry.where for i in desired}))
+
+
 VERBS = {"status": cmd_status, "profiles": cmd_profiles, "validate": cmd_validate, "plan": cmd_plan,
-         "apply": cmd_apply, "check": cmd_check, "export": cmd_export}
+         "apply": cmd_apply, "check": cmd_check, "export": cmd_export, "boot": cmd_boot, "watch": cmd_watch}
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ def parse_faults(text: str) -> List[dict]:
             raise ValueError(f"bad fault {item!r}: expected CALL=CODE[@N][/gpuK], e.g. nvmlGpuInstanceDestroy=IN_USE@1")
         rest, _, gpu = rest.partition("/gpu")
         code, _, at = rest.partition("@")
+        if not at.isdigit() and at or not gpu.isdigit() and gpu:
+            raise ValueError(f"bad fault {item!r}: N and K in CALL=CODE[@N][/gpuK] are numbers")
         fault: dict = {"call": call, "at": int(at) if at else None, "gpu": int(gpu) if gpu else None}
         if code == "hang":
             fault["hang"] = True
@@ -98,6 +100,7 @@ class FakeNvmlLib:
         self.host = host
         self.extra_faults = list(faults or [])
         self.calls: Dict[str, int] = {}
+        self.gpu_calls: Dict[Tuple[str, int], int] = {}
         self.handles = _Handles()
         self.initialized = 0
         self._stat: Optional[Tuple[int, int]] = None
@@ -145,11 +148,13 @@ class FakeNvmlLib:
             self._stat = (st.st_mtime_ns, st.st_size)
 
     def _mutate(self, fn: Callable[[], object]):
-        """Mutations: reload, change, save, so processes sharing a state file never lose each other's work."""
-        if self.host.path:
-            self.host.reload()
-        result = fn()
-        self._commit()
+        """Mutations: reload, change, save under one lock, so processes sharing a state file never lose each
+        other's work (two read-modify-write cycles interleaving would drop one)."""
+        with self.host.locked():
+            if self.host.path:
+                self.host.reload()
+            result = fn()
+            self._commit()
         return result
 
     def _faults(self) -> List[dict]:
@@ -159,12 +164,16 @@ class FakeNvmlLib:
     def _inject(self, name: str, args: tuple) -> None:
         base = name.split("_v")[0] if "_v" in name else name
         count = self.calls[base] = self.calls.get(base, 0) + 1
+        gpu = self._gpu_of(args)
+        if gpu is not None:  # `@N/gpuK` counts GPU K's calls only, whatever other GPUs did meanwhile
+            self.gpu_calls[(base, gpu)] = self.gpu_calls.get((base, gpu), 0) + 1
         for fault in self._faults():
             if fault["call"] not in (name, base):
                 continue
-            if fault.get("at") is not None and fault["at"] != count:
+            if fault.get("gpu") is not None and gpu != fault["gpu"]:
                 continue
-            if fault.get("gpu") is not None and self._gpu_of(args) != fault["gpu"]:
+            nth = count if fault.get("gpu") is None else self.gpu_calls[(base, gpu)]
+            if fault.get("at") is not None and fault["at"] != nth:
                 continue
             if fault.get("hang"):
                 while True:  # a wedged driver call: only the watchdog (SIGKILL) gets us out

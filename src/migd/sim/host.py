@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import json
 import os
+import threading
 import time
 import uuid as uuidlib
 from typing import Dict, Iterator, List, Optional, Tuple
@@ -65,12 +66,38 @@ class SimHost:
     def create(cls, spec: str, path: Optional[str] = None) -> "SimHost":
         """Load the host from `path` if it exists, else build it from `spec` (and save it there)."""
         if path and os.path.exists(path):
-            return cls(load_state(path), path)
+            host = cls(load_state(path), path)
+            host._power_cycle_if_rebooted()
+            return host
         host = cls(new_state(spec), path)
         if path:
             host.state["device_dir"] = os.path.join(os.path.dirname(os.path.abspath(path)), "dev")
+            host.state["boot_marker"] = os.environ.get("MIGD_SIM_BOOT_MARKER") or None
+            host._make_device_nodes()
+            host._power_cycle_if_rebooted()
             host.save()
         return host
+
+    def _make_device_nodes(self) -> None:
+        """Plain files standing in for /dev/nvidiaN: clients open them, migd's /proc scan finds the holders."""
+        for i in range(len(self.gpus)):
+            node = self.device_node(i)
+            if node and not os.path.exists(node):
+                os.makedirs(os.path.dirname(node), exist_ok=True)
+                open(node, "a").close()
+
+    def _power_cycle_if_rebooted(self) -> None:
+        """With a boot marker on a tmpfs (e.g. /run/migd-sim/booted), a missing marker means the machine rebooted
+        since the state was saved: the simulated GPUs reboot too (instances lost, Hopper MIG mode lost)."""
+        marker = self.state.get("boot_marker")
+        if not marker or os.path.exists(marker):
+            return
+        if self.state.get("booted_once"):
+            self.reboot()
+        self.state["booted_once"] = True
+        os.makedirs(os.path.dirname(marker), exist_ok=True)
+        open(marker, "a").close()
+        self.save()
 
     def save(self) -> None:
         if not self.path:
@@ -81,6 +108,15 @@ class SimHost:
     def reload(self) -> None:
         if self.path and os.path.exists(self.path):
             self.state = load_state(self.path)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the state file's lock across a read-modify-write (reload, change, save)."""
+        if not self.path:
+            yield
+            return
+        with _locked(self.path):
+            yield
 
     # --- identity ------------------------------------------------------------------------------------------
 
@@ -199,11 +235,14 @@ class SimHost:
         if not g["mig"][0]:
             raise SimError(E.NOT_SUPPORTED, "MIG mode is disabled")
         if placement is None:
-            # The driver picks: highest free slot first, which reproduces the guide's `-cgi 19,19,14,9` failure.
+            # The driver picks. Rule (assumed): the free placement that blocks the fewest still-free placements
+            # of all profiles, lowest start on ties. It reproduces every transcript in the guide (reference
+            # §2.4): `-cgi 19,19,14,9` fails; `9,19,14,19` gives 4:4, 0:1, 2:2, 1:1; `19,14,5` gives 6:1, 4:2,
+            # 0:4; on A30 1g, 1g, 2g give 0:1, 1:1, 2:2. ("Highest slot first" gets the last two wrong.)
             free = self.free_placements(gpu, profile_id)
             if not free:
                 raise SimError(E.INSUFFICIENT_RESOURCES, f"no free placement for {info['name']}")
-            placement = max(free)
+            placement = min(free, key=lambda p: (self._blocked_by(g, gpu, p), p[0]))
         problem = self._placement_error(g, gpu, info, placement)
         if problem:
             raise SimError(E.INSUFFICIENT_RESOURCES, problem)
@@ -212,6 +251,15 @@ class SimHost:
         g["gis"].append({"id": gi_id, "profile_id": profile_id, "start": start, "size": size, "cis": []})
         g["gis"].sort(key=lambda x: x["start"])
         return gi_id
+
+    def _blocked_by(self, g: dict, gpu: int, placement: Tuple[int, int]) -> int:
+        """How many placements (of every profile) that are free now a GI at `placement` would take away."""
+        taken = 0
+        for gi in g["gis"]:
+            taken |= _mask(gi["start"], gi["size"])
+        mask = _mask(*placement)
+        return sum(1 for info in self.model(gpu).gi_profiles.values() for p in info["placements"]
+                   if not _mask(*p) & taken and _mask(*p) & mask)
 
     def _gi_id(self, gpu: int, start: int, size: int) -> int:
         # Binary-tree numbering (0 whole, 1-2 halves, 3-6 quarters, 7-14 eighths), as observed on 8-slot GPUs.
@@ -330,15 +378,31 @@ def load_state(path: str) -> dict:
     return state
 
 
+_held = threading.local()  # state files this thread holds the lock of: nested _locked() calls must not deadlock
+
+
 @contextlib.contextmanager
 def _locked(path: str) -> Iterator[None]:
-    """Serialize readers and writers of one state file across processes."""
+    """Serialize readers and writers of one state file across processes. Re-entrant within a thread."""
+    held = getattr(_held, "paths", None)
+    if held is None:
+        held = _held.paths = {}
+    key = os.path.abspath(path)
+    if held.get(key):
+        held[key] += 1
+        try:
+            yield
+        finally:
+            held[key] -= 1
+        return
     lock_path = path + ".lock"
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        held[key] = 1
         yield
     finally:
+        held.pop(key, None)
         os.close(fd)
 
 

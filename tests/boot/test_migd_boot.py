@@ -1,0 +1,215 @@
+"""migd under a real systemd: boot a Debian rootfs with systemd-nspawn and read systemd's own records.
+
+The simulated GPUs live in a state file inside the rootfs (/var/lib/migd-sim), so they persist across container
+boots like hardware does; a boot marker on /run makes each container boot a reboot of the simulated GPUs too
+(instances lost; Hopper loses MIG mode, Ampere keeps it). Stub units nvidia-dcgm, nvsm and gdm hold the simulated
+device nodes open like real GPU clients.
+
+The boots run in order on one rootfs (one scenario per boot), as one test so the order is explicit.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from .rootfs import enable_units, install_file, install_tree
+
+pytestmark = pytest.mark.boot
+
+REPO = Path(__file__).resolve().parents[2]
+SIM_STATE = "/var/lib/migd-sim/state.json"
+SIM_ENV = {"MIGD_SIMULATE": "h100-80gb,a100-40gb", "MIGD_SIM_STATE": SIM_STATE,
+           "MIGD_SIM_BOOT_MARKER": "/run/migd-sim/booted"}
+STUBS = {  # unit -> (process name, simulated device node it holds)
+    "nvidia-dcgm.service": ("nv-hostengine", "nvidia0"),
+    "nvsm.service": ("nvsm-core", "nvidia0"),
+    "gdm.service": ("gdm-stub", "nvidia1"),
+}
+CONFIG = """
+[[gpu]]
+select = "all"
+mig = true
+instances = [
+  { profile = "4g", name = "train" },
+  { profile = "2g", name = "eval" },
+  { profile = "1g", name = "notebook" },
+]
+
+[daemon]
+watch_interval = 1
+driver_wait_timeout = 4
+"""
+# Instances land at 4g 0:4, 2g 4:2, 1g 6:1; the sim numbers GIs like the driver does (1g at slot 6 -> GI 13).
+NOTEBOOK_GI = 13
+
+
+def _module_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    assert spec and spec.origin, name
+    origin = Path(spec.origin)
+    return origin.parent if origin.name == "__init__.py" else origin
+
+
+def _install_migd(root: Path) -> None:
+    """Install from the source tree the way the package lays it out: /usr/lib/migd + /usr/bin/migd + units."""
+    lib = root / "usr/lib/migd"
+    lib.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(REPO / "src/migd", lib / "migd", ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+    for dep in ("pynvml", "structlog", "sdnotify"):
+        src = _module_dir(dep)
+        if src.is_dir():
+            shutil.copytree(src, lib / src.name, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+        else:
+            shutil.copy2(src, lib / src.name)
+    install_file(root, "/usr/bin/migd", (REPO / "packaging/bin/migd").read_text(), mode=0o755)
+    for unit in ("migd.service", "migd-watch.service"):
+        install_file(root, f"/usr/lib/systemd/system/{unit}", (REPO / "packaging/systemd" / unit).read_text())
+    env = " ".join(f"{k}={v}" for k, v in SIM_ENV.items())
+    for unit in ("migd.service", "migd-watch.service"):
+        install_file(root, f"/etc/systemd/system/{unit}.d/simulate.conf", f"[Service]\nEnvironment={env}\n")
+    install_file(root, "/etc/systemd/system/migd-watch.service.d/fast.conf",
+                 "[Service]\nWatchdogSec=4\nRestartSec=1\n")
+    install_file(root, "/etc/migd.toml", CONFIG, mode=0o644)
+    sleep = (root / "usr/bin/sleep").read_bytes()
+    for unit, (comm, node) in STUBS.items():
+        install_file(root, f"/usr/local/bin/{comm}", sleep, mode=0o755)  # a client whose comm is its name
+        install_file(root, f"/etc/systemd/system/{unit}", textwrap.dedent(f"""\
+            [Unit]
+            Description=stub GPU client ({comm})
+            [Service]
+            ExecStart=/bin/sh -c 'mkdir -p /var/lib/migd-sim/dev; exec 3<>/var/lib/migd-sim/dev/{node}; exec /usr/local/bin/{comm} infinity'
+            [Install]
+            WantedBy=multi-user.target
+            """))
+    enable_units(root, "migd.service", "migd-watch.service", *STUBS)
+
+
+def _sim(*args: str) -> list:
+    return ["env", "PYTHONPATH=/usr/lib/migd", "python3", "-m", "migd.sim.tool", "--state", SIM_STATE, *args]
+
+
+def _migd(*args: str) -> list:
+    return ["env", *(f"{k}={v}" for k, v in SIM_ENV.items()), "migd", *args]
+
+
+def _events(result, unit: str, event: str, **fields):
+    out = []
+    for e in result.journal(_SYSTEMD_UNIT=unit):
+        if e.get("MIGD_EVENT") == event and all(e.get(k) == v for k, v in fields.items()):
+            out.append(e)
+    return out
+
+
+def _ts(props: dict, name: str) -> int:
+    value = int(props[name])
+    assert value > 0, f"{name} unset"
+    return value
+
+
+UNITS = ["migd.service", "migd-watch.service", *STUBS]
+
+
+def test_migd_under_real_systemd(boot_base, boot_rootfs, boot_vm):
+    root = boot_rootfs
+    _install_migd(root)
+
+    # --- 1. first boot: migd.service finishes before every client starts; the layout is applied ----------------
+    drift = ["sh", "-c", " && ".join([
+        " ".join(_sim("destroy-gi", "0", str(NOTEBOOK_GI))),  # by hand, behind migd's back
+        "sleep 3",
+        " ".join(_migd("apply")),  # restores it
+        "sleep 3"])]
+    r1 = boot_vm(units=UNITS, timeout=90, commands={
+        "status": _migd("status", "--json"), "devices": ["cat", "/run/migd/devices.env"], "drift": drift,
+        "journal_migd": ["journalctl", "-b", "-u", "migd", "-o", "cat", "--no-pager"]}).check()
+    migd = r1.unit("migd.service")
+    assert migd["Result"] == "success" and migd["ActiveState"] == "active", r1.describe()
+    for stub in STUBS:
+        props = r1.unit(stub)
+        assert props["ActiveState"] == "active", (stub, props["ActiveState"])
+        assert _ts(migd, "ExecMainExitTimestampMonotonic") <= _ts(props, "ExecMainStartTimestampMonotonic"), stub
+        assert _ts(migd, "ActiveEnterTimestampMonotonic") <= _ts(props, "InactiveExitTimestampMonotonic"), stub
+    status = json.loads(r1.command("status")["stdout"])
+    for gpu in status["gpus"]:
+        assert gpu["mig"]["current"] is True
+        layout = [(i["profile"], i["placement"]["start"], i["name"]) for i in gpu["instances"]]
+        assert [(s, n) for _, s, n in layout] == [(0, "train"), (4, "eval"), (6, "notebook")], layout
+    devices = r1.command("devices")["stdout"]
+    assert "MIGD_GPU0_TRAIN=MIG-" in devices and "MIGD_GPU1_NOTEBOOK=MIG-" in devices
+    created = _events(r1, "migd.service", "create_gi")
+    assert len(created) == 6 and {e["MIGD_GPU"] for e in created} == {"0", "1"}
+    assert all(e["PRIORITY"] == "6" and e["SYSLOG_IDENTIFIER"] == "migd" for e in created)
+    assert _events(r1, "migd.service", "set_mig_mode", MIGD_GPU="0")
+
+    # --- 4. drift: one warning with fields when an instance vanishes, one "cleared" when it is restored --------
+    assert r1.command("drift")["rc"] == 0, r1.command("drift")
+    drifts = _events(r1, "migd-watch.service", "drift", MIGD_GPU="0")
+    assert len(drifts) == 1, [d["MESSAGE"] for d in drifts]
+    assert drifts[0]["PRIORITY"] == "4" and "1g.10gb@6:1" in drifts[0]["MIGD_EXPECTED"]
+    assert "1g.10gb@6:1" not in drifts[0]["MIGD_FOUND"]
+    assert len(_events(r1, "migd-watch.service", "drift_cleared", MIGD_GPU="0")) == 1
+    assert not _events(r1, "migd-watch.service", "drift", MIGD_GPU="1")
+    assert r1.unit("migd-watch.service")["ActiveState"] == "active"
+
+    # --- 3. second boot: instances were lost with the reboot (and Hopper's MIG mode); migd re-creates them --------
+    r2 = boot_vm(units=UNITS, timeout=60, commands={"status": _migd("status", "--json")}).check()
+    assert r2.unit("migd.service")["Result"] == "success", r2.describe()
+    assert _events(r2, "migd.service", "set_mig_mode", MIGD_GPU="0"), "Hopper lost MIG mode at reboot"
+    assert not _events(r2, "migd.service", "set_mig_mode", MIGD_GPU="1"), "Ampere keeps MIG mode across reboot"
+    assert len(_events(r2, "migd.service", "create_gi")) == 6
+    status = json.loads(r2.command("status")["stdout"])
+    assert all(len(g["instances"]) == 3 for g in status["gpus"])
+
+    # --- 5. a hung NVML call in the checker: systemd's watchdog kills and restarts migd-watch ---------------------
+    hang = root / "etc/systemd/system/migd-watch.service.d/hang.conf"
+    hang.write_text("[Service]\nEnvironment=MIGD_SIM_FAULTS=nvmlDeviceGetCount=hang\n")
+    r3 = boot_vm(units=UNITS, timeout=90, commands={"wait": ["sleep", "14"]}).check()
+    hang.unlink()
+    watch = r3.unit("migd-watch.service")
+    texts = [str(e.get("MESSAGE")) for e in r3.journal(UNIT="migd-watch.service")]  # systemd's own records
+    assert any("Watchdog timeout" in t for t in texts), texts[-10:]
+    assert any("Failed with result 'watchdog'" in t for t in texts), texts[-10:]
+    assert int(watch["NRestarts"]) >= 1, watch["NRestarts"]
+    assert _events(r3, "migd-watch.service", "check_hung")
+
+    # --- 2. negative control: migd ordered after the clients -> Hopper's MIG enable stays pending, holder named ---
+    override = root / "etc/systemd/system/migd.service"
+    override.write_text((REPO / "packaging/systemd/migd.service").read_text()
+                        .replace("Before=", "#Before=")
+                        .replace("[Service]", "[Unit]\nAfter=nvidia-dcgm.service nvsm.service gdm.service\n"
+                                              "[Service]\nExecStartPre=/bin/sleep 1", 1))
+    r4 = boot_vm(units=UNITS, timeout=60).check()
+    override.unlink()
+    migd = r4.unit("migd.service")
+    assert migd["Result"] == "exit-code" and migd["ExecMainStatus"] == "4", (migd["Result"], migd["ExecMainStatus"])
+    assert _ts(r4.unit("nvidia-dcgm.service"), "ActiveEnterTimestampMonotonic") <= _ts(migd, "ExecMainStartTimestampMonotonic")
+    pending = _events(r4, "migd.service", "mode_pending", MIGD_GPU="0")
+    assert pending, r4.messages(unit="migd.service")
+    assert "nv-hostengine" in pending[0]["MESSAGE"] and "nvidia-dcgm.service" in pending[0]["MESSAGE"], pending[0]
+    assert pending[0]["PRIORITY"] == "4"
+
+    # --- 6. no driver: migd.service fails after driver_wait_timeout with a clear message; clients still start -----
+    (root / "var/lib/migd-sim").mkdir(parents=True, exist_ok=True)
+    state = json.loads((root / SIM_STATE.lstrip("/")).read_text())
+    state["driver"] = "not-loaded"
+    (root / SIM_STATE.lstrip("/")).write_text(json.dumps(state))
+    r5 = boot_vm(units=UNITS, timeout=60).check()
+    migd = r5.unit("migd.service")
+    assert migd["Result"] == "exit-code", migd["Result"]
+    assert len(_events(r5, "migd.service", "driver_wait")) >= 2
+    failed = [e["MESSAGE"] for e in r5.journal(_SYSTEMD_UNIT="migd.service") if e.get("PRIORITY") == "3"]
+    assert any("no NVIDIA driver after 4 s" in m for m in failed), failed
+    for stub in STUBS:
+        assert r5.unit(stub)["ActiveState"] == "active", stub
+
+    for r in (r1, r2, r3, r4, r5):
+        assert r.leftovers == [], r.describe()
+    print(f"\n[boot] migd boots: {r1.seconds:.1f}s {r2.seconds:.1f}s {r3.seconds:.1f}s {r4.seconds:.1f}s "
+          f"{r5.seconds:.1f}s")
