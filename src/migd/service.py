@@ -53,6 +53,7 @@ def desired_for(cfg: Config, infos: Sequence[GpuInfo]) -> Dict[int, object]:
     from . import layout
 
     chosen, problems = layout.select(cfg, infos)
+    by_text: Dict[str, List[int]] = {}  # the same problem on several GPUs of one model: one line naming them
     desired = {}
     for info in infos:
         entry = chosen.get(info.index)
@@ -61,16 +62,19 @@ def desired_for(cfg: Config, infos: Sequence[GpuInfo]) -> Dict[int, object]:
         try:
             d = layout.resolve(entry, info)
         except layout.LayoutError as e:
-            problems.append(str(e))
+            by_text.setdefault(str(e), []).append(info.index)
             continue
         # A layout that cannot fit even an empty GPU is a config error: refuse before touching anything.
         empty = plan_gpu(info, d, GpuState(mig_current=True, mig_pending=True, persistence=None))
         if empty.refusal:
-            problems.append(f"{entry.where}: {empty.refusal}")
+            reason = empty.refusal.split(": ", 1)[1]  # drop the "GPU n: " prefix
+            by_text.setdefault(f"{entry.where}: {reason}", []).append(info.index)
             continue
         desired[info.index] = d
+    for text, gpus in by_text.items():
+        problems.append(f"{text} (GPU{'s' if len(gpus) > 1 else ''} {', '.join(map(str, gpus))})")
     if problems:
-        raise ConfigError([Problem(p) for p in dict.fromkeys(problems)])  # one line per problem, not per GPU
+        raise ConfigError([Problem(p) for p in problems])
     return desired
 
 

@@ -1,0 +1,185 @@
+"""The CLI as an admin uses it: verbs, outputs, exit codes, files in /run/migd."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from migd import cli, sim
+from migd.sim.host import SimHost, load_state
+
+MIXED = textwrap.dedent("""
+    [[gpu]]
+    select = "all"
+    mig = true
+    instances = [{ profile = "3g", name = "train" }, "2g", "1g", "1g"]
+
+    [[gpu]]
+    select = [1]
+    mig = true
+    instances = { "1g" = 7 }
+""")
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIGD_RUN_DIR", str(tmp_path / "run"))
+    for var in ("MIGD_SIMULATE", "MIGD_SIM_STATE", "MIGD_CONFIG", "MIGD_READ_ONLY", "MIGD_SIM_FAULTS"):
+        monkeypatch.delenv(var, raising=False)
+    yield
+    sim.uninstall()
+
+
+@pytest.fixture
+def host(tmp_path):
+    """A simulated 2 × H100 host shared through a state file, and a config file."""
+    state = tmp_path / "sim" / "state.json"
+    state.parent.mkdir()
+    conf = tmp_path / "migd.toml"
+    conf.write_text(MIXED)
+    return {"state": str(state), "config": str(conf)}
+
+
+def migd(capsys, host, *args, spec="h100-80gb:2"):
+    code = cli.main(["--simulate", spec, "--sim-state", host["state"], "--config", host["config"], *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_apply_then_check_status_export_round_trip(capsys, host, tmp_path):
+    code, out, _ = migd(capsys, host, "check")
+    assert code == 3 and "drift" in out  # nothing applied yet
+
+    code, out, _ = migd(capsys, host, "apply")
+    assert code == 0, out
+    assert "GPU 0: applied" in out and "GPU 1: applied" in out
+
+    code, out, _ = migd(capsys, host, "check")
+    assert code == 0 and out.count(": ok:") == 2
+
+    code, out, _ = migd(capsys, host, "status", "--json")
+    data = json.loads(out)
+    g0, g1 = data["gpus"]
+    assert g0["mig"] == {"current": True, "pending": True}  # NVML's pair: current mode, pending mode
+    # 3g at 0:4 would leave no room for two 1g (slot 7 hosts none), so the exact planner puts it at 4:4
+    assert [(i["profile"], i["placement"]["start"], i["name"]) for i in g0["instances"]] == [
+        ("2g.20gb", 0, None), ("1g.10gb", 2, None), ("1g.10gb", 3, None), ("3g.40gb", 4, "train")]
+    assert len(g1["instances"]) == 7 and all(i["profile"] == "1g.10gb" for i in g1["instances"])
+    for inst in g0["instances"] + g1["instances"]:
+        assert inst["uuid"].startswith("MIG-") and len(inst["compute"]) == 1
+        assert set(inst) >= {"profile", "profile_id", "placement", "uuid", "name", "compute"}
+
+    # export -> apply on the same GPUs changes nothing
+    code, exported, _ = migd(capsys, host, "export")
+    assert code == 0 and exported.count("[[gpu]]") == 2
+    host2 = dict(host, config=str(tmp_path / "exported.toml"))
+    (tmp_path / "exported.toml").write_text(exported)
+    code, out, _ = migd(capsys, host2, "plan")
+    assert code == 0 and out.count("nothing to do") == 2, out
+
+    # /run/migd files
+    run = tmp_path / "run"
+    state = json.loads((run / "state.json").read_text())
+    assert [g["outcome"] for g in state["gpus"]] == ["applied", "applied"]
+    env = (run / "devices.env").read_text()
+    assert "MIGD_TRAIN=MIG-" in env and "MIGD_GPU0_TRAIN=MIG-" in env and "MIGD_GPU1_MIG6=MIG-" in env
+    assert oct((run / "devices.env").stat().st_mode & 0o777) == "0o644"
+
+    # a second apply is a no-op with zero mutating driver calls
+    code, out, _ = migd(capsys, host, "apply")
+    assert code == 0 and out.count("already matches") == 2
+
+
+def test_plan_changes_nothing_and_read_verbs_are_read_only(capsys, host):
+    before = json.dumps(SimHost.create("h100-80gb:2", host["state"]).state, sort_keys=True)
+    for verb in (["plan"], ["apply", "--dry-run"], ["status"], ["profiles"], ["check"], ["export"], ["validate"]):
+        migd(capsys, host, *verb)
+    after = json.dumps(load_state(host["state"]), sort_keys=True)
+    assert before == after
+
+
+def test_read_only_env_refuses_apply(capsys, host, monkeypatch):
+    monkeypatch.setenv("MIGD_READ_ONLY", "1")
+    code, out, err = migd(capsys, host, "apply")
+    assert code == 1
+    assert "read-only" in (out + err)
+    assert not load_state(host["state"])["gpus"][0]["gis"]
+    assert load_state(host["state"])["gpus"][0]["mig"] == [0, 0]
+
+
+def test_bad_config_exits_2_and_touches_nothing(capsys, host, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[gpu]]\nselect = "all"\nmig = true\ninstances = ["1g.10gb+me", "1g.10gb+me"]\n')
+    host = dict(host, config=str(bad))
+    code, out, err = migd(capsys, host, "apply")
+    assert code == 2
+    assert f"{bad}:1: 1g.10gb+me allows 1 instance, 2 requested (GPUs 0, 1)" in err, err
+    assert all(g["mig"] == [0, 0] and not g["gis"] for g in load_state(host["state"])["gpus"])
+
+    bad.write_text('[[gpu]]\nselect = "all"\nmig = true\ninstances = ["3g.20gb"]\n')  # an A100 name on an H100
+    code, _, err = migd(capsys, host, "apply")
+    assert code == 2 and f"{bad}:4: H100 80GB HBM3 has no profile '3g.20gb'" in err and "(GPUs 0, 1)" in err, err
+
+    bad.write_text('[[gpu]]\nselect = 5\nmig = false\n')
+    code, _, err = migd(capsys, host, "apply")
+    assert code == 2 and "no GPU with index 5" in err
+
+
+def test_validate_reports_entry_per_gpu(capsys, host):
+    code, out, _ = migd(capsys, host, "validate")
+    assert code == 0
+    assert "GPU 0 NVIDIA H100 80GB HBM3: entry #1" in out
+    assert "GPU 1 NVIDIA H100 80GB HBM3: entry #2" in out  # the last matching entry wins
+
+
+def test_pending_mode_change_exit_4_names_holder(capsys, host):
+    with open(host["config"], "w") as f:
+        f.write('[[gpu]]\nselect = 0\nmig = true\ninstances = ["7g"]\n')
+    SimHost.create("a100-40gb", host["state"])
+    holder = subprocess.Popen([sys.executable, "-c", "import sys,time; f=open(sys.argv[1]); time.sleep(60)",
+                               os.path.join(os.path.dirname(host["state"]), "dev", "nvidia0")])
+    try:
+        import time
+
+        time.sleep(0.5)
+        code, out, err = migd(capsys, host, "apply", spec="a100-40gb")
+        assert code == 4, out + err
+        assert "pending" in out and f"pid {holder.pid}" in out
+        assert load_state(host["state"])["gpus"][0]["mig"] == [0, 1]
+    finally:
+        holder.kill()
+        holder.wait()
+    code, out, _ = migd(capsys, host, "apply", spec="a100-40gb")
+    assert code == 0, out  # the holder is gone: the Ampere GPU is reset by the driver and the layout applied
+
+
+def test_lock_held_exits_5(capsys, host, monkeypatch):
+    from migd import runstate
+
+    monkeypatch.setattr(cli, "_load_config", cli._load_config)
+    conf = host["config"]
+    with open(conf, "a") as f:
+        f.write("\n[daemon]\nlock_timeout = 0.2\n")
+    with runstate.locked(1):
+        code, out, err = migd(capsys, host, "apply")
+    assert code == 5 and "another migd holds" in err
+
+
+def test_cli_entry_point_as_subprocess(host):
+    """What an admin types: the console script, a real process, stdout/exit code."""
+    env = dict(os.environ, MIGD_RUN_DIR=os.path.join(os.path.dirname(host["state"]), "run"))
+    r = subprocess.run([sys.executable, "-m", "migd.cli", "--simulate", "dgx-a100", "--config",
+                        "etc/examples/dgx-a100-mixed.toml", "apply"], capture_output=True, text=True, env=env,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("applied") >= 8 and "Traceback" not in r.stderr
+    assert "migd[info]: GPU 0: create GPU instance 3g.20gb" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "migd.cli", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith("migd ")
+    r = subprocess.run([sys.executable, "-m", "migd.cli", "frobnicate"], capture_output=True, text=True)
+    assert r.returncode == 2

@@ -1,0 +1,226 @@
+"""The watchdog's checker, boot's driver wait and apply's --stop-clients, on a shared simulated host."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from migd import cli, service, sim
+from migd import errors as E
+from migd.sim.host import SimHost, load_state
+from migd.watch import Watcher
+
+CONFIG = textwrap.dedent("""
+    [[gpu]]
+    select = "all"
+    mig = true
+    instances = ["4g", "2g", "1g"]
+
+    [daemon]
+    watch_interval = 1
+""")
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIGD_RUN_DIR", str(tmp_path / "run"))
+    for var in ("MIGD_SIMULATE", "MIGD_SIM_STATE", "MIGD_READ_ONLY", "MIGD_SIM_FAULTS", "NOTIFY_SOCKET",
+                "WATCHDOG_USEC"):
+        monkeypatch.delenv(var, raising=False)
+    conf = tmp_path / "migd.toml"
+    conf.write_text(CONFIG)
+    state = tmp_path / "sim" / "state.json"
+    state.parent.mkdir()
+    SimHost.create("h100-80gb:2", str(state))
+    yield {"config": str(conf), "state": str(state), "tmp": tmp_path}
+    sim.uninstall()
+
+
+class Events:
+    """Capture migd.watch's log calls (event name + fields)."""
+
+    def __init__(self, monkeypatch):
+        self.items = []
+        import migd.watch as w
+
+        monkeypatch.setattr(w, "log", self)
+
+    def _record(self, level):
+        def record(event, **fields):
+            self.items.append((level, event, fields))
+        return record
+
+    def __getattr__(self, level):
+        return self._record(level)
+
+    def named(self, event):
+        return [f for _, e, f in self.items if e == event]
+
+
+def apply(env, *extra):
+    return cli.main(["--sim-state", env["state"], "--config", env["config"], "apply", *extra])
+
+
+def test_drift_logged_once_per_change_and_cleared_once(env, monkeypatch, capsys):
+    assert apply(env) == 0
+    events = Events(monkeypatch)
+    w = Watcher(env["config"], sim_state=env["state"])
+    assert w.check_once() == {0: "ok", 1: "ok"}
+    host = SimHost.create("", env["state"])
+    gi = host.gpus[0]["gis"][-1]
+    gi["cis"] = []
+    host.destroy_gi(0, gi["id"])
+    host.save()
+    for _ in range(3):
+        assert w.check_once()[0] == "drift"
+    drift = events.named("drift")
+    assert len(drift) == 1, drift
+    assert drift[0]["gpu"] == 0 and "1g.10gb@6:1" in drift[0]["expected"] and "1g.10gb@6:1" not in drift[0]["found"]
+    assert apply(env) == 0
+    for _ in range(2):
+        assert w.check_once() == {0: "ok", 1: "ok"}
+    assert len(events.named("drift_cleared")) == 1
+    assert len(events.named("drift")) == 1
+    assert "2 GPU(s) match" in w.summary
+
+
+def test_watch_holds_no_nvml_between_checks_and_skips_while_locked(env, monkeypatch):
+    from migd import runstate
+
+    assert apply(env) == 0
+    w = Watcher(env["config"], sim_state=env["state"])
+    w.check_once()
+    import pynvml
+
+    assert pynvml.nvmlLib is None or pynvml.nvmlLib.initialized == 0  # init, read, shutdown
+    with runstate.locked(1):
+        assert w.check_once() == {}  # apply in progress: skipped
+
+
+def test_reapply_policy_restores_idle_gpu_but_never_a_busy_one(env, monkeypatch):
+    with open(env["config"], "a") as f:
+        f.write('drift_policy = "reapply"\n')
+    assert apply(env) == 0
+    events = Events(monkeypatch)
+    host = SimHost.create("", env["state"])
+    for gpu in (0, 1):
+        gi = host.gpus[gpu]["gis"][-1]
+        gi["cis"] = []
+        host.destroy_gi(gpu, gi["id"])
+    busy_gi = host.gpus[1]["gis"][0]
+    host.add_process(1, 4242, busy_gi["id"], busy_gi["cis"][0]["id"])
+    host.save()
+    w = Watcher(env["config"], sim_state=env["state"])
+    w.check_once()
+    after = load_state(env["state"])
+    assert len(after["gpus"][0]["gis"]) == 3  # idle GPU re-applied
+    assert len(after["gpus"][1]["gis"]) == 2  # busy GPU left alone
+    assert events.named("drift_reapplied")[0]["gpu"] == 0
+    assert events.named("drift_not_reapplied")[0]["gpu"] == 1
+
+
+def test_sighup_reloads_config_and_bad_config_is_kept_out(env, monkeypatch):
+    assert apply(env) == 0
+    events = Events(monkeypatch)
+    w = Watcher(env["config"], sim_state=env["state"])
+    with open(env["config"], "w") as f:
+        f.write("[[gpu]]\nselect = 'all'\nmig = [\n")
+    w._reload()
+    assert events.named("config_invalid") and w.cfg.entries  # previous config kept
+    with open(env["config"], "w") as f:
+        f.write('[[gpu]]\nselect = "all"\nmig = true\ninstances = ["7g"]\n')
+    w._reload()
+    assert events.named("config_reloaded")
+    assert w.check_once() == {0: "drift", 1: "drift"}
+
+
+def test_watch_process_notifies_systemd_and_stops_on_sigterm(env, tmp_path):
+    """Run `migd watch` as systemd would (NOTIFY_SOCKET, WATCHDOG_USEC): READY=1, STATUS=, WATCHDOG=1 arrive."""
+    import socket
+
+    sock_path = str(tmp_path / "notify.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(sock_path)
+    s.settimeout(10)
+    proc_env = dict(os.environ, NOTIFY_SOCKET=sock_path, WATCHDOG_USEC="1500000", MIGD_SIM_STATE=env["state"],
+                    MIGD_RUN_DIR=str(tmp_path / "run"))
+    p = subprocess.Popen([sys.executable, "-m", "migd.cli", "--config", env["config"], "watch"], env=proc_env,
+                         stderr=subprocess.PIPE, text=True)
+    got = []
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not ({"READY=1", "WATCHDOG=1"} <= set(got)
+                                                   and any(m.startswith("STATUS=") for m in got)):
+            got.append(s.recv(4096).decode())
+        assert "READY=1" in got and "WATCHDOG=1" in got, got
+        assert any(m.startswith("STATUS=") for m in got)
+    finally:
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(10) == 0
+        s.close()
+
+
+def test_hung_check_withholds_watchdog_pings(env, monkeypatch):
+    w = Watcher(env["config"], sim_state=env["state"])
+    w.watchdog_s = 0.2
+    assert w._progressing()
+    w.busy_since = time.monotonic() - 1.0
+    assert not w._progressing()
+    w.busy_since = None
+    assert w._progressing()
+
+
+def test_boot_waits_for_a_late_driver(env, monkeypatch):
+    host = SimHost.create("", env["state"])
+    host.state["driver_ready_at"] = time.time() + 1.0
+    host.save()
+    t = time.monotonic()
+    code = cli.main(["--sim-state", env["state"], "--config", env["config"], "boot"])
+    assert code == 0 and time.monotonic() - t >= 0.9
+    assert len(load_state(env["state"])["gpus"][0]["gis"]) == 3
+
+
+def test_boot_without_driver_fails_after_timeout(env, capsys):
+    host = SimHost.create("", env["state"])
+    host.state["driver"] = "no-library"
+    host.save()
+    with open(env["config"], "a") as f:
+        f.write("driver_wait_timeout = 0.5\n")
+    code = cli.main(["--sim-state", env["state"], "--config", env["config"], "boot"])
+    assert code == E.EXIT_FAILURE
+    assert "no NVIDIA driver after 0.5 s" in capsys.readouterr().err
+
+
+def test_stop_clients_stops_exactly_the_holding_units_and_restarts_them(env, monkeypatch, capsys):
+    host = SimHost.create("", env["state"])
+    holder = subprocess.Popen([sys.executable, "-c", "import sys,time; f=open(sys.argv[1]); time.sleep(60)",
+                               host.device_node(0)])
+    time.sleep(0.5)
+    calls = []
+
+    def fake_systemctl(verb, units):
+        calls.append((verb, list(units)))
+        if verb == "stop":
+            holder.kill()
+            holder.wait()
+
+    monkeypatch.setattr(service, "_systemctl", fake_systemctl)
+    monkeypatch.setattr(service, "unit_of", lambda pid: "nvidia-dcgm.service" if pid == holder.pid else None)
+    with open(env["config"], "a") as f:
+        f.write('stop_clients = ["nvidia-dcgm.service", "nvsm.service"]\n')
+    # H100: the mode change is resetless but still refused while a client holds the GPU
+    try:
+        assert apply(env) == E.EXIT_PENDING  # without --stop-clients: pending, nothing stopped
+        assert calls == []
+        assert apply(env, "--stop-clients") == 0
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    assert calls == [("stop", ["nvidia-dcgm.service"]), ("start", ["nvidia-dcgm.service"])]
+    assert all(len(g["gis"]) == 3 for g in load_state(env["state"])["gpus"])
