@@ -1,14 +1,18 @@
 """/etc/migd.toml -> a validated Config. Pure: reads one file, touches no GPU.
 
 Every problem names file, line and key path and says what is accepted; all problems are reported at once.
-TOML parsers give no positions for valid documents, so `_Locator` finds a key's line by scanning table headers
-and `key =` lines: exact for the flat shape migd.toml has, and a syntax error gets the parser's own position.
+TOML parsers give no positions for valid documents, so `_Locator` finds a key's line with a small scanner over
+the text (headers, keys, array elements); a syntax error gets the parser's own position.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import re
+import shlex
+import stat
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -37,14 +41,35 @@ _PCI_RE = re.compile(r"^(?:([0-9a-fA-F]{1,8}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2}
 _UNIT_RE = re.compile(r"^[A-Za-z0-9:_.@\\-]{1,255}\.(service|socket|target|scope)$")
 
 
-def load(path: str = DEFAULT_PATH) -> Config:
+def trusted_owner() -> Optional[int]:
+    """The owner a config must have before migd acts on it: root when migd runs as root, else no check (an
+    unprivileged migd cannot change a GPU, so a file it reads cannot make it do anything the user could not)."""
+    return 0 if os.geteuid() == 0 else None
+
+
+def load(path: str = DEFAULT_PATH, owner: Optional[int] = None) -> Config:
+    """Read and parse a config file. With `owner` (see trusted_owner), refuse a file that anyone but root or
+    `owner` could have written, like sshd's StrictModes: migd running as root must not act on a layout (or run the
+    stop_clients units) an unprivileged user can change."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_BYTES + 1)
+        # O_NONBLOCK: a FIFO without a writer must not hang migd at boot; then back to blocking reads.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise ConfigError.one("file not found (create it, or pass --config PATH)", path) from None
     except OSError as e:
         raise ConfigError.one(f"cannot read: {e.strerror}", path) from None
+    try:
+        os.set_blocking(fd, True)
+        if owner is not None:
+            problem = _untrusted(path, os.fstat(fd), owner)
+            if problem:
+                raise ConfigError.one(problem, path)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_BYTES + 1)
+    except OSError as e:
+        raise ConfigError.one(f"cannot read: {e.strerror}", path) from None
+    finally:
+        os.close(fd)
     if len(data) > MAX_BYTES:
         raise ConfigError.one(f"larger than {MAX_BYTES // 1024} KiB: not a migd layout file", path)
     try:
@@ -53,6 +78,37 @@ def load(path: str = DEFAULT_PATH) -> Config:
         line = data[:e.start].count(b"\n") + 1
         raise ConfigError.one(f"not UTF-8 text (byte {e.start})", path, line) from None
     return parse(text, path)
+
+
+def _untrusted(path: str, st: os.stat_result, owner: int) -> Optional[str]:
+    """Why a config opened as `st` cannot be trusted by a privileged migd, with the command that fixes it; or None."""
+    owners = {0, owner}
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file: migd running as root reads its layout only from a regular file"
+    if st.st_uid not in owners:
+        return (f"owned by uid {st.st_uid}, not root: migd runs as root and will not act on a layout another user "
+                f"can change; fix: chown root: {shlex.quote(path)}")
+    if st.st_mode & 0o022:
+        return (f"writable by group/others (mode {stat.S_IMODE(st.st_mode):04o}): migd runs as root and will not act "
+                f"on a layout another user can change; fix: chmod go-w {shlex.quote(path)}")
+    # Every directory above it too: whoever can write one of them can replace the file (unless the sticky bit
+    # stops them, as on /tmp).
+    d = os.path.dirname(os.path.realpath(path))
+    while True:
+        try:
+            dst = os.stat(d)
+        except OSError as e:
+            return f"cannot check directory {d}: {e.strerror}"
+        if dst.st_uid not in owners:
+            return (f"directory {d} is owned by uid {dst.st_uid}, not root: that user can replace the file; "
+                    f"fix: chown root: {shlex.quote(d)}, or move the file")
+        if dst.st_mode & 0o022 and not dst.st_mode & stat.S_ISVTX:
+            return (f"directory {d} is writable by group/others (mode {stat.S_IMODE(dst.st_mode):04o}): they can "
+                    f"replace the file; fix: chmod go-w {shlex.quote(d)}, or move the file")
+        parent = os.path.dirname(d)
+        if parent == d:
+            return None
+        d = parent
 
 
 def parse(text: str, path: str = "<config>") -> Config:
@@ -65,11 +121,22 @@ def parse(text: str, path: str = "<config>") -> Config:
                               or _line_from_message(str(e))) from None
     except RecursionError:
         raise ConfigError.one("nesting too deep: not a migd layout file", path) from None
+    except ValueError as e:  # Python 3.11+: an integer literal longer than int() converts
+        raise ConfigError.one(f"unreadable value: {e}", path) from None
     p = _Parser(path, text)
     config = p.config(doc)
     if p.problems:
         raise ConfigError(p.problems)
     return config
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """A value as the admin wrote it, for messages: repr(), shortened (a 1 MiB string must not make the message)."""
+    try:
+        text = repr(value)
+    except ValueError:  # Python 3.11+: an integer with too many digits to print
+        return "a number too long to print"
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _strip_position(msg: str) -> str:
@@ -82,62 +149,209 @@ def _line_from_message(msg: str) -> Optional[int]:
 
 
 class _Locator:
-    """Line numbers for key paths like ("gpu", 1, "instances"), by scanning headers and `key =` lines."""
+    """Line numbers for key paths like ("gpu", 1, "instances", 2), from a scan of the (already valid) TOML text.
 
-    _HEADER = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\"' -]+?)\s*\]\]?\s*(#.*)?$")
-    _KEY = re.compile(r"^\s*([A-Za-z0-9_\"'-]+)\s*=")
+    Follows table headers ([t], [[t]], dotted and quoted names, arrays of tables such as [[gpu.instances]]), dotted
+    keys, and values: each array element and inline-table key gets the line it starts on, so a problem inside a
+    multi-line `instances = [...]` points at its element. A path not found falls back to its nearest parent.
+    """
+
+    _BARE = re.compile(r"[A-Za-z0-9_-]+")
 
     def __init__(self, text: str):
-        self.sections: List[Tuple[str, int, int]] = []  # (table name, array ordinal or -1, header line)
-        self.keys: List[Tuple[int, str, int]] = []  # (section number, key, line)
-        counts: Dict[str, int] = {}
-        section = -1
-        for n, line in enumerate(text.splitlines(), 1):
-            m = self._HEADER.match(line)
-            if m:
-                name = m.group(2).strip().strip("\"'")
-                ordinal = -1
-                if m.group(1) == "[[":
-                    ordinal = counts.get(name, 0)
-                    counts[name] = ordinal + 1
-                self.sections.append((name, ordinal, n))
-                section = len(self.sections) - 1
-                continue
-            k = self._KEY.match(line)
-            if k:
-                self.keys.append((section, k.group(1).strip("\"'"), n))
+        self.lines: Dict[Tuple[Any, ...], int] = {}
+        self._text, self._i, self._line = text, 0, 1
+        self._arrays: Dict[Tuple[Any, ...], int] = {}  # array-of-tables path -> tables so far
+        try:
+            self._document()
+        except (ValueError, IndexError, RecursionError):
+            pass  # locating a line must never hide the problem being reported
+        del self._text
 
     def line(self, path: Sequence[Any]) -> Optional[int]:
-        if not path:
-            return None
-        head, rest = path[0], list(path[1:])
-        section = None
-        if rest and isinstance(rest[0], int):
-            ordinal = rest.pop(0)
-            for i, (name, o, _) in enumerate(self.sections):
-                if name == head and o == ordinal:
-                    section = i
-        else:
-            for i, (name, o, _) in enumerate(self.sections):
-                if name == head:
-                    section = i
-        if section is None:
-            for s, key, n in self.keys:  # a top-level key
-                if s == -1 and key == head:
-                    return n
-            return None
-        keys = [k for k in rest if isinstance(k, str)]
-        if keys:
-            for s, key, n in self.keys:
-                if s == section and key == keys[0]:
-                    return n
-        return self.sections[section][2]
+        p = tuple(path)
+        while p:
+            if p in self.lines:
+                return self.lines[p]
+            p = p[:-1]
+        return None
+
+    # --- scanning ---------------------------------------------------------------------------------------------
+
+    def _record(self, path: Tuple[Any, ...], line: int) -> None:
+        for n in range(1, len(path) + 1):
+            self.lines.setdefault(path[:n], line)
+
+    def _peek(self, s: str) -> bool:
+        return self._text.startswith(s, self._i)
+
+    def _expect(self, s: str) -> None:
+        if not self._peek(s):
+            raise ValueError(s)
+        self._i += len(s)
+
+    def _blank(self, newlines: bool) -> None:
+        """Skip spaces and tabs; with newlines=True also line breaks and comments."""
+        t = self._text
+        while self._i < len(t):
+            c = t[self._i]
+            if c in " \t\r":
+                self._i += 1
+            elif newlines and c == "\n":
+                self._i += 1
+                self._line += 1
+            elif newlines and c == "#":
+                while self._i < len(t) and t[self._i] != "\n":
+                    self._i += 1
+            else:
+                return
+
+    def _document(self) -> None:
+        t = self._text
+        table: Tuple[Any, ...] = ()
+        while True:
+            self._blank(newlines=True)
+            if self._i >= len(t):
+                return
+            line = self._line
+            if self._peek("[["):
+                self._i += 2
+                keys = self._key()
+                self._blank(newlines=False)
+                self._expect("]]")
+                parent = self._resolve(keys[:-1])
+                array = parent + (keys[-1],)
+                n = self._arrays.get(array, 0)
+                self._arrays[array] = n + 1
+                table = array + (n,)
+                self._record(table, line)
+            elif self._peek("["):
+                self._i += 1
+                keys = self._key()
+                self._blank(newlines=False)
+                self._expect("]")
+                table = self._resolve(keys)
+                self._record(table, line)
+            else:
+                path = table + tuple(self._key())
+                self._blank(newlines=False)
+                self._expect("=")
+                self._blank(newlines=False)
+                self._record(path, line)
+                self._value(path)
+
+    def _resolve(self, keys: Sequence[str]) -> Tuple[Any, ...]:
+        """A header's path, with the current index of every array of tables on the way ([gpu.instances] -> gpu, N)."""
+        path: Tuple[Any, ...] = ()
+        for k in keys:
+            path += (k,)
+            if path in self._arrays:
+                path += (self._arrays[path] - 1,)
+        return path
+
+    def _key(self) -> List[str]:
+        parts = []
+        while True:
+            self._blank(newlines=False)
+            c = self._text[self._i]
+            if c in "\"'":
+                parts.append(self._string())
+            else:
+                m = self._BARE.match(self._text, self._i)
+                if not m:
+                    raise ValueError("key")
+                parts.append(m.group())
+                self._i = m.end()
+            self._blank(newlines=False)
+            if not self._peek("."):
+                return parts
+            self._i += 1
+
+    def _string(self) -> str:
+        t = self._text
+        for quote in ('"""', "'''", '"', "'"):
+            if self._peek(quote):
+                break
+        self._i += len(quote)
+        start = self._i
+        while True:
+            c = t[self._i]  # IndexError at the end: an unterminated string (cannot happen in valid TOML)
+            if c == "\\" and quote[0] == '"':
+                if t[self._i + 1] == "\n":  # a line-ending backslash in a multi-line string
+                    self._line += 1
+                self._i += 2
+                continue
+            if t.startswith(quote, self._i):
+                raw = t[start:self._i]
+                self._i += len(quote)
+                while len(quote) == 3 and self._i < len(t) and t[self._i] == quote[0]:  # """a"""" ends in a quote
+                    raw += quote[0]
+                    self._i += 1
+                break
+            if c == "\n":
+                self._line += 1
+            self._i += 1
+        if quote[0] == '"' and "\\" in raw:
+            try:
+                return json.loads('"' + raw + '"')
+            except ValueError:
+                return raw
+        return raw
+
+    def _value(self, path: Tuple[Any, ...]) -> None:
+        t = self._text
+        c = t[self._i]
+        if c == "[":
+            self._i += 1
+            n = 0
+            while True:
+                self._blank(newlines=True)
+                if self._peek("]"):
+                    self._i += 1
+                    return
+                self._record(path + (n,), self._line)
+                self._value(path + (n,))
+                self._blank(newlines=True)
+                if self._peek(","):
+                    self._i += 1
+                    n += 1
+                    continue
+                self._expect("]")
+                return
+        if c == "{":
+            self._i += 1
+            while True:
+                self._blank(newlines=True)
+                if self._peek("}"):
+                    self._i += 1
+                    return
+                line = self._line
+                key = path + tuple(self._key())
+                self._blank(newlines=False)
+                self._expect("=")
+                self._blank(newlines=False)
+                self._record(key, line)
+                self._value(key)
+                self._blank(newlines=True)
+                if self._peek(","):
+                    self._i += 1
+        elif c in "\"'":
+            self._string()
+        else:  # number, bool, date: up to the next delimiter
+            while self._i < len(t) and t[self._i] not in ",]}\n#":
+                self._i += 1
 
 
 def _key_path(path: Sequence[Any]) -> str:
     out = ""
     for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int):
+            out += f"[{part}]"
+            continue
+        name = str(part) if _Locator._BARE.fullmatch(str(part)) else json.dumps(str(part), ensure_ascii=False)
+        if len(name) > 60:
+            name = name[:59] + "…"
+        out += f".{name}" if out else name  # gpu[0].instances."1g.10gb": a quoted key, as TOML writes it
     return out
 
 
@@ -184,18 +398,21 @@ class _Parser:
         for key, lo, hi in (("watch_interval", 1, 86400), ("driver_wait_timeout", 0, 3600), ("lock_timeout", 0, 3600)):
             if key in d:
                 v = d[key]
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
-                    self.problem(["daemon", key], f"must be a number of seconds from {lo} to {hi}, got {v!r}")
+                # the range test first: math.isfinite() cannot take an integer too large for a float
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi or not math.isfinite(v):
+                    self.problem(["daemon", key], f"must be a number of seconds from {lo} to {hi}, got {_show(v)}")
                 else:
                     values[key] = float(v)
         if "drift_policy" in d:
             if d["drift_policy"] not in ("log", "reapply"):
-                self.problem(["daemon", "drift_policy"], f'must be "log" or "reapply", got {d["drift_policy"]!r}')
+                self.problem(["daemon", "drift_policy"],
+                             f'must be "log" or "reapply", got {_show(d["drift_policy"])}')
             else:
                 values["drift_policy"] = d["drift_policy"]
         if "persistence_mode" in d:
             if not isinstance(d["persistence_mode"], bool):
-                self.problem(["daemon", "persistence_mode"], f"must be true or false, got {d['persistence_mode']!r}")
+                self.problem(["daemon", "persistence_mode"],
+                             f"must be true or false, got {_show(d['persistence_mode'])}")
             else:
                 values["persistence_mode"] = d["persistence_mode"]
         if "stop_clients" in d:
@@ -239,11 +456,11 @@ class _Parser:
         if v is None:
             return None
         if isinstance(v, bool):
-            self.problem(key, f"must be {accepted}, got {v!r}")
+            self.problem(key, f"must be {accepted}, got {_show(v)}")
             return None
         if isinstance(v, int):
             if not 0 <= v < 64:
-                self.problem(key, f"GPU index {v} is out of range (0 to 63)")
+                self.problem(key, f"GPU index {_show(v)} is out of range (0 to 63)")
                 return None
             return GpuSelector("index", (v,))
         if isinstance(v, list):
@@ -265,11 +482,11 @@ class _Parser:
                 domain, bus, dev, fn = m.groups()
                 return GpuSelector("pci", (f"{int(domain or '0', 16):08X}:{bus.upper()}:{dev.upper()}.{fn}",))
             if s.lower().startswith("gpu-"):
-                self.problem(key, f"{v!r} is not a GPU UUID (GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)")
+                self.problem(key, f"{_show(v)} is not a GPU UUID (GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)")
                 return None
             if s and len(s) <= 128 and s.isprintable():
                 return GpuSelector("glob", (s,))
-        self.problem(key, f"must be {accepted}, got {v!r}")
+        self.problem(key, f"must be {accepted}, got {_show(v)}")
         return None
 
     def instances(self, key: List[Any], v: Any) -> Tuple[InstanceSpec, ...]:
@@ -278,7 +495,7 @@ class _Parser:
             for profile, count in v.items():
                 k = key + [profile]
                 if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_INSTANCES:
-                    self.problem(k, f"must be an instance count from 0 to {MAX_INSTANCES}, got {count!r}")
+                    self.problem(k, f"must be an instance count from 0 to {MAX_INSTANCES}, got {_show(count)}")
                     continue
                 if self.profile_ok(k, profile):
                     out += [InstanceSpec(profile=profile, where=self.where(k))] * count
@@ -294,7 +511,7 @@ class _Parser:
             return ()
         names = [s.name for s in out if s.name]
         for name in sorted({n for n in names if names.count(n) > 1}):
-            self.problem(key, f"instance name {name!r} is used twice in one entry")
+            self.problem(key, f"instance name {_show(name)} is used twice in one entry")
         return tuple(out)
 
     def instance(self, key: List[Any], item: Any) -> Optional[InstanceSpec]:
@@ -317,7 +534,7 @@ class _Parser:
         name = item.get("name")
         if name is not None and (not isinstance(name, str) or not _NAME_RE.match(name)):
             self.problem(key + ["name"], "must start with a letter and hold up to 32 letters, digits, _ or -, "
-                                         f"got {name!r}")
+                                         f"got {_show(name)}")
             ok = False
         compute = item.get("compute", [])
         if not isinstance(compute, list) or not compute and "compute" in item:
@@ -326,7 +543,7 @@ class _Parser:
             compute = []
         for n, c in enumerate(compute):
             if isinstance(c, bool) or not isinstance(c, (str, int)) or not _COMPUTE_RE.match(str(c).strip()):
-                self.problem(key + ["compute", n], f'not a compute profile: {c!r} (e.g. "1c.3g.40gb", "2c", '
+                self.problem(key + ["compute", n], f'not a compute profile: {_show(c)} (e.g. "1c.3g.40gb", "2c", '
                                                    '"3g.40gb" for the whole instance)')
                 ok = False
         if not ok:
@@ -336,7 +553,7 @@ class _Parser:
 
     def profile_ok(self, key: List[Any], profile: Any) -> bool:
         if isinstance(profile, bool) or not isinstance(profile, (str, int)) or not _PROFILE_RE.match(str(profile).strip()):
-            self.problem(key, f'not a GPU instance profile: {profile!r} (e.g. "1g.10gb", "MIG 1g.10gb", '
+            self.problem(key, f'not a GPU instance profile: {_show(profile)} (e.g. "1g.10gb", "MIG 1g.10gb", '
                               '"1g.10gb+me", 19, or "1g"…"7g")')
             return False
         return True

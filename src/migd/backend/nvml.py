@@ -39,7 +39,7 @@ class NvmlBackend:
         self.description = description
         self._sim_host = sim_host
         self._handles: Dict[int, object] = {}
-        self._infos: Optional[List[GpuInfo]] = None
+        self._infos: Optional[List[Optional[GpuInfo]]] = None  # per GPU; None: (re)read on next use
         self._open = False
 
     # --- plumbing -------------------------------------------------------------------------------------------
@@ -95,10 +95,20 @@ class NvmlBackend:
     # --- identity and capabilities ---------------------------------------------------------------------------
 
     def gpus(self) -> List[GpuInfo]:
+        return [self._info(i) for i in range(len(self._info_slots()))]
+
+    def _info_slots(self) -> List[Optional[GpuInfo]]:
         if self._infos is None:
-            count = self._call("nvmlDeviceGetCount")
-            self._infos = [self._read_info(i) for i in range(count)]
+            self._infos = [None] * self._call("nvmlDeviceGetCount")
         return self._infos
+
+    def _info(self, gpu: int) -> GpuInfo:
+        """One GPU's info, read once: a GPU that is lost or being reset must not break calls about the others."""
+        slots = self._info_slots()
+        info = slots[gpu]
+        if info is None:
+            info = slots[gpu] = self._read_info(gpu)
+        return info
 
     def _read_info(self, i: int) -> GpuInfo:
         h = self._handle(i)
@@ -167,7 +177,7 @@ class NvmlBackend:
         if not current:
             pids = tuple(p.pid for p in self._processes(h, gpu))
             return GpuState(current, pending, persistence, (), pids)
-        info = self.gpus()[gpu]
+        info = self._info(gpu)
         uuids, pids_by_ci = self._mig_devices(h, gpu)
         instances = []
         for profile in info.profiles:
@@ -243,9 +253,12 @@ class NvmlBackend:
 
     def set_mig_mode(self, gpu: int, enabled: bool) -> int:
         status = self._call("nvmlDeviceSetMigMode", self._handle(gpu), int(enabled), gpu=gpu)
-        # "May unbind or reset the device ... minor number might change": re-acquire handles and infos.
+        # "May unbind or reset the device ... minor number might change": re-acquire handles, and re-read this
+        # GPU's info (drivers before R550 list profiles only with MIG on). Only this GPU's: re-reading all of them
+        # would make one lost GPU fail every later call about the others.
         self._handles.clear()
-        self._infos = None
+        if self._infos is not None:
+            self._infos[gpu] = None
         return int(status)
 
     def set_persistence(self, gpu: int, enabled: bool) -> None:

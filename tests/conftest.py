@@ -1,0 +1,148 @@
+"""Shared fixtures: simulated GPUs under the real pynvml, state-file hosts, and the measured H100 reference data.
+
+sim_backend(spec, ...)  a fresh NvmlBackend over simulated GPUs (a fake libnvidia-ml installed under pynvml),
+                        already open; closed and the fake library uninstalled after the test.
+file_host(spec)         a SimHost backed by a state file in tmp_path (shareable between processes).
+failed_calls            (C function, return code) for every call into the fake library that did not succeed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional, Tuple
+
+import pytest
+
+import migd.sim
+from migd.backend import make_backend
+from migd.sim.host import SimHost
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE_DIR = ROOT.parent / "shared" / "reference"
+H100_JSON = REFERENCE_DIR / "h100-80gb-hbm3.json"
+SRC = ROOT / "src"
+
+
+def load_h100_reference() -> dict:
+    if not H100_JSON.exists():
+        pytest.skip(f"reference measurement {H100_JSON} not available")
+    return json.loads(H100_JSON.read_text())
+
+
+@pytest.fixture(scope="session")
+def h100_reference() -> dict:
+    return load_h100_reference()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(request, monkeypatch):
+    """Simulated tests inherit no read-only switch, injected faults or simulation settings from the caller.
+
+    Tests marked gpu or boot are left alone: the hardware tests depend on the caller's MIGD_READ_ONLY=1.
+    """
+    if request.node.get_closest_marker("gpu") or request.node.get_closest_marker("boot"):
+        yield
+        return
+    for var in ("MIGD_READ_ONLY", "MIGD_SIM_FAULTS", "MIGD_SIMULATE", "MIGD_SIM_STATE", "MIGD_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    yield
+
+
+class _RecordingLib:
+    """Wraps the fake libnvidia-ml: records every C call's return code, forwards everything else."""
+
+    def __init__(self, inner, record: List[Tuple[str, int]]):
+        self._inner = inner
+        self._record = record
+
+    def __getattr__(self, name: str):
+        target = getattr(self._inner, name)
+        if not name.startswith("nvml") or not callable(target):
+            return target
+        record = self._record
+
+        def call(*args):
+            rc = target(*args)
+            record.append((name, rc))
+            return rc
+
+        return call
+
+
+@pytest.fixture
+def sim_backend():
+    """Factory: sim_backend("h100-80gb", read_only=False, sim_state=None) -> an open NvmlBackend on simulated GPUs."""
+    opened = []
+
+    def make(spec: Optional[str] = "h100-80gb", read_only: bool = False, sim_state: Optional[str] = None):
+        backend = make_backend(simulate=spec, sim_state=sim_state, read_only=read_only)
+        backend.open()
+        opened.append(backend)
+        return backend
+
+    yield make
+    for backend in opened:
+        backend.close()
+    migd.sim.uninstall()
+
+
+@pytest.fixture
+def calls_log() -> Callable[[], List[Tuple[str, int]]]:
+    """Call after sim_backend(...): wraps the installed fake library; returns the live list of (call, rc)."""
+    import pynvml
+
+    record: List[Tuple[str, int]] = []
+
+    def start() -> List[Tuple[str, int]]:
+        pynvml.nvmlLib = _RecordingLib(pynvml.nvmlLib, record)
+        pynvml._nvmlGetFunctionPointer_cache.clear()
+        return record
+
+    return start
+
+
+@pytest.fixture
+def state_path(tmp_path) -> str:
+    d = tmp_path / "sim"
+    d.mkdir()
+    return str(d / "state.json")
+
+
+@pytest.fixture
+def file_host(state_path) -> Callable[..., SimHost]:
+    """Factory: file_host("a100-40gb:2") -> a SimHost saved to (or loaded from) a state file in tmp_path."""
+
+    def make(spec: str = "h100-80gb") -> SimHost:
+        return SimHost.create(spec, state_path)
+
+    return make
+
+
+def python_env() -> dict:
+    """Environment for child Python processes: migd importable from the source tree, nothing inherited."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIGD_")}
+    env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+PYTHON = sys.executable
+
+
+# --- numbers worth seeing in the summary (e.g. how many layouts the brute force checked) -----------------------
+
+_SUMMARY: List[str] = []
+
+
+@pytest.fixture
+def summary_line() -> Callable[[str], None]:
+    return _SUMMARY.append
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _SUMMARY:
+        terminalreporter.section("migd checks")
+        for line in _SUMMARY:
+            terminalreporter.write_line(line)
