@@ -53,11 +53,11 @@ def test_pynvml_has_the_mutators_we_expect_to_refuse():
 
 @pytest.mark.parametrize("name", MUTATORS)
 def test_allowlist_refuses_every_mutator(name):
-    assert not _READ_ONLY_CALLS.match(name)
+    assert not _READ_ONLY_CALLS.fullmatch(name)
 
 
 def test_allowlist_accepts_only_getters():
-    allowed = [n for n in PYNVML_FUNCTIONS if _READ_ONLY_CALLS.match(n)]
+    allowed = [n for n in PYNVML_FUNCTIONS if _READ_ONLY_CALLS.fullmatch(n)]
     assert allowed, "the allowlist matches no pynvml function"
     non_get = {"nvmlInit", "nvmlInitWithFlags", "nvmlShutdown", "nvmlDeviceIsMigDeviceHandle", "nvmlErrorString"}
     for name in allowed:
@@ -68,10 +68,10 @@ def test_allowlist_accepts_only_getters():
                  "nvmlGpuInstanceGetInfo", "nvmlGpuInstanceGetComputeInstances", "nvmlComputeInstanceGetInfo",
                  "nvmlDeviceGetGpuInstancePossiblePlacements", "nvmlDeviceGetComputeRunningProcesses",
                  "nvmlDeviceGetMigDeviceHandleByIndex", "nvmlDeviceIsMigDeviceHandle", "nvmlInit", "nvmlShutdown"):
-        assert _READ_ONLY_CALLS.match(name), name
+        assert _READ_ONLY_CALLS.fullmatch(name), name
     # near misses: a getter prefix glued to a mutator must not slip through
     for name in ("nvmlDeviceGetMigModeX;", "nvmlDeviceSetMigModeGet", "xnvmlDeviceGetName", "nvmlDeviceGet"):
-        assert not _READ_ONLY_CALLS.match(name), name
+        assert not _READ_ONLY_CALLS.fullmatch(name), name
 
 
 def test_guard_refuses_before_reaching_the_library(sim_backend, calls_log):

@@ -582,3 +582,14 @@ def test_problem_lines_point_at_the_element(items):
                 assert p.line == 4
     else:
         assert [i.where for i in config.entries[0].instances] == [f"{PATH}:{n}" for n in where]
+
+
+def test_selector_uuid_any_case_and_quoted_index_refused():
+    from migd.config import parse
+    from migd.errors import ConfigError
+
+    cfg = parse('[[gpu]]\nselect = "gpu-0A0B0C0D-0000-1111-2222-333344445555"\nmig = false\n', "u.toml")
+    assert cfg.entries[0].selector.values == ("GPU-0a0b0c0d-0000-1111-2222-333344445555",)
+    with pytest.raises(ConfigError) as e:
+        parse('[[gpu]]\nselect = "0"\nmig = false\n', "q.toml")
+    assert "q.toml:2: gpu[0].select: a GPU index is a number: write select = 0 without quotes" in str(e.value)

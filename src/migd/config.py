@@ -36,7 +36,7 @@ _PROFILE_RE = re.compile(r"^(mig )?([1-8]g(\.\d{1,4}gb)?([+-][a-z.]{1,8})*|\d{1,
 _COMPUTE_RE = re.compile(r"^(mig )?([1-8]c(\.[1-8]g\.\d{1,4}gb([+-][a-z.]{1,8})*)?|[1-8]g\.\d{1,4}gb([+-][a-z.]{1,8})*|\d{1,2})$",
                          re.I)
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
-_UUID_RE = re.compile(r"^GPU-[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_UUID_RE = re.compile(r"^GPU-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 _PCI_RE = re.compile(r"^(?:([0-9a-fA-F]{1,8}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])$")
 _UNIT_RE = re.compile(r"^[A-Za-z0-9:_.@\\-]{1,255}\.(service|socket|target|scope)$")
 
@@ -87,7 +87,7 @@ def _untrusted(path: str, st: os.stat_result, owner: int) -> Optional[str]:
         return "not a regular file: migd running as root reads its layout only from a regular file"
     if st.st_uid not in owners:
         return (f"owned by uid {st.st_uid}, not root: migd runs as root and will not act on a layout another user "
-                f"can change; fix: chown root: {shlex.quote(path)}")
+                f"can change; fix: chown root:root {shlex.quote(path)}")
     if st.st_mode & 0o022:
         return (f"writable by group/others (mode {stat.S_IMODE(st.st_mode):04o}): migd runs as root and will not act "
                 f"on a layout another user can change; fix: chmod go-w {shlex.quote(path)}")
@@ -101,7 +101,7 @@ def _untrusted(path: str, st: os.stat_result, owner: int) -> Optional[str]:
             return f"cannot check directory {d}: {e.strerror}"
         if dst.st_uid not in owners:
             return (f"directory {d} is owned by uid {dst.st_uid}, not root: that user can replace the file; "
-                    f"fix: chown root: {shlex.quote(d)}, or move the file")
+                    f"fix: chown root:root {shlex.quote(d)}, or move the file")
         if dst.st_mode & 0o022 and not dst.st_mode & stat.S_ISVTX:
             return (f"directory {d} is writable by group/others (mode {stat.S_IMODE(dst.st_mode):04o}): they can "
                     f"replace the file; fix: chmod go-w {shlex.quote(d)}, or move the file")
@@ -476,7 +476,10 @@ class _Parser:
             if s == "all":
                 return GpuSelector("all")
             if _UUID_RE.match(s):
-                return GpuSelector("uuid", (s.upper().replace("GPU-", "GPU-", 1).lower().replace("gpu-", "GPU-", 1),))
+                return GpuSelector("uuid", ("GPU-" + s[4:].lower(),))
+            if s.isdigit():
+                self.problem(key, f"a GPU index is a number: write select = {s} without quotes")
+                return None
             m = _PCI_RE.match(s)
             if m:
                 domain, bus, dev, fn = m.groups()

@@ -11,7 +11,7 @@ EXIT_FAILURE = 1  # a GPU could not be applied / read
 EXIT_USAGE = 2  # bad config, bad arguments: nothing was touched
 EXIT_DRIFT = 3  # `check`: live layout differs from the config
 EXIT_PENDING = 4  # a MIG mode change is pending: needs the GPU idle + reset, or a reboot
-EXIT_BUSY = 5  # lock held by another migd, or instances in use block the change
+EXIT_BUSY = 5  # the lock is held by another migd (instances in use refuse the GPU: EXIT_FAILURE)
 
 # NVML return codes migd cares about (nvml.h); names match NVML_ERROR_*.
 NVML_CODES = {

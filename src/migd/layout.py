@@ -57,7 +57,7 @@ def matches(selector: GpuSelector, gpu: GpuInfo) -> bool:
 
 
 def _norm_pci(bus_id: str) -> str:
-    domain, _, rest = bus_id.rpartition(":")[0].partition(":") if bus_id.count(":") == 2 else ("0", "", bus_id)
+    """NVML's "00000000:07:00.0" in the config's normal form (8-digit domain, upper-case hex)."""
     head, _, fn = bus_id.rpartition(".")
     parts = head.split(":")
     if len(parts) == 3:

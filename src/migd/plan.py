@@ -31,10 +31,6 @@ class Action:
     profile_name: str = ""
     placement: Optional[Placement] = None
 
-    @property
-    def mutating(self) -> bool:
-        return True
-
     def __str__(self) -> str:
         if self.kind == "set_persistence":
             return f"GPU {self.gpu}: persistence mode {'on' if self.enabled else 'off'}"
@@ -298,7 +294,3 @@ def _pid_list(gis: Sequence[LiveGpuInstance]) -> List[int]:
 def _pids(gis: Sequence[LiveGpuInstance]) -> str:
     return ", ".join(map(str, _pid_list(gis)))
 
-
-def matches_live(plan: GpuPlan) -> bool:
-    """True when nothing needs doing (a `check` passes)."""
-    return plan.noop

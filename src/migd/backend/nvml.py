@@ -45,7 +45,7 @@ class NvmlBackend:
     # --- plumbing -------------------------------------------------------------------------------------------
 
     def _call(self, name: str, *args, gpu: Optional[int] = None):
-        if self.read_only and not _READ_ONLY_CALLS.match(name):
+        if self.read_only and not _READ_ONLY_CALLS.fullmatch(name):
             raise ReadOnlyViolation(name)
         try:
             return getattr(self._n, name)(*args)
