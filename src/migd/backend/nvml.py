@@ -39,6 +39,7 @@ class NvmlBackend:
         self.description = description
         self._sim_host = sim_host
         self._handles: Dict[int, object] = {}
+        self._ci_cache: Dict[Tuple[int, int], list] = {}  # (gpu, GI profile id) -> CI profile infos
         self._infos: Optional[List[Optional[GpuInfo]]] = None  # per GPU; None: (re)read on next use
         self._open = False
 
@@ -70,6 +71,7 @@ class NvmlBackend:
         if self._open:
             self._open = False
             self._handles.clear()
+            self._ci_cache.clear()
             self._infos = None
             try:
                 self._call("nvmlShutdown")
@@ -196,18 +198,7 @@ class NvmlBackend:
     def _read_gi(self, gpu: int, gi, uuids: dict, pids_by_ci: dict) -> LiveGpuInstance:
         info = self._call("nvmlGpuInstanceGetInfo", gi, gpu=gpu)
         compute = []
-        for index in range(_PROFILE_INDEX_LIMIT):
-            if index == _CI_INDEX_SKIP:
-                continue
-            try:
-                cp = self._call("nvmlGpuInstanceGetComputeInstanceProfileInfo", gi, index,
-                                self._n.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED, gpu=gpu)
-            except DriverError as e:
-                if e.code == 2:
-                    break
-                if e.code == 3:
-                    continue
-                raise
+        for _, cp in self._ci_profiles(gpu, gi, info.profileId):
             count = ctypes.c_uint(cp.instanceCount)
             array = (self._n.c_nvmlComputeInstance_t * max(cp.instanceCount, 1))()
             self._call("nvmlGpuInstanceGetComputeInstances", gi, cp.id, array, ctypes.byref(count), gpu=gpu)
@@ -222,6 +213,30 @@ class NvmlBackend:
         return LiveGpuInstance(id=info.id, profile_id=info.profileId,
                                placement=Placement(info.placement.start, info.placement.size),
                                compute=tuple(compute))
+
+    def _ci_profiles(self, gpu: int, gi, gi_profile_id: int) -> list:
+        """(CI index, CI profile info) of a GI profile: the same for every GI of that profile, so read once per GPU
+        (walking every CI index of every GI at every state() read was most of an 8-GPU apply's NVML calls)."""
+        key = (gpu, gi_profile_id)
+        cached = self._ci_cache.get(key)
+        if cached is not None:
+            return cached
+        table = []
+        for index in range(_PROFILE_INDEX_LIMIT):
+            if index == _CI_INDEX_SKIP:
+                continue
+            try:
+                cp = self._call("nvmlGpuInstanceGetComputeInstanceProfileInfo", gi, index,
+                                self._n.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED, gpu=gpu)
+            except DriverError as e:
+                if e.code == 2:  # past the last index
+                    break
+                if e.code == 3:  # not offered in this GI
+                    continue
+                raise
+            table.append((index, cp))
+        self._ci_cache[key] = table
+        return table
 
     def _mig_devices(self, h, gpu: int) -> Tuple[dict, dict]:
         """(GI id, CI id) -> MIG UUID, and -> PIDs. NVML has no direct lookup: walk MIG device indices."""
@@ -257,6 +272,7 @@ class NvmlBackend:
         # GPU's info (drivers before R550 list profiles only with MIG on). Only this GPU's: re-reading all of them
         # would make one lost GPU fail every later call about the others.
         self._handles.clear()
+        self._ci_cache = {k: v for k, v in self._ci_cache.items() if k[0] != gpu}
         if self._infos is not None:
             self._infos[gpu] = None
         return int(status)
@@ -274,19 +290,9 @@ class NvmlBackend:
     def compute_profiles_of(self, gpu: int, gi_id: int) -> Tuple[ComputeProfile, ...]:
         """The CI profiles an existing GI really offers (the planner's table is derived; this is the driver's)."""
         gi = self._call("nvmlDeviceGetGpuInstanceById", self._handle(gpu), gi_id, gpu=gpu)
+        gi_profile = self._call("nvmlGpuInstanceGetInfo", gi, gpu=gpu).profileId
         out = []
-        for index in range(_PROFILE_INDEX_LIMIT):
-            if index == _CI_INDEX_SKIP:
-                continue
-            try:
-                cp = self._call("nvmlGpuInstanceGetComputeInstanceProfileInfo", gi, index,
-                                self._n.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED, gpu=gpu)
-            except DriverError as e:
-                if e.code == 2:
-                    break
-                if e.code == 3:
-                    continue
-                raise
+        for index, cp in self._ci_profiles(gpu, gi, gi_profile):
             placements = self._placements("nvmlGpuInstanceGetComputeInstancePossiblePlacements", gi, cp.id, gpu,
                                           self._n.c_nvmlComputeInstancePlacement_t)
             out.append(ComputeProfile(index=index, id=cp.id, name=strip_mig(_text(getattr(cp, "name", ""))),
