@@ -1,0 +1,183 @@
+"""Watchdog footprint: RSS and CPU time per check of migd.watch.Watcher.check_once, against an idle Python.
+
+Simulated (any machine): an 8-GPU dgx-h100 in a state file, the layout applied first (so every check finds it
+matching, the steady state), then one process constructs Watcher(config, simulate=..., sim_state=...) and calls
+check_once N times. Real GPU (read-only): Watcher(config) with MIGD_READ_ONLY=1; check_once only reads.
+
+Figures (all from the measuring process itself): VmRSS before migd is imported (= idle interpreter), after the
+first check, after N checks (growth = leak); CPU time (time.process_time) and wall time per check, medians over
+checks 2..N (the first one imports what the checks need). Baseline: a separate idle `python3 -c` process's VmRSS.
+
+Run alone:  python3 bench/watchdog.py [--checks 50]                     (simulated)
+            MIGD_READ_ONLY=1 python3 bench/watchdog.py --real [--checks 20]   (the GPU machine)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+SIM_CONFIG = """
+[[gpu]]
+select = "all"
+mig = true
+instances = [
+  { profile = "3g.40gb", name = "train" },
+  { profile = "2g.20gb", name = "eval" },
+  "1g.10gb",
+  "1g.10gb",
+]
+"""
+
+REAL_CONFIG = """
+[[gpu]]
+select = "all"
+mig = true
+instances = { "1g" = 7 }
+"""
+
+IDLE = ("import sys\nfor l in open('/proc/self/status'):\n    l.startswith('VmRSS:') and print(l.split()[1])")
+
+
+def child(args) -> int:
+    """The measuring process: prints one JSON object."""
+    from _common import rss_kib
+
+    rss_idle = rss_kib()
+    if args.lib:
+        sys.path.insert(0, args.lib)
+    else:
+        from _common import ensure_src_on_path
+
+        ensure_src_on_path()
+    import migd.log
+    from migd.watch import Watcher
+
+    migd.log.setup(level="info", target="stderr")  # the service logs at info (to the journal there)
+    if args.real:
+        w = Watcher(args.config)
+    else:
+        w = Watcher(args.config, simulate=args.simulate, sim_state=args.sim_state)
+    rss_import = rss_kib()
+    cpu, wall, statuses = [], [], []
+    rss_first = 0
+    for n in range(args.checks):
+        c, t = time.process_time(), time.perf_counter()
+        result = w.check_once()
+        cpu.append(time.process_time() - c)
+        wall.append(time.perf_counter() - t)
+        statuses.append(sorted(set(result.values())))
+        if n == 0:
+            rss_first = rss_kib()
+    import resource
+
+    out = {
+        "rss_idle": rss_idle, "rss_import": rss_import, "rss_first": rss_first, "rss_last": rss_kib(),
+        "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "cpu_first": cpu[0], "wall_first": wall[0],
+        "cpu": statistics.median(cpu[1:] or cpu), "wall": statistics.median(wall[1:] or wall),
+        "checks": args.checks, "statuses": sorted({s for st in statuses for s in st}),
+        "gpus": len(w.last),
+    }
+    print(json.dumps(out))
+    return 0
+
+
+def _run_child(argv, env, interpreter) -> dict:
+    r = subprocess.run(interpreter + [os.path.abspath(__file__), "--child"] + argv, env=env, capture_output=True,
+                       text=True, timeout=600)
+    if r.returncode != 0 or not r.stdout.strip():
+        raise RuntimeError(f"watchdog child failed ({r.returncode}): {r.stderr.strip()[-2000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _idle_rss(env, interpreter) -> int:
+    values = []
+    for _ in range(3):
+        r = subprocess.run(interpreter + ["-c", IDLE], env=env, capture_output=True, text=True, check=True)
+        values.append(int(r.stdout.strip()))
+    return int(statistics.median(values))
+
+
+def measure(checks: int, real: bool = False, installed=None) -> dict:
+    from _common import child_env
+
+    env = child_env(simulated=not real)  # simulated: every migd call passes --simulate/--sim-state
+    tmp = tempfile.mkdtemp(prefix="migd-bench-watch-")
+    config = os.path.join(tmp, "migd.toml")
+    with open(config, "w", encoding="utf-8") as f:
+        f.write(REAL_CONFIG if real else SIM_CONFIG)
+    argv = ["--config", config, "--checks", str(checks)]
+    # The plain interpreter (with site) runs the child; under -I -S the installed layout is what is imported.
+    interpreter = [sys.executable]
+    if installed is not None:
+        interpreter = [sys.executable, "-I", "-S"]
+        argv += ["--lib", installed.lib]
+    if real:
+        env["MIGD_READ_ONLY"] = "1"
+        argv.append("--real")
+    else:
+        state = os.path.join(tmp, "sim", "state.json")
+        os.makedirs(os.path.dirname(state))
+        argv += ["--simulate", "dgx-h100", "--sim-state", state]
+        subprocess.run([sys.executable, "-m", "migd.cli", "--simulate", "dgx-h100", "--sim-state", state,
+                        "--config", config, "-q", "apply"], env=env, check=True, stdout=subprocess.DEVNULL)
+    result = _run_child(argv, env, interpreter)
+    result["idle_process"] = _idle_rss(env, interpreter)
+    return result
+
+
+def report(table, section: str, checks: int, real: bool = False, label: str = "", installed=None) -> dict:
+    from _common import ms
+
+    r = measure(checks, real, installed)
+    what = label or ("real GPU, read-only" if real else "simulated dgx-h100 (8 GPUs, state file)")
+    idle = r["idle_process"]
+    table.row(section, f"{what}: {r['checks']} checks, {r['gpus']} GPUs, status {'/'.join(r['statuses'])}")
+    table.row(section, "  RSS after the first check", f"{r['rss_first'] / 1024:.1f} MiB",
+              f"idle python {idle / 1024:.1f} MiB", f"{r['rss_first'] / idle:.2f}x")
+    growth = r["rss_last"] - r["rss_first"]
+    table.row(section, f"  RSS after {r['checks']} checks (growth)",
+              f"{r['rss_last'] / 1024:.1f} MiB ({growth:+d} KiB)", f"idle python {idle / 1024:.1f} MiB",
+              f"{r['rss_last'] / idle:.2f}x")
+    table.row(section, "  CPU time per check (median)", ms(r["cpu"]), f"wall {ms(r['wall'])}", "")
+    table.row(section, "  first check (imports, NVML profiles)", f"CPU {ms(r['cpu_first'])}",
+              f"wall {ms(r['wall_first'])}", "")
+    return r
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--checks", type=int, default=50)
+    ap.add_argument("--real", action="store_true", help="the real GPUs (needs MIGD_READ_ONLY=1)")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--config", help=argparse.SUPPRESS)
+    ap.add_argument("--simulate", help=argparse.SUPPRESS)
+    ap.add_argument("--sim-state", help=argparse.SUPPRESS)
+    ap.add_argument("--lib", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child(args)
+    from _common import Table, gpu_available
+
+    if args.real:
+        ok, why = gpu_available()
+        if not ok:
+            print(f"skipped (no GPU: {why})")
+            return 0
+    table = Table()
+    table.header()
+    report(table, "5", args.checks, args.real)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
