@@ -1,0 +1,616 @@
+"""The .deb and .rpm (packaging/): built by packaging/build.sh, linted, inspected, installed and run.
+
+Layers, each skipping cleanly when this machine lacks what it needs:
+- static: man pages, bash completion, vendor pins, changelog and lint filters agree with the code (no tools);
+- built: lintian, rpmlint, systemd-analyze verify, package contents and maintainer scripts, the rpm installed into
+  an empty root and run by every python3 >= 3.9 here (needs debhelper, dh-python, python3-docutils, rpm);
+- boot (marked): install / upgrade / purge of the .deb in clean Debian roots booted with systemd-nspawn, one per
+  suite (root, systemd-container, mmdebstrap).
+
+Builds are cached by content (tests/boot/packages.py), so this file and the boot test share them.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import pytest
+
+from boot import packages as pkgs
+
+REPO = Path(__file__).resolve().parent.parent
+PKG = REPO / "packaging"
+SYSTEM_PATH = pkgs.SYSTEM_PATH
+UNITS = ("migd.service", "migd-watch.service")
+VERSION = pkgs.upstream_version()
+UPGRADE_VERSION = VERSION + "+test1"  # sorts after VERSION for dpkg and rpm
+
+
+def run(argv: List[str], **kw) -> subprocess.CompletedProcess:
+    env = {"PATH": SYSTEM_PATH, "LC_ALL": "C.UTF-8", **kw.pop("env", {})}
+    return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, **kw)
+
+
+def tool(name: str) -> Optional[str]:
+    return shutil.which(name, path=SYSTEM_PATH)
+
+
+def need(*tools: str) -> None:
+    missing = [t for t in tools if tool(t) is None]
+    if missing:
+        pytest.skip(f"missing {', '.join(missing)}")
+
+
+# --- static: the docs, completion and pins agree with the code ----------------------------------------------------
+
+
+def _parser():
+    from migd.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    return parser, sub.choices
+
+
+def _options(parser) -> List[str]:
+    return [o for a in parser._actions for o in a.option_strings]
+
+
+def _rst(name: str) -> str:
+    return (PKG / "man" / name).read_text()
+
+
+def test_man_page_documents_every_verb_option_exit_code_and_variable():
+    page = _rst("migd.8.rst")
+    parser, verbs = _parser()
+    missing = [o for o in _options(parser) if f"**{o}**" not in page]
+    for verb, sub in verbs.items():
+        if f"**{verb}**" not in page:
+            missing.append(verb)
+        missing += [f"{verb} {o}" for o in _options(sub) if f"**{o}**" not in page]
+    from migd import errors
+
+    codes = {v for k, v in vars(errors).items() if k.startswith("EXIT_")}
+    exit_section = page.split("EXIT STATUS", 1)[1].split("ENVIRONMENT", 1)[0]
+    missing += [f"exit {c}" for c in sorted(codes) if f"**{c}**" not in exit_section]
+    env = set()
+    for path in (REPO / "src/migd").rglob("*.py"):
+        env.update(re.findall(r'environ(?:\.get\(|\[)\s*"([A-Z][A-Z0-9_]+)"', path.read_text()))
+    missing += [f"${v}" for v in sorted(env) if f"**{v}**" not in page]
+    assert not missing, f"packaging/man/migd.8.rst does not document: {missing}"
+
+
+def test_config_man_page_documents_every_key_and_default():
+    page = _rst("migd.toml.5.rst")
+    from migd import config
+    from migd.model import DaemonSettings
+
+    keys = set(config._GPU_KEYS) | set(config._INSTANCE_KEYS) | set(config._DAEMON_KEYS)
+    missing = [k for k in sorted(keys) if f"**{k}**" not in page]
+    daemon = page.split("DAEMON SETTINGS", 1)[1].split("ERRORS", 1)[0]
+    for key, value in vars(DaemonSettings()).items():
+        shown = {True: "true", False: "false"}.get(value) if isinstance(value, bool) else None
+        if shown is None:
+            shown = json.dumps(list(value)) if isinstance(value, tuple) else (
+                f'"{value}"' if isinstance(value, str) else f"{value:g}")
+        block = daemon.split(f"**{key}**", 1)[1].split("\n\n**", 1)[0]
+        if f"Default: **{shown}**" not in block:
+            missing.append(f"{key} default {shown}")
+    assert not missing, f"packaging/man/migd.toml.5.rst does not document: {missing}"
+
+
+def test_bash_completion_knows_every_verb_option_and_simulated_model():
+    text = (PKG / "completion/migd.bash").read_text()
+    parser, verbs = _parser()
+
+    def words(var: str) -> set:
+        return set(re.search(rf'local {var}="([^"]*)"', text).group(1).split())
+
+    assert words("verbs") == set(verbs)
+    assert words("global_opts") == set(_options(parser))
+    from migd.sim import catalog
+
+    assert words("sims") == set(catalog.MODELS) | set(catalog.HOSTS)
+    for verb, sub in verbs.items():
+        extra = set(_options(sub)) - {"-h", "--help"}
+        for opt in extra:
+            assert re.search(rf"\b{verb}\b[^\n]*\)[^\n]*{re.escape(opt)}", text), (verb, opt)
+
+
+COMPLETE = r"""
+source /usr/share/bash-completion/bash_completion
+source "$1"; shift
+COMP_WORDS=("$@"); COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 )); COMP_LINE="${COMP_WORDS[*]}"; COMP_POINT=${#COMP_LINE}
+_migd migd "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"
+printf '%s\n' "${COMPREPLY[@]}"
+"""
+
+
+@pytest.mark.parametrize("words, expected", [
+    (["migd", ""], {"status", "profiles", "validate", "plan", "apply", "check", "export", "boot", "watch"}),
+    (["migd", "ap"], {"apply"}),
+    (["migd", "-c", "x.toml", "--simulate", "dgx-a100", "pl"], {"plan"}),
+    (["migd", "apply", "--"], {"--dry-run", "--stop-clients", "--help"}),
+    (["migd", "status", "--j"], {"--json"}),
+    (["migd", "--simulate", "a30,h1"], {"a30,h100-80gb", "a30,h100-94gb"}),
+])
+def test_bash_completion_completes(words, expected, tmp_path):
+    if not Path("/usr/share/bash-completion/bash_completion").exists():
+        pytest.skip("bash-completion not installed")
+    script = tmp_path / "complete.sh"
+    script.write_text(COMPLETE)
+    r = run(["bash", str(script), str(PKG / "completion/migd.bash"), *words])
+    assert r.returncode == 0, r.stderr
+    assert set(r.stdout.split()) == expected
+
+
+def _pins() -> Dict[str, str]:
+    pins = {}
+    for line in (PKG / "vendor.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            m = re.fullmatch(r"([A-Za-z0-9_.-]+)==(\S+) --hash=sha256:[0-9a-f]{64}", line)
+            assert m, f"vendor.txt: {line!r} is not NAME==VERSION --hash=sha256:HEX"
+            pins[m.group(1)] = m.group(2)
+    return pins
+
+
+def test_vendored_pins_match_dependencies_copyright_and_spec():
+    pins = _pins()
+    pyproject = (REPO / "pyproject.toml").read_text()
+    deps = re.search(r"^dependencies = \[(.*?)^\]", pyproject, re.S | re.M).group(1)
+    for name, low in re.findall(r'"([A-Za-z0-9_.-]+)>=([0-9.]+)', deps):
+        assert name in pins, f"pyproject dependency {name} is not vendored in packaging/vendor.txt"
+        have = tuple(int(x) for x in re.findall(r"\d+", pins[name])[:3])
+        assert have >= tuple(int(x) for x in low.split(".")), (name, pins[name], low)
+    copyright = (PKG / "debian/copyright").read_text()
+    spec = (PKG / "rpm/migd.spec.in").read_text()
+    for name, version in pins.items():
+        assert f"{name} {version}," in copyright, f"debian/copyright: no Comment for {name} {version}"
+        assert f"@V_{name}@" in spec, f"migd.spec.in: no bundled() Provides for {name}"
+
+
+def test_shipped_config_manages_no_gpu():
+    from migd import config
+
+    assert config.parse((REPO / "etc/migd.toml").read_text(), "etc/migd.toml").entries == ()
+
+
+def test_changelog_is_at_the_package_version():
+    head = (PKG / "debian/changelog").read_text().splitlines()[0]
+    assert head.startswith(f"migd ({VERSION}) "), f"debian/changelog starts {head!r}, __version__ is {VERSION}"
+
+
+@pytest.mark.parametrize("path, rule", [("debian/migd.lintian-overrides", r"^migd: "),
+                                        ("rpm/migd.rpmlintrc", r"^addFilter\(")])
+def test_every_lint_override_has_a_reason(path, rule):
+    lines = (PKG / path).read_text().splitlines()
+    rules = [i for i, line in enumerate(lines) if re.match(rule, line)]
+    assert rules
+    for i in rules:
+        assert i > 0 and lines[i - 1].startswith("# ") and len(lines[i - 1]) > 20, \
+            f"{path}:{i + 1}: {lines[i]!r} has no reason on the line above"
+    others = [line for line in lines if line.strip() and not line.startswith("#") and not re.match(rule, line)]
+    assert not others, others
+
+
+# --- built: lint, contents, scripts, systemd-analyze, the rpm in an empty root ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def built() -> Dict[str, Path]:
+    reason = pkgs.missing_build_tools()
+    if reason:
+        pytest.skip(reason)
+    return pkgs.build_packages(log=print)
+
+
+def test_build_names_packages_like_the_distros(built):
+    assert built["deb"].name == f"migd_{VERSION}_all.deb"
+    assert built["rpm"].name == f"migd-{VERSION}-1.noarch.rpm"
+
+
+def test_lintian_passes(built):
+    need("lintian")
+    r = run(["lintian", "--fail-on", "error,warning", str(built["deb"])])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not re.search(r"^[EW]: ", r.stdout, re.M), r.stdout
+
+
+def test_rpmlint_passes(built):
+    need("rpmlint")
+    r = run(["rpmlint", "-r", str(PKG / "rpm/migd.rpmlintrc"), str(built["rpm"])])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "0 errors, 0 warnings" in r.stdout, r.stdout
+
+
+def _deb_field(deb: Path, field: str) -> str:
+    return run(["dpkg-deb", "-f", str(deb), field]).stdout.strip()
+
+
+def _deb_files(deb: Path) -> Dict[str, str]:
+    """path -> mode string (dpkg-deb -c)."""
+    out = {}
+    for line in run(["dpkg-deb", "-c", str(deb)]).stdout.splitlines():
+        parts = line.split(None, 5)
+        out[parts[5].split(" -> ")[0].lstrip(".")] = parts[0]
+    return out
+
+
+def _common_layout(files: Dict[str, str], unitdir: str) -> None:
+    expect = ["/usr/bin/migd", "/etc/migd.toml", f"{unitdir}/migd.service", f"{unitdir}/migd-watch.service",
+              "/usr/lib/migd/migd/__init__.py", "/usr/lib/migd/migd/cli.py", "/usr/lib/migd/migd/sim/tool.py",
+              "/usr/lib/migd/pynvml.py", "/usr/lib/migd/structlog/__init__.py", "/usr/lib/migd/sdnotify/__init__.py",
+              "/usr/lib/migd/tomli/__init__.py", "/usr/lib/migd/typing_extensions.py",
+              "/usr/share/bash-completion/completions/migd",
+              "/usr/share/doc/migd/examples/dgx-a100-mixed.toml"]
+    missing = [p for p in expect if p not in files]
+    assert not missing, missing
+    assert any(re.fullmatch(r"/usr/share/man/man8/migd\.8\.gz", p) for p in files)
+    assert any(re.fullmatch(r"/usr/share/man/man5/migd\.toml\.5\.gz", p) for p in files)
+    junk = [p for p in files if re.search(r"__pycache__|\.pyc$|\.dist-info|py\.typed$|/example\.py$", p)]
+    assert not junk, junk
+    sources = {str(p.relative_to(REPO / "src")) for p in (REPO / "src/migd").rglob("*.py")
+               if "__pycache__" not in p.parts}
+    shipped = {p[len("/usr/lib/migd/"):] for p in files if p.startswith("/usr/lib/migd/migd/") and p.endswith(".py")}
+    assert shipped == sources
+
+
+def test_deb_contents_and_relations(built):
+    need("dpkg-deb")
+    deb = built["deb"]
+    assert _deb_field(deb, "Architecture") == "all"
+    assert _deb_field(deb, "Version") == VERSION
+    depends = [d.strip() for d in _deb_field(deb, "Depends").split(",")]
+    assert "python3 (>= 3.9)" in depends
+    assert all(re.match(r"python3(:any)?( |$)", d) for d in depends), depends  # python3 and nothing else
+    assert _deb_field(deb, "Suggests") == "libnvidia-ml1"
+    assert not _deb_field(deb, "Recommends")
+    files = _deb_files(deb)
+    _common_layout(files, "/usr/lib/systemd/system")
+    assert files["/usr/bin/migd"].startswith("-rwxr-xr-x")
+    assert "/usr/share/doc/migd/copyright" in files and "/usr/share/doc/migd/changelog.gz" in files
+    conffiles = run(["dpkg-deb", "--info", str(deb), "conffiles"]).stdout.split()
+    assert conffiles == ["/etc/migd.toml"]
+
+
+def _deb_script(deb: Path, name: str) -> str:
+    r = run(["dpkg-deb", "--info", str(deb), name])
+    return r.stdout if r.returncode == 0 else ""
+
+
+def test_deb_scripts_enable_and_never_start_or_restart_migd_service(built):
+    need("dpkg-deb")
+    deb = built["deb"]
+    postinst, prerm, preinst, postrm = (_deb_script(deb, s) for s in ("postinst", "prerm", "preinst", "postrm"))
+    for unit in UNITS:
+        assert f"deb-systemd-helper enable '{unit}'" in postinst, unit
+        assert f"deb-systemd-helper purge '{unit}'" in postrm, unit
+    # Nothing is started on installation; only a running migd-watch is restarted after an upgrade.
+    assert not re.search(r"deb-systemd-invoke (start|restart)\b", postinst), postinst
+    assert re.findall(r"deb-systemd-invoke try-restart (.*?) >", postinst) == ["'migd-watch.service'"]
+    assert "migd.service" not in preinst  # no stop before an upgrade
+    assert re.search(r'"\$1" = remove .*\n\s*deb-systemd-invoke stop .*migd-watch', prerm), prerm
+    assert "py3compile -p migd /usr/lib/migd" in postinst and "py3clean -p migd" in prerm
+
+
+def _rpm(*args: str) -> str:
+    r = run(["rpm", *args])
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_rpm_files_and_relations(built):
+    need("rpm")
+    rpm = str(built["rpm"])
+    files = {p: "" for p in _rpm("-qlp", rpm).split()}
+    _common_layout(files, "/usr/lib/systemd/system")
+    assert "/usr/lib/systemd/system-preset/50-migd.preset" in files
+    flags = dict(line.rsplit(" ", 1) for line in _rpm("-qp", "--qf", "[%{FILENAMES} %{FILEFLAGS:fflags}\n]",
+                                                       rpm).splitlines())
+    assert flags["/etc/migd.toml"] == "cn", "config(noreplace)"
+    assert [p for p, f in flags.items() if "c" in f] == ["/etc/migd.toml"]
+    assert "l" in flags["/usr/share/licenses/migd/LICENSE"] and "l" in flags["/usr/share/licenses/migd/copyright"]
+    modes = dict(line.split() for line in _rpm("-qp", "--qf", "[%{FILENAMES} %{FILEMODES:perms}\n]", rpm).splitlines())
+    assert modes["/usr/bin/migd"] == "-rwxr-xr-x"
+    requires = {r.strip() for r in _rpm("-qpR", rpm).splitlines() if not r.startswith("rpmlib(")}
+    assert requires == {"python3 >= 3.9", "/usr/bin/python3", "/bin/sh", f"config(migd) = {VERSION}-1"}, requires
+    assert _rpm("-qp", "--suggests", rpm).split() == ["libnvidia-ml.so.1()(64bit)"]
+    assert _rpm("-qp", "--qf", "[%{ORDERNAME}\n]", rpm).split() == ["systemd"] * 3  # %systemd_ordering
+    assert _rpm("-qp", "--qf", "%{ARCH} %{LICENSE}", rpm) == "noarch Apache-2.0 AND MIT AND BSD-3-Clause AND PSF-2.0"
+
+
+def _scriptlets(rpm: str) -> Dict[str, str]:
+    out, name = {}, None
+    for line in _rpm("-qp", "--scripts", rpm).splitlines():
+        m = re.match(r"(\w+) scriptlet \(using /bin/sh\):$", line)
+        if m:
+            name = m.group(1)
+            out[name] = ""
+        elif name:
+            out[name] += line + "\n"
+    return out
+
+
+def test_rpm_scriptlets_use_the_systemd_macros(built):
+    need("rpm")
+    s = _scriptlets(str(built["rpm"]))
+    helper = "/usr/lib/systemd/systemd-update-helper"
+    # %systemd_post: preset-enable both on first install (50-migd.preset says enable); nothing is started.
+    assert re.search(rf'\$1 -eq 1 .*\n.*\n\s*{helper} install-system-units migd.service migd-watch.service', s["postinstall"])
+    # %systemd_preun: on erase only, disable and stop both.
+    assert re.search(rf'\$1 -eq 0 .*\n.*\n\s*{helper} remove-system-units migd.service migd-watch.service', s["preuninstall"])
+    # %systemd_postun for migd.service (no restart); %systemd_postun_with_restart for migd-watch only.
+    assert re.findall(r"mark-restart-system-units (.*?) \|\|", s["postuninstall"]) == ["migd-watch.service"]
+    assert not re.search(r"(restart|start)\b.*migd\.service", s["postinstall"] + s["postuninstall"])
+    assert "compileall" in s["postinstall"] and "__pycache__" in s["preuninstall"]
+
+
+def _verify_root(root: Path) -> str:
+    """systemd-analyze verify on the package's units, with the package's files as the root. The root gets what the
+    package expects from the system it lands on: systemd's own targets and slices, and /bin/kill (procps)."""
+    units = root / "usr/lib/systemd/system"
+    units.mkdir(parents=True, exist_ok=True)
+    for f in glob.glob("/lib/systemd/system/*.target") + glob.glob("/lib/systemd/system/*.slice"):
+        shutil.copy(f, units)
+    (root / "bin").mkdir(exist_ok=True)
+    if not (root / "bin/kill").exists():
+        shutil.copy("/bin/kill", root / "bin/kill")
+    r = run(["systemd-analyze", "verify", f"--root={root}", *UNITS], env={"MANPATH": str(root / "usr/share/man")},
+            cwd=str(root))
+    return (r.stdout + r.stderr).strip()
+
+
+def _check_verify(root: Path) -> None:
+    assert _verify_root(root) == ""
+    (root / "usr/bin/migd").unlink()  # negative control: verify does look at the package's files
+    assert "/usr/bin/migd" in _verify_root(root)
+
+
+def _can_verify() -> None:
+    need("systemd-analyze", "man")
+    if not Path("/bin/kill").exists() or not glob.glob("/lib/systemd/system/sysinit.target"):
+        pytest.skip("needs a systemd host with /bin/kill")
+
+
+def test_systemd_analyze_verify_prints_nothing_for_the_deb(built, tmp_path):
+    _can_verify()
+    need("dpkg-deb")
+    root = tmp_path / "root"
+    assert run(["dpkg-deb", "-x", str(built["deb"]), str(root)]).returncode == 0
+    _check_verify(root)
+
+
+def _pythons() -> List[str]:
+    """/usr/bin/python3 and every other CPython >= 3.9 on this machine (pyenv's), oldest first."""
+    found = {}
+    for exe in ["/usr/bin/python3", *glob.glob("/root/.pyenv/versions/3.*/bin/python3"),
+                *glob.glob("/usr/bin/python3.[0-9]*")]:
+        if not re.search(r"python3(\.\d+)?$", exe) or not os.access(exe, os.X_OK):
+            continue
+        r = run([exe, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
+        if r.returncode == 0:
+            ver = tuple(int(x) for x in r.stdout.split("."))
+            if ver >= (3, 9):
+                found.setdefault(ver, exe)
+    return [found[v] for v in sorted(found)]
+
+
+@pytest.fixture(scope="module")
+def rpm_root(built, tmp_path_factory) -> Path:
+    need("rpm")
+    if os.geteuid() != 0:
+        pytest.skip("rpm --root needs root (files are owned by root)")
+    root = tmp_path_factory.mktemp("rpmroot")
+    _rpm("--root", str(root), "--initdb")
+    # --noscripts: an empty tree has no /bin/sh for the scriptlets (their content is checked above).
+    _rpm("--root", str(root), "-i", "--nodeps", "--noscripts", str(built["rpm"]))
+    return root
+
+
+def test_rpm_installs_into_an_empty_root(rpm_root):
+    assert _rpm("--root", str(rpm_root), "-q", "migd").strip() == f"migd-{VERSION}-1.noarch"
+    assert _rpm("--root", str(rpm_root), "-qc", "migd").split() == ["/etc/migd.toml"]
+    r = run(["rpm", "--root", str(rpm_root), "-V", "--nodeps", "migd"])  # files as shipped; python3 is not there
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert stat.S_IMODE((rpm_root / "usr/bin/migd").stat().st_mode) == 0o755
+    assert (rpm_root / "usr/bin/migd").read_text().startswith("#!/usr/bin/python3 -IS\n")
+
+
+def test_systemd_analyze_verify_prints_nothing_for_the_rpm(rpm_root, tmp_path):
+    _can_verify()
+    root = tmp_path / "root"
+    shutil.copytree(rpm_root, root, symlinks=True)
+    _check_verify(root)
+
+
+ORIGINS = textwrap.dedent("""\
+    import sys
+    sys.path.insert(0, sys.argv[1])
+    import migd, migd.cli, migd.log, migd.watch, pynvml, sdnotify, structlog, structlog.typing
+    if sys.version_info < (3, 11):
+        import tomli, typing_extensions
+    for m in list(sys.modules.values()):
+        f = getattr(m, "__file__", None) or ""
+        if m.__name__.split(".")[0] in ("migd", "pynvml", "sdnotify", "structlog", "tomli", "typing_extensions"):
+            assert f.startswith(sys.argv[1] + "/"), (m.__name__, f)
+    print("ok", structlog.__name__)
+    """)
+
+
+@pytest.mark.parametrize("python", _pythons() or ["/usr/bin/python3"])
+def test_rpm_root_runs_with_its_vendored_libraries(rpm_root, python, tmp_path):
+    if not os.access(python, os.X_OK):
+        pytest.skip(f"no {python}")
+    launcher = str(rpm_root / "usr/bin/migd")
+    r = run([python, "-I", launcher, "--version"])
+    assert (r.returncode, r.stdout.strip()) == (0, f"migd {VERSION}"), r.stderr
+    # Every vendored module loads from the root, never from the interpreter's own site-packages.
+    r = run([python, "-I", "-S", "-c", ORIGINS, str(rpm_root / "usr/lib/migd")])
+    assert r.returncode == 0 and r.stdout.startswith("ok"), r.stdout + r.stderr
+    # A real run: TOML (tomli below 3.11), pynvml over simulated GPUs, structlog's logging, /run state.
+    example = str(rpm_root / "usr/share/doc/migd/examples/dgx-a100-mixed.toml")
+    base = [python, "-I", launcher, "--simulate", "dgx-a100", "--sim-state", str(tmp_path / "sim.json"), "-c", example]
+    env = {"MIGD_RUN_DIR": str(tmp_path / "run")}
+    r = run([*base, "apply"], env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "MIGD_GPU0_MIG0=MIG-" in (tmp_path / "run/devices.env").read_text()
+    r = run([*base, "check"], env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+# --- boot: install / upgrade / purge of the .deb on real systemd, per suite ----------------------------------------
+
+# Simulated GPUs for the services; their state file is the one place outside /run the sandbox must let them write.
+SIM_DROPIN = ("[Service]\nEnvironment=MIGD_SIMULATE=h100-80gb MIGD_SIM_STATE=/var/lib/migd-sim/state.json\n"
+              "ReadWritePaths=/var/lib/migd-sim\n")
+LAYOUT = '\n# added by the admin (test)\n[[gpu]]\nselect = "all"\nmig = true\ninstances = ["3g", "2g", "1g"]\n'
+# What may differ after purge, piuparts-style: state of the system and of the test, never of the package.
+ALLOWED_AFTER_PURGE = [
+    r"/var/log(/.*)?",                        # journal of the boots, dpkg.log
+    r"/var/lib/dpkg(/.*)?",                   # dpkg's own database (status, available, triggers)
+    r"/var/cache(/.*)?",                      # debconf and ldconfig caches
+    r"/var/lib/systemd/(?!deb-systemd-helper)[^/]+(/.*)?",  # random-seed, timers, catalog (not the enable state)
+    r"/var/lib/migd-sim(/.*)?",               # the test's simulated GPUs
+    r"/var/tmp(/.*)?",                        # systemd's private tmp dirs
+    r"/usr/lib/python3[^/]*/(.*/)?__pycache__(/.*)?",  # the system python's own bytecode, written when it ran
+    r"/etc/ld\.so\.cache",
+    # What booting a fresh tree creates, package or not:
+    r"/etc/mtab",                             # systemd-tmpfiles' /proc/self/mounts link
+    r"/(etc|var)/\.updated",                  # systemd-update-done's stamps (trixie)
+    r"/var/lib/dbus/machine-id",              # dbus' link to /etc/machine-id
+    r"/var/lib/private(/.*)?",                # systemd's DynamicUser= state directory
+    r"/mnt/debs",                             # the mount point systemd-nspawn made for the test's packages
+]
+
+
+def _tree(root: Path) -> Dict[str, str]:
+    """Container path -> kind, for everything on the rootfs' own file system."""
+    out = {}
+    skip = {"proc", "sys", "dev", "run", "tmp"}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = "/" + os.path.relpath(dirpath, root).lstrip(".")
+        if rel == "/":
+            dirnames[:] = [d for d in dirnames if d not in skip]
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            out[os.path.normpath(rel + "/" + name)] = "l" if os.path.islink(p) else ("d" if os.path.isdir(p) else "f")
+    return out
+
+
+def _show(text: str) -> Dict[str, Dict[str, str]]:
+    """`systemctl show -p Id -p ... A B` output -> {Id: {prop: value}}."""
+    units = {}
+    for block in text.strip().split("\n\n"):
+        props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        units[props.get("Id", "?")] = props
+    return units
+
+
+SUITES = ["bookworm", "trixie", "bullseye"]  # python 3.11, 3.13, 3.9 (the oldest python3 migd supports)
+
+
+@pytest.mark.boot
+@pytest.mark.parametrize("suite", SUITES)
+def test_deb_install_boot_upgrade_purge(suite, tmp_path):
+    from boot.nspawn import boot, install_collector
+    from boot.rootfs import build_base, image_path, install_file, missing_prerequisites, new_rootfs, remove_rootfs
+
+    reason = missing_prerequisites(need_mmdebstrap=not image_path(suite=suite).exists()) or pkgs.missing_build_tools(["deb"])
+    if reason:
+        pytest.skip(reason)
+    try:
+        build_base(suite=suite)
+    except RuntimeError as e:  # the archive no longer serves the suite, or no network for the first build
+        pytest.skip(f"no {suite} base image: {str(e).splitlines()[0]}")
+    v1 = pkgs.build_packages(kinds=["deb"])["deb"]
+    v2 = pkgs.build_packages(version=UPGRADE_VERSION, kinds=["deb"])["deb"]
+    debs = tmp_path / "debs"
+    debs.mkdir()
+    for d in (v1, v2):
+        shutil.copy(d, debs / d.name)
+    root = new_rootfs(name=f"pkg-{suite}", suite=suite)
+    try:
+        for unit in UNITS:
+            install_file(root, f"/etc/systemd/system/{unit}.d/simulate.conf", SIM_DROPIN)
+        (root / "var/lib/migd-sim").mkdir(parents=True)
+        install_collector(root)
+        before = _tree(root)
+        bind = [(str(debs), "/mnt/debs", "ro")]
+        migd_units = " ".join(UNITS)
+
+        # Boot 1: install on a running system: units enabled, nothing started, the shipped config manages nothing.
+        r1 = boot(root, bind=bind, timeout=60, results_dir=tmp_path / "boot1", commands={
+            "1_install": ["dpkg", "-i", f"/mnt/debs/{v1.name}"],
+            "2_state": ["sh", "-c", f"systemctl is-enabled {migd_units}; systemctl is-active {migd_units}; true"],
+            "3_version": ["migd", "--version"],
+            "4_validate": ["migd", "validate"],
+            "5_man": ["sh", "-c", "ls /usr/share/man/man8/migd.8.gz /usr/share/man/man5/migd.toml.5.gz"],
+        }).check()
+        assert r1.command("1_install")["rc"] == 0, r1.command("1_install")
+        assert r1.command("2_state")["stdout"].split() == ["enabled", "enabled", "inactive", "inactive"], \
+            r1.command("2_state")
+        assert r1.command("3_version")["stdout"].strip() == f"migd {VERSION}", r1.command("3_version")
+        assert r1.command("4_validate")["rc"] == 0 and "0 GPU entries" in r1.command("4_validate")["stdout"]
+        assert r1.command("5_man")["rc"] == 0
+        assert not r1.journal(_SYSTEMD_UNIT="migd.service") and not r1.journal(_SYSTEMD_UNIT="migd-watch.service")
+        assert (root / "etc/migd.toml").read_bytes() == (REPO / "etc/migd.toml").read_bytes()
+
+        # The admin declares a layout.
+        with open(root / "etc/migd.toml", "a") as f:
+            f.write(LAYOUT)
+        edited = (root / "etc/migd.toml").read_text()
+
+        # Boot 2: migd applies it at boot; an upgrade keeps the edit, restarts only migd-watch; purge cleans up.
+        show = ["systemctl", "show", "-p", "Id", "-p", "ActiveState", "-p", "Result", "-p", "InvocationID",
+                "-p", "MainPID", *UNITS]
+        r2 = boot(root, bind=bind, timeout=90, results_dir=tmp_path / "boot2", commands={
+            "1_before": show,
+            "2_upgrade": ["dpkg", "-i", f"/mnt/debs/{v2.name}"],
+            "3_after": show,
+            "4_version": ["migd", "--version"],
+            "5_conf": ["sh", "-c", "cat /etc/migd.toml; ls /etc/ | grep -c '^migd.toml.dpkg' || true"],
+            "6_check": ["env", "MIGD_SIMULATE=h100-80gb", "MIGD_SIM_STATE=/var/lib/migd-sim/state.json", "migd", "check"],
+            "7_purge": ["dpkg", "--purge", "migd"],
+            "8_gone": ["sh", "-c", f"systemctl is-active {migd_units}; true"],
+        }).check()
+        before_up, after_up = _show(r2.command("1_before")["stdout"]), _show(r2.command("3_after")["stdout"])
+        migd, watch = before_up["migd.service"], before_up["migd-watch.service"]
+        assert (migd["ActiveState"], migd["Result"]) == ("active", "success"), (migd, r2.describe())
+        assert watch["ActiveState"] == "active", watch
+        created = [e for e in r2.journal(_SYSTEMD_UNIT="migd.service") if e.get("MIGD_EVENT") == "create_gi"]
+        assert len(created) == 3, r2.messages(unit="migd.service")
+        assert r2.command("2_upgrade")["rc"] == 0, r2.command("2_upgrade")
+        assert after_up["migd.service"]["InvocationID"] == migd["InvocationID"], "the upgrade restarted migd.service"
+        assert after_up["migd-watch.service"]["ActiveState"] == "active"
+        assert after_up["migd-watch.service"]["MainPID"] != watch["MainPID"], "a running migd-watch is restarted"
+        assert r2.command("4_version")["stdout"].strip() == f"migd {UPGRADE_VERSION}"
+        conf = r2.command("5_conf")["stdout"]
+        assert conf.startswith(edited) and conf[len(edited):].strip() == "0", "the admin's edit is kept, no .dpkg-*"
+        assert r2.command("6_check")["rc"] == 0, r2.command("6_check")
+        assert r2.command("7_purge")["rc"] == 0, r2.command("7_purge")
+        assert r2.command("8_gone")["stdout"].split() == ["inactive", "inactive"], r2.command("8_gone")
+        applies = [e for e in r2.journal(_SYSTEMD_UNIT="migd.service") if e.get("MIGD_EVENT") == "boot_apply"]
+        assert len(applies) == 1, "migd.service applied more than once in the boot"
+
+        # Purged: nothing of the package is left (piuparts-style comparison with the tree before installation).
+        after = _tree(root)
+        allowed = re.compile("|".join(f"(?:{p})" for p in ALLOWED_AFTER_PURGE))
+        new = sorted(p for p in set(after) - set(before) if not allowed.fullmatch(p))
+        gone = sorted(p for p in set(before) - set(after) if not allowed.fullmatch(p))
+        assert not new, f"left behind after purge: {new}"
+        assert not gone, f"removed by install/purge but not the package's: {gone}"
+        print(f"\n[pkg] {suite}: boots {r1.seconds:.1f}s {r2.seconds:.1f}s")
+    finally:
+        if os.environ.get("MIGD_BOOT_KEEP") != "1":
+            remove_rootfs(root)
