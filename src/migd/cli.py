@@ -75,6 +75,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except BrokenPipeError:  # `migd plan | head`
         sys.stderr.close()
         return E.EXIT_OK
+    except OSError as e:  # (after its subclass BrokenPipeError) a file or directory migd needs is unusable
+        where = f"{e.filename}: " if e.filename else ""
+        return _fail(service_verb, "failed", f"{where}{e.strerror or e}", E.EXIT_FAILURE)
 
 
 def _fail(service_verb: bool, event: str, text: str, code: int) -> int:
@@ -101,10 +104,11 @@ def _backend(args, read_only: bool):
     return backend
 
 
-def _load_config(args):
+def _load_config(args, privileged: bool = False):
+    """privileged: the verb may change GPUs, so as root the file must be one only root can change (sshd-style)."""
     from . import config
 
-    return config.load(args.config)
+    return config.load(args.config, owner=config.trusted_owner() if privileged else None)
 
 
 def _plans(backend, infos, desired, cfg):
@@ -265,12 +269,13 @@ def cmd_apply(args, read_only: bool) -> int:
         return cmd_plan(args, True)
     from . import service
 
-    cfg = _load_config(args)  # invalid config: exit 2 before the driver is even opened
+    cfg = _load_config(args, privileged=True)  # invalid config: exit 2 before the driver is even opened
     backend = _backend(args, False)
     try:
-        desired = service.desired_for(cfg, backend.gpus())
+        infos = backend.gpus()
+        desired = service.desired_for(cfg, infos)
         code = service.apply_all(backend, cfg, desired, stop_clients=bool(args.stop_clients))
-        _print_status(backend, cfg, desired)
+        _print_status(backend, cfg, desired, infos)
         return code
     finally:
         backend.close()
@@ -283,7 +288,7 @@ def cmd_boot(args, read_only: bool) -> int:
     from .log import get_logger
 
     log = get_logger()
-    cfg = _load_config(args)
+    cfg = _load_config(args, privileged=True)
     if not cfg.entries:
         log.info("boot_nothing", msg=f"{cfg.path} selects no GPU: nothing to do")
         return E.EXIT_OK
@@ -306,13 +311,22 @@ def cmd_watch(args, read_only: bool) -> int:
     return Watcher(args.config, simulate=args.simulate, sim_state=args.sim_state).run()
 
 
-def _print_status(backend, cfg, desired) -> None:
-    from . import report
+def _print_status(backend, cfg, desired, infos) -> None:
+    """The applied GPUs as `status` shows them; a GPU that cannot be read (lost) is left out, apply said why."""
+    from . import report, service
     from .model import Gpu
+    from .plan import plan_gpu
 
-    infos = backend.gpus()
-    gpus = [Gpu(infos[i], backend.state(i)) for i in sorted(desired)]
-    names = {i: report.names_by_gi(p) for i, p in _plans(backend, infos, desired, cfg).items()}
+    infos = service.current_infos(backend, infos)
+    persistence = cfg.daemon.persistence_mode or None
+    gpus, names = [], {}
+    for i in sorted(desired):
+        try:
+            state = backend.state(i)
+        except DriverError:
+            continue
+        gpus.append(Gpu(infos[i], state))
+        names[i] = report.names_by_gi(plan_gpu(infos[i], desired[i], state, persistence))
     print(report.status_text(gpus, names, {i: desired[i].entry.where for i in desired}))
 
 

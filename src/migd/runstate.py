@@ -5,7 +5,9 @@
 - `devices.env`: `MIGD_<NAME>=MIG-…` for named instances (unique names), `MIGD_GPU<i>_<NAME>` always, and
   `MIGD_GPU<i>_MIG<k>` by MIG device order, so docker compose files say ${MIGD_TRAIN} instead of a UUID that
   changes at every boot.
-Files are written atomically (temp file + rename) with mode 0644 under a 0755 directory owned by root.
+Files are written atomically (temp file + rename) with mode 0644 under a 0755 directory owned by root; the lock is
+0600 (a lock file others can open is a lock others can hold). A run directory owned by someone else or writable by
+others is refused, never written into.
 """
 
 from __future__ import annotations
@@ -15,12 +17,20 @@ import errno
 import fcntl
 import json
 import os
+import stat
 import time
 from typing import Dict, Iterator, List, Optional
 
-from .errors import LockBusy
+from .errors import LockBusy, MigdError
 
 RUN_DIR = "/run/migd"
+DIR_MODE = 0o755  # others read state.json and devices.env (docker compose --env-file)
+FILE_MODE = 0o644
+LOCK_MODE = 0o600  # flock needs only an open file: a lock others can open is a lock others can hold (a DoS)
+
+
+class RunDirError(MigdError):
+    """/run/migd is not what migd made it: owned by someone else, writable by others, or not a directory."""
 
 
 def run_dir() -> str:
@@ -28,38 +38,92 @@ def run_dir() -> str:
 
 
 def ensure_run_dir() -> str:
+    """Create the run directory (0755), or check the one that is there: a directory (not a symlink) owned by us and
+    writable by nobody else, so no one can plant files or links where migd writes as root."""
     d = run_dir()
-    os.makedirs(d, mode=0o755, exist_ok=True)
+    try:
+        os.mkdir(d, DIR_MODE)
+        os.chmod(d, DIR_MODE)  # whatever the umask
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(os.path.abspath(d)), exist_ok=True)
+        return ensure_run_dir()
+    st = os.lstat(d)
+    if not stat.S_ISDIR(st.st_mode):
+        raise RunDirError(f"{d} is not a directory: remove it (migd recreates it)")
+    if st.st_uid != os.geteuid():
+        raise RunDirError(f"{d} is owned by uid {st.st_uid}, not {os.geteuid()}: remove it (migd recreates it)")
+    if st.st_mode & 0o022:
+        raise RunDirError(f"{d} is writable by group/others (mode {stat.S_IMODE(st.st_mode):04o}): "
+                          f"chmod go-w {d}")
     return d
 
 
+def _open_lock(path: str, create: bool) -> int:
+    flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | (os.O_CREAT if create else 0)
+    fd = os.open(path, flags, LOCK_MODE)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise RunDirError(f"{path} is not a regular file: remove it")
+        if stat.S_IMODE(st.st_mode) != LOCK_MODE and st.st_uid == os.geteuid():
+            os.fchmod(fd, LOCK_MODE)  # a lock file left by an older migd with mode 0644
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 @contextlib.contextmanager
-def locked(timeout: float, wait: bool = True) -> Iterator[None]:
-    """Hold /run/migd/lock. Raises LockBusy after `timeout` seconds (at once when wait is False)."""
+def locked(timeout: float, wait: bool = True, shared: bool = False) -> Iterator[None]:
+    """Hold /run/migd/lock. Raises LockBusy after `timeout` seconds (at once when wait is False).
+
+    shared: a reader's lock (the watchdog's check): readers run together, but never while an apply (exclusive)
+    changes the GPUs, so a check never sees a half-applied layout and an apply never starts under a check."""
     path = os.path.join(ensure_run_dir(), "lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = _open_lock(path, create=True)
     try:
         deadline = time.monotonic() + (timeout if wait else 0)
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
                 break
             except OSError as e:
                 if e.errno not in (errno.EAGAIN, errno.EACCES):
                     raise
                 if time.monotonic() >= deadline:
-                    holder = _read_holder(fd)
+                    holder = _holders(fd)
                     raise LockBusy(f"another migd holds {path}{' (' + holder + ')' if holder else ''}; "
                                    f"gave up after {timeout:g} s") from None
                 time.sleep(0.1)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
+        if not shared:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)  # closing drops the flock
 
 
-def _read_holder(fd: int) -> str:
+def _holders(fd: int) -> str:
+    """Who holds the lock: from /proc/locks (the kernel's word), else the pid the last exclusive holder wrote."""
+    try:
+        st = os.fstat(fd)
+        inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        pids = []
+        with open("/proc/locks", encoding="ascii", errors="replace") as f:
+            for line in f:
+                parts = line.split()
+                if "->" in parts or len(parts) < 6 or parts[1] != "FLOCK":  # "->": a waiter, not a holder
+                    continue
+                if parts[5] == inode and parts[4].isdigit() and int(parts[4]) not in pids:
+                    pids.append(int(parts[4]))
+        if pids:
+            from .holders import describe
+
+            return ", ".join(str(h) for h in describe(pids))
+    except (OSError, ValueError):
+        pass
     try:
         return os.pread(fd, 64, 0).decode(errors="replace").strip()
     except OSError:
@@ -67,14 +131,14 @@ def _read_holder(fd: int) -> str:
 
 
 def is_locked() -> bool:
-    """True while another process holds the lock (the watchdog skips its check then)."""
+    """True while another process holds the lock exclusively (an apply is running)."""
     path = os.path.join(run_dir(), "lock")
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         return False
     except OSError:
         return True
@@ -82,16 +146,26 @@ def is_locked() -> bool:
         os.close(fd)
 
 
-def atomic_write(path: str, text: str, mode: int = 0o644) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+def atomic_write(path: str, text: str, mode: int = FILE_MODE) -> None:
+    """Write a file so that readers see the old content or the new, never a mix: a fresh temp file (O_EXCL and
+    O_NOFOLLOW, so nothing planted there is followed or reused), fsync, chmod, rename over the target."""
+    d, name = os.path.split(path)
+    tmp = os.path.join(d, f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+        try:
+            data = memoryview(text.encode())
+            while data:
+                data = data[os.write(fd, data):]
+            os.fchmod(fd, mode)  # whatever the umask
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def env_name(text: str) -> str:

@@ -92,8 +92,13 @@ def apply_all(backend, cfg: Config, desired: Dict[int, object], stop_clients: bo
             try:
                 out[i] = engine.apply_gpu(backend, infos[i], desired[i], persistence, holders)
             except DriverError as e:  # reading the GPU failed before anything changed
-                log.error("gpu_unreadable", msg=str(e), gpu=i, code=E.code_name(e.code))
-                out[i] = engine.GpuResult(i, engine.FAILED, str(e))
+                if e.code == E.GPU_IS_LOST:  # fell off the bus since migd started: the same report as mid-apply
+                    msg = f"GPU {i}: lost (fell off the bus) before it was applied: {e}; check `dmesg` for Xid errors"
+                    log.critical("gpu_lost", msg=msg, gpu=i, call=e.call)
+                    out[i] = engine.GpuResult(i, engine.LOST, msg)
+                else:
+                    log.error("gpu_unreadable", msg=str(e), gpu=i, code=E.code_name(e.code))
+                    out[i] = engine.GpuResult(i, engine.FAILED, str(e))
         return out
 
     with runstate.locked(cfg.daemon.lock_timeout):
@@ -107,7 +112,7 @@ def apply_all(backend, cfg: Config, desired: Dict[int, object], stop_clients: bo
                 finally:
                     _systemctl("start", stopped)
                     log.info("clients_restarted", msg=f"restarted {', '.join(stopped)}", units=stopped)
-        record(backend, cfg, desired, results)
+        record(backend, cfg, desired, results, infos)
     for r in results.values():
         print(r.message)
     return engine.exit_code(list(results.values()))
@@ -141,15 +146,27 @@ def _systemctl(verb: str, units: Sequence[str]) -> None:
                   units=list(units))
 
 
-def record(backend, cfg: Config, desired: Dict[int, object], results: Dict[int, engine.GpuResult]) -> None:
-    """Write /run/migd/state.json and devices.env from the live layout after apply."""
-    infos = backend.gpus()
+def current_infos(backend, before: Sequence[GpuInfo]) -> List[GpuInfo]:
+    """The GPUs' infos re-read (a MIG mode change may change what a GPU reports), or the ones read before the
+    apply where that fails: a GPU lost during the apply must not stop the report about the others."""
+    try:
+        return backend.gpus()
+    except DriverError:
+        return list(before)
+
+
+def record(backend, cfg: Config, desired: Dict[int, object], results: Dict[int, engine.GpuResult],
+           infos: Sequence[GpuInfo] = ()) -> None:
+    """Write /run/migd/state.json and devices.env from the live layout after apply (lost GPUs: outcome only)."""
+    infos = current_infos(backend, infos) if infos else backend.gpus()
     gpus = []
     for i in sorted(desired):
         info = infos[i]
         try:
             state = backend.state(i)
         except DriverError:
+            gpus.append({"index": i, "uuid": info.uuid, "name": info.name, "outcome": results[i].outcome,
+                         "message": results[i].message, "mig": None, "instances": []})
             continue
         plan = plan_gpu(info, desired[i], state)
         names = report.names_by_gi(plan)

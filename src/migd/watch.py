@@ -12,6 +12,7 @@ drift_policy = "reapply" re-applies a drifted GPU, but only when none of its ins
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -49,7 +50,8 @@ class Watcher:
         self.config_path = config_path
         self.simulate, self.sim_state = simulate, sim_state
         self.notify = notify or Notifier()
-        self.cfg = config_mod.load(config_path)  # invalid at start: exit 2, systemd shows why
+        # Invalid (or, as root, not root's alone) at start: exit 2, systemd shows why.
+        self.cfg = config_mod.load(config_path, owner=config_mod.trusted_owner())
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.reload_requested = False
@@ -118,17 +120,36 @@ class Watcher:
 
     def _reload(self) -> None:
         try:
-            self.cfg = config_mod.load(self.config_path)
+            self.cfg = config_mod.load(self.config_path, owner=config_mod.trusted_owner())
             self.last.clear()  # re-log the state against the new config
             log.info("config_reloaded", msg=f"reloaded {self.config_path}", entries=len(self.cfg.entries))
         except ConfigError as e:
             log.error("config_invalid", msg=f"keeping the previous config: {str(e).splitlines()[0]}")
 
     def check_once(self) -> Dict[int, str]:
-        """One round: returns gpu -> status ("ok", "drift", "pending", "error"); logs changes only."""
-        if runstate.is_locked():
-            log.debug("check_skipped", msg="apply in progress (lock held): skipping this check")
-            return {}
+        """One round: returns gpu -> status ("ok", "drift", "pending", "error"); logs changes only.
+
+        The round holds /run/migd/lock shared, so an apply (exclusive) never runs under it: the check never reads a
+        half-applied layout, and an apply waits for the check in progress. While an apply runs, the round is
+        skipped."""
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(runstate.locked(0, wait=False, shared=True))
+            except LockBusy:
+                log.debug("check_skipped", msg="apply in progress (lock held): skipping this check")
+                return {}
+            except (OSError, runstate.RunDirError) as e:  # e.g. run by hand without /run/migd: check unlocked
+                log.debug("check_unlocked", msg=f"checking without the lock: {e}")
+            statuses, reapply = self._check()
+        if reapply:
+            self._reapply(reapply)
+        bad = {s for s in statuses.values() if s != "ok"}
+        self.summary = (f"{len(statuses)} GPU(s) match the layout" if not bad else
+                        f"{sum(1 for s in statuses.values() if s != 'ok')} of {len(statuses)} GPU(s): "
+                        + ", ".join(sorted(bad))) + f" (check #{self.checks})"
+        return statuses
+
+    def _check(self) -> Tuple[Dict[int, str], list]:
         from . import service
         from .backend import make_backend
 
@@ -165,13 +186,7 @@ class Watcher:
             self._report(-1, "error", "", str(e))
         finally:
             backend.close()
-        if reapply:
-            self._reapply(reapply)
-        bad = {s for s in statuses.values() if s != "ok"}
-        self.summary = (f"{len(statuses)} GPU(s) match the layout" if not bad else
-                        f"{sum(1 for s in statuses.values() if s != 'ok')} of {len(statuses)} GPU(s): "
-                        + ", ".join(sorted(bad))) + f" (check #{self.checks})"
-        return statuses
+        return statuses, reapply
 
     def _report(self, gpu: int, status: str, expected: str, found: str) -> None:
         previous = self.last.get(gpu)

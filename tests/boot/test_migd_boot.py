@@ -16,6 +16,7 @@ import os
 import shutil
 import textwrap
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -57,23 +58,39 @@ def _module_dir(name: str) -> Path:
     return origin.parent if origin.name == "__init__.py" else origin
 
 
-def _install_migd(root: Path) -> None:
-    """Install from the source tree the way the package lays it out: /usr/lib/migd + /usr/bin/migd + units."""
-    lib = root / "usr/lib/migd"
-    lib.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(REPO / "src/migd", lib / "migd", ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
-    for dep in ("pynvml", "structlog", "sdnotify"):
-        src = _module_dir(dep)
-        if src.is_dir():
-            shutil.copytree(src, lib / src.name, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
-        else:
-            shutil.copy2(src, lib / src.name)
-    install_file(root, "/usr/bin/migd", (REPO / "packaging/bin/migd").read_text(), mode=0o755)
-    for unit in ("migd.service", "migd-watch.service"):
-        install_file(root, f"/usr/lib/systemd/system/{unit}", (REPO / "packaging/systemd" / unit).read_text())
+@pytest.fixture(scope="module")
+def migd_deb():
+    """The .deb the boot test installs: $MIGD_DEB if set, else one built from this tree by packaging/build.sh
+    (cached by content, shared with tests/test_packaging.py). None when this machine cannot build one: the test
+    then installs from the source tree, laid out the way the package lays it out."""
+    if os.environ.get("MIGD_DEB"):
+        return Path(os.environ["MIGD_DEB"])
+    from .packages import build_packages, missing_build_tools
+
+    reason = missing_build_tools(["deb"])
+    if reason:
+        print(f"\n[boot] no .deb ({reason}): installing migd from the source tree")
+        return None
+    return build_packages(kinds=["deb"], log=lambda m: print(f"\n[boot] {m}"))["deb"]
+
+
+def _install_migd(root: Path, deb: Optional[Path] = None) -> None:
+    """Install the .deb with dpkg inside the rootfs (its postinst enables the units), or, without one, copy the
+    source tree the way the package lays it out: /usr/lib/migd + /usr/bin/migd + units. Then the test's setup."""
+    if deb is not None:
+        from .packages import install_deb
+
+        install_deb(root, deb)
+        for unit in ("migd.service", "migd-watch.service"):  # enabled by the package's postinst
+            assert (root / "etc/systemd/system/multi-user.target.wants" / unit).is_symlink(), unit
+    else:
+        _install_source_tree(root)
     env = " ".join(f"{k}={v}" for k, v in SIM_ENV.items())
     for unit in ("migd.service", "migd-watch.service"):
-        install_file(root, f"/etc/systemd/system/{unit}.d/simulate.conf", f"[Service]\nEnvironment={env}\n")
+        install_file(root, f"/etc/systemd/system/{unit}.d/simulate.conf", f"[Service]\nEnvironment={env}\n"
+                     # The product units write only /run/migd (ProtectSystem=strict); the simulated GPUs' state
+                     # and boot marker are this drop-in's to open up, not the product's.
+                     "StateDirectory=migd-sim\nRuntimeDirectory=migd-sim\n")
     install_file(root, "/etc/systemd/system/migd-watch.service.d/fast.conf",
                  "[Service]\nWatchdogSec=4\nRestartSec=1\n")
     install_file(root, "/etc/migd.toml", CONFIG, mode=0o644)
@@ -88,7 +105,23 @@ def _install_migd(root: Path) -> None:
             [Install]
             WantedBy=multi-user.target
             """))
-    enable_units(root, "migd.service", "migd-watch.service", *STUBS)
+    enable_units(root, *STUBS)
+
+
+def _install_source_tree(root: Path) -> None:
+    lib = root / "usr/lib/migd"
+    lib.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(REPO / "src/migd", lib / "migd", ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+    for dep in ("pynvml", "structlog", "sdnotify"):
+        src = _module_dir(dep)
+        if src.is_dir():
+            shutil.copytree(src, lib / src.name, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+        else:
+            shutil.copy2(src, lib / src.name)
+    install_file(root, "/usr/bin/migd", (REPO / "packaging/bin/migd").read_text(), mode=0o755)
+    for unit in ("migd.service", "migd-watch.service"):
+        install_file(root, f"/usr/lib/systemd/system/{unit}", (REPO / "packaging/systemd" / unit).read_text())
+    enable_units(root, "migd.service", "migd-watch.service")
 
 
 def _sim(*args: str) -> list:
@@ -116,9 +149,9 @@ def _ts(props: dict, name: str) -> int:
 UNITS = ["migd.service", "migd-watch.service", *STUBS]
 
 
-def test_migd_under_real_systemd(boot_base, boot_rootfs, boot_vm):
+def test_migd_under_real_systemd(boot_base, boot_rootfs, boot_vm, migd_deb):
     root = boot_rootfs
-    _install_migd(root)
+    _install_migd(root, migd_deb)
 
     # --- 1. first boot: migd.service finishes before every client starts; the layout is applied ----------------
     drift = ["sh", "-c", " && ".join([

@@ -46,6 +46,8 @@ def make_backend(simulate: Optional[str] = None, sim_state: Optional[str] = None
     from .nvml import NvmlBackend
 
     read_only = read_only or read_only_forced()
+    if simulate is not None and not simulate.strip():
+        raise ValueError("--simulate: empty spec; give dgx-a100, dgx-h100 or MODEL[:COUNT],...")
     if simulate or sim_state:
         from .. import sim
 

@@ -155,4 +155,6 @@ def parse_host_spec(spec: str) -> List[SimModel]:
         if not 1 <= n <= 64:
             raise ValueError(f"bad GPU count in {part!r}: 1 to 64")
         models.extend([MODELS[key]] * n)
+    if len(models) > 64:
+        raise ValueError(f"{len(models)} GPUs in {spec!r}: a simulated host has 1 to 64")
     return models

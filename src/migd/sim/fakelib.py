@@ -6,7 +6,12 @@ including the ctypes details (placements by reference, output-only counts, handl
 with ==), is exercised by every simulated test, not only on hardware.
 
 Faults: each entry of the host's `faults` (or of MIGD_SIM_FAULTS, `CALL=CODE[@N][/gpuK]`, comma-separated) makes
-the N-th call of C function CALL (every call if no N) return CODE, or hang when CODE is `hang`.
+the N-th call of C function CALL (every call if no N) return CODE, hang when CODE is `hang` (announced on stderr
+as "sim: CALL hangs", so a test knows when to SIGKILL), or take 50 ms longer and then succeed when CODE is `slow`
+(to make concurrent runs overlap).
+
+Trace: while the host state holds a "trace" list, every mutation appends [pid, call, gpu, time] to it, under the
+state file's lock: the order in which processes sharing a state file changed the GPUs.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from .host import SimError, SimHost
 DRIVER_VERSION = b"580.159.04"
 _ID_ANY = 0xFFFFFFFF
 _CI_ENGINE_SHARED = 0
+SLOW_S = 0.05  # how much longer a `slow` fault makes a call
 
 
 def parse_faults(text: str) -> List[dict]:
@@ -39,12 +45,15 @@ def parse_faults(text: str) -> List[dict]:
         fault: dict = {"call": call, "at": int(at) if at else None, "gpu": int(gpu) if gpu else None}
         if code == "hang":
             fault["hang"] = True
+        elif code == "slow":
+            fault["slow"] = SLOW_S
         elif code.isdigit():
             fault["code"] = int(code)
         elif code in E.CODE_BY_NAME:
             fault["code"] = E.CODE_BY_NAME[code]
         else:
-            raise ValueError(f"bad fault code {code!r} in {item!r}: an NVML error name (IN_USE, ...), a number, or hang")
+            raise ValueError(f"bad fault code {code!r} in {item!r}: an NVML error name (IN_USE, ...), a number, "
+                             "hang or slow")
         faults.append(fault)
     return faults
 
@@ -104,6 +113,7 @@ class FakeNvmlLib:
         self.handles = _Handles()
         self.initialized = 0
         self._stat: Optional[Tuple[int, int]] = None
+        self._current: Tuple[str, Optional[int]] = ("", None)  # the call in progress, for the mutation trace
 
     def __getattr__(self, name: str) -> Callable:
         impl = getattr(type(self), "_" + name, None)
@@ -113,6 +123,7 @@ class FakeNvmlLib:
         def call(*args):
             try:
                 self._refresh()
+                self._current = (name, self._gpu_of(args))
                 self._inject(name, args)
                 if name not in ("nvmlInitWithFlags", "nvmlInit_v2") and not self.initialized:
                     return E.CODE_BY_NAME["UNINITIALIZED"]
@@ -154,6 +165,9 @@ class FakeNvmlLib:
             if self.host.path:
                 self.host.reload()
             result = fn()
+            trace = self.host.state.get("trace")
+            if isinstance(trace, list):
+                trace.append([os.getpid(), self._current[0], self._current[1], time.time()])
             self._commit()
         return result
 
@@ -176,8 +190,15 @@ class FakeNvmlLib:
             if fault.get("at") is not None and fault["at"] != nth:
                 continue
             if fault.get("hang"):
+                try:
+                    os.write(2, f"sim: {name} hangs (injected fault)\n".encode())
+                except OSError:
+                    pass
                 while True:  # a wedged driver call: only the watchdog (SIGKILL) gets us out
                     time.sleep(3600)
+            if fault.get("slow"):
+                time.sleep(fault["slow"])
+                continue
             raise SimError(fault["code"], f"injected fault in {name}")
 
     def _gpu_of(self, args: tuple) -> Optional[int]:

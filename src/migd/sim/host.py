@@ -12,6 +12,8 @@ import contextlib
 import fcntl
 import json
 import os
+import re
+import stat
 import threading
 import time
 import uuid as uuidlib
@@ -64,19 +66,23 @@ class SimHost:
 
     @classmethod
     def create(cls, spec: str, path: Optional[str] = None) -> "SimHost":
-        """Load the host from `path` if it exists, else build it from `spec` (and save it there)."""
-        if path and os.path.exists(path):
-            host = cls(load_state(path), path)
-            host._power_cycle_if_rebooted()
+        """Load the host from `path` if it exists, else build it from `spec` (and save it there).
+        Raises ValueError (a bad spec, or a state file that cannot be read, written or trusted)."""
+        try:
+            if path and os.path.exists(path):
+                host = cls(load_state(path), path)
+                host._power_cycle_if_rebooted()
+                return host
+            host = cls(new_state(spec), path)
+            if path:
+                host.state["device_dir"] = os.path.join(os.path.dirname(os.path.abspath(path)), "dev")
+                host.state["boot_marker"] = os.environ.get("MIGD_SIM_BOOT_MARKER") or None
+                host._make_device_nodes()
+                host._power_cycle_if_rebooted()
+                host.save()
             return host
-        host = cls(new_state(spec), path)
-        if path:
-            host.state["device_dir"] = os.path.join(os.path.dirname(os.path.abspath(path)), "dev")
-            host.state["boot_marker"] = os.environ.get("MIGD_SIM_BOOT_MARKER") or None
-            host._make_device_nodes()
-            host._power_cycle_if_rebooted()
-            host.save()
-        return host
+        except OSError as e:
+            raise ValueError(f"{e.filename or path}: cannot use as the simulated-host state: {e.strerror}") from None
 
     def _make_device_nodes(self) -> None:
         """Plain files standing in for /dev/nvidiaN: clients open them, migd's /proc scan finds the holders."""
@@ -363,19 +369,129 @@ def _alive(pid: int) -> bool:
         return True
 
 
+MAX_STATE_BYTES = 16 << 20  # a state file is a few KB; anything this big is not one
+
+
 def load_state(path: str) -> dict:
-    with _locked(path):
-        with open(path, encoding="utf-8") as f:
-            try:
-                state = json.load(f)
-            except ValueError as e:
-                raise ValueError(f"{path}: not a simulated-host state file: {e}") from None
+    """Read and validate a state file. Raises ValueError naming the file and the bad field, never anything else.
+
+    No lock: writers replace the file by rename, so a read sees a whole old or a whole new file; and a path that
+    turns out not to be a state file gets no lock file created next to it."""
+    try:
+        with open(path, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise ValueError(f"{path}: not a simulated-host state file (not a regular file)")
+            data = f.read(MAX_STATE_BYTES + 1)
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read the simulated-host state file: {e.strerror}") from None
+    if len(data) > MAX_STATE_BYTES:
+        raise ValueError(f"{path}: not a simulated-host state file (larger than {MAX_STATE_BYTES >> 20} MiB)")
+    try:
+        state = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+        raise ValueError(f"{path}: not a simulated-host state file: {str(e)[:200]}") from None
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION or not isinstance(state.get("gpus"), list):
         raise ValueError(f"{path}: not a simulated-host state file (version {STATE_VERSION})")
     for g in state["gpus"]:
-        if not isinstance(g, dict) or g.get("model") not in MODELS:
-            raise ValueError(f"{path}: unknown simulated GPU model {g.get('model') if isinstance(g, dict) else g!r}")
+        if not isinstance(g, dict) or not isinstance(g.get("model"), str) or g["model"] not in MODELS:
+            model = g.get("model") if isinstance(g, dict) else g
+            raise ValueError(f"{path}: unknown simulated GPU model {_short(model)}")
+    problem = _state_problem(state)
+    if problem:
+        raise ValueError(f"{path}: not a valid simulated-host state file: {problem}")
     return state
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_int(v, lo: int = 0, hi: int = (1 << 31) - 1) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _is_number_or_none(v) -> bool:
+    return v is None or isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _state_problem(state: dict) -> Optional[str]:
+    """What is wrong with a parsed state file (types and ranges the simulator relies on), or None."""
+    opt_str = (str, type(None))
+    checks = [
+        ("spec", isinstance(state.get("spec"), str)),
+        ("driver", state.get("driver", "loaded") in ("loaded", "not-loaded", "no-library")),
+        ("boot", _is_int(state.get("boot", 1))),
+        ("device_dir", isinstance(state.get("device_dir"), opt_str)),
+        ("boot_marker", isinstance(state.get("boot_marker"), opt_str)),
+        ("booted_once", isinstance(state.get("booted_once", False), bool)),
+        ("driver_ready_at", _is_number_or_none(state.get("driver_ready_at"))),
+        ("trace", isinstance(state.get("trace", []), list)),
+        ("faults", isinstance(state.get("faults", []), list)),
+        ("gpus", 1 <= len(state["gpus"]) <= 64),
+    ]
+    for key, ok in checks:
+        if not ok:
+            return f"{key}: bad value {_short(state.get(key))}"
+    for n, f in enumerate(state.get("faults", [])):
+        if not (isinstance(f, dict) and isinstance(f.get("call"), str) and (f.get("at") is None or _is_int(f["at"]))
+                and (f.get("gpu") is None or _is_int(f["gpu"])) and
+                (f.get("hang") is True or _is_int(f.get("code"), 1, 999) or isinstance(f.get("slow"), (int, float))
+                 and not isinstance(f.get("slow"), bool) and 0 <= f["slow"] <= 60)):
+            return f"faults[{n}]: bad fault {_short(f)}"
+    for i, g in enumerate(state["gpus"]):
+        problem = _gpu_problem(g)
+        if problem:
+            return f"gpus[{i}].{problem}"
+    return None
+
+
+_CI_PROFILES: Dict[Tuple[str, int], Dict[int, dict]] = {}
+
+
+def _ci_profiles_by_id(model: SimModel, gi_info: dict) -> Dict[int, dict]:
+    key = (model.key, gi_info["id"])
+    if key not in _CI_PROFILES:
+        _CI_PROFILES[key] = {c["id"]: c for c in compute_profiles(model, gi_info).values()}
+    return _CI_PROFILES[key]
+
+
+def _gpu_problem(g: dict) -> Optional[str]:
+    model = MODELS[g["model"]]
+    fields = [
+        ("uuid", isinstance(g.get("uuid"), str) and 0 < len(g["uuid"]) < 80),
+        ("pci_bus_id", isinstance(g.get("pci_bus_id"), str)
+         and re.match(r"^[0-9A-Fa-f]{8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-7]$", g["pci_bus_id"]) is not None),
+        ("mig", isinstance(g.get("mig"), list) and len(g["mig"]) == 2 and all(v in (0, 1) and not isinstance(v, bool)
+                                                                              for v in g["mig"])),
+        ("persistence", g.get("persistence") in (0, 1) and not isinstance(g.get("persistence"), bool)),
+        ("gis", isinstance(g.get("gis"), list)),
+        ("processes", isinstance(g.get("processes"), list)),
+        ("clients", isinstance(g.get("clients"), list) and all(_is_int(c, 1) for c in g["clients"])),
+        ("lost", isinstance(g.get("lost", False), bool)),
+        ("reset_supported", isinstance(g.get("reset_supported", True), bool)),
+    ]
+    for key, ok in fields:
+        if not ok:
+            return f"{key}: bad value {_short(g.get(key))}"
+    profiles = {info["id"]: info for info in model.gi_profiles.values()}
+    for n, gi in enumerate(g["gis"]):
+        if not (isinstance(gi, dict) and _is_int(gi.get("id"), 0, 64) and _is_int(gi.get("profile_id"))
+                and gi["profile_id"] in profiles and isinstance(gi.get("cis"), list)
+                and (gi.get("start"), gi.get("size")) in [tuple(p) for p in profiles[gi["profile_id"]]["placements"]]):
+            return f"gis[{n}]: bad GPU instance {_short(gi)}"
+        cps = _ci_profiles_by_id(model, profiles[gi["profile_id"]])
+        for k, ci in enumerate(gi["cis"]):
+            if not (isinstance(ci, dict) and _is_int(ci.get("id"), 0, 64) and _is_int(ci.get("profile_id"))
+                    and ci["profile_id"] in cps
+                    and (ci.get("start"), ci.get("size")) in [tuple(p) for p in cps[ci["profile_id"]]["placements"]]):
+                return f"gis[{n}].cis[{k}]: bad compute instance {_short(ci)}"
+    for n, p in enumerate(g["processes"]):
+        if not (isinstance(p, dict) and _is_int(p.get("pid"), 1) and "gi" in p and "ci" in p
+                and (p["gi"] is None or _is_int(p["gi"], 0, 64))
+                and (p.get("ci") is None or _is_int(p["ci"], 0, 64))):
+            return f"processes[{n}]: bad process {_short(p)}"
+    return None
 
 
 _held = threading.local()  # state files this thread holds the lock of: nested _locked() calls must not deadlock

@@ -43,13 +43,17 @@ def main(argv=None) -> int:
     s.add_argument("spec", nargs="?")
     s.add_argument("--clear", action="store_true")
     s = sub.add_parser("driver")
-    s.add_argument("state", choices=["loaded", "not-loaded", "no-library"])
+    s.add_argument("driver", choices=["loaded", "not-loaded", "no-library"])  # not "state": that is --state
     sub.add_parser("reboot")
     s = sub.add_parser("lose")
     s.add_argument("gpu", type=int)
     args = ap.parse_args(argv)
 
-    host = SimHost(load_state(args.state), args.state)
+    try:
+        host = SimHost(load_state(args.state), args.state)
+    except ValueError as e:
+        print(f"sim: {e}", file=sys.stderr)
+        return 2
     try:
         if args.cmd == "show":
             print(json.dumps(host.state, indent=1))
@@ -67,7 +71,7 @@ def main(argv=None) -> int:
         elif args.cmd == "fault":
             host.state["faults"] = [] if args.clear else host.state.get("faults", []) + parse_faults(args.spec or "")
         elif args.cmd == "driver":
-            host.state["driver"] = args.state
+            host.state["driver"] = args.driver
         elif args.cmd == "reboot":
             host.reboot()
         elif args.cmd == "lose":
