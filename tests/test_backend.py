@@ -304,3 +304,19 @@ def test_state_file_reads_after_a_mutation_elsewhere(sim_backend, state_path):
         json.dump(doc, f)
     state = backend.state(0)
     assert state.mig_current and [(g.id, g.profile_id, str(g.placement)) for g in state.instances] == [(1, 9, "0:4")]
+
+
+def test_state_is_cached_until_this_backend_mutates_or_fresh_is_asked(sim_backend, state_path):
+    from migd.model import Placement
+    from migd.sim.host import SimHost
+
+    backend = sim_backend("h100-80gb", sim_state=state_path)
+    backend.set_mig_mode(0, True)
+    assert backend.state(0).instances == ()
+    other = SimHost.create("", state_path)  # another process changes the GPU behind our back
+    other.create_gi(0, 19, (6, 1))
+    other.save()
+    assert backend.state(0).instances == ()  # the snapshot
+    assert [str(g.placement) for g in backend.state(0, fresh=True).instances] == ["6:1"]
+    backend.create_gpu_instance(0, 19, Placement(0, 1))  # our own mutation invalidates the snapshot
+    assert [str(g.placement) for g in backend.state(0).instances] == ["0:1", "6:1"]

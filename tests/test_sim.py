@@ -712,7 +712,7 @@ def test_state_file_shared_by_two_processes(sim_backend, state_path):
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     gi_id = int(out.stdout.split()[-1])
-    state = backend.state(0)
+    state = backend.state(0, fresh=True)  # state() is cached until this backend mutates
     assert state.mig_current
     assert [(g.id, g.profile_id, str(g.placement), [c.profile_id for c in g.compute]) for g in state.instances] == [
         (gi_id, 9, "4:4", [2])]

@@ -54,7 +54,7 @@ def exit_code(results: Sequence[GpuResult]) -> int:
 def apply_gpu(backend, info: GpuInfo, desired: DesiredGpu, persistence: Optional[bool] = None,
               describe_holders=None) -> GpuResult:
     g = info.index
-    before = backend.state(g)
+    before = backend.state(g, fresh=True)  # never act on a snapshot: processes may have started since
     plan = plan_gpu(info, desired, before, persistence)
     if plan.refusal:
         log.error("gpu_refused", msg=f"{plan.refusal}; nothing changed", gpu=g, pids=list(plan.busy_pids))

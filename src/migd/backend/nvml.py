@@ -40,14 +40,17 @@ class NvmlBackend:
         self._sim_host = sim_host
         self._handles: Dict[int, object] = {}
         self._ci_cache: Dict[Tuple[int, int], list] = {}  # (gpu, GI profile id) -> CI profile infos
+        self._states: Dict[int, GpuState] = {}
         self._infos: Optional[List[Optional[GpuInfo]]] = None  # per GPU; None: (re)read on next use
         self._open = False
 
     # --- plumbing -------------------------------------------------------------------------------------------
 
     def _call(self, name: str, *args, gpu: Optional[int] = None):
-        if self.read_only and not _READ_ONLY_CALLS.fullmatch(name):
-            raise ReadOnlyViolation(name)
+        if not _READ_ONLY_CALLS.fullmatch(name):
+            if self.read_only:
+                raise ReadOnlyViolation(name)
+            self._states.pop(gpu, None)  # whatever happens, this GPU's cached state is stale now
         try:
             return getattr(self._n, name)(*args)
         except self._n.NVMLError as e:
@@ -72,6 +75,7 @@ class NvmlBackend:
             self._open = False
             self._handles.clear()
             self._ci_cache.clear()
+            self._states.clear()
             self._infos = None
             try:
                 self._call("nvmlShutdown")
@@ -170,7 +174,16 @@ class NvmlBackend:
 
     # --- live state ----------------------------------------------------------------------------------------
 
-    def state(self, gpu: int) -> GpuState:
+    def state(self, gpu: int, fresh: bool = False) -> GpuState:
+        """The GPU's live state. Cached until this backend changes that GPU, or `fresh` is asked for: an apply
+        reads each GPU fresh once, then its verify, state.json and the printed status share one re-read."""
+        cached = self._states.get(gpu)
+        if cached is not None and not fresh:
+            return cached
+        state = self._states[gpu] = self._read_state(gpu)
+        return state
+
+    def _read_state(self, gpu: int) -> GpuState:
         h = self._handle(gpu)
         mode = self._try("nvmlDeviceGetMigMode", h, gpu=gpu, ok_codes=(3,))
         current, pending = (bool(mode[0]), bool(mode[1])) if mode else (False, False)
