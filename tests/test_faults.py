@@ -33,11 +33,12 @@ from hypothesis import strategies as st
 
 import reliability as R
 from migd import config as config_mod
-from migd import service, sim
+from migd import sim
 from migd.apply import apply_gpu
 from migd.backend.nvml import NvmlBackend
 from migd.errors import CODE_BY_NAME, ConfigError
 from migd.plan import plan_gpu
+from migd.layout import desired_for
 from migd.sim.catalog import MODELS
 from migd.sim.host import SimError, SimHost, load_state, new_state
 
@@ -289,7 +290,7 @@ def test_busy_instances_are_never_destroyed_by_plan_or_rollback(case, data):
     try:
         infos = backend.gpus()
         try:
-            desired = service.desired_for(config_mod.parse(text, "busy.toml"), infos)
+            desired = desired_for(config_mod.parse(text, "busy.toml"), infos)
         except ConfigError:
             _busy_stats["config refused"] += 1
             return

@@ -9,14 +9,14 @@ failure. Other GPUs are applied regardless.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 from . import errors as E
 from .errors import DriverError
 from .layout import DesiredGpu, DesiredInstance
 from .log import get_logger
 from .model import GpuEntry, GpuInfo, GpuSelector, GpuState
-from .plan import Action, GpuPlan, plan_gpu
+from .plan import Action, plan_gpu
 
 log = get_logger()
 

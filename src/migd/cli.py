@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence
 
 from . import __version__
 from . import errors as E
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "when absent (env MIGD_SIM_STATE)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
-    sub = p.add_subparsers(dest="verb", metavar="VERB")
+    sub = p.add_subparsers(dest="verb", metavar="VERB", prog="migd")  # prog: no terminal-size probe at start
     sub.required = True
     s = sub.add_parser("status", help="GPUs, MIG mode, instances with placements and UUIDs")
     s.add_argument("--json", action="store_true", help="stable JSON (see README)")
@@ -122,7 +122,7 @@ def _plans(backend, infos, desired, cfg):
 
 
 def cmd_status(args, read_only: bool) -> int:
-    from . import report, service
+    from . import layout, report
     from .model import Gpu
 
     backend = _backend(args, True)
@@ -133,7 +133,7 @@ def cmd_status(args, read_only: bool) -> int:
         managed: Dict[int, str] = {}
         try:
             cfg = _load_config(args)
-            desired = service.desired_for(cfg, infos)
+            desired = layout.desired_for(cfg, infos)
             for i, plan in _plans(backend, infos, desired, cfg).items():
                 names[i] = report.names_by_gi(plan)
                 managed[i] = desired[i].entry.where + (" (matches)" if _layout_matches(plan) else " (drift)")
@@ -171,7 +171,7 @@ def cmd_validate(args, read_only: bool) -> int:
     if not (args.simulate or args.sim_state or os.path.exists("/dev/nvidiactl")):
         print("no GPUs to check against (no driver; use --simulate SPEC to check a model)")
         return E.EXIT_OK
-    from . import layout, service
+    from . import layout
 
     backend = _backend(args, True)
     try:
@@ -182,7 +182,7 @@ def cmd_validate(args, read_only: bool) -> int:
             what = "not managed (no entry matches)" if entry is None else \
                 f"entry #{entry.number} ({entry.where}, select = {entry.selector})"
             print(f"GPU {info.index} {info.name}: {what}")
-        service.desired_for(cfg, infos)
+        layout.desired_for(cfg, infos)
         print("layout fits every selected GPU")
         return E.EXIT_OK
     finally:
@@ -190,13 +190,13 @@ def cmd_validate(args, read_only: bool) -> int:
 
 
 def cmd_plan(args, read_only: bool) -> int:
-    from . import service
+    from . import layout
 
     cfg = _load_config(args)
     backend = _backend(args, True)
     try:
         infos = backend.gpus()
-        desired = service.desired_for(cfg, infos)
+        desired = layout.desired_for(cfg, infos)
         plans = _plans(backend, infos, desired, cfg)
         code = E.EXIT_OK
         for i, info in enumerate(infos):
@@ -219,13 +219,13 @@ def cmd_plan(args, read_only: bool) -> int:
 def cmd_check(args, read_only: bool) -> int:
     import json
 
-    from . import report, service
+    from . import layout, report
 
     cfg = _load_config(args)
     backend = _backend(args, True)
     try:
         infos = backend.gpus()
-        desired = service.desired_for(cfg, infos)
+        desired = layout.desired_for(cfg, infos)
         code, rows = E.EXIT_OK, []
         for i, plan in _plans(backend, infos, desired, cfg).items():
             state = backend.state(i)
@@ -267,13 +267,13 @@ def cmd_export(args, read_only: bool) -> int:
 def cmd_apply(args, read_only: bool) -> int:
     if args.dry_run:
         return cmd_plan(args, True)
-    from . import service
+    from . import layout, service
 
     cfg = _load_config(args, privileged=True)  # invalid config: exit 2 before the driver is even opened
     backend = _backend(args, False)
     try:
         infos = backend.gpus()
-        desired = service.desired_for(cfg, infos)
+        desired = layout.desired_for(cfg, infos)
         code = service.apply_all(backend, cfg, desired, stop_clients=bool(args.stop_clients))
         _print_status(backend, cfg, desired, infos)
         return code
@@ -283,7 +283,7 @@ def cmd_apply(args, read_only: bool) -> int:
 
 def cmd_boot(args, read_only: bool) -> int:
     """migd.service: wait for the driver, then apply. Failures fail the unit (exit != 0), never the boot."""
-    from . import service
+    from . import layout, service
     from .backend import make_backend
     from .log import get_logger
 
@@ -295,7 +295,7 @@ def cmd_boot(args, read_only: bool) -> int:
     backend = service.wait_for_driver(
         lambda: make_backend(simulate=args.simulate, sim_state=args.sim_state), cfg.daemon.driver_wait_timeout)
     try:
-        desired = service.desired_for(cfg, backend.gpus())
+        desired = layout.desired_for(cfg, backend.gpus())
         log.info("boot_apply", msg=f"applying {cfg.path} to {len(desired)} GPU(s)", gpus=sorted(desired))
         code = service.apply_all(backend, cfg, desired)
         level = log.info if code == E.EXIT_OK else log.error

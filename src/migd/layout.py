@@ -114,3 +114,35 @@ def resolve(entry: GpuEntry, gpu: GpuInfo) -> DesiredGpu:
             compute = [full]
         out.append(DesiredInstance(profile, tuple(compute), spec.name))
     return DesiredGpu(entry, True, tuple(out))
+
+
+def desired_for(cfg: Config, infos: Sequence[GpuInfo]) -> Dict[int, DesiredGpu]:
+    """GPU index -> DesiredGpu; raises ConfigError (nothing touched) if any selected GPU cannot take its layout."""
+    from .errors import ConfigError, Problem
+    from .model import GpuState
+    from .plan import plan_gpu  # plan imports this module: import at call time
+
+    chosen, problems = select(cfg, infos)
+    by_text: Dict[str, List[int]] = {}  # the same problem on several GPUs of one model: one line naming them
+    desired = {}
+    for info in infos:
+        entry = chosen.get(info.index)
+        if entry is None:
+            continue
+        try:
+            d = resolve(entry, info)
+        except LayoutError as e:
+            by_text.setdefault(str(e), []).append(info.index)
+            continue
+        # A layout that cannot fit even an empty GPU is a config error: refuse before touching anything.
+        empty = plan_gpu(info, d, GpuState(mig_current=True, mig_pending=True, persistence=None))
+        if empty.refusal:
+            reason = empty.refusal.split(": ", 1)[1]  # drop the "GPU n: " prefix
+            by_text.setdefault(f"{entry.where}: {reason}", []).append(info.index)
+            continue
+        desired[info.index] = d
+    for text, gpus in by_text.items():
+        problems.append(f"{text} (GPU{'s' if len(gpus) > 1 else ''} {', '.join(map(str, gpus))})")
+    if problems:
+        raise ConfigError([Problem(p) for p in problems])
+    return desired

@@ -10,12 +10,12 @@ Deterministic: ties go to the lowest slots in config order, so the same input gi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .layout import DesiredGpu, DesiredInstance
-from .model import ComputeProfile, GpuInfo, GpuState, LiveGpuInstance, Placement
+from .model import GpuInfo, GpuState, LiveGpuInstance, Placement
 from .profiles import describe_counts
 
 

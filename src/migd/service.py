@@ -6,15 +6,15 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence
 
 from . import apply as engine
 from . import errors as E
 from . import report, runstate
-from .errors import ConfigError, DriverError, Problem
+from .errors import DriverError
 from .holders import describe, pids_holding, unit_of
 from .log import get_logger
-from .model import Config, GpuInfo, GpuState
+from .model import Config, GpuInfo
 from .plan import plan_gpu
 
 log = get_logger()
@@ -46,36 +46,6 @@ def wait_for_driver(make: Callable[[], object], timeout: float):
                                         f"{min(delay, left):.1f} s", attempt=attempt, code=E.code_name(e.code))
             time.sleep(min(delay, left))
             delay = min(delay * 2, 5.0)
-
-
-def desired_for(cfg: Config, infos: Sequence[GpuInfo]) -> Dict[int, object]:
-    """GPU index -> DesiredGpu; raises ConfigError (nothing touched) if any selected GPU cannot take its layout."""
-    from . import layout
-
-    chosen, problems = layout.select(cfg, infos)
-    by_text: Dict[str, List[int]] = {}  # the same problem on several GPUs of one model: one line naming them
-    desired = {}
-    for info in infos:
-        entry = chosen.get(info.index)
-        if entry is None:
-            continue
-        try:
-            d = layout.resolve(entry, info)
-        except layout.LayoutError as e:
-            by_text.setdefault(str(e), []).append(info.index)
-            continue
-        # A layout that cannot fit even an empty GPU is a config error: refuse before touching anything.
-        empty = plan_gpu(info, d, GpuState(mig_current=True, mig_pending=True, persistence=None))
-        if empty.refusal:
-            reason = empty.refusal.split(": ", 1)[1]  # drop the "GPU n: " prefix
-            by_text.setdefault(f"{entry.where}: {reason}", []).append(info.index)
-            continue
-        desired[info.index] = d
-    for text, gpus in by_text.items():
-        problems.append(f"{text} (GPU{'s' if len(gpus) > 1 else ''} {', '.join(map(str, gpus))})")
-    if problems:
-        raise ConfigError([Problem(p) for p in problems])
-    return desired
 
 
 def apply_all(backend, cfg: Config, desired: Dict[int, object], stop_clients: bool = False) -> int:

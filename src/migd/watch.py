@@ -150,7 +150,7 @@ class Watcher:
         return statuses
 
     def _check(self) -> Tuple[Dict[int, str], list]:
-        from . import service
+        from . import layout
         from .backend import make_backend
 
         self.checks += 1
@@ -160,7 +160,7 @@ class Watcher:
         try:
             backend.open()
             infos = backend.gpus()
-            desired = service.desired_for(self.cfg, infos)
+            desired = layout.desired_for(self.cfg, infos)
             for i, d in desired.items():
                 state = backend.state(i)
                 plan = plan_gpu(infos[i], d, state)
@@ -207,7 +207,7 @@ class Watcher:
 
     def _reapply(self, gpus) -> None:
         from . import apply as engine
-        from . import service
+        from . import layout
         from .backend import make_backend
 
         try:
@@ -216,7 +216,7 @@ class Watcher:
                 backend.open()
                 try:
                     infos = backend.gpus()
-                    desired = service.desired_for(self.cfg, infos)
+                    desired = layout.desired_for(self.cfg, infos)
                     for i in gpus:
                         r = engine.apply_gpu(backend, infos[i], desired[i], self.cfg.daemon.persistence_mode or None)
                         log.info("drift_reapplied", msg=f"GPU {i}: re-applied after drift: {r.outcome}", gpu=i,
