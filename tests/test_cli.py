@@ -183,3 +183,16 @@ def test_cli_entry_point_as_subprocess(host):
     assert r.returncode == 0 and r.stdout.startswith("migd ")
     r = subprocess.run([sys.executable, "-m", "migd.cli", "frobnicate"], capture_output=True, text=True)
     assert r.returncode == 2
+
+
+def test_non_root_run_dir_is_private(monkeypatch, tmp_path):
+    from migd import runstate
+
+    monkeypatch.delenv("MIGD_RUN_DIR", raising=False)
+    monkeypatch.setattr(runstate.os, "geteuid", lambda: 1000)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    assert runstate.run_dir() == str(tmp_path / "migd")
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    assert runstate.run_dir().endswith("migd-1000")
+    monkeypatch.setattr(runstate.os, "geteuid", lambda: 0)
+    assert runstate.run_dir() == "/run/migd"

@@ -118,7 +118,7 @@ def parse(text: str, path: str = "<config>") -> Config:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError.one(f"TOML syntax: {_strip_position(str(e))}", path, getattr(e, "lineno", None)
-                              or _line_from_message(str(e))) from None
+                              or _line_from_message(str(e), text)) from None
     except RecursionError:
         raise ConfigError.one("nesting too deep: not a migd layout file", path) from None
     except ValueError as e:  # Python 3.11+: an integer literal longer than int() converts
@@ -140,12 +140,16 @@ def _show(value: Any, limit: int = 60) -> str:
 
 
 def _strip_position(msg: str) -> str:
-    return re.sub(r"\s*\(at line \d+, column \d+\)$", "", msg)
+    return re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)$", "", msg)
 
 
-def _line_from_message(msg: str) -> Optional[int]:
+def _line_from_message(msg: str, text: str) -> Optional[int]:
     m = re.search(r"at line (\d+)", msg)
-    return int(m.group(1)) if m else None
+    if m:
+        return int(m.group(1))
+    if "at end of document" in msg:  # Python 3.11's tomllib gives no lineno for this one
+        return text.count("\n") + 1
+    return None
 
 
 class _Locator:

@@ -17,6 +17,7 @@ import errno
 import fcntl
 import json
 import os
+import tempfile
 import stat
 import time
 from typing import Dict, Iterator, List, Optional
@@ -34,7 +35,15 @@ class RunDirError(MigdError):
 
 
 def run_dir() -> str:
-    return os.environ.get("MIGD_RUN_DIR") or RUN_DIR
+    """/run/migd as root; a non-root user (who can only be driving simulated GPUs: NVML refuses MIG changes to
+    them) gets a private one, so `migd --simulate … apply` works on a laptop without sudo."""
+    env = os.environ.get("MIGD_RUN_DIR")
+    if env:
+        return env
+    if os.geteuid() == 0:
+        return RUN_DIR
+    base = os.environ.get("XDG_RUNTIME_DIR") or os.path.join(tempfile.gettempdir(), f"migd-{os.geteuid()}")
+    return os.path.join(base, "migd") if os.environ.get("XDG_RUNTIME_DIR") else base
 
 
 def ensure_run_dir() -> str:
