@@ -101,7 +101,7 @@ class Installed:
         self.notes: List[str] = []
         vendored = _vendored_names()
         for dep in EXTRA_DEPENDENCIES:
-            if vendored is not None and dep.replace("_", "-") not in vendored:
+            if vendored is not None and dep.replace("-", "_").lower() not in {v.replace("-", "_").lower() for v in vendored}:
                 self.notes.append(f"installed layout: added {dep}, which packaging/vendor.txt lacks but structlog "
                                   f"imports on Python {sys.version_info[0]}.{sys.version_info[1]} (without it, "
                                   f"/usr/bin/migd fails at its first log line there)")
