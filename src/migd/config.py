@@ -60,8 +60,11 @@ def load(path: str = DEFAULT_PATH, owner: Optional[int] = None) -> Config:
         raise ConfigError.one(f"cannot read: {e.strerror}", path) from None
     try:
         os.set_blocking(fd, True)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):  # a directory, device or FIFO is no layout, whoever reads it
+            raise ConfigError.one("not a regular file: give the path of a migd.toml", path)
         if owner is not None:
-            problem = _untrusted(path, os.fstat(fd), owner)
+            problem = _untrusted(path, st, owner)
             if problem:
                 raise ConfigError.one(problem, path)
         with os.fdopen(fd, "rb", closefd=False) as f:

@@ -32,7 +32,8 @@ _memo: Dict[tuple, Dict[str, Path]] = {}
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("MIGD_PKG_CACHE", "/var/tmp/migd-pkg"))
+    default = "/var/tmp/migd-pkg" if os.geteuid() == 0 else f"/var/tmp/migd-pkg-{os.geteuid()}"  # not root's cache
+    return Path(os.environ.get("MIGD_PKG_CACHE", default))
 
 
 def upstream_version() -> str:
