@@ -54,34 +54,39 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"sim: {e}", file=sys.stderr)
         return 2
-    try:
-        if args.cmd == "show":
-            print(json.dumps(host.state, indent=1))
-            return 0
-        if args.cmd == "destroy-gi":
-            gi = host.find_gi(args.gpu, args.gi)
-            gi["cis"] = []  # nvidia-smi mig -dci then -dgi
-            host.destroy_gi(args.gpu, args.gi)
-        elif args.cmd == "create-gi":
-            host.create_gi(args.gpu, args.profile_id, (args.start, args.size))
-        elif args.cmd == "add-process":
-            host.add_process(args.gpu, args.pid, args.gi, args.ci)
-        elif args.cmd == "clear-processes":
-            host.gpus[args.gpu]["processes"] = []
-        elif args.cmd == "fault":
-            host.state["faults"] = [] if args.clear else host.state.get("faults", []) + parse_faults(args.spec or "")
-        elif args.cmd == "driver":
-            host.state["driver"] = args.driver
-        elif args.cmd == "reboot":
-            host.reboot()
-        elif args.cmd == "lose":
-            host.gpus[args.gpu]["lost"] = True
-    except SimError as e:
-        print(f"sim: {e}", file=sys.stderr)
-        return 1
-    host.save()
+    with host.locked():  # read-modify-write under the state file's lock, like the fake driver's own changes
+        host.reload()
+        try:
+            if args.cmd == "show":
+                print(json.dumps(host.state, indent=1))
+                return 0
+            _poke(host, args)
+        except SimError as e:
+            print(f"sim: {e}", file=sys.stderr)
+            return 1
+        host.save()
     return 0
 
+
+def _poke(host: SimHost, args) -> None:
+    if args.cmd == "destroy-gi":
+        gi = host.find_gi(args.gpu, args.gi)
+        gi["cis"] = []  # nvidia-smi mig -dci then -dgi
+        host.destroy_gi(args.gpu, args.gi)
+    elif args.cmd == "create-gi":
+        host.create_gi(args.gpu, args.profile_id, (args.start, args.size))
+    elif args.cmd == "add-process":
+        host.add_process(args.gpu, args.pid, args.gi, args.ci)
+    elif args.cmd == "clear-processes":
+        host.gpus[args.gpu]["processes"] = []
+    elif args.cmd == "fault":
+        host.state["faults"] = [] if args.clear else host.state.get("faults", []) + parse_faults(args.spec or "")
+    elif args.cmd == "driver":
+        host.state["driver"] = args.driver
+    elif args.cmd == "reboot":
+        host.reboot()
+    elif args.cmd == "lose":
+        host.gpus[args.gpu]["lost"] = True
 
 if __name__ == "__main__":
     sys.exit(main())
