@@ -464,13 +464,19 @@ def test_gpu_falling_off_the_bus_mid_apply(two_gpus):
 
 
 def test_gpu_already_lost_when_migd_starts(two_gpus):
-    """A GPU that fell off the bus before migd starts cannot be identified (name, UUID), so migd cannot tell which
-    entry it gets: exit 1 naming it, no traceback, nothing changed."""
+    """A GPU that fell off the bus before migd starts cannot be identified (name, UUID), so no entry selects it:
+    it is reported lost (critical, exit 1), and every other GPU is still configured; status shows it lost."""
     r = subprocess.run([sys.executable, "-m", "migd.sim.tool", "--state", two_gpus["state"], "lose", "1"],
                        env=R.child_env("/nonexistent"), capture_output=True, text=True)
     assert r.returncode == 0
-    before = R.layouts(load_state(two_gpus["state"]))
     r = R.run_cli(["--sim-state", two_gpus["state"], "--config", two_gpus["config"], "apply"],
                   {"MIGD_RUN_DIR": two_gpus["run"]})
-    assert not r.traceback and r.code == 1 and "GPU 1" in r.err and "GPU_IS_LOST" in r.err, r.err
-    assert R.layouts(load_state(two_gpus["state"])) == before
+    assert not r.traceback and r.code == 1, r.err
+    assert "GPU 1: lost (fell off the bus) before migd could read it" in r.out + r.err
+    state = load_state(two_gpus["state"])
+    assert len(state["gpus"][0]["gis"]) == 3 and not state["gpus"][1]["gis"]
+    r = R.run_cli(["--sim-state", two_gpus["state"], "--config", two_gpus["config"], "status", "--json"],
+                  {"MIGD_RUN_DIR": two_gpus["run"]})
+    assert r.code == 0 and not r.traceback
+    gpus = json.loads(r.out)["gpus"]
+    assert [g["lost"] for g in gpus] == [False, True]

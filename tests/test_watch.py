@@ -224,3 +224,16 @@ def test_stop_clients_stops_exactly_the_holding_units_and_restarts_them(env, mon
             holder.kill()
     assert calls == [("stop", ["nvidia-dcgm.service"]), ("start", ["nvidia-dcgm.service"])]
     assert all(len(g["gis"]) == 3 for g in load_state(env["state"])["gpus"])
+
+
+def test_lost_gpu_reported_once_others_still_checked(env, monkeypatch):
+    assert apply(env) == 0
+    events = Events(monkeypatch)
+    host = SimHost.create("", env["state"])
+    host.gpus[1]["lost"] = True
+    host.save()
+    w = Watcher(env["config"], sim_state=env["state"])
+    for _ in range(3):
+        assert w.check_once() == {0: "ok", 1: "lost"}
+    errors = events.named("check_error")
+    assert len(errors) == 1 and errors[0]["gpu"] == 1 and "lost" in errors[0]["error"]

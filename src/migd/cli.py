@@ -123,12 +123,12 @@ def _plans(backend, infos, desired, cfg):
 
 def cmd_status(args, read_only: bool) -> int:
     from . import layout, report
-    from .model import Gpu
+    from .model import Gpu, GpuState
 
     backend = _backend(args, True)
     try:
         infos = backend.gpus()
-        gpus = [Gpu(info, backend.state(info.index)) for info in infos]
+        gpus = [Gpu(info, GpuState(False, False, None) if info.lost else backend.state(info.index)) for info in infos]
         names: Dict[int, Dict[int, str]] = {}
         managed: Dict[int, str] = {}
         try:

@@ -73,7 +73,7 @@ def select(config: Config, gpus: Sequence[GpuInfo]) -> Tuple[Dict[int, GpuEntry]
     chosen: Dict[int, GpuEntry] = {}
     problems: List[str] = []
     for entry in config.entries:
-        hits = [g for g in gpus if matches(entry.selector, g)]
+        hits = [g for g in gpus if not g.lost and matches(entry.selector, g)]  # a lost GPU's identity is unknown
         for g in hits:
             chosen[g.index] = entry
         if entry.selector.kind == "index":

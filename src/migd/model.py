@@ -83,6 +83,7 @@ class GpuInfo:
     profiles: Tuple[GpuProfile, ...] = ()
     total_slices: int = 0  # compute slices (7, or 4 on A30)
     total_memory_slots: int = 0  # memory slots (8, or 4 on A30)
+    lost: bool = False  # fell off the bus before it could be read: identity unknown, never selected
 
     def profile_by_id(self, profile_id: int) -> Optional[GpuProfile]:
         for p in self.profiles:

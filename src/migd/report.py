@@ -26,7 +26,7 @@ def status_json(gpus: Sequence[Gpu], names: Dict[int, Dict[int, str]], driver: s
 def gpu_json(gpu: Gpu, names: Dict[int, str]) -> dict:
     info, state = gpu.info, gpu.state
     return {
-        "index": info.index, "uuid": info.uuid, "name": info.name, "pci_bus_id": info.pci_bus_id,
+        "index": info.index, "uuid": info.uuid, "name": info.name, "pci_bus_id": info.pci_bus_id, "lost": info.lost,
         "architecture": info.architecture, "mig_capable": info.mig_capable,
         "mig": {"current": state.mig_current, "pending": state.mig_pending},
         "persistence": state.persistence,
@@ -54,6 +54,9 @@ def status_text(gpus: Sequence[Gpu], names: Dict[int, Dict[int, str]], managed: 
     for gpu in gpus:
         info, state = gpu.info, gpu.state
         out.append(f"GPU {info.index}: {info.name}  {info.pci_bus_id}  {info.uuid}")
+        if info.lost:
+            out.append("  LOST: fell off the bus (see `dmesg` for Xid errors); not configured")
+            continue
         if not info.mig_capable:
             out.append("  MIG not supported")
             continue

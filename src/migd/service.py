@@ -72,7 +72,8 @@ def apply_all(backend, cfg: Config, desired: Dict[int, object], stop_clients: bo
         return out
 
     with runstate.locked(cfg.daemon.lock_timeout):
-        results = run(sorted(desired))
+        results = {info.index: _lost_at_start(info) for info in infos if info.lost}
+        results.update(run(sorted(desired)))
         blocked = [i for i, r in results.items() if r.outcome in (engine.PENDING, engine.REFUSED)]
         if stop_clients and blocked:
             stopped = _stop_holding_units(backend, blocked, cfg.daemon.stop_clients)
@@ -86,6 +87,13 @@ def apply_all(backend, cfg: Config, desired: Dict[int, object], stop_clients: bo
     for r in results.values():
         print(r.message)
     return engine.exit_code(list(results.values()))
+
+
+def _lost_at_start(info: GpuInfo) -> engine.GpuResult:
+    msg = (f"GPU {info.index}: lost (fell off the bus) before migd could read it: not configured; the other GPUs "
+           "are; check `dmesg` for Xid errors")
+    log.critical("gpu_lost", msg=msg, gpu=info.index)
+    return engine.GpuResult(info.index, engine.LOST, msg)
 
 
 def _stop_holding_units(backend, gpus: Sequence[int], allowed: Sequence[str]) -> List[str]:
@@ -130,8 +138,12 @@ def record(backend, cfg: Config, desired: Dict[int, object], results: Dict[int, 
     """Write /run/migd/state.json and devices.env from the live layout after apply (lost GPUs: outcome only)."""
     infos = current_infos(backend, infos) if infos else backend.gpus()
     gpus = []
-    for i in sorted(desired):
+    for i in sorted(results):
         info = infos[i]
+        if i not in desired:  # lost before it could be read
+            gpus.append({"index": i, "uuid": info.uuid, "name": info.name, "outcome": results[i].outcome,
+                         "message": results[i].message, "mig": None, "instances": []})
+            continue
         try:
             state = backend.state(i)
         except DriverError:

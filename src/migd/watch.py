@@ -160,6 +160,10 @@ class Watcher:
         try:
             backend.open()
             infos = backend.gpus()
+            for info in infos:
+                if info.lost:  # once per change, like drift
+                    self._report(info.index, "error", "", "lost (fell off the bus); see dmesg for Xid errors")
+                    statuses[info.index] = "lost"
             desired = layout.desired_for(self.cfg, infos)
             for i, d in desired.items():
                 state = backend.state(i)

@@ -117,6 +117,15 @@ class NvmlBackend:
         return info
 
     def _read_info(self, i: int) -> GpuInfo:
+        try:
+            return self._read_identity(i)
+        except DriverError as e:
+            if e.code != 15:  # GPU_IS_LOST: one dead GPU must not stop the others from being configured
+                raise
+            return GpuInfo(index=i, uuid="", name=f"GPU {i} (lost: {e})", pci_bus_id="", architecture="unknown",
+                           mig_capable=False, lost=True)
+
+    def _read_identity(self, i: int) -> GpuInfo:
         h = self._handle(i)
         name = str(self._call("nvmlDeviceGetName", h, gpu=i))
         uuid = str(self._call("nvmlDeviceGetUUID", h, gpu=i))
