@@ -196,3 +196,21 @@ def test_non_root_run_dir_is_private(monkeypatch, tmp_path):
     assert runstate.run_dir().endswith("migd-1000")
     monkeypatch.setattr(runstate.os, "geteuid", lambda: 0)
     assert runstate.run_dir() == "/run/migd"
+
+
+def test_export_round_trips_a_gpu_instance_without_compute_instances(capsys, host, tmp_path):
+    """`nvidia-smi mig -cgi 9` without -C leaves a GI with no CI: export writes compute = [], apply keeps it."""
+    s = SimHost.create("h100-80gb:2", host["state"])
+    s.gpus[0]["mig"] = [1, 1]
+    for g in s.gpus:
+        g["persistence"] = 1
+    s.create_gi(0, 9, (4, 4))
+    s.save()
+    code, exported, _ = migd(capsys, host, "export")
+    assert code == 0 and '{ profile = "3g.40gb", compute = [] }' in exported, exported
+    (tmp_path / "exported.toml").write_text(exported)
+    host2 = dict(host, config=str(tmp_path / "exported.toml"))
+    code, out, _ = migd(capsys, host2, "plan")
+    assert code == 0 and out.count("nothing to do") == 2, out
+    code, out, _ = migd(capsys, host2, "check")
+    assert code == 0, out

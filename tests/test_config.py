@@ -61,7 +61,7 @@ def test_list_of_profiles_in_every_spelling():
     (e,) = c.entries
     assert (e.number, e.selector, e.mig, e.where) == (1, GpuSelector("all"), True, f"{PATH}:2")
     assert [i.profile for i in e.instances] == ["3g.40gb", "MIG 2g.20gb", "19", "1g", "1g.10gb+me", "1g.20gb"]
-    assert all(i.name is None and i.compute == () and i.where == f"{PATH}:5" for i in e.instances)
+    assert all(i.name is None and i.compute is None and i.where == f"{PATH}:5" for i in e.instances)
 
 
 def test_multi_line_list_gives_each_instance_its_own_line():
@@ -80,8 +80,8 @@ def test_multi_line_list_gives_each_instance_its_own_line():
     (e,) = c.entries
     assert [(i.profile, i.name, i.compute, i.where) for i in e.instances] == [
         ("4g.40gb", "train", ("2c.4g.40gb", "2c"), f"{PATH}:5"),
-        ("2g.20gb", "eval", (), f"{PATH}:8"),
-        ("1g.10gb", None, (), f"{PATH}:9"),
+        ("2g.20gb", "eval", None, f"{PATH}:8"),
+        ("1g.10gb", None, None, f"{PATH}:9"),
     ]
 
 
@@ -121,7 +121,7 @@ def test_instances_as_array_of_tables():
     """)
     (e,) = c.entries
     assert [(i.profile, i.name, i.compute, i.where) for i in e.instances] == [
-        ("3g.40gb", "big", (), f"{PATH}:5"), ("1g.10gb", None, ("1g.10gb",), f"{PATH}:9")]
+        ("3g.40gb", "big", None, f"{PATH}:5"), ("1g.10gb", None, ("1g.10gb",), f"{PATH}:9")]
 
 
 def test_gpu_entries_as_inline_array():
@@ -273,8 +273,7 @@ def test_missing_select_and_mig_point_at_the_entry():
     ('[{ profile = "3g", name = "9lives" }]', "gpu[0].instances[0].name", "must start with a letter"),
     ('[{ profile = "3g", name = 5 }]', "gpu[0].instances[0].name", "got 5"),
     ('[{ profile = "3g", name = "' + "a" * 33 + '" }]', "gpu[0].instances[0].name", "up to 32"),
-    ('[{ profile = "3g", compute = "2c" }]', "gpu[0].instances[0].compute", "must be a non-empty list"),
-    ('[{ profile = "3g", compute = [] }]', "gpu[0].instances[0].compute", "must be a non-empty list"),
+    ('[{ profile = "3g", compute = "2c" }]', "gpu[0].instances[0].compute", "must be a list of compute profiles"),
     ('[{ profile = "3g", compute = ["1c", "9z"] }]', "gpu[0].instances[0].compute[1]", "not a compute profile: '9z'"),
     ('[{ profile = "3g", compute = [true] }]', "gpu[0].instances[0].compute[0]", "not a compute profile: True"),
     ('[{ profile = "3g", name = "a" }, { profile = "2g", name = "a" }]', "gpu[0].instances",
@@ -593,3 +592,10 @@ def test_selector_uuid_any_case_and_quoted_index_refused():
     with pytest.raises(ConfigError) as e:
         parse('[[gpu]]\nselect = "0"\nmig = false\n', "q.toml")
     assert "q.toml:2: gpu[0].select: a GPU index is a number: write select = 0 without quotes" in str(e.value)
+
+
+def test_empty_compute_list_means_a_gpu_instance_without_compute_instances():
+    from migd.config import parse
+
+    cfg = parse('[[gpu]]\nselect = 0\nmig = true\ninstances = [{ profile = "3g", compute = [] }, "1g"]\n', "c.toml")
+    assert [i.compute for i in cfg.entries[0].instances] == [(), None]

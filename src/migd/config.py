@@ -547,8 +547,8 @@ class _Parser:
                                          f"got {_show(name)}")
             ok = False
         compute = item.get("compute", [])
-        if not isinstance(compute, list) or not compute and "compute" in item:
-            self.problem(key + ["compute"], 'must be a non-empty list of compute profiles, e.g. ["2c.4g.40gb", "2c"]')
+        if not isinstance(compute, list):  # [] is allowed: a GPU instance with no compute instance (yet)
+            self.problem(key + ["compute"], 'must be a list of compute profiles, e.g. ["2c.4g.40gb", "2c"]')
             ok = False
             compute = []
         for n, c in enumerate(compute):
@@ -558,7 +558,8 @@ class _Parser:
                 ok = False
         if not ok:
             return None
-        return InstanceSpec(profile=str(profile), name=name, compute=tuple(str(c).strip() for c in compute),
+        return InstanceSpec(profile=str(profile), name=name,
+                            compute=tuple(str(c).strip() for c in compute) if "compute" in item else None,
                             where=self.where(key))
 
     def profile_ok(self, key: List[Any], profile: Any) -> bool:

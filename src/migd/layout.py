@@ -100,7 +100,7 @@ def resolve(entry: GpuEntry, gpu: GpuInfo) -> DesiredGpu:
         profile, why = resolve_gpu_profile(spec.profile, gpu)
         if profile is None:
             raise LayoutError(f"{spec.where}: {why}")
-        if spec.compute:
+        if spec.compute is not None:
             compute = []
             for c in spec.compute:
                 cp, why = resolve_compute_profile(c, profile)

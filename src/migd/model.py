@@ -154,7 +154,7 @@ class InstanceSpec:
 
     profile: str  # as written ("1g.10gb", "MIG 1g.10gb", "19", "3g", ...)
     name: Optional[str] = None
-    compute: Tuple[str, ...] = ()  # empty: one compute instance spanning the GI
+    compute: Optional[Tuple[str, ...]] = None  # None: one CI spanning the GI; (): no compute instance
     where: str = ""  # "file:line key" for messages
 
 
