@@ -118,12 +118,13 @@ def test_bad_config_exits_2_and_touches_nothing(capsys, host, tmp_path):
     host = dict(host, config=str(bad))
     code, out, err = migd(capsys, host, "apply")
     assert code == 2
-    assert f"{bad}:1: 1g.10gb+me allows 1 instance, 2 requested (GPUs 0, 1)" in err, err
+    assert f"{bad}:4: gpu[0].instances: 1g.10gb+me allows 1 instance, 2 requested (GPUs 0, 1)" in err, err
     assert all(g["mig"] == [0, 0] and not g["gis"] for g in load_state(host["state"])["gpus"])
 
     bad.write_text('[[gpu]]\nselect = "all"\nmig = true\ninstances = ["3g.20gb"]\n')  # an A100 name on an H100
     code, _, err = migd(capsys, host, "apply")
-    assert code == 2 and f"{bad}:4: H100 80GB HBM3 has no profile '3g.20gb'" in err and "(GPUs 0, 1)" in err, err
+    assert code == 2 and f"{bad}:4: gpu[0].instances[0]: H100 80GB HBM3 has no profile '3g.20gb'" in err, err
+    assert "(GPUs 0, 1)" in err, err
 
     bad.write_text('[[gpu]]\nselect = 5\nmig = false\n')
     code, _, err = migd(capsys, host, "apply")

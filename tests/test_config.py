@@ -61,7 +61,8 @@ def test_list_of_profiles_in_every_spelling():
     (e,) = c.entries
     assert (e.number, e.selector, e.mig, e.where) == (1, GpuSelector("all"), True, f"{PATH}:2")
     assert [i.profile for i in e.instances] == ["3g.40gb", "MIG 2g.20gb", "19", "1g", "1g.10gb+me", "1g.20gb"]
-    assert all(i.name is None and i.compute is None and i.where == f"{PATH}:5" for i in e.instances)
+    assert all(i.name is None and i.compute is None and _line(i.where) == f"{PATH}:5" for i in e.instances)
+    assert [i.where.split(": ", 1)[1] for i in e.instances][:2] == ["gpu[0].instances[0]", "gpu[0].instances[1]"]
 
 
 def test_multi_line_list_gives_each_instance_its_own_line():
@@ -78,7 +79,7 @@ def test_multi_line_list_gives_each_instance_its_own_line():
         ]
     """)
     (e,) = c.entries
-    assert [(i.profile, i.name, i.compute, i.where) for i in e.instances] == [
+    assert [(i.profile, i.name, i.compute, _line(i.where)) for i in e.instances] == [
         ("4g.40gb", "train", ("2c.4g.40gb", "2c"), f"{PATH}:5"),
         ("2g.20gb", "eval", None, f"{PATH}:8"),
         ("1g.10gb", None, None, f"{PATH}:9"),
@@ -102,7 +103,8 @@ def test_count_tables_inline_and_as_sub_table():
     a, b = c.entries
     assert [i.profile for i in a.instances] == ["1g.10gb"] * 3 + ["2g.20gb"] * 2  # in the order written
     assert [i.profile for i in b.instances] == ["1g.20gb", "1g.20gb", "4g"]
-    assert [i.where for i in b.instances] == [f"{PATH}:10"] * 2 + [f"{PATH}:11"]
+    assert [_line(i.where) for i in b.instances] == [f"{PATH}:10"] * 2 + [f"{PATH}:11"]
+    assert b.instances[0].where.endswith(': gpu[1].instances."1g.20gb"')
 
 
 def test_instances_as_array_of_tables():
@@ -120,7 +122,7 @@ def test_instances_as_array_of_tables():
         compute = ["1g.10gb"]
     """)
     (e,) = c.entries
-    assert [(i.profile, i.name, i.compute, i.where) for i in e.instances] == [
+    assert [(i.profile, i.name, i.compute, _line(i.where)) for i in e.instances] == [
         ("3g.40gb", "big", None, f"{PATH}:5"), ("1g.10gb", None, ("1g.10gb",), f"{PATH}:9")]
 
 
@@ -580,7 +582,7 @@ def test_problem_lines_point_at_the_element(items):
                 assert p.key == "gpu[0].instances" and "used twice" in p.message
                 assert p.line == 4
     else:
-        assert [i.where for i in config.entries[0].instances] == [f"{PATH}:{n}" for n in where]
+        assert [_line(i.where) for i in config.entries[0].instances] == [f"{PATH}:{n}" for n in where]
 
 
 def test_selector_uuid_any_case_and_quoted_index_refused():
@@ -599,3 +601,8 @@ def test_empty_compute_list_means_a_gpu_instance_without_compute_instances():
 
     cfg = parse('[[gpu]]\nselect = 0\nmig = true\ninstances = [{ profile = "3g", compute = [] }, "1g"]\n', "c.toml")
     assert [i.compute for i in cfg.entries[0].instances] == [(), None]
+
+
+def _line(where: str) -> str:
+    """"file:line" of an instance's "file:line: key.path"."""
+    return where.split(": ", 1)[0]

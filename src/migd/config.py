@@ -371,6 +371,10 @@ class _Parser:
     def problem(self, key: Sequence[Any], message: str) -> None:
         self.problems.append(Problem(message, self.path, self.locate.line(key), _key_path(key)))
 
+    def where_key(self, key: Sequence[Any]) -> str:
+        """"file:line: key.path" for problems found later, against a GPU model (layout, plan)."""
+        return f"{self.where(key)}: {_key_path(key)}"
+
     def where(self, key: Sequence[Any]) -> str:
         line = self.locate.line(key)
         return f"{self.path}:{line}" if line else self.path
@@ -455,7 +459,8 @@ class _Parser:
                 instances = self.instances(base + ["instances"], g["instances"])
         if len(self.problems) > before or selector is None:
             return None
-        return GpuEntry(number=i + 1, selector=selector, mig=mig, instances=instances, where=self.where(base))
+        return GpuEntry(number=i + 1, selector=selector, mig=mig, instances=instances, where=self.where(base),
+                        mig_where=self.where_key(base + ["mig"]), instances_where=self.where_key(base + ["instances"]))
 
     def selector(self, key: List[Any], v: Any) -> Optional[GpuSelector]:
         accepted = ('"all", a GPU index (0), a list of indices ([0, 1]), a GPU UUID ("GPU-…"), a PCI bus id '
@@ -508,7 +513,7 @@ class _Parser:
                     self.problem(k, f"must be an instance count from 0 to {MAX_INSTANCES}, got {_show(count)}")
                     continue
                 if self.profile_ok(k, profile):
-                    out += [InstanceSpec(profile=profile, where=self.where(k))] * count
+                    out += [InstanceSpec(profile=profile, where=self.where_key(k))] * count
         elif isinstance(v, list):
             for n, item in enumerate(v):
                 spec = self.instance(key + [n], item)
@@ -526,7 +531,7 @@ class _Parser:
 
     def instance(self, key: List[Any], item: Any) -> Optional[InstanceSpec]:
         if isinstance(item, (str, int)) and not isinstance(item, bool):
-            return InstanceSpec(profile=str(item), where=self.where(key)) if self.profile_ok(key, item) else None
+            return InstanceSpec(profile=str(item), where=self.where_key(key)) if self.profile_ok(key, item) else None
         if not isinstance(item, dict):
             self.problem(key, 'must be a profile ("1g.10gb", 19, "3g") or a table { profile = …, name = …, '
                               'compute = [...] }')
@@ -560,7 +565,7 @@ class _Parser:
             return None
         return InstanceSpec(profile=str(profile), name=name,
                             compute=tuple(str(c).strip() for c in compute) if "compute" in item else None,
-                            where=self.where(key))
+                            where=self.where_key(key))
 
     def profile_ok(self, key: List[Any], profile: Any) -> bool:
         if isinstance(profile, bool) or not isinstance(profile, (str, int)) or not _PROFILE_RE.match(str(profile).strip()):

@@ -91,9 +91,9 @@ def resolve(entry: GpuEntry, gpu: GpuInfo) -> DesiredGpu:
     if not entry.mig:
         return DesiredGpu(entry, False)
     if not gpu.mig_capable:
-        raise LayoutError(f"{entry.where}: GPU {gpu.index} ({gpu.model}) does not support MIG")
+        raise LayoutError(f"{entry.mig_where or entry.where}: GPU {gpu.index} ({gpu.model}) does not support MIG")
     if not gpu.profiles:
-        raise LayoutError(f"{entry.where}: GPU {gpu.index} ({gpu.model}) reports no MIG profiles "
+        raise LayoutError(f"{entry.mig_where or entry.where}: GPU {gpu.index} ({gpu.model}) reports no MIG profiles "
                           "(drivers before R550 list them only once MIG mode is on)")
     out = []
     for spec in entry.instances:
@@ -138,7 +138,7 @@ def desired_for(cfg: Config, infos: Sequence[GpuInfo]) -> Dict[int, DesiredGpu]:
         empty = plan_gpu(info, d, GpuState(mig_current=True, mig_pending=True, persistence=None))
         if empty.refusal:
             reason = empty.refusal.split(": ", 1)[1]  # drop the "GPU n: " prefix
-            by_text.setdefault(f"{entry.where}: {reason}", []).append(info.index)
+            by_text.setdefault(f"{entry.instances_where or entry.where}: {reason}", []).append(info.index)
             continue
         desired[info.index] = d
     for text, gpus in by_text.items():

@@ -179,7 +179,9 @@ class GpuEntry:
     selector: GpuSelector
     mig: bool
     instances: Tuple[InstanceSpec, ...] = ()
-    where: str = ""  # "file:line"
+    where: str = ""  # "file:line" of the [[gpu]] header
+    mig_where: str = ""  # "file:line: gpu[i].mig", for problems found against a GPU
+    instances_where: str = ""  # "file:line: gpu[i].instances"
 
 
 @dataclass(frozen=True)
