@@ -215,3 +215,14 @@ def test_export_round_trips_a_gpu_instance_without_compute_instances(capsys, hos
     assert code == 0 and out.count("nothing to do") == 2, out
     code, out, _ = migd(capsys, host2, "check")
     assert code == 0, out
+
+
+def test_check_reports_a_lost_gpu_as_failure(capsys, host):
+    assert migd(capsys, host, "apply")[0] == 0
+    s = SimHost.create("", host["state"])
+    s.gpus[1]["lost"] = True
+    s.save()
+    code, out, _ = migd(capsys, host, "check", "--json")
+    data = json.loads(out)
+    assert code == 1 and data["status"] == "lost"
+    assert [(g["gpu"], g["status"]) for g in data["gpus"]] == [(0, "ok"), (1, "lost")]

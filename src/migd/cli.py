@@ -226,21 +226,19 @@ def cmd_check(args, read_only: bool) -> int:
     try:
         infos = backend.gpus()
         desired = layout.desired_for(cfg, infos)
-        code, rows = E.EXIT_OK, []
+        rows = [{"gpu": info.index, "status": "lost", "expected": "", "found": "lost (fell off the bus)"}
+                for info in infos if info.lost]
         for i, plan in _plans(backend, infos, desired, cfg).items():
-            state = backend.state(i)
-            found = report.live_layout(infos[i], state)
-            if state.mode_change_pending:
-                status, code = "pending", max(code, E.EXIT_PENDING) if code != E.EXIT_DRIFT else code
-            elif _layout_matches(plan):
-                status = "ok"
-            else:
-                status, code = "drift", E.EXIT_DRIFT
-            expected = report.desired_layout(plan, desired[i].mig) if plan.ok else plan.refusal
+            status, expected, found = report.compare(infos[i], backend.state(i), plan, desired[i].mig)
             rows.append({"gpu": i, "status": status, "expected": expected, "found": found})
+        rows.sort(key=lambda r: r["gpu"])
+        statuses = {r["status"] for r in rows}
+        # the worst outcome decides: a lost GPU (1) > drift (3) > pending (4) > ok (0)
+        code = (E.EXIT_FAILURE if "lost" in statuses else E.EXIT_DRIFT if "drift" in statuses
+                else E.EXIT_PENDING if "pending" in statuses else E.EXIT_OK)
         if args.json:
-            print(json.dumps({"status": "ok" if code == 0 else "drift" if code == E.EXIT_DRIFT else "pending",
-                              "gpus": rows}, indent=2))
+            overall = {E.EXIT_OK: "ok", E.EXIT_DRIFT: "drift", E.EXIT_PENDING: "pending", E.EXIT_FAILURE: "lost"}
+            print(json.dumps({"status": overall[code], "gpus": rows}, indent=2))
         else:
             for r in rows:
                 line = f"GPU {r['gpu']}: {r['status']}: {r['found']}"

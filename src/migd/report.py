@@ -133,6 +133,20 @@ def live_layout(info: GpuInfo, state: GpuState) -> str:
     return "MIG on: " + (" ".join(parts) if parts else "no instances")
 
 
+def compare(info: GpuInfo, state: GpuState, plan: GpuPlan, mig: bool) -> Tuple[str, str, str]:
+    """(status, expected, found) of one GPU for `check` and the watchdog: status is "ok", "drift" or "pending".
+    Persistence mode is not part of the layout: a plan that only turns it on still matches."""
+    found = live_layout(info, state)
+    if state.mode_change_pending:
+        status = "pending"
+    elif plan.ok and all(a.kind == "set_persistence" for a in plan.actions):
+        status = "ok"
+    else:
+        status = "drift"
+    expected = desired_layout(plan, mig) if plan.ok else (plan.refusal or "")
+    return status, expected, found
+
+
 def desired_layout(plan: GpuPlan, mig: bool) -> str:
     if not mig:
         return "MIG off"

@@ -167,15 +167,7 @@ class Watcher:
             desired = layout.desired_for(self.cfg, infos)
             for i, d in desired.items():
                 state = backend.state(i)
-                plan = plan_gpu(infos[i], d, state)
-                found = report.live_layout(infos[i], state)
-                if state.mode_change_pending:
-                    status = "pending"
-                elif plan.ok and all(a.kind == "set_persistence" for a in plan.actions):
-                    status = "ok"
-                else:
-                    status = "drift"
-                expected = report.desired_layout(plan, d.mig) if plan.ok else (plan.refusal or "")
+                status, expected, found = report.compare(infos[i], state, plan_gpu(infos[i], d, state), d.mig)
                 self._report(i, status, expected, found)
                 statuses[i] = status
                 if status == "drift" and self.cfg.daemon.drift_policy == "reapply":
