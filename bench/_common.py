@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
@@ -278,3 +278,21 @@ class Table:
 
 def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "n/a"
+
+
+def run_installed_section(doc: str, report: Callable[..., object], section: str) -> int:
+    """The standalone main of a cold-process section: lay migd out as installed (with and without .pyc), report."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=10)
+    args = ap.parse_args()
+    installed, raw = Installed(), Installed(compiled=False)
+    try:
+        table = Table()
+        table.header()
+        report(table, section, args.runs, 3, installed, raw)
+    finally:
+        installed.cleanup()
+        raw.cleanup()
+    return 0

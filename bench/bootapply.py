@@ -12,7 +12,6 @@ Run alone: python3 bench/bootapply.py [--runs 10]
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -22,7 +21,7 @@ import tempfile
 from typing import Dict, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import Installed, Table, child_env, ms  # noqa: E402
+from _common import Installed, Table, child_env, ms, run_installed_section  # noqa: E402
 from startup import cold_compare, importtime  # noqa: E402
 
 CONFIG = """
@@ -98,18 +97,7 @@ def report(table: Table, section: str, runs: int, imp_runs: int, installed: Inst
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", type=int, default=10)
-    args = ap.parse_args()
-    installed, raw = Installed(), Installed(compiled=False)
-    try:
-        table = Table()
-        table.header()
-        report(table, "3", args.runs, 3, installed, raw)
-    finally:
-        installed.cleanup()
-        raw.cleanup()
-    return 0
+    return run_installed_section(__doc__, report, "3")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ Run alone: python3 bench/startup.py [--runs 10]
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import statistics
@@ -24,7 +23,7 @@ import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import Installed, Samples, Table, child_env, ms, ratio, time_interleaved  # noqa: E402
+from _common import Installed, Samples, Table, child_env, ms, ratio, run_installed_section, time_interleaved  # noqa: E402
 
 _LINE = re.compile(r"^import time:\s+(\d+)\s+\|\s+(\d+)\s+\|(\s*)(\S+)")
 
@@ -129,18 +128,7 @@ def report(table: Table, section: str, runs: int, imp_runs: int, installed: Inst
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", type=int, default=10)
-    args = ap.parse_args()
-    installed, raw = Installed(), Installed(compiled=False)
-    try:
-        table = Table()
-        table.header()
-        report(table, "1b", args.runs, 3, installed, raw)
-    finally:
-        installed.cleanup()
-        raw.cleanup()
-    return 0
+    return run_installed_section(__doc__, report, "1b")
 
 
 if __name__ == "__main__":
