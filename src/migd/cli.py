@@ -136,7 +136,7 @@ def cmd_status(args, read_only: bool) -> int:
             desired = layout.desired_for(cfg, infos)
             for i, plan in _plans(backend, infos, desired, cfg).items():
                 names[i] = report.names_by_gi(plan)
-                managed[i] = desired[i].entry.where + (" (matches)" if _layout_matches(plan) else " (drift)")
+                managed[i] = desired[i].entry.where + (" (matches)" if report.layout_matches(plan) else " (drift)")
         except ConfigError:
             pass  # status works without a (valid) config: it only loses instance names
         if args.json:
@@ -146,11 +146,6 @@ def cmd_status(args, read_only: bool) -> int:
         return E.EXIT_OK
     finally:
         backend.close()
-
-
-def _layout_matches(plan) -> bool:
-    """Matches apart from persistence mode, which is not part of the layout."""
-    return plan.ok and all(a.kind == "set_persistence" for a in plan.actions)
 
 
 def cmd_profiles(args, read_only: bool) -> int:

@@ -71,8 +71,3 @@ def comm_of(pid: int, proc: str = PROC) -> str:
 
 def describe(pids: Iterable[int], proc: str = PROC) -> List[Holder]:
     return [Holder(pid, comm_of(pid, proc), unit_of(pid, proc)) for pid in pids]
-
-
-def gpu_device_nodes(minor: int) -> List[str]:
-    """The node whose holders block a mode change on one GPU (/dev/nvidiactl is shared: every NVML user has it)."""
-    return [f"/dev/nvidia{minor}"]

@@ -6,7 +6,7 @@ Pure: works on model.GpuProfile tables, whichever backend produced them.
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 from .model import ComputeProfile, GpuInfo, GpuProfile, Placement
 
@@ -62,8 +62,8 @@ def resolve_compute_profile(spelling: str, gi: GpuProfile) -> Tuple[Optional[Com
 def derive_compute_profiles(gi: GpuProfile, sm_per_slice: Optional[int] = None) -> Tuple[ComputeProfile, ...]:
     """The CI profiles a GI of this profile offers, by NVIDIA's documented pattern (reference §2.3).
 
-    NVML only answers CI-profile queries on an existing GI, so plans for GIs not yet created use this table;
-    apply re-reads the real one from each GI it creates before creating compute instances.
+    NVML only answers CI-profile queries on an existing GI, so plans for GIs not yet created use this table.
+    The driver checks every create against its real table: a mismatch fails the create and the GPU is rolled back.
     """
     g = gi.slices
     per_slice = sm_per_slice or max(1, gi.multiprocessors // max(g, 1))
@@ -86,8 +86,3 @@ def describe_counts(names: Sequence[str]) -> str:
     for n in names:
         counts[n] = counts.get(n, 0) + 1
     return ", ".join(f"{c} × {n}" if c > 1 else n for n, c in counts.items())
-
-
-def ci_names(gi: GpuProfile, profile_ids: Sequence[int]) -> List[str]:
-    by_id = {cp.id: cp.name for cp in gi.compute_profiles}
-    return [by_id.get(i, f"CI profile {i}") for i in profile_ids]

@@ -133,13 +133,18 @@ def live_layout(info: GpuInfo, state: GpuState) -> str:
     return "MIG on: " + (" ".join(parts) if parts else "no instances")
 
 
+def layout_matches(plan: GpuPlan) -> bool:
+    """Nothing to change but, at most, persistence mode (which is not part of the layout)."""
+    return plan.ok and all(a.kind == "set_persistence" for a in plan.actions)
+
+
 def compare(info: GpuInfo, state: GpuState, plan: GpuPlan, mig: bool) -> Tuple[str, str, str]:
     """(status, expected, found) of one GPU for `check` and the watchdog: status is "ok", "drift" or "pending".
     Persistence mode is not part of the layout: a plan that only turns it on still matches."""
     found = live_layout(info, state)
     if state.mode_change_pending:
         status = "pending"
-    elif plan.ok and all(a.kind == "set_persistence" for a in plan.actions):
+    elif layout_matches(plan):
         status = "ok"
     else:
         status = "drift"

@@ -139,22 +139,6 @@ def _holders(fd: int) -> str:
         return ""
 
 
-def is_locked() -> bool:
-    """True while another process holds the lock exclusively (an apply is running)."""
-    path = os.path.join(run_dir(), "lock")
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
-
-
 def atomic_write(path: str, text: str, mode: int = FILE_MODE) -> None:
     """Write a file so that readers see the old content or the new, never a mix: a fresh temp file (O_EXCL and
     O_NOFOLLOW, so nothing planted there is followed or reused), fsync, chmod, rename over the target."""
