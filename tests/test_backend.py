@@ -320,3 +320,20 @@ def test_state_is_cached_until_this_backend_mutates_or_fresh_is_asked(sim_backen
     assert [str(g.placement) for g in backend.state(0, fresh=True).instances] == ["6:1"]
     backend.create_gpu_instance(0, 19, Placement(0, 1))  # our own mutation invalidates the snapshot
     assert [str(g.placement) for g in backend.state(0).instances] == ["0:1", "6:1"]
+
+
+def test_mode_change_keeps_the_profile_table_and_rereads_it_only_where_empty(sim_backend):
+    import dataclasses
+
+    import pynvml
+
+    backend = sim_backend("h100-80gb:2")
+    before = backend.gpus()[0]
+    calls = dict(pynvml.nvmlLib.calls)
+    backend.set_mig_mode(0, True)
+    assert backend.gpus()[0] is before  # the table does not change with the mode: no ~40 calls per GPU at boot
+    assert pynvml.nvmlLib.calls.get("nvmlDeviceGetGpuInstanceProfileInfoV") == calls.get(
+        "nvmlDeviceGetGpuInstanceProfileInfoV")
+    backend._infos[1] = dataclasses.replace(backend.gpus()[1], profiles=())  # as a pre-R550 driver with MIG off
+    backend.set_mig_mode(1, True)
+    assert backend.gpus()[1].profiles  # read again now that MIG is on

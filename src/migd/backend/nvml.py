@@ -290,12 +290,12 @@ class NvmlBackend:
 
     def set_mig_mode(self, gpu: int, enabled: bool) -> int:
         status = self._call("nvmlDeviceSetMigMode", self._handle(gpu), int(enabled), gpu=gpu)
-        # "May unbind or reset the device ... minor number might change": re-acquire handles, and re-read this
-        # GPU's info (drivers before R550 list profiles only with MIG on). Only this GPU's: re-reading all of them
-        # would make one lost GPU fail every later call about the others.
+        # "May unbind or reset the device ... minor number might change": re-acquire handles. The profile table
+        # does not change with the mode; re-read this GPU's info only where it had none (drivers before R550 list
+        # profiles only with MIG on) - on the boot path every Hopper GPU changes mode, and a re-read is ~40 calls.
         self._handles.clear()
         self._ci_cache = {k: v for k, v in self._ci_cache.items() if k[0] != gpu}
-        if self._infos is not None:
+        if self._infos is not None and self._infos[gpu] is not None and not self._infos[gpu].profiles:
             self._infos[gpu] = None
         return int(status)
 
