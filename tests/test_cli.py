@@ -226,3 +226,14 @@ def test_check_reports_a_lost_gpu_as_failure(capsys, host):
     data = json.loads(out)
     assert code == 1 and data["status"] == "lost"
     assert [(g["gpu"], g["status"]) for g in data["gpus"]] == [(0, "ok"), (1, "lost")]
+
+
+def test_profiles_lists_the_model_table_as_text_and_json(capsys, host):
+    code, out, _ = migd(capsys, host, "profiles", spec="a30")
+    assert code == 0
+    assert "1g.6gb" in out and "{0,1,2,3}:1" in out and "compute: 1c.4g.24gb, 2c.4g.24gb, 4g.24gb" in out
+    code, out, _ = migd(capsys, host, "profiles", "--json", spec="a30")
+    table = {p["name"]: p for p in json.loads(out)["gpus"][0]["profiles"]}
+    # A30: the plain 1g is profile ID 14 (ID 19 on A100/H100), 4 memory slots (reference §2.2)
+    assert table["1g.6gb"]["id"] == 14 and table["4g.24gb"]["placements"] == [{"start": 0, "size": 4}]
+    assert table["2g.12gb+me"]["instance_count"] == 1
