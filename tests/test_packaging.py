@@ -142,6 +142,8 @@ printf '%s\n' "${COMPREPLY[@]}"
     (["migd", "-c", "x.toml", "--simulate", "dgx-a100", "pl"], {"plan"}),
     (["migd", "apply", "--"], {"--dry-run", "--stop-clients", "--help"}),
     (["migd", "status", "--j"], {"--json"}),
+    (["migd", "export", "--"], {"--format", "--declared", "--help"}),
+    (["migd", "export", "--format", ""], {"toml", "slurm"}),
     (["migd", "--simulate", "a30,h1"], {"a30,h100-80gb", "a30,h100-94gb"}),
 ])
 def test_bash_completion_completes(words, expected, tmp_path):

@@ -50,7 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("watch", help="what migd-watch.service runs: log drift (systemd watchdog)")
     s = sub.add_parser("check", help="exit 0 if the live layout matches the config, 3 on drift, 4 if pending")
     s.add_argument("--json", action="store_true")
-    sub.add_parser("export", help="the live layout as a migd.toml")
+    s = sub.add_parser("export", help="the live layout as a migd.toml, or as Slurm GRES (--format slurm)")
+    s.add_argument("--format", choices=("toml", "slurm"), default="toml",
+                   help="toml (default): a migd.toml; slurm: the node's Gres= for slurm.conf and gres.conf lines")
+    s.add_argument("--declared", action="store_true",
+                   help="with --format slurm: the layout the config declares for this host's GPUs, not the live one")
     return p
 
 
@@ -249,9 +253,17 @@ def cmd_export(args, read_only: bool) -> int:
     from . import report
     from .model import Gpu
 
+    if args.declared and args.format != "slurm":
+        return _fail(False, "usage", "export --declared needs --format slurm", E.EXIT_USAGE)
+    cfg = _load_config(args) if args.declared else None
     backend = _backend(args, True)
     try:
-        print(report.export_toml([Gpu(i, backend.state(i.index)) for i in backend.gpus()]), end="")
+        if args.format == "slurm":
+            from . import slurm
+
+            print(slurm.export(backend, cfg), end="")
+        else:
+            print(report.export_toml([Gpu(i, backend.state(i.index)) for i in backend.gpus()]), end="")
         return E.EXIT_OK
     finally:
         backend.close()

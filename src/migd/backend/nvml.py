@@ -174,6 +174,10 @@ class NvmlBackend:
         self._call(call, handle, profile_id, array, ctypes.byref(count), gpu=gpu)
         return [Placement(p.start, p.size) for p in array[:count.value]]
 
+    def minor_number(self, gpu: int) -> int:
+        """N of /dev/nvidiaN: not always the index, and what Slurm and the nvidia-caps table key GPUs by."""
+        return int(self._call("nvmlDeviceGetMinorNumber", self._handle(gpu), gpu=gpu))
+
     def device_nodes(self, gpu: int) -> List[str]:
         if self._sim_host is not None:
             node = self._sim_host.device_node(gpu)
