@@ -182,6 +182,34 @@ def test_vendored_pins_match_dependencies_copyright_and_spec():
         assert f"@V_{name}@" in spec, f"migd.spec.in: no bundled() Provides for {name}"
 
 
+def _unit_values(unit: str, key: str) -> List[str]:
+    """Every value of `key=` in a shipped unit (repeated keys add up, as systemd reads them)."""
+    text = (PKG / "systemd" / unit).read_text()
+    return [v for line in text.splitlines() if line.startswith(key + "=") for v in line.split("=", 1)[1].split()]
+
+
+# Every GPU client an admin may run (README "Ordering"): each must start after the layout exists.
+GPU_CLIENTS = ("nvidia-gpu-reset.target", "nvidia-dcgm.service", "dcgm.service", "nvsm.service",
+               "dcgm-exporter.service", "gdm.service", "gdm3.service", "display-manager.service", "lightdm.service",
+               "sddm.service", "docker.service", "containerd.service", "crio.service", "kubelet.service",
+               "k3s.service", "k3s-agent.service", "rke2-server.service", "rke2-agent.service", "slurmd.service",
+               "nvidia-cdi-refresh.service", "migd-watch.service")
+
+
+def test_migd_service_orders_before_every_gpu_client():
+    before = _unit_values("migd.service", "Before")
+    assert [c for c in GPU_CLIENTS if c not in before] == []
+    assert not set(before) & set(_unit_values("migd.service", "After"))
+
+
+def test_units_and_packages_conflict_with_nvidia_mig_manager():
+    for unit in UNITS:
+        assert _unit_values(unit, "Conflicts") == ["nvidia-mig-manager.service"], unit
+    control = (PKG / "debian/control").read_text().split("\nPackage: migd\n", 1)[1]
+    assert re.search(r"^Conflicts: nvidia-mig-manager$", control, re.M), control
+    assert re.search(r"^Conflicts: +nvidia-mig-manager$", (PKG / "rpm/migd.spec.in").read_text(), re.M)
+
+
 def test_shipped_config_manages_no_gpu():
     from migd import config
 
@@ -277,6 +305,7 @@ def test_deb_contents_and_relations(built):
     assert "python3 (>= 3.9)" in depends
     assert all(re.match(r"python3(:any)?( |$)", d) for d in depends), depends  # python3 and nothing else
     assert _deb_field(deb, "Suggests") == "libnvidia-ml1"
+    assert _deb_field(deb, "Conflicts") == "nvidia-mig-manager"
     assert not _deb_field(deb, "Recommends")
     files = _deb_files(deb)
     _common_layout(files, "/usr/lib/systemd/system")
@@ -328,6 +357,7 @@ def test_rpm_files_and_relations(built):
     requires = {r.strip() for r in _rpm("-qpR", rpm).splitlines() if not r.startswith("rpmlib(")}
     assert requires == {"python3 >= 3.9", "/usr/bin/python3", "/bin/sh", f"config(migd) = {VERSION}-1"}, requires
     assert _rpm("-qp", "--suggests", rpm).split() == ["libnvidia-ml.so.1()(64bit)"]
+    assert _rpm("-qp", "--conflicts", rpm).split() == ["nvidia-mig-manager"]
     assert _rpm("-qp", "--qf", "[%{ORDERNAME}\n]", rpm).split() == ["systemd"] * 3  # %systemd_ordering
     assert _rpm("-qp", "--qf", "%{ARCH} %{LICENSE}", rpm) == "noarch Apache-2.0 AND MIT AND BSD-3-Clause AND PSF-2.0"
 
