@@ -202,6 +202,14 @@ def test_migd_service_orders_before_every_gpu_client():
     assert not set(before) & set(_unit_values("migd.service", "After"))
 
 
+def test_readme_ordering_names_exactly_the_units_migd_service_is_before():
+    readme = (REPO / "README.md").read_text()
+    para = readme.split("**Ordering.** Before every GPU client an admin may run:", 1)[1].split(". After", 1)[0]
+    named = {n if "." in n else n + ".service" for n in re.findall(r"`([a-z0-9-]+(?:\.target)?)`", para)}
+    named |= {"migd-watch.service"}  # not a GPU client, but ordered before too
+    assert named == set(_unit_values("migd.service", "Before"))
+
+
 def test_units_and_packages_conflict_with_nvidia_mig_manager():
     for unit in UNITS:
         assert _unit_values(unit, "Conflicts") == ["nvidia-mig-manager.service"], unit

@@ -182,3 +182,18 @@ def test_export_slurm_mig_on_without_compute_instances_is_the_whole_gpu_like_slu
 def test_export_declared_needs_format_slurm(capsys, host):
     code, out, err = migd(capsys, host, "export", "--declared")
     assert code == 2 and out == "" and "--declared needs --format slurm" in err
+
+
+def test_readme_slurm_example_is_what_migd_prints(capsys, host, monkeypatch):
+    """README "Using the layout": the console block is migd's own output (one A100 with the config's GPU 0 layout)."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = readme.split("$ migd export --format slurm\n", 1)[1].split("```", 1)[0]
+    shown = [line.replace("node01", NODE) for line in block.splitlines() if line != "..."]
+    Path(host["config"]).write_text(CONFIG.split("[[gpu]]\nselect = 1", 1)[0])
+    code = cli.main(["--simulate", "a100-40gb", "--sim-state", host["state"], "--config", host["config"], "apply"])
+    assert code == 0
+    capsys.readouterr()
+    code = cli.main(["--simulate", "a100-40gb", "--sim-state", host["state"], "--config", host["config"],
+                     "export", "--format", "slurm"])
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0 and shown == out[:len(shown)], (shown, out)
