@@ -103,8 +103,8 @@ def _plan(info: GpuInfo, desired: DesiredGpu, state: GpuState,
         if state.mig_current:
             busy = [gi for gi in state.instances if gi.busy]
             if busy:
-                raise Refusal(f"MIG off would destroy {_describe_live(info, busy)}, which "
-                              f"{'has' if len(busy) == 1 else 'have'} processes {_pids(busy)}", _pid_list(busy))
+                raise Refusal(f"MIG off would destroy {_busy_reason(info, busy)}: not destroying busy instances",
+                              _pid_list(busy))
             actions += _destroy(info, state.instances)
         if state.mig_current or state.mig_pending:
             actions.append(Action("set_mig_mode", g, enabled=False))
@@ -221,8 +221,7 @@ def _explain_infeasible(info: GpuInfo, items: List[DesiredInstance], busy: List[
                 before = describe_counts([i.profile.name for i in items[:k]])
                 return Refusal(f"no placement fits {items[k].profile.name}" + (f" after {before}" if before else "")
                                + f" on {info.model}")
-    return Refusal(f"the layout needs the slots of {_describe_live(info, busy)}, which "
-                   f"{'has' if len(busy) == 1 else 'have'} processes {_pids(busy)}: not destroying busy instances",
+    return Refusal(f"the layout needs the slots of {_busy_reason(info, busy)}: not destroying busy instances",
                    _pid_list(busy))
 
 
@@ -285,6 +284,16 @@ def _describe_live(info: GpuInfo, gis: Sequence[LiveGpuInstance]) -> str:
         p = info.profile_by_id(gi.profile_id)
         parts.append(f"GPU instance {gi.id} ({p.name if p else gi.profile_id} at {gi.placement})")
     return ", ".join(parts)
+
+
+def _busy_reason(info: GpuInfo, busy: Sequence[LiveGpuInstance]) -> str:
+    """Why these instances count as busy: their processes, or that their processes cannot be read."""
+    known = [gi for gi in busy if gi.all_pids]
+    parts = [f"{_describe_live(info, known)}, which {'has' if len(known) == 1 else 'have'} processes {_pids(known)}"
+             ] if known else []
+    parts += [f"{_describe_live(info, [gi])}, whose processes cannot be read ({gi.pids_unreadable})"
+              for gi in busy if not gi.all_pids]
+    return "; ".join(parts)
 
 
 def _pid_list(gis: Sequence[LiveGpuInstance]) -> List[int]:

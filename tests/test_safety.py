@@ -1,0 +1,121 @@
+"""Issue 9's safety seams, hit the way an admin or an attacker would: through `migd` on simulated GPUs.
+
+- a failed read (MIG mode, instances, processes) is an error or "busy", never "nothing there";
+- rollback and check compare compute-instance placements, not only GPU-instance ones;
+- a lost GPU does not turn a UUID/PCI selector into a config error;
+- devices.env variables never collide or point at the wrong GPU;
+- config trust follows no link through a directory another user controls; a hard-linked lock is refused;
+- no newline slips through a validation regex or into a holder's name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from pathlib import Path
+from typing import List
+
+import pytest
+
+import reliability as R
+from migd.sim.host import SimHost, load_state
+
+THREE_THREE = """
+[[gpu]]
+select = "all"
+mig = true
+instances = ["3g", "3g"]
+"""
+FOUR_TWO_ONE = """
+[[gpu]]
+select = "all"
+mig = true
+instances = ["4g", "2g", "1g"]
+"""
+
+
+@pytest.fixture
+def site(tmp_path):
+    """A state file for simulated GPUs, a run dir, and a way to run `migd` against them with a config."""
+
+    class Site:
+        state = str(tmp_path / "sim.json")
+        run = str(tmp_path / "run")
+
+        def config(self, text: str, name: str = "migd.toml") -> str:
+            return R.write_config(tmp_path / name, textwrap.dedent(text))
+
+        def migd(self, spec: str, config: str, *verb: str, faults: str = "") -> R.Run:
+            env = {"MIGD_RUN_DIR": self.run}
+            if faults:
+                env["MIGD_SIM_FAULTS"] = faults
+            return R.run_cli(["--simulate", spec, "--sim-state", self.state, "--config", config, *verb], env)
+
+        def layouts(self) -> List[object]:
+            return R.layouts(load_state(self.state))
+
+    return Site()
+
+
+# --- 1. reads are facts or errors ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fault", ["nvmlDeviceGetMigMode=NOT_SUPPORTED@2", "nvmlDeviceGetMigMode=NO_PERMISSION@2",
+                                   "nvmlDeviceGetGpuInstances=NOT_SUPPORTED@1",
+                                   "nvmlDeviceGetGpuInstances=UNKNOWN@3"])
+def test_failed_state_read_stops_the_gpu_and_changes_nothing(site, fault):
+    """Re-applying the live ["3g", "3g"] while the mode or instance read fails: exit 1, the read named, both idle
+    instances still there (before: MIG read as off -> both destroyed, MIG off, "rolled back")."""
+    conf = site.config(THREE_THREE)
+    assert site.migd("h100-80gb", conf, "apply").code == 0
+    before = site.layouts()
+    r = site.migd("h100-80gb", conf, "apply", faults=fault)
+    assert not r.traceback, r.err
+    assert r.code == 1, r.out + r.err
+    call = fault.split("=")[0]
+    assert call in r.out and "rolled back" not in r.out, r.out
+    assert site.layouts() == before
+
+
+def test_unreadable_process_list_is_busy_not_idle(site):
+    """Processes cannot be read (NO_PERMISSION): `plan` refuses to destroy the instances and says why, `apply` never
+    tries a destroy (exit 1, nothing changed). Before: plan listed the destroys and apply made them."""
+    assert site.migd("h100-80gb", site.config(THREE_THREE), "apply").code == 0
+    before = site.layouts()
+    conf = site.config(FOUR_TWO_ONE, "target.toml")
+    faults = "nvmlDeviceGetComputeRunningProcesses=NO_PERMISSION"
+    r = site.migd("h100-80gb", conf, "plan", faults=faults)
+    assert not r.traceback, r.err
+    assert r.code == 1 and ": destroy " not in r.out, r.out
+    assert ("GPU instance 1 (3g.40gb at 0:4), whose processes cannot be read (nvmlDeviceGetComputeRunningProcesses: "
+            "NO_PERMISSION)") in r.out and "not destroying busy instances" in r.out, r.out
+    host = SimHost(load_state(site.state), site.state)
+    host.state["trace"] = []
+    host.save()
+    r = site.migd("h100-80gb", conf, "apply", faults=faults)
+    assert r.code == 1 and not r.traceback, r.out + r.err
+    assert "cannot be read" in r.out
+    assert load_state(site.state)["trace"] == [] and site.layouts() == before  # not one mutating call
+
+
+def test_library_mismatch_on_processes_is_unknown(sim_backend, monkeypatch):
+    """pynvml's NVMLLibraryMismatchError (library older than the driver) on a process list: unknown, so busy."""
+    import pynvml
+
+    backend = sim_backend("h100-80gb")
+    backend.set_mig_mode(0, True)
+    gi = backend.create_gpu_instance(0, 9, R_placement(0, 4))
+    backend.create_compute_instance(0, gi, 2, R_placement(0, 3))
+
+    def mismatch(handle):
+        raise pynvml.NVMLLibraryMismatchError("Unversioned function called")
+
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetComputeRunningProcesses", mismatch)
+    state = backend.state(0, fresh=True)
+    assert state.instances[0].busy and "older than the driver" in state.instances[0].pids_unreadable
+
+
+def R_placement(start: int, size: int):
+    from migd.model import Placement
+
+    return Placement(start, size)
