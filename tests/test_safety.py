@@ -119,3 +119,50 @@ def R_placement(start: int, size: int):
     from migd.model import Placement
 
     return Placement(start, size)
+
+
+# --- 2. compute-instance placements: rolled back exactly, compared by check --------------------------------------
+
+ONE_C = """
+[[gpu]]
+select = "all"
+mig = true
+instances = [{ profile = "3g", compute = ["1c", "1c"] }, "3g"]
+"""
+
+
+def _move_ci_by_hand(site) -> None:
+    """Like `nvidia-smi mig -dci` + `-cci` with another placement: the 3g's second 1c moved from slice 1 to 2."""
+    gi = next(gi for gi in load_state(site.state)["gpus"][0]["gis"] if len(gi["cis"]) == 2)
+    ci = next(ci for ci in gi["cis"] if ci["start"] == 1)
+    R.sim_tool(site.state, "destroy-ci", "0", str(gi["id"]), str(ci["id"]))
+    R.sim_tool(site.state, "create-ci", "0", str(gi["id"]), str(ci["profile_id"]), "2", "1")
+
+
+def _ci_starts(site) -> List[List[int]]:
+    return sorted(sorted(ci["start"] for ci in gi["cis"]) for gi in load_state(site.state)["gpus"][0]["gis"])
+
+
+def test_check_sees_a_compute_instance_moved_by_hand(site):
+    conf = site.config(ONE_C)
+    assert site.migd("h100-80gb", conf, "apply").code == 0
+    assert _ci_starts(site) == [[0], [0, 1]]
+    assert site.migd("h100-80gb", conf, "check").code == 0
+    _move_ci_by_hand(site)
+    r = site.migd("h100-80gb", conf, "check")
+    assert r.code == 3 and "drift" in r.out, r.out  # before: "ok", exit 0
+    r = site.migd("h100-80gb", conf, "apply")  # and apply puts it back where the planner places it
+    assert r.code == 0 and _ci_starts(site) == [[0], [0, 1]], r.out
+
+
+def test_rollback_restores_compute_instances_at_their_exact_placements(site):
+    """A 1c at slice 2 (placed by hand), then a re-partition that fails: the rollback puts the CI back at slice 2
+    (before: at slice 1, and verify called that a match)."""
+    assert site.migd("h100-80gb", site.config(ONE_C), "apply").code == 0
+    _move_ci_by_hand(site)
+    before = site.layouts()
+    assert _ci_starts(site) == [[0], [0, 2]]
+    r = site.migd("h100-80gb", site.config(FOUR_TWO_ONE, "target.toml"), "apply",
+                  faults="nvmlDeviceCreateGpuInstanceWithPlacement=UNKNOWN@2")
+    assert r.code == 1 and "rolled back to the previous layout" in r.out, r.out + r.err
+    assert site.layouts() == before, R.describe_layout(site.layouts()[0])

@@ -20,14 +20,12 @@ class DesiredInstance:
     compute: Tuple[ComputeProfile, ...]
     name: Optional[str] = None
     pin: Optional[Placement] = None  # only this placement (rollback restores exactly what was there)
+    # The compute instances' placements inside the GI, one per `compute` (rollback); None: the planner's first fit
+    compute_pins: Optional[Tuple[Placement, ...]] = None
 
     @property
     def label(self) -> str:
         return self.profile.name + (f" ({self.name})" if self.name else "")
-
-    @property
-    def compute_key(self) -> Tuple[int, ...]:
-        return tuple(sorted(cp.id for cp in self.compute))
 
 
 @dataclass(frozen=True)
