@@ -166,3 +166,44 @@ def test_rollback_restores_compute_instances_at_their_exact_placements(site):
                   faults="nvmlDeviceCreateGpuInstanceWithPlacement=UNKNOWN@2")
     assert r.code == 1 and "rolled back to the previous layout" in r.out, r.out + r.err
     assert site.layouts() == before, R.describe_layout(site.layouts()[0])
+
+
+# --- 4. a lost GPU and a UUID/PCI selector -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("key", ["uuid", "pci_bus_id"])
+@pytest.mark.parametrize("verb", ["apply", "boot"])
+def test_lost_gpu_selected_by_uuid_or_pci_is_lost_not_a_config_error(site, key, verb):
+    """GPU 1 selected by UUID (or PCI id) falls off the bus before migd starts: GPU 1 is reported lost, naming the
+    entry that may mean it, GPU 0 is still applied, exit 1 (before: a config error, exit 2, no GPU applied)."""
+    probe = site.config(THREE_THREE, "probe.toml")
+    r = site.migd("h100-80gb:2", probe, "status", "--json")
+    gpu1 = json.loads(r.out)["gpus"][1][key]
+    conf = site.config(f"""
+        [[gpu]]
+        select = 0
+        mig = true
+        instances = ["3g", "3g"]
+
+        [[gpu]]
+        select = "{gpu1}"
+        mig = true
+        instances = {{ "1g" = 7 }}
+        """)
+    R.sim_tool(site.state, "lose", "1")
+    r = site.migd("h100-80gb:2", conf, verb)
+    assert not r.traceback, r.err
+    assert r.code == 1, r.out + r.err
+    assert f"GPU 1: lost (fell off the bus) before migd could read it: not configured ({conf}:7: select = " in r.out
+    assert "it may be this one" in r.out
+    assert r.named("gpu_lost", gpu=1)
+    assert site.layouts()[0][2] and site.layouts()[1] == "lost"  # GPU 0 applied
+
+
+def test_unknown_uuid_is_still_a_config_error_when_no_gpu_is_lost(site):
+    conf = site.config("""
+        [[gpu]]
+        select = "GPU-00000000-0000-0000-0000-000000000000"
+        mig = false
+        """)
+    r = site.migd("h100-80gb:2", conf, "apply")
+    assert r.code == 2 and "no GPU GPU-00000000-0000-0000-0000-000000000000 on this host" in r.out + r.err
