@@ -207,3 +207,75 @@ def test_unknown_uuid_is_still_a_config_error_when_no_gpu_is_lost(site):
         """)
     r = site.migd("h100-80gb:2", conf, "apply")
     assert r.code == 2 and "no GPU GPU-00000000-0000-0000-0000-000000000000 on this host" in r.out + r.err
+
+
+# --- 5. devices.env: one variable, one MIG device ----------------------------------------------------------------
+
+def _env(site) -> dict:
+    lines = Path(site.run, "devices.env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def test_devices_env_counts_mig_devices_and_names_every_compute_instance(site):
+    """MIGD_GPU0_MIG<k> counts compute instances in MIG device order; an instance with two compute instances still
+    gets MIGD_TRAIN (its first) and MIGD_TRAIN_CI<j> (before: MIG<k> counted GPU instances, no MIGD_TRAIN)."""
+    conf = site.config("""
+        [[gpu]]
+        select = "all"
+        mig = true
+        instances = [{ profile = "4g", name = "train", compute = ["2c", "2c"] }, { profile = "2g", name = "infer" },
+                     "1g"]
+        """)
+    assert site.migd("h100-80gb", conf, "apply").code == 0
+    env = _env(site)
+    gis = json.loads(site.migd("h100-80gb", conf, "status", "--json").out)["gpus"][0]["instances"]
+    devices = [ci["uuid"] for gi in sorted(gis, key=lambda gi: gi["placement"]["start"]) for ci in gi["compute"]]
+    assert len(devices) == 4
+    assert [env[f"MIGD_GPU0_MIG{k}"] for k in range(4)] == devices and "MIGD_GPU0_MIG4" not in env
+    train = next(gi for gi in gis if gi["name"] == "train")
+    cis = [ci["uuid"] for ci in train["compute"]]
+    assert env["MIGD_TRAIN"] == env["MIGD_GPU0_TRAIN"] == cis[0]
+    assert [env["MIGD_TRAIN_CI0"], env["MIGD_TRAIN_CI1"]] == cis
+    assert env["MIGD_INFER"] == next(gi for gi in gis if gi["name"] == "infer")["uuid"]
+
+
+@pytest.mark.parametrize("first,second", [("a-b", "a_b"), ("Train", "train")])
+def test_names_that_are_one_variable_are_refused(site, first, second):
+    conf = site.config(f"""
+        [[gpu]]
+        select = 0
+        mig = true
+        instances = [{{ profile = "3g", name = "{first}" }}]
+
+        [[gpu]]
+        select = 1
+        mig = true
+        instances = [{{ profile = "3g", name = "{second}" }}]
+        """)
+    r = site.migd("h100-80gb:2", conf, "apply")
+    assert r.code == 2 and not os.path.exists(site.state), r.out + r.err  # refused before any GPU is opened
+    assert f"{conf}:10: gpu[1].instances[0].name: instance name '{second}' and '{first}' ({conf}:5) are one " \
+           "devices.env variable" in r.err, r.err
+
+
+@pytest.mark.parametrize("name", ["GPU0_MIG0", "gpu1-train", "Gpu12", "train_ci0"])
+def test_names_devices_env_writes_itself_are_refused(site, name):
+    """A name "GPU0_MIG0" on GPU 1 would write MIGD_GPU0_MIG0 pointing at GPU 1's device."""
+    conf = site.config(f"""
+        [[gpu]]
+        select = 1
+        mig = true
+        instances = [{{ profile = "3g", name = "{name}" }}]
+        """)
+    r = site.migd("h100-80gb:2", conf, "validate")
+    assert r.code == 2 and f"{conf}:5: gpu[0].instances[0].name: '{name}' is reserved" in r.err, r.err
+
+
+def test_devices_env_leaves_out_a_variable_two_devices_would_share():
+    """Whatever the state says (say, written under an older config), no variable is written with two meanings."""
+    from migd.runstate import devices_env
+
+    gpus = [{"index": 0, "instances": [{"name": "a-b", "uuid": "MIG-a", "compute": ["MIG-a"]}]},
+            {"index": 1, "instances": [{"name": "a_b", "uuid": "MIG-b", "compute": ["MIG-b"]}]}]
+    text = devices_env(gpus)
+    assert "MIGD_A_B=" not in text and "MIGD_GPU0_A_B=MIG-a" in text and "MIGD_GPU1_A_B=MIG-b" in text

@@ -17,7 +17,7 @@ import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .errors import ConfigError, Problem
-from .model import Config, DaemonSettings, GpuEntry, GpuSelector, InstanceSpec
+from .model import Config, DaemonSettings, GpuEntry, GpuSelector, InstanceSpec, name_variable
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -38,6 +38,7 @@ _COMPUTE_RE = re.compile(r"^(mig )?([1-8]c(\.[1-8]g\.\d{1,4}gb([+-][a-z.]{1,8})*
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
 _UUID_RE = re.compile(r"^GPU-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 _PCI_RE = re.compile(r"^(?:([0-9a-fA-F]{1,8}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])$")
+_RESERVED_VAR_RE = re.compile(r"GPU[0-9]+(_.*)?|.*_CI[0-9]+")
 _UNIT_RE = re.compile(r"^[A-Za-z0-9:_.@\\-]{1,255}\.(service|socket|target|scope)$")
 
 
@@ -367,6 +368,7 @@ class _Parser:
         self.path = path
         self.locate = _Locator(text)
         self.problems: List[Problem] = []
+        self.name_vars: Dict[str, Tuple[str, str]] = {}  # devices.env variable -> (name as written, where)
 
     def problem(self, key: Sequence[Any], message: str) -> None:
         self.problems.append(Problem(message, self.path, self.locate.line(key), _key_path(key)))
@@ -551,6 +553,8 @@ class _Parser:
             self.problem(key + ["name"], "must start with a letter and hold up to 32 letters, digits, _ or -, "
                                          f"got {_show(name)}")
             ok = False
+        elif name is not None:
+            ok = self.name_variable_ok(key + ["name"], name) and ok
         compute = item.get("compute", [])
         if not isinstance(compute, list):  # [] is allowed: a GPU instance with no compute instance (yet)
             self.problem(key + ["compute"], 'must be a list of compute profiles, e.g. ["2c.4g.40gb", "2c"]')
@@ -566,6 +570,21 @@ class _Parser:
         return InstanceSpec(profile=str(profile), name=name,
                             compute=tuple(str(c).strip() for c in compute) if "compute" in item else None,
                             where=self.where_key(key))
+
+    def name_variable_ok(self, key: List[Any], name: str) -> bool:
+        """A name must be a devices.env variable of its own: not one migd writes itself (MIGD_GPU<i>_…, …_CI<j>),
+        and not another name's in other case or with - for _ (both would write MIGD_A_B: which one wins?)."""
+        var = name_variable(name)
+        if _RESERVED_VAR_RE.fullmatch(var):
+            self.problem(key, f"{_show(name)} is reserved: devices.env names MIG devices MIGD_GPU<i>_… and a named "
+                              "instance's compute instances MIGD_<NAME>_CI<j> itself; choose another name")
+            return False
+        seen = self.name_vars.setdefault(var, (name, self.where(key)))
+        if seen[0] != name:
+            self.problem(key, f"instance name {_show(name)} and {_show(seen[0])} ({seen[1]}) are one devices.env "
+                              f"variable, MIGD_{var}: names must differ in more than case or - and _")
+            return False
+        return True
 
     def profile_ok(self, key: List[Any], profile: Any) -> bool:
         if isinstance(profile, bool) or not isinstance(profile, (str, int)) or not _PROFILE_RE.match(str(profile).strip()):

@@ -158,6 +158,11 @@ class Gpu:
 
 # --- desired layout (from config) -------------------------------------------------------------------------------
 
+def name_variable(name: str) -> str:
+    """An instance name as devices.env spells it after `MIGD_` (TRAIN for "train", A_B for "a-b")."""
+    return "".join(c if c.isalnum() else "_" for c in name.upper())
+
+
 @dataclass(frozen=True)
 class InstanceSpec:
     """One desired GPU instance as written in the config; profile spellings resolve per GPU model later."""
