@@ -279,3 +279,91 @@ def test_devices_env_leaves_out_a_variable_two_devices_would_share():
             {"index": 1, "instances": [{"name": "a_b", "uuid": "MIG-b", "compute": ["MIG-b"]}]}]
     text = devices_env(gpus)
     assert "MIGD_A_B=" not in text and "MIGD_GPU0_A_B=MIG-a" in text and "MIGD_GPU1_A_B=MIG-b" in text
+
+
+# --- 7. trust: links in directories others control, hard-linked lock files ---------------------------------------
+
+ATTACKER = 4242
+AS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown)")
+
+
+@pytest.fixture
+def trusted(tmp_path, site):
+    """A root-owned /etc-like directory with a good config, and an attacker-owned directory next to it."""
+    etc = tmp_path / "etc"
+    etc.mkdir(mode=0o755)
+    conf = R.write_config(etc / "migd.toml", THREE_THREE)
+    evil = tmp_path / "evil"
+    evil.mkdir(mode=0o755)
+    os.chown(evil, ATTACKER, ATTACKER)
+    return {"conf": conf, "evil": evil, "tmp": tmp_path}
+
+
+@AS_ROOT
+def test_symlink_in_a_directory_another_user_owns_is_refused(site, trusted):
+    """The link points at a perfectly trusted file, but its owner can re-point it at any time: refused, naming the
+    directory (before: the target was checked, the link's directory never)."""
+    link = trusted["evil"] / "migd.toml"
+    link.symlink_to(trusted["conf"])
+    os.lchown(link, ATTACKER, ATTACKER)
+    r = site.migd("h100-80gb", str(link), "apply")
+    assert r.code == 2 and not os.path.exists(site.state), r.out + r.err
+    assert f"directory {trusted['evil']} is owned by uid {ATTACKER}, not root" in r.err, r.err
+
+
+@AS_ROOT
+def test_symlink_owned_by_another_user_in_a_sticky_directory_is_refused(site, trusted):
+    """In a sticky world-writable directory (like /tmp) another user cannot replace root's files, but can own a link
+    of their own there: refused, naming the link."""
+    sticky = trusted["tmp"] / "sticky"
+    sticky.mkdir()
+    os.chmod(sticky, 0o1777)
+    link = sticky / "migd.toml"
+    link.symlink_to(trusted["conf"])
+    os.lchown(link, ATTACKER, ATTACKER)
+    r = site.migd("h100-80gb", str(link), "apply")
+    assert r.code == 2 and f"symlink {link} is owned by uid {ATTACKER}, not root" in r.err, r.err
+    os.lchown(link, 0, 0)  # the same link owned by root: fine
+    assert site.migd("h100-80gb", str(link), "apply").code == 0
+
+
+@AS_ROOT
+def test_a_link_through_an_attacker_directory_is_refused_even_if_the_file_is_root_owned(site, trusted):
+    """A trusted-looking link (root's, in a root directory) whose target path runs through the attacker's
+    directory: the target is checked component by component too."""
+    inner = trusted["evil"] / "real.toml"
+    inner.write_text(THREE_THREE)
+    os.chmod(inner, 0o644)  # root-owned file, in a directory the attacker owns (and can rename it away)
+    link = Path(trusted["conf"]).parent / "via.toml"
+    link.symlink_to(inner)
+    r = site.migd("h100-80gb", str(link), "apply")
+    assert r.code == 2 and f"directory {trusted['evil']} is owned by uid {ATTACKER}" in r.err, r.err
+
+
+@AS_ROOT
+@pytest.mark.parametrize("how", ["hard link", "foreign owner"])
+def test_a_planted_lock_file_is_refused_not_truncated(site, trusted, how):
+    """/run/migd/lock as a hard link to another file (or owned by someone else): refused naming the path, the
+    other file untouched (before: truncated to "pid N" and chmod'ed 0600)."""
+    conf = trusted["conf"]
+    run = Path(site.run)
+    run.mkdir(mode=0o755)
+    victim = trusted["tmp"] / "victim"
+    victim.write_text("precious\n")
+    os.chmod(victim, 0o644)
+    if how == "hard link":
+        os.link(victim, run / "lock")
+    else:
+        (run / "lock").write_text("precious\n")
+        os.chmod(run / "lock", 0o644)
+        os.chown(run / "lock", ATTACKER, ATTACKER)
+        victim = run / "lock"
+    r = site.migd("h100-80gb", conf, "apply")
+    assert r.code == 1 and not r.traceback, r.out + r.err
+    assert f"{run / 'lock'}" in r.err and ("hard link" in r.err or f"owned by uid {ATTACKER}" in r.err), r.err
+    assert victim.read_text() == "precious\n" and stat_mode(victim) == 0o644
+    assert all(g["mig"] == [0, 0] for g in load_state(site.state)["gpus"])  # no GPU touched
+
+
+def stat_mode(path) -> int:
+    return os.stat(path).st_mode & 0o7777

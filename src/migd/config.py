@@ -95,24 +95,56 @@ def _untrusted(path: str, st: os.stat_result, owner: int) -> Optional[str]:
     if st.st_mode & 0o022:
         return (f"writable by group/others (mode {stat.S_IMODE(st.st_mode):04o}): migd runs as root and will not act "
                 f"on a layout another user can change; fix: chmod go-w {shlex.quote(path)}")
-    # Every directory above it too: whoever can write one of them can replace the file (unless the sticky bit
-    # stops them, as on /tmp).
-    d = os.path.dirname(os.path.realpath(path))
+    return _untrusted_path(path, st, owners)
+
+
+_MAX_LINKS = 40  # like the kernel's ELOOP limit
+
+
+def _untrusted_path(path: str, st: os.stat_result, owners: set) -> Optional[str]:
+    """Every component of `path`, from / down, without following anything before it is checked (like OpenSSH's
+    safe_path): each directory owned by root (or `owner`) and writable by nobody else unless sticky (then others
+    cannot replace root's entries; the entries are checked one by one); each symlink owned by root (or `owner`)
+    and sitting in such directories, and its target checked the same way; the path must end at the very file that
+    was opened (`st`). So no one but root can swap the file, a directory above it, or a link on the way."""
+    # No normpath: "link/.." is not what lexical ".." removal makes of it; ".." is resolved on checked real paths.
+    todo = [c for c in os.path.join(os.getcwd(), path).split("/") if c]
+    done = "/"
+    links = 0
     while True:
         try:
-            dst = os.stat(d)
+            dst = os.lstat(done)
         except OSError as e:
-            return f"cannot check directory {d}: {e.strerror}"
-        if dst.st_uid not in owners:
-            return (f"directory {d} is owned by uid {dst.st_uid}, not root: that user can replace the file; "
-                    f"fix: chown root:root {shlex.quote(d)}, or move the file")
-        if dst.st_mode & 0o022 and not dst.st_mode & stat.S_ISVTX:
-            return (f"directory {d} is writable by group/others (mode {stat.S_IMODE(dst.st_mode):04o}): they can "
-                    f"replace the file; fix: chmod go-w {shlex.quote(d)}, or move the file")
-        parent = os.path.dirname(d)
-        if parent == d:
+            return f"cannot check {done}: {e.strerror}"
+        if stat.S_ISLNK(dst.st_mode):
+            if dst.st_uid not in owners:
+                return (f"symlink {done} is owned by uid {dst.st_uid}, not root: that user can point it elsewhere; "
+                        f"fix: give the real path, or replace the link as root")
+            links += 1
+            if links > _MAX_LINKS:
+                return f"too many symlinks resolving {path}"
+            target = os.readlink(done)
+            parent = os.path.dirname(done)
+            todo = [c for c in os.path.join(parent, target).split("/") if c] + todo
+            done = "/"
+            continue
+        if not todo:  # the file itself
+            if (dst.st_dev, dst.st_ino) != (st.st_dev, st.st_ino):
+                return f"{done} was replaced while migd read it: try again"
             return None
-        d = parent
+        if not stat.S_ISDIR(dst.st_mode):
+            return f"cannot check {done}: not a directory"
+        if dst.st_uid not in owners:
+            return (f"directory {done} is owned by uid {dst.st_uid}, not root: that user can replace the file or a "
+                    f"link on its path; fix: chown root:root {shlex.quote(done)}, or move the file")
+        if dst.st_mode & 0o022 and not dst.st_mode & stat.S_ISVTX:
+            return (f"directory {done} is writable by group/others (mode {stat.S_IMODE(dst.st_mode):04o}): they can "
+                    f"replace the file; fix: chmod go-w {shlex.quote(done)}, or move the file")
+        name = todo.pop(0)
+        if name == "..":
+            done = os.path.dirname(done)
+        elif name != ".":
+            done = os.path.join(done, name)
 
 
 def parse(text: str, path: str = "<config>") -> Config:

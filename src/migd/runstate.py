@@ -76,7 +76,13 @@ def _open_lock(path: str, create: bool) -> int:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise RunDirError(f"{path} is not a regular file: remove it")
-        if stat.S_IMODE(st.st_mode) != LOCK_MODE and st.st_uid == os.geteuid():
+        # The lock is truncated and chmod'ed: as a hard link (or someone else's file) that would hit another file.
+        if st.st_nlink != 1:
+            raise RunDirError(f"{path} has {st.st_nlink} hard links: it may be another file planted as the lock; "
+                              f"remove it (migd recreates it)")
+        if st.st_uid != os.geteuid():
+            raise RunDirError(f"{path} is owned by uid {st.st_uid}, not {os.geteuid()}: remove it (migd recreates it)")
+        if stat.S_IMODE(st.st_mode) != LOCK_MODE:
             os.fchmod(fd, LOCK_MODE)  # a lock file left by an older migd with mode 0644
     except BaseException:
         os.close(fd)
