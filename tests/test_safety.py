@@ -367,3 +367,46 @@ def test_a_planted_lock_file_is_refused_not_truncated(site, trusted, how):
 
 def stat_mode(path) -> int:
     return os.stat(path).st_mode & 0o7777
+
+
+# --- 12. no newline through a regex or a process name ------------------------------------------------------------
+
+@pytest.mark.parametrize("key,value", [("name", "train\n"), ("name", "GPU-x\n")])
+def test_a_trailing_newline_is_not_a_valid_value(site, key, value):
+    """`$` matches before a final newline: "train\\n" passed as a name (and went into devices.env). (Profiles and
+    selectors are stripped of surrounding blanks before they are matched: "3g\\n" is "3g".)"""
+    item = {"profile": "3g", key: value}
+    text = "[[gpu]]\nselect = 0\nmig = true\ninstances = [" + ", ".join(
+        f"{k} = {json.dumps(v)}" for k, v in item.items()).join(["{ ", " }"]) + "]\n"
+    r = site.migd("h100-80gb", site.config(text), "validate")
+    assert r.code == 2 and f"{site.config(text)}:4: gpu[0].instances[0]" in r.err, (text, r.out, r.err)
+
+
+def test_stop_clients_unit_with_a_newline_is_refused(site):
+    conf = site.config('[daemon]\nstop_clients = ["nvidia-dcgm.service\\n"]\n')
+    r = site.migd("h100-80gb", conf, "validate")
+    assert r.code == 2 and "daemon.stop_clients" in r.err, r.err
+
+
+def test_a_holder_named_with_a_newline_cannot_forge_an_output_line(site, tmp_path):
+    """A process holding the GPU renames itself "x\\nGPU 0: ok" (prctl PR_SET_NAME): the pending message names it
+    escaped, on one line; no stdout line says "GPU 0: ok"."""
+    import subprocess
+    import sys
+
+    SimHost.create("a100-40gb", site.state)
+    node = os.path.join(os.path.dirname(site.state), "dev", "nvidia0")
+    script = ("import ctypes,sys,time; f=open(sys.argv[1]); "
+              "ctypes.CDLL(None).prctl(15, ctypes.c_char_p(b'x\\nGPU 0: ok'), 0, 0, 0); "
+              "print('ready', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", script, node], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        conf = site.config('[[gpu]]\nselect = 0\nmig = true\ninstances = ["7g"]\n')
+        r = site.migd("a100-40gb", conf, "apply")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert r.code == 4, r.out + r.err
+    assert f"held by x\\nGPU 0: ok (pid {holder.pid}" in r.out, r.out
+    assert not any(line.startswith("GPU 0: ok") for line in (r.out + r.err).splitlines()), r.out + r.err
