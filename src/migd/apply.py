@@ -164,7 +164,8 @@ def previous_layout(info: GpuInfo, before: GpuState) -> DesiredGpu:
         compute = tuple(by_id[ci.profile_id] for ci in gi.compute if ci.profile_id in by_id)
         if len(compute) != len(gi.compute):
             raise RuntimeError(f"unknown compute profile in GPU instance {gi.id}")
-        items.append(DesiredInstance(profile, compute, pin=gi.placement))
+        items.append(DesiredInstance(profile, compute, pin=gi.placement,
+                                     compute_pins=tuple(ci.placement for ci in gi.compute)))
     return DesiredGpu(entry, before.mig_current, tuple(items))
 
 

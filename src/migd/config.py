@@ -17,7 +17,7 @@ import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .errors import ConfigError, Problem
-from .model import Config, DaemonSettings, GpuEntry, GpuSelector, InstanceSpec
+from .model import Config, DaemonSettings, GpuEntry, GpuSelector, InstanceSpec, name_variable
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -32,13 +32,14 @@ _GPU_KEYS = {"select", "mig", "instances"}
 _INSTANCE_KEYS = {"profile", "name", "compute"}
 _DAEMON_KEYS = {"watch_interval", "drift_policy", "driver_wait_timeout", "persistence_mode", "stop_clients",
                 "lock_timeout"}
-_PROFILE_RE = re.compile(r"^(mig )?([1-8]g(\.\d{1,4}gb)?([+-][a-z.]{1,8})*|\d{1,3})$", re.I)
-_COMPUTE_RE = re.compile(r"^(mig )?([1-8]c(\.[1-8]g\.\d{1,4}gb([+-][a-z.]{1,8})*)?|[1-8]g\.\d{1,4}gb([+-][a-z.]{1,8})*|\d{1,2})$",
+_PROFILE_RE = re.compile(r"^(mig )?([1-8]g(\.\d{1,4}gb)?([+-][a-z.]{1,8})*|\d{1,3})\Z", re.I)
+_COMPUTE_RE = re.compile(r"^(mig )?([1-8]c(\.[1-8]g\.\d{1,4}gb([+-][a-z.]{1,8})*)?|[1-8]g\.\d{1,4}gb([+-][a-z.]{1,8})*|\d{1,2})\Z",
                          re.I)
-_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
-_UUID_RE = re.compile(r"^GPU-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
-_PCI_RE = re.compile(r"^(?:([0-9a-fA-F]{1,8}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])$")
-_UNIT_RE = re.compile(r"^[A-Za-z0-9:_.@\\-]{1,255}\.(service|socket|target|scope)$")
+_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}\Z")
+_UUID_RE = re.compile(r"^GPU-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z", re.I)
+_PCI_RE = re.compile(r"^(?:([0-9a-fA-F]{1,8}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])\Z")
+_RESERVED_VAR_RE = re.compile(r"GPU[0-9]+(_.*)?|.*_CI[0-9]+")
+_UNIT_RE = re.compile(r"^[A-Za-z0-9:_.@\\-]{1,255}\.(service|socket|target|scope)\Z")
 
 
 def trusted_owner() -> Optional[int]:
@@ -94,24 +95,56 @@ def _untrusted(path: str, st: os.stat_result, owner: int) -> Optional[str]:
     if st.st_mode & 0o022:
         return (f"writable by group/others (mode {stat.S_IMODE(st.st_mode):04o}): migd runs as root and will not act "
                 f"on a layout another user can change; fix: chmod go-w {shlex.quote(path)}")
-    # Every directory above it too: whoever can write one of them can replace the file (unless the sticky bit
-    # stops them, as on /tmp).
-    d = os.path.dirname(os.path.realpath(path))
+    return _untrusted_path(path, st, owners)
+
+
+_MAX_LINKS = 40  # like the kernel's ELOOP limit
+
+
+def _untrusted_path(path: str, st: os.stat_result, owners: set) -> Optional[str]:
+    """Every component of `path`, from / down, without following anything before it is checked (like OpenSSH's
+    safe_path): each directory owned by root (or `owner`) and writable by nobody else unless sticky (then others
+    cannot replace root's entries; the entries are checked one by one); each symlink owned by root (or `owner`)
+    and sitting in such directories, and its target checked the same way; the path must end at the very file that
+    was opened (`st`). So no one but root can swap the file, a directory above it, or a link on the way."""
+    # No normpath: "link/.." is not what lexical ".." removal makes of it; ".." is resolved on checked real paths.
+    todo = [c for c in os.path.join(os.getcwd(), path).split("/") if c]
+    done = "/"
+    links = 0
     while True:
         try:
-            dst = os.stat(d)
+            dst = os.lstat(done)
         except OSError as e:
-            return f"cannot check directory {d}: {e.strerror}"
-        if dst.st_uid not in owners:
-            return (f"directory {d} is owned by uid {dst.st_uid}, not root: that user can replace the file; "
-                    f"fix: chown root:root {shlex.quote(d)}, or move the file")
-        if dst.st_mode & 0o022 and not dst.st_mode & stat.S_ISVTX:
-            return (f"directory {d} is writable by group/others (mode {stat.S_IMODE(dst.st_mode):04o}): they can "
-                    f"replace the file; fix: chmod go-w {shlex.quote(d)}, or move the file")
-        parent = os.path.dirname(d)
-        if parent == d:
+            return f"cannot check {done}: {e.strerror}"
+        if stat.S_ISLNK(dst.st_mode):
+            if dst.st_uid not in owners:
+                return (f"symlink {done} is owned by uid {dst.st_uid}, not root: that user can point it elsewhere; "
+                        f"fix: give the real path, or replace the link as root")
+            links += 1
+            if links > _MAX_LINKS:
+                return f"too many symlinks resolving {path}"
+            target = os.readlink(done)
+            parent = os.path.dirname(done)
+            todo = [c for c in os.path.join(parent, target).split("/") if c] + todo
+            done = "/"
+            continue
+        if not todo:  # the file itself
+            if (dst.st_dev, dst.st_ino) != (st.st_dev, st.st_ino):
+                return f"{done} was replaced while migd read it: try again"
             return None
-        d = parent
+        if not stat.S_ISDIR(dst.st_mode):
+            return f"cannot check {done}: not a directory"
+        if dst.st_uid not in owners:
+            return (f"directory {done} is owned by uid {dst.st_uid}, not root: that user can replace the file or a "
+                    f"link on its path; fix: chown root:root {shlex.quote(done)}, or move the file")
+        if dst.st_mode & 0o022 and not dst.st_mode & stat.S_ISVTX:
+            return (f"directory {done} is writable by group/others (mode {stat.S_IMODE(dst.st_mode):04o}): they can "
+                    f"replace the file; fix: chmod go-w {shlex.quote(done)}, or move the file")
+        name = todo.pop(0)
+        if name == "..":
+            done = os.path.dirname(done)
+        elif name != ".":
+            done = os.path.join(done, name)
 
 
 def parse(text: str, path: str = "<config>") -> Config:
@@ -367,6 +400,7 @@ class _Parser:
         self.path = path
         self.locate = _Locator(text)
         self.problems: List[Problem] = []
+        self.name_vars: Dict[str, Tuple[str, str]] = {}  # devices.env variable -> (name as written, where)
 
     def problem(self, key: Sequence[Any], message: str) -> None:
         self.problems.append(Problem(message, self.path, self.locate.line(key), _key_path(key)))
@@ -551,6 +585,8 @@ class _Parser:
             self.problem(key + ["name"], "must start with a letter and hold up to 32 letters, digits, _ or -, "
                                          f"got {_show(name)}")
             ok = False
+        elif name is not None:
+            ok = self.name_variable_ok(key + ["name"], name) and ok
         compute = item.get("compute", [])
         if not isinstance(compute, list):  # [] is allowed: a GPU instance with no compute instance (yet)
             self.problem(key + ["compute"], 'must be a list of compute profiles, e.g. ["2c.4g.40gb", "2c"]')
@@ -566,6 +602,21 @@ class _Parser:
         return InstanceSpec(profile=str(profile), name=name,
                             compute=tuple(str(c).strip() for c in compute) if "compute" in item else None,
                             where=self.where_key(key))
+
+    def name_variable_ok(self, key: List[Any], name: str) -> bool:
+        """A name must be a devices.env variable of its own: not one migd writes itself (MIGD_GPU<i>_…, …_CI<j>),
+        and not another name's in other case or with - for _ (both would write MIGD_A_B: which one wins?)."""
+        var = name_variable(name)
+        if _RESERVED_VAR_RE.fullmatch(var):
+            self.problem(key, f"{_show(name)} is reserved: devices.env names MIG devices MIGD_GPU<i>_… and a named "
+                              "instance's compute instances MIGD_<NAME>_CI<j> itself; choose another name")
+            return False
+        seen = self.name_vars.setdefault(var, (name, self.where(key)))
+        if seen[0] != name:
+            self.problem(key, f"instance name {_show(name)} and {_show(seen[0])} ({seen[1]}) are one devices.env "
+                              f"variable, MIGD_{var}: names must differ in more than case or - and _")
+            return False
+        return True
 
     def profile_ok(self, key: List[Any], profile: Any) -> bool:
         if isinstance(profile, bool) or not isinstance(profile, (str, int)) or not _PROFILE_RE.match(str(profile).strip()):

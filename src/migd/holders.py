@@ -69,5 +69,15 @@ def comm_of(pid: int, proc: str = PROC) -> str:
         return "?"
 
 
+def printable(text: str) -> str:
+    """`text` with every control or other unprintable character escaped: a process names itself (prctl
+    PR_SET_NAME takes any bytes), so a newline in its name must not forge a line of migd's output or log."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
 def describe(pids: Iterable[int], proc: str = PROC) -> List[Holder]:
-    return [Holder(pid, comm_of(pid, proc), unit_of(pid, proc)) for pid in pids]
+    out = []
+    for pid in pids:
+        unit = unit_of(pid, proc)
+        out.append(Holder(pid, printable(comm_of(pid, proc)), printable(unit) if unit is not None else None))
+    return out

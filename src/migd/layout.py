@@ -20,14 +20,12 @@ class DesiredInstance:
     compute: Tuple[ComputeProfile, ...]
     name: Optional[str] = None
     pin: Optional[Placement] = None  # only this placement (rollback restores exactly what was there)
+    # The compute instances' placements inside the GI, one per `compute` (rollback); None: the planner's first fit
+    compute_pins: Optional[Tuple[Placement, ...]] = None
 
     @property
     def label(self) -> str:
         return self.profile.name + (f" ({self.name})" if self.name else "")
-
-    @property
-    def compute_key(self) -> Tuple[int, ...]:
-        return tuple(sorted(cp.id for cp in self.compute))
 
 
 @dataclass(frozen=True)
@@ -68,7 +66,9 @@ def _norm_pci(bus_id: str) -> str:
 def select(config: Config, gpus: Sequence[GpuInfo]) -> Tuple[Dict[int, GpuEntry], List[str]]:
     """GPU index -> winning entry, plus problems: explicit selectors (index, UUID, PCI id) matching no GPU.
 
-    A glob or "all" matching nothing is fine: one fleet file serves hosts with different GPUs.
+    A glob or "all" matching nothing is fine: one fleet file serves hosts with different GPUs. A UUID or PCI id
+    matching no readable GPU while some GPU is lost is no problem of the file either: it may name the lost GPU,
+    which is reported lost (exit 1) while the others are applied (see unmatched_while_lost).
     """
     chosen: Dict[int, GpuEntry] = {}
     problems: List[str] = []
@@ -81,9 +81,20 @@ def select(config: Config, gpus: Sequence[GpuInfo]) -> Tuple[Dict[int, GpuEntry]
             if missing:
                 problems.append(f"{entry.where}: gpu[{entry.number - 1}].select: no GPU with index "
                                 f"{', '.join(map(str, missing))} (this host has {len(gpus)} GPUs: 0 to {len(gpus) - 1})")
-        elif entry.selector.kind in ("uuid", "pci") and not hits:
+        elif entry.selector.kind in ("uuid", "pci") and not hits and not any(g.lost for g in gpus):
             problems.append(f"{entry.where}: gpu[{entry.number - 1}].select: no GPU {entry.selector} on this host")
     return chosen, problems
+
+
+def unmatched_while_lost(config: Config, gpus: Sequence[GpuInfo]) -> List[str]:
+    """UUID/PCI selectors that match no readable GPU while some GPU is lost (its identity unknown): each may mean
+    a lost GPU, so the lost GPU's report names them."""
+    if not any(g.lost for g in gpus):
+        return []
+    return [f"{entry.where}: select = {entry.selector} matches no readable GPU, it may be this one"
+            for entry in config.entries
+            if entry.selector.kind in ("uuid", "pci")
+            and not any(not g.lost and matches(entry.selector, g) for g in gpus)]
 
 
 def resolve(entry: GpuEntry, gpu: GpuInfo) -> DesiredGpu:

@@ -103,6 +103,9 @@ class LiveComputeInstance:
     placement: Placement
     uuid: str = ""
     pids: Tuple[int, ...] = ()
+    # Why its process list could not be read (e.g. "NO_PERMISSION"); "" when `pids` is a fact. An unreadable list
+    # is never "no processes": such an instance counts as busy, so nothing destroys it.
+    pids_unreadable: str = ""
 
 
 @dataclass(frozen=True)
@@ -115,7 +118,13 @@ class LiveGpuInstance:
 
     @property
     def busy(self) -> bool:
-        return bool(self.pids) or any(ci.pids for ci in self.compute)
+        """Has processes, or we cannot tell."""
+        return bool(self.pids) or any(ci.pids or ci.pids_unreadable for ci in self.compute)
+
+    @property
+    def pids_unreadable(self) -> str:
+        """Why some compute instance's process list could not be read; "" when every list was read."""
+        return next((ci.pids_unreadable for ci in self.compute if ci.pids_unreadable), "")
 
     @property
     def all_pids(self) -> Tuple[int, ...]:
@@ -134,6 +143,7 @@ class GpuState:
     persistence: Optional[bool]
     instances: Tuple[LiveGpuInstance, ...] = ()
     pids: Tuple[int, ...] = ()  # processes on the whole GPU (MIG off)
+    pids_unreadable: str = ""  # MIG off: why `pids` could not be read ("" when it is a fact)
 
     @property
     def mode_change_pending(self) -> bool:
@@ -147,6 +157,11 @@ class Gpu:
 
 
 # --- desired layout (from config) -------------------------------------------------------------------------------
+
+def name_variable(name: str) -> str:
+    """An instance name as devices.env spells it after `MIGD_` (TRAIN for "train", A_B for "a-b")."""
+    return "".join(c if c.isalnum() else "_" for c in name.upper())
+
 
 @dataclass(frozen=True)
 class InstanceSpec:

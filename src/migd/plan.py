@@ -103,8 +103,8 @@ def _plan(info: GpuInfo, desired: DesiredGpu, state: GpuState,
         if state.mig_current:
             busy = [gi for gi in state.instances if gi.busy]
             if busy:
-                raise Refusal(f"MIG off would destroy {_describe_live(info, busy)}, which "
-                              f"{'has' if len(busy) == 1 else 'have'} processes {_pids(busy)}", _pid_list(busy))
+                raise Refusal(f"MIG off would destroy {_busy_reason(info, busy)}: not destroying busy instances",
+                              _pid_list(busy))
             actions += _destroy(info, state.instances)
         if state.mig_current or state.mig_pending:
             actions.append(Action("set_mig_mode", g, enabled=False))
@@ -115,10 +115,11 @@ def _plan(info: GpuInfo, desired: DesiredGpu, state: GpuState,
     items = list(desired.instances)
     _precheck(info, items)
     live = list(state.instances) if state.mig_current else []
-    placements, kept = _place(info, items, live)
+    compute = [_place_compute(item) for item in items]
+    placements, kept = _place(info, items, compute, live)
     assignments = []
     for slot, (item, placement) in enumerate(zip(items, placements)):
-        assignments.append(Assignment(slot, item, placement, kept.get(slot), _place_compute(item)))
+        assignments.append(Assignment(slot, item, placement, kept.get(slot), compute[slot]))
 
     if not state.mig_current or not state.mig_pending:
         actions.append(Action("set_mig_mode", g, enabled=True))
@@ -153,22 +154,32 @@ def _precheck(info: GpuInfo, items: List[DesiredInstance]) -> None:
         raise Refusal(f"{' and '.join(ofa)} each need the GPU's single optical-flow accelerator")
 
 
-def _place(info: GpuInfo, items: List[DesiredInstance],
+def _compute_layout(pairs) -> Tuple[Tuple[int, int, int], ...]:
+    """A GI's compute instances as sorted (profile id, start, size): what "the same compute instances" means."""
+    return tuple(sorted((pid, pl.start, pl.size) for pid, pl in pairs))
+
+
+def _place(info: GpuInfo, items: List[DesiredInstance], compute: List[Tuple[Placement, ...]],
            live: List[LiveGpuInstance]) -> Tuple[List[Placement], Dict[int, int]]:
-    """Placements for every item maximizing kept live GIs; busy live GIs must be kept. Raises Refusal."""
+    """Placements for every item maximizing kept live GIs; busy live GIs must be kept. Raises Refusal.
+
+    A live GI is kept only when its compute instances match in profile *and* placement (`compute`: each item's CI
+    placements), so a compute instance moved by hand is drift, and a rollback restores CIs where they were."""
     busy = [gi for gi in live if gi.busy]
     busy_mask = 0
     for gi in busy:
         busy_mask |= gi.placement.mask
-    # (profile id, placement start, compute key) -> live GI that would be kept as is
-    keepable: Dict[Tuple[int, int, Tuple[int, ...]], LiveGpuInstance] = {}
+    # (profile id, placement start, compute layout) -> live GI that would be kept as is
+    keepable: Dict[Tuple[int, int, Tuple[Tuple[int, int, int], ...]], LiveGpuInstance] = {}
     for gi in live:
-        keepable[(gi.profile_id, gi.placement.start, tuple(sorted(ci.profile_id for ci in gi.compute)))] = gi
+        keepable[(gi.profile_id, gi.placement.start,
+                  _compute_layout((ci.profile_id, ci.placement) for ci in gi.compute))] = gi
+    wanted = [_compute_layout((cp.id, pl) for cp, pl in zip(i.compute, c)) for i, c in zip(items, compute)]
     candidates = [[i.pin] if i.pin else sorted(i.profile.placements, key=lambda p: p.start) for i in items]
     n = len(items)
 
     def keeps(k: int, p: Placement) -> Optional[LiveGpuInstance]:
-        gi = keepable.get((items[k].profile.id, p.start, items[k].compute_key))
+        gi = keepable.get((items[k].profile.id, p.start, wanted[k]))
         return gi if gi is not None and gi.placement == p else None
 
     NEG = -1
@@ -221,8 +232,7 @@ def _explain_infeasible(info: GpuInfo, items: List[DesiredInstance], busy: List[
                 before = describe_counts([i.profile.name for i in items[:k]])
                 return Refusal(f"no placement fits {items[k].profile.name}" + (f" after {before}" if before else "")
                                + f" on {info.model}")
-    return Refusal(f"the layout needs the slots of {_describe_live(info, busy)}, which "
-                   f"{'has' if len(busy) == 1 else 'have'} processes {_pids(busy)}: not destroying busy instances",
+    return Refusal(f"the layout needs the slots of {_busy_reason(info, busy)}: not destroying busy instances",
                    _pid_list(busy))
 
 
@@ -236,7 +246,10 @@ def _fits(items: Sequence[DesiredInstance], mask: int) -> bool:
 
 
 def _place_compute(item: DesiredInstance) -> Tuple[Placement, ...]:
-    """Compute-instance placements inside the GI: first fit in order, with backtracking."""
+    """Compute-instance placements inside the GI: the pinned ones (rollback), else first fit in order, with
+    backtracking."""
+    if item.compute_pins is not None:
+        return item.compute_pins
     cps = list(item.compute)
     total = item.profile.slices
     for cp in {c.id: c for c in cps}.values():
@@ -285,6 +298,16 @@ def _describe_live(info: GpuInfo, gis: Sequence[LiveGpuInstance]) -> str:
         p = info.profile_by_id(gi.profile_id)
         parts.append(f"GPU instance {gi.id} ({p.name if p else gi.profile_id} at {gi.placement})")
     return ", ".join(parts)
+
+
+def _busy_reason(info: GpuInfo, busy: Sequence[LiveGpuInstance]) -> str:
+    """Why these instances count as busy: their processes, or that their processes cannot be read."""
+    known = [gi for gi in busy if gi.all_pids]
+    parts = [f"{_describe_live(info, known)}, which {'has' if len(known) == 1 else 'have'} processes {_pids(known)}"
+             ] if known else []
+    parts += [f"{_describe_live(info, [gi])}, whose processes cannot be read ({gi.pids_unreadable})"
+              for gi in busy if not gi.all_pids]
+    return "; ".join(parts)
 
 
 def _pid_list(gis: Sequence[LiveGpuInstance]) -> List[int]:

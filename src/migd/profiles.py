@@ -15,8 +15,8 @@ from .model import ComputeProfile, GpuInfo, GpuProfile, Placement
 PLAIN_INDEX_BY_SLICES = {1: 0, 2: 1, 3: 2, 4: 3, 7: 4}
 CI_INDEX_BY_SLICES = {1: 0, 2: 1, 3: 2, 4: 3, 7: 4}  # NVML_COMPUTE_INSTANCE_PROFILE_<N>_SLICE; ID == index
 
-_SIZE_ONLY = re.compile(r"^([1-8])g$")
-_CI_SIZE_ONLY = re.compile(r"^([1-8])c$")
+_SIZE_ONLY = re.compile(r"^([1-8])g\Z")
+_CI_SIZE_ONLY = re.compile(r"^([1-8])c\Z")
 
 
 def strip_mig(name: str) -> str:

@@ -2,9 +2,8 @@
 
 - `lock`: flock on /run/migd/lock; a second migd waits up to lock_timeout, then exits 5 (busy) saying who holds it.
 - `state.json`: what was applied, when, per GPU: instances, placements, MIG UUIDs, names.
-- `devices.env`: `MIGD_<NAME>=MIG-…` for named instances (unique names), `MIGD_GPU<i>_<NAME>` always, and
-  `MIGD_GPU<i>_MIG<k>` by MIG device order, so docker compose files say ${MIGD_TRAIN} instead of a UUID that
-  changes at every boot.
+- `devices.env`: MIG device UUIDs by name (see devices_env), so docker compose files say ${MIGD_TRAIN} instead
+  of a UUID that changes at every boot.
 Files are written atomically (temp file + rename) with mode 0644 under a 0755 directory owned by root; the lock is
 0600 (a lock file others can open is a lock others can hold). A run directory owned by someone else or writable by
 others is refused, never written into.
@@ -23,6 +22,7 @@ import time
 from typing import Dict, Iterator, List, Optional
 
 from .errors import LockBusy, MigdError
+from .model import name_variable
 
 RUN_DIR = "/run/migd"
 DIR_MODE = 0o755  # others read state.json and devices.env (docker compose --env-file)
@@ -76,7 +76,13 @@ def _open_lock(path: str, create: bool) -> int:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise RunDirError(f"{path} is not a regular file: remove it")
-        if stat.S_IMODE(st.st_mode) != LOCK_MODE and st.st_uid == os.geteuid():
+        # The lock is truncated and chmod'ed: as a hard link (or someone else's file) that would hit another file.
+        if st.st_nlink != 1:
+            raise RunDirError(f"{path} has {st.st_nlink} hard links: it may be another file planted as the lock; "
+                              f"remove it (migd recreates it)")
+        if st.st_uid != os.geteuid():
+            raise RunDirError(f"{path} is owned by uid {st.st_uid}, not {os.geteuid()}: remove it (migd recreates it)")
+        if stat.S_IMODE(st.st_mode) != LOCK_MODE:
             os.fchmod(fd, LOCK_MODE)  # a lock file left by an older migd with mode 0644
     except BaseException:
         os.close(fd)
@@ -161,10 +167,6 @@ def atomic_write(path: str, text: str, mode: int = FILE_MODE) -> None:
         raise
 
 
-def env_name(text: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in text.upper())
-
-
 def write_results(gpus: List[dict], config_path: str) -> None:
     """gpus: [{index, uuid, name, outcome, mig, instances: [{name, profile, placement, gi_id, uuid}]}]."""
     d = ensure_run_dir()
@@ -175,22 +177,41 @@ def write_results(gpus: List[dict], config_path: str) -> None:
 
 
 def devices_env(gpus: List[dict]) -> str:
+    """MIG device UUIDs as variables. Per GPU i, MIG devices (compute instances) counted k = 0, 1, ... in MIG device
+    order (GPU instances by placement, their compute instances by placement): MIGD_GPU<i>_MIG<k>. A named instance:
+    MIGD_GPU<i>_<NAME> (and MIGD_<NAME> where the name is used once on the host) -> its first compute instance, and
+    with several compute instances also MIGD_GPU<i>_<NAME>_CI<j> (and MIGD_<NAME>_CI<j>) for each. A variable that
+    would be written twice with different values is left out (with a comment), never written ambiguously; config
+    validation refuses the names that could cause that (see config.py)."""
     lines = ["# Written by migd at every apply: MIG device UUIDs by name. Use in docker compose as ${MIGD_<NAME>}."]
     counts: Dict[str, int] = {}
     for g in gpus:
         for inst in g.get("instances", []):
             if inst.get("name"):
-                counts[inst["name"]] = counts.get(inst["name"], 0) + 1
+                var = name_variable(inst["name"])
+                counts[var] = counts.get(var, 0) + 1
+    values: Dict[str, List[str]] = {}  # variable -> every value something wants it to have, in order
     for g in gpus:
-        for k, inst in enumerate(g.get("instances", [])):
-            uuid = inst.get("uuid")
-            if not uuid:
+        k = 0
+        for inst in g.get("instances", []):
+            uuids = [u for u in (inst.get("compute") or ([inst["uuid"]] if inst.get("uuid") else [])) if u]
+            for uuid in uuids:
+                values.setdefault(f"MIGD_GPU{g['index']}_MIG{k}", []).append(uuid)
+                k += 1
+            if not inst.get("name") or not uuids:
                 continue
-            lines.append(f"MIGD_GPU{g['index']}_MIG{k}={uuid}")
-            if inst.get("name"):
-                lines.append(f"MIGD_GPU{g['index']}_{env_name(inst['name'])}={uuid}")
-                if counts[inst["name"]] == 1:
-                    lines.append(f"MIGD_{env_name(inst['name'])}={uuid}")
+            var = name_variable(inst["name"])
+            prefixes = [f"MIGD_GPU{g['index']}_{var}"] + ([f"MIGD_{var}"] if counts[var] == 1 else [])
+            for prefix in prefixes:
+                values.setdefault(prefix, []).append(uuids[0])
+                if len(uuids) > 1:
+                    for j, uuid in enumerate(uuids):
+                        values.setdefault(f"{prefix}_CI{j}", []).append(uuid)
+    for var, vals in values.items():
+        if len(vals) == 1:
+            lines.append(f"{var}={vals[0]}")
+        else:
+            lines.append(f"# {var} left out: {len(vals)} MIG devices would have this name")
     return "\n".join(lines) + "\n"
 
 

@@ -10,7 +10,7 @@ from typing import Callable, Dict, List, Sequence
 
 from . import apply as engine
 from . import errors as E
-from . import report, runstate
+from . import layout, report, runstate
 from .errors import DriverError
 from .holders import describe, pids_holding, unit_of
 from .log import get_logger
@@ -72,7 +72,8 @@ def apply_all(backend, cfg: Config, desired: Dict[int, object], stop_clients: bo
         return out
 
     with runstate.locked(cfg.daemon.lock_timeout):
-        results = {info.index: _lost_at_start(info) for info in infos if info.lost}
+        unmatched = layout.unmatched_while_lost(cfg, infos)
+        results = {info.index: _lost_at_start(info, unmatched) for info in infos if info.lost}
         results.update(run(sorted(desired)))
         blocked = [i for i, r in results.items() if r.outcome in (engine.PENDING, engine.REFUSED)]
         if stop_clients and blocked:
@@ -89,9 +90,10 @@ def apply_all(backend, cfg: Config, desired: Dict[int, object], stop_clients: bo
     return engine.exit_code(list(results.values()))
 
 
-def _lost_at_start(info: GpuInfo) -> engine.GpuResult:
-    msg = (f"GPU {info.index}: lost (fell off the bus) before migd could read it: not configured; the other GPUs "
-           "are; check `dmesg` for Xid errors")
+def _lost_at_start(info: GpuInfo, unmatched: Sequence[str] = ()) -> engine.GpuResult:
+    maybe = f" ({'; '.join(unmatched)})" if unmatched else ""
+    msg = (f"GPU {info.index}: lost (fell off the bus) before migd could read it: not configured{maybe}; the other "
+           "GPUs are; check `dmesg` for Xid errors")
     log.critical("gpu_lost", msg=msg, gpu=info.index)
     return engine.GpuResult(info.index, engine.LOST, msg)
 

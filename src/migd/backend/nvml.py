@@ -15,7 +15,7 @@ import ctypes
 import re
 from typing import Dict, List, Optional, Tuple
 
-from ..errors import DriverError, ReadOnlyViolation
+from ..errors import DriverError, ReadOnlyViolation, code_name
 from ..model import ComputeProfile, GpuInfo, GpuProfile, GpuState, LiveComputeInstance, LiveGpuInstance, Placement
 from ..profiles import derive_compute_profiles, strip_mig
 
@@ -198,14 +198,18 @@ class NvmlBackend:
 
     def _read_state(self, gpu: int) -> GpuState:
         h = self._handle(gpu)
-        mode = self._try("nvmlDeviceGetMigMode", h, gpu=gpu, ok_codes=(3,))
-        current, pending = (bool(mode[0]), bool(mode[1])) if mode else (False, False)
+        info = self._info(gpu)
+        current = pending = False
+        if info.mig_capable:
+            # NOT_SUPPORTED means "no MIG" only when identity is read (_read_identity). For a GPU known to be
+            # MIG-capable any failure is an error: taken as "MIG off", a re-apply would wipe its instances.
+            mode = self._call("nvmlDeviceGetMigMode", h, gpu=gpu)
+            current, pending = bool(mode[0]), bool(mode[1])
         pm = self._try("nvmlDeviceGetPersistenceMode", h, gpu=gpu, ok_codes=(3,))
         persistence = None if pm is None else bool(pm)
         if not current:
-            pids = tuple(p.pid for p in self._processes(h, gpu))
-            return GpuState(current, pending, persistence, (), pids)
-        info = self._info(gpu)
+            procs, unreadable = self._processes(h, gpu)
+            return GpuState(current, pending, persistence, (), tuple(p.pid for p in procs), unreadable)
         uuids, pids_by_ci = self._mig_devices(h, gpu)
         instances = []
         for profile in info.profiles:
@@ -217,9 +221,10 @@ class NvmlBackend:
     def _gpu_instances(self, h, gpu: int, profile: GpuProfile) -> list:
         count = ctypes.c_uint(profile.instance_count)
         array = (self._n.c_nvmlGpuInstance_t * max(profile.instance_count, 1))()
-        found = self._try("nvmlDeviceGetGpuInstances", h, profile.id, array, ctypes.byref(count), gpu=gpu,
-                          ok_codes=(3,))
-        return [] if found is None else list(array[:count.value])
+        # With MIG on, a profile without instances answers SUCCESS with count 0 (measured, nvml-mig.md §3.1): any
+        # error is a failed read, never "no instances" (which would let a re-apply or rollback destroy them).
+        self._call("nvmlDeviceGetGpuInstances", h, profile.id, array, ctypes.byref(count), gpu=gpu)
+        return list(array[:count.value])
 
     def _read_gi(self, gpu: int, gi, uuids: dict, pids_by_ci: dict) -> LiveGpuInstance:
         info = self._call("nvmlGpuInstanceGetInfo", gi, gpu=gpu)
@@ -234,7 +239,8 @@ class NvmlBackend:
                 compute.append(LiveComputeInstance(
                     id=ci_info.id, profile_id=ci_info.profileId,
                     placement=Placement(ci_info.placement.start, ci_info.placement.size),
-                    uuid=uuids.get(key, ""), pids=tuple(pids_by_ci.get(key, ()))))
+                    uuid=uuids.get(key, ""), pids=tuple(pids_by_ci.get(key, ((), ""))[0]),
+                    pids_unreadable=pids_by_ci.get(key, ((), ""))[1]))
         compute.sort(key=lambda c: c.placement.start)
         return LiveGpuInstance(id=info.id, profile_id=info.profileId,
                                placement=Placement(info.placement.start, info.placement.size),
@@ -265,9 +271,10 @@ class NvmlBackend:
         return table
 
     def _mig_devices(self, h, gpu: int) -> Tuple[dict, dict]:
-        """(GI id, CI id) -> MIG UUID, and -> PIDs. NVML has no direct lookup: walk MIG device indices."""
+        """(GI id, CI id) -> MIG UUID, and -> (PIDs, why they are unknown or ""). NVML has no direct lookup: walk
+        MIG device indices."""
         uuids: Dict[Tuple[int, int], str] = {}
-        pids: Dict[Tuple[int, int], List[int]] = {}
+        pids: Dict[Tuple[int, int], Tuple[List[int], str]] = {}
         for n in range(self._call("nvmlDeviceGetMaxMigDeviceCount", h, gpu=gpu)):
             mig = self._try("nvmlDeviceGetMigDeviceHandleByIndex", h, n, gpu=gpu, ok_codes=(2, 6))
             if mig is None:
@@ -275,20 +282,28 @@ class NvmlBackend:
             key = (self._call("nvmlDeviceGetGpuInstanceId", mig, gpu=gpu),
                    self._call("nvmlDeviceGetComputeInstanceId", mig, gpu=gpu))
             uuids[key] = str(self._call("nvmlDeviceGetUUID", mig, gpu=gpu))
-            pids[key] = [p.pid for p in self._processes(mig, gpu)]
+            procs, unreadable = self._processes(mig, gpu, graphics=False)  # MIG has no graphics contexts
+            pids[key] = ([p.pid for p in procs], unreadable)
         return uuids, pids
 
-    def _processes(self, h, gpu: int) -> list:
-        procs = []
-        for call in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
+    def _processes(self, h, gpu: int, graphics: bool = True) -> Tuple[list, str]:
+        """The processes on a device, and "" - or, where a list cannot be read (not supported, no permission, a
+        library older than the driver), why: then the list is *unknown*, never "none", and the caller must treat
+        the device as busy."""
+        procs: list = []
+        unreadable = ""
+        calls = ("nvmlDeviceGetComputeRunningProcesses",) + (("nvmlDeviceGetGraphicsRunningProcesses",) if graphics
+                                                             else ())
+        for call in calls:
             try:
                 procs += self._call(call, h, gpu=gpu)
             except DriverError as e:
-                if e.code not in (3, 4, 13):  # not supported / no permission / old driver: unknown, not none
+                if e.code not in (3, 4, 13):  # NOT_SUPPORTED, NO_PERMISSION, FUNCTION_NOT_FOUND
                     raise
+                unreadable = unreadable or f"{call}: {code_name(e.code)}"
             except self._n.NVMLLibraryMismatchError:
-                pass
-        return procs
+                unreadable = unreadable or f"{call}: NVML library older than the driver"
+        return procs, unreadable
 
     # --- mutations ----------------------------------------------------------------------------------------
 

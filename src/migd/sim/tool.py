@@ -3,6 +3,8 @@
     python3 -m migd.sim.tool --state PATH show
     python3 -m migd.sim.tool --state PATH destroy-gi GPU GI_ID       # by hand, like nvidia-smi mig -dci/-dgi
     python3 -m migd.sim.tool --state PATH create-gi GPU PROFILE_ID START SIZE
+    python3 -m migd.sim.tool --state PATH destroy-ci GPU GI_ID CI_ID             # nvidia-smi mig -dci
+    python3 -m migd.sim.tool --state PATH create-ci GPU GI_ID PROFILE_ID START SIZE
     python3 -m migd.sim.tool --state PATH add-process GPU PID [GI CI]
     python3 -m migd.sim.tool --state PATH clear-processes GPU
     python3 -m migd.sim.tool --state PATH fault 'nvmlDeviceGetMigMode=hang' | --clear
@@ -31,6 +33,12 @@ def main(argv=None) -> int:
     s.add_argument("gi", type=int)
     s = sub.add_parser("create-gi")
     for name in ("gpu", "profile_id", "start", "size"):
+        s.add_argument(name, type=int)
+    s = sub.add_parser("destroy-ci")
+    for name in ("gpu", "gi", "ci"):
+        s.add_argument(name, type=int)
+    s = sub.add_parser("create-ci")
+    for name in ("gpu", "gi", "profile_id", "start", "size"):
         s.add_argument(name, type=int)
     s = sub.add_parser("add-process")
     for name in ("gpu", "pid"):
@@ -75,6 +83,10 @@ def _poke(host: SimHost, args) -> None:
         host.destroy_gi(args.gpu, args.gi)
     elif args.cmd == "create-gi":
         host.create_gi(args.gpu, args.profile_id, (args.start, args.size))
+    elif args.cmd == "destroy-ci":
+        host.destroy_ci(args.gpu, args.gi, args.ci)
+    elif args.cmd == "create-ci":
+        host.create_ci(args.gpu, args.gi, args.profile_id, (args.start, args.size))
     elif args.cmd == "add-process":
         host.add_process(args.gpu, args.pid, args.gi, args.ci)
     elif args.cmd == "clear-processes":
