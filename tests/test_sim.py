@@ -21,7 +21,7 @@ import migd.sim
 from migd.sim import SimHost, parse_faults
 from migd.sim.catalog import HOSTS, MODELS, parse_host_spec
 
-from conftest import PYTHON, python_env
+from conftest import MEASURED_JSON, PYTHON, load_reference, python_env, sim_model_for
 
 GPU_UUID_RE = re.compile(r"^GPU-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 MIG_UUID_RE = re.compile(r"^MIG-[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
@@ -82,11 +82,15 @@ def enable_mig(h):
     assert N.nvmlDeviceGetMigMode(h) == [1, 1]
 
 
-# --- the H100 profile table vs the measurement ----------------------------------------------------------------
+# --- the measured profile tables (H100, H200) vs their simulated twins ------------------------------------------
 
-def test_h100_profile_table_equals_measurement(sim_backend, h100_reference):
-    sim_backend("h100-80gb")
-    dev = h100_reference["devices"][0]
+@pytest.mark.parametrize("path", MEASURED_JSON, ids=lambda p: p.stem)
+def test_profile_table_equals_measurement(sim_backend, path):
+    ref = load_reference(path)
+    dev = ref["devices"][0]
+    model = sim_model_for(dev["pci_device_id"])
+    assert model is not None, f"no simulated model with PCI device ID {dev['pci_device_id']} ({dev['name']})"
+    sim_backend(model.key)
     h = handle()
     rows = dev["gpu_instance_profiles"]
     assert [r["index"] for r in rows] == list(range(dev["profile_index_end"]))
@@ -117,9 +121,11 @@ def test_h100_profile_table_equals_measurement(sim_backend, h100_reference):
         assert exc.value.value == 2
 
 
-def test_h100_identity_equals_measurement(sim_backend, h100_reference):
-    sim_backend("h100-80gb")
-    dev = h100_reference["devices"][0]
+@pytest.mark.parametrize("path", MEASURED_JSON, ids=lambda p: p.stem)
+def test_identity_equals_measurement(sim_backend, path):
+    ref = load_reference(path)
+    dev = ref["devices"][0]
+    sim_backend(sim_model_for(dev["pci_device_id"]).key)
     h = handle()
     assert N.nvmlDeviceGetName(h) == dev["name"]
     assert GPU_UUID_RE.match(N.nvmlDeviceGetUUID(h))
@@ -127,9 +133,14 @@ def test_h100_identity_equals_measurement(sim_backend, h100_reference):
     assert N.nvmlDeviceGetMigMode(h) == dev["mig_mode"]
     assert N.nvmlDeviceGetMaxMigDeviceCount(h) == dev["max_mig_device_count"]
     assert N.nvmlDeviceGetPciInfo(h).pciDeviceId == int(dev["pci_device_id"], 16)
-    assert N.nvmlSystemGetDriverVersion() == h100_reference["driver_version"]
+    assert N.nvmlSystemGetDriverVersion() == ref["driver_version"]
     is_mig = N.nvmlDeviceIsMigDeviceHandle(h)
     assert isinstance(is_mig, ctypes.c_uint) and is_mig.value == 0  # measured c_uint(0)
+
+
+def test_both_measured_gpus_are_recorded():
+    """The generic tests above must not silently lose a recording."""
+    assert {p.name for p in MEASURED_JSON} >= {"h100-80gb-hbm3.json", "h200-141gb.json"}
 
 
 def test_queries_with_mig_off_as_measured(sim_backend):
@@ -795,9 +806,9 @@ _NAMES = {
     "h100-94gb": (_HOPPER_UNITS, {19: ("1g.12gb", 11008), 20: ("1g.12gb+me", 11008), 15: ("1g.24gb", 22144),
                                   14: ("2g.24gb", 22144), 9: ("3g.47gb", 47488), 5: ("4g.47gb", 47488),
                                   0: ("7g.94gb", 95360)}),
-    "h200": (_HOPPER_UNITS, {19: ("1g.18gb", 16384), 20: ("1g.18gb+me", 16384), 15: ("1g.35gb", 33024),
-                             14: ("2g.35gb", 33024), 9: ("3g.71gb", 71168), 5: ("4g.71gb", 71168),
-                             0: ("7g.141gb", 143104)}),
+    "h200": (_HOPPER_UNITS, {19: ("1g.18gb", 16384), 20: ("1g.18gb+me", 16384), 15: ("1g.35gb", 33280),
+                             14: ("2g.35gb", 33280), 9: ("3g.71gb", 71424), 5: ("4g.71gb", 71424),
+                             0: ("7g.141gb", 143360)}),  # measured (h200-141gb.json)
     "a30": (_A30_UNITS, {14: ("1g.6gb", 5952), 21: ("1g.6gb+me", 5952), 5: ("2g.12gb", 11968),
                          6: ("2g.12gb+me", 11968), 0: ("4g.24gb", 24000)}),
 }

@@ -1,7 +1,7 @@
 """Per-model MIG tables for simulated GPUs.
 
-Values come from ../shared/reference/nvml-mig.md §2 (H100 80GB measured; the H100 row is checked field for field
-against h100-80gb-hbm3.json by a test). Each GPU-instance profile is keyed by its NVML *profile index*, as the
+Values come from ../shared/reference/nvml-mig.md §2 and mig-models-2026.md (H100 80GB and H200 measured; those rows
+are checked field for field against h100-80gb-hbm3.json and h200-141gb.json by a test). Each GPU-instance profile is keyed by its NVML *profile index*, as the
 driver is; the profile *ID* is a field, like `info.id`.
 """
 
@@ -109,7 +109,7 @@ MODELS: Dict[str, SimModel] = {
         SimModel("h100-94gb", "NVIDIA H100 NVL", ARCH_HOPPER, 0x232110DE, 100485038080, 7, 8, 16,
                  _hopper(11008, 22144, 47488, 95360, (12, 24, 47, 94))),
         SimModel("h200", "NVIDIA H200", ARCH_HOPPER, 0x233510DE, 150754820096, 7, 8, 16,
-                 _hopper(16384, 33024, 71168, 143104, (18, 35, 71, 141))),
+                 _hopper(16384, 33280, 71424, 143360, (18, 35, 71, 141))),
     )
 }
 
