@@ -77,6 +77,22 @@ class ConfigError(MigdError):
         return cls([Problem(message, path, line, key)])
 
 
+# What an admin can do about a driver refusal, where the code alone does not say. The one place such advice lives.
+_HINTS = {
+    # RTX PRO 6000/5000 Blackwell Workstation and Max-Q editions ship in a graphics display mode, in which MIG cannot
+    # be enabled (MIG user guide, Getting Started). The driver's code for that refusal is not documented; it is
+    # NOT_SUPPORTED, like any GPU without MIG (assumed).
+    ("nvmlDeviceSetMigMode", NOT_SUPPORTED):
+        "MIG cannot be enabled on this GPU as it is set up now. An RTX PRO Blackwell Workstation or Max-Q edition "
+        "must first be switched to compute display mode with NVIDIA's Display Mode Selector "
+        "(`displaymodeselector --gpumode compute -i N`, a firmware setting; reboot afterwards), then apply again",
+}
+
+
+def driver_hint(call: str, code: int) -> str:
+    return _HINTS.get((call, code), "")
+
+
 class DriverError(MigdError):
     """A driver call failed. `code` is the NVML return code, whichever backend raised it."""
 
@@ -84,7 +100,8 @@ class DriverError(MigdError):
         self.code, self.call, self.gpu = code, call, gpu
         on = f"GPU {gpu}: " if gpu is not None else ""
         text = f"{on}{call} failed: {code_name(code)}"
-        super().__init__(text + (f" ({detail})" if detail else ""))
+        hint = driver_hint(call, code)
+        super().__init__(text + (f" ({detail})" if detail else "") + (f": {hint}" if hint else ""))
 
 
 class ReadOnlyViolation(MigdError):
