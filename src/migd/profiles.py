@@ -70,15 +70,15 @@ def _same_kind(text: str, gpu: GpuInfo) -> Optional[GpuProfile]:
     if not m:
         return None
     slices, gb, attrs = int(m.group(1)), int(m.group(2)), m.group(3)
-    best: Optional[GpuProfile] = None
+    best: Optional[Tuple[int, GpuProfile]] = None
     for p in gpu.profiles:
         pm = _NAMED.match(p.name.lower())
         if not pm or p.slices != slices or pm.group(3) != attrs:
             continue
         off = abs(int(pm.group(2)) - gb)
-        if off <= max(1, gb // 10) and (best is None or off < abs(int(_NAMED.match(best.name.lower()).group(2)) - gb)):
-            best = p
-    return best
+        if off <= max(1, gb // 10) and (best is None or off < best[0]):
+            best = (off, p)
+    return best[1] if best else None
 
 
 def _generic(p: GpuProfile) -> str:
