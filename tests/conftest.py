@@ -21,14 +21,29 @@ from migd.backend import make_backend
 from migd.sim.host import SimHost
 
 ROOT = Path(__file__).resolve().parent.parent
-# A copy of ../shared/reference/h100-80gb-hbm3.json (what a real H100 80GB reports, driver 580.159.04), kept in the
-# repository so the field-for-field check of the simulated H100 can never be skipped for want of shared/.
-H100_JSON = ROOT / "tests" / "data" / "h100-80gb-hbm3.json"
+# Copies of ../shared/reference/*.json (what real GPUs report: H100 80GB, H200; driver 580.159.04), kept in the
+# repository so the field-for-field checks of their simulated twins can never be skipped for want of shared/.
+DATA = ROOT / "tests" / "data"
+H100_JSON = DATA / "h100-80gb-hbm3.json"
+MEASURED_JSON = sorted(DATA.glob("*.json"))  # every recorded GPU: each must have a simulated twin
 SRC = ROOT / "src"
 
 
 def load_h100_reference() -> dict:
     return json.loads(H100_JSON.read_text())
+
+
+def load_reference(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def sim_model_for(pci_device_id: str):
+    """The simulated model of a recorded GPU, matched by PCI device ID (as "0x233010DE"), or None."""
+    from migd.sim.catalog import MODELS
+
+    wanted = int(pci_device_id, 16)
+    hits = [m for m in MODELS.values() if m.pci_device_id == wanted]
+    return hits[0] if hits else None
 
 
 @pytest.fixture(scope="session")

@@ -68,27 +68,46 @@ def test_status_json_reads_the_real_gpu():
     print(f"\nGPU 0: {gpu['name']} driver {data['driver_version']} MIG {gpu['mig']} instances {len(gpu['instances'])}")
 
 
+def _pci_device_id(index: int = 0) -> int:
+    """The GPU's PCI device ID (e.g. 0x233510DE), read-only through pynvml."""
+    import pynvml
+
+    pynvml.nvmlInit()
+    try:
+        return int(pynvml.nvmlDeviceGetPciInfo(pynvml.nvmlDeviceGetHandleByIndex(index)).pciDeviceId)
+    finally:
+        pynvml.nvmlShutdown()
+
+
 @requires_gpu
 def test_profiles_through_nvml_equal_the_simulated_model():
-    """The profile table read through the nvml backend equals the simulated model of the same GPU."""
-    from migd.backend.nvml import NvmlBackend
+    """The profile table read through the nvml backend equals the simulated model with the same PCI device ID.
 
+    Works for any GPU the simulator has a model of; skips only where it has none (and says which ID that is)."""
+    from migd.backend.nvml import NvmlBackend
+    from migd.sim.catalog import MODELS
+
+    device_id = _pci_device_id(0)
+    twins = [m for m in MODELS.values() if m.pci_device_id == device_id]
     real = NvmlBackend(read_only=True)
     real.open()
     try:
         info = real.gpus()[0]
     finally:
         real.close()
-    if "H100 80GB HBM3" not in info.name:
-        pytest.skip(f"simulated twin known only for H100 80GB HBM3, this is {info.name}")
-    code = ("from migd.backend import make_backend; import json, dataclasses; b = make_backend(simulate='h100-80gb');"
+    if not twins:
+        pytest.skip(f"no simulated model with PCI device ID {device_id:#010X} ({info.name})")
+    model = twins[0]
+    code = ("import sys, json, dataclasses; from migd.backend import make_backend; b = make_backend(simulate=sys.argv[1]);"
             "b.open(); print(json.dumps([dataclasses.asdict(p) for p in b.gpus()[0].profiles]))")
-    sim = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    sim = subprocess.run([sys.executable, "-c", code, model.key], capture_output=True, text=True, check=True)
     import dataclasses
 
     real_profiles = json.loads(json.dumps([dataclasses.asdict(p) for p in info.profiles]))
+    assert info.name == model.name
     assert real_profiles == json.loads(sim.stdout)
-    print(f"\n{len(info.profiles)} profiles equal: " + ", ".join(f"{p.name} (ID {p.id})" for p in info.profiles))
+    print(f"\n{info.name} ({device_id:#010X}) = simulated {model.key}: {len(info.profiles)} profiles equal: "
+          + ", ".join(f"{p.name} (ID {p.id})" for p in info.profiles))
 
 
 @requires_gpu

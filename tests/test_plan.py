@@ -27,7 +27,7 @@ from migd.layout import DesiredGpu, DesiredInstance, resolve, select
 from migd.model import GpuEntry, GpuInfo, GpuSelector, GpuState, LiveComputeInstance, LiveGpuInstance, Placement
 from migd.plan import plan_gpu
 
-from conftest import PYTHON, load_h100_reference, python_env
+from conftest import DATA, PYTHON, load_h100_reference, load_reference, python_env
 
 # --- reference tables: profile ID -> (compute slices, instanceCount, carries the OFA, placements) ---------------
 
@@ -58,10 +58,33 @@ def h100_table() -> Table:
                       tuple(tuple(p) for p in r["placements"])) for r in rows}
 
 
+def h200_table() -> Table:
+    rows = [r for r in load_reference(DATA / "h200-141gb.json")["devices"][0]["gpu_instance_profiles"]
+            if "error" not in r]
+    return {r["id"]: (r["sliceCount"], r["instanceCount"], r["ofaCount"] > 0,
+                      tuple(tuple(p) for p in r["placements"])) for r in rows}
+
+
+_ONE_4 = ((0, 1), (1, 1), (2, 1), (3, 1))
+_TWO_4 = ((0, 2), (2, 2))
+RTX_PRO_TABLE: Table = {  # mig-models-2026.md (guide table, GCP #564): 4 slices; 4-slot grid as A30 (assumed)
+    14: (1, 4, False, _ONE_4), 21: (1, 1, True, _ONE_4), 47: (1, 4, False, _ONE_4), 65: (1, 1, True, _ONE_4),
+    67: (1, 4, False, _ONE_4), 5: (2, 2, False, _TWO_4), 35: (2, 2, False, _TWO_4), 64: (2, 1, True, _TWO_4),
+    66: (2, 2, False, _TWO_4), 0: (4, 1, True, ((0, 4),)), 32: (4, 1, True, ((0, 4),)),
+}
+# nvml.h on NVML_GPU_INSTANCE_PROFILE_*_ALL_ME: "prevents allocation of all but _NO_ME profiles"
+RTX_ALL_ME, RTX_NO_ME = {65, 64}, {67, 66}
+
 MODELS = {  # sim model -> (reference table factory, compute slices, max instances to enumerate)
     "a100-40gb": (lambda: A100_TABLE, 7, 7),
     "h100-80gb": (h100_table, 7, 7),
     "a30": (lambda: A30_TABLE, 4, 4),
+    # the 2026 models: the A100/Hopper profile-ID set and 8-slot grid (mig-models-2026.md), or measured (H200)
+    "h200": (h200_table, 7, 7),
+    **{key: (lambda: A100_TABLE, 7, 7) for key in (
+        "h200-nvl", "h800", "h20", "gh200-96gb", "gh200-144gb", "b200", "gb200", "b300", "gb300", "a800-80gb",
+        "a800-40gb")},
+    "rtx-pro-6000": (lambda: RTX_PRO_TABLE, 4, 4),
 }
 
 
@@ -73,6 +96,11 @@ def _mask(p) -> int:
 def rules_ok(table: Table, ids: Sequence[int], slices: int) -> bool:
     if sum(table[i][0] for i in ids) > slices:
         return False
+    if table is RTX_PRO_TABLE and set(ids) & RTX_ALL_ME and len(ids) > 1:
+        others = list(ids)
+        others.remove(next(i for i in ids if i in RTX_ALL_ME))
+        if not set(others) <= RTX_NO_ME:
+            return False
     if any(n > table[i][1] for i, n in Counter(ids).items()):
         return False
     return sum(1 for i in ids if table[i][2]) <= 1
@@ -148,8 +176,10 @@ def reset_gpu(host, gpu: int = 0) -> None:
 
 # --- exactness by brute force ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("model", ["a100-40gb", "h100-80gb", "a30"])
+@pytest.mark.parametrize("model", sorted(MODELS))
 def test_planner_is_exact_and_plans_apply_cleanly(model, sim_backend, calls_log, summary_line):
+    """Every layout up to the GPU's size, on every simulated model: the planner agrees with the brute force, and
+    every feasible layout is applied on a simulated GPU (all 16 models: ~12 s, so no sampling)."""
     make_table, slices, up_to = MODELS[model]
     table = make_table()
     info = info_for(model)
@@ -158,7 +188,7 @@ def test_planner_is_exact_and_plans_apply_cleanly(model, sim_backend, calls_log,
     host = backend._sim_host
     record = calls_log()
     rng = random.Random(1234)
-    checked = feasible = 0
+    checked = feasible = applied = 0
     for ids in multisets(table, up_to):
         checked += 1
         want = brute_feasible(table, ids, slices)
@@ -174,6 +204,7 @@ def test_planner_is_exact_and_plans_apply_cleanly(model, sim_backend, calls_log,
             continue
         feasible += 1
         plan = plan_gpu(info, desired(info, order), FRESH)
+        applied += 1
         placed = placed_of(plan)
         assert [pid for pid, _ in placed] == order
         assert valid_layout(table, placed, slices), (order, placed)
@@ -193,8 +224,9 @@ def test_planner_is_exact_and_plans_apply_cleanly(model, sim_backend, calls_log,
         assert all(len(gi.compute) == 1 for gi in after.instances)
         again = plan_gpu(info, desired(info, order), after)
         assert again.noop, (order, again.actions)
-    summary_line(f"brute force {model}: {checked} layouts checked, {feasible} feasible, all agree with the planner")
-    assert checked == {7: 3432, 5: 126}[len(table)]
+    summary_line(f"brute force {model}: {checked} layouts checked, {feasible} feasible, all agree with the planner; "
+                 f"{applied} applied on the simulator")
+    assert checked == {7: 3432, 5: 126, 11: 1365}[len(table)]
     assert 0 < feasible < checked
 
 

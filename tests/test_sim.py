@@ -13,6 +13,7 @@ import subprocess
 import textwrap
 import time
 import uuid as uuidlib
+from typing import Dict
 
 import pynvml as N
 import pytest
@@ -21,7 +22,7 @@ import migd.sim
 from migd.sim import SimHost, parse_faults
 from migd.sim.catalog import HOSTS, MODELS, parse_host_spec
 
-from conftest import PYTHON, python_env
+from conftest import MEASURED_JSON, PYTHON, load_reference, python_env, sim_model_for
 
 GPU_UUID_RE = re.compile(r"^GPU-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 MIG_UUID_RE = re.compile(r"^MIG-[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
@@ -82,11 +83,15 @@ def enable_mig(h):
     assert N.nvmlDeviceGetMigMode(h) == [1, 1]
 
 
-# --- the H100 profile table vs the measurement ----------------------------------------------------------------
+# --- the measured profile tables (H100, H200) vs their simulated twins ------------------------------------------
 
-def test_h100_profile_table_equals_measurement(sim_backend, h100_reference):
-    sim_backend("h100-80gb")
-    dev = h100_reference["devices"][0]
+@pytest.mark.parametrize("path", MEASURED_JSON, ids=lambda p: p.stem)
+def test_profile_table_equals_measurement(sim_backend, path):
+    ref = load_reference(path)
+    dev = ref["devices"][0]
+    model = sim_model_for(dev["pci_device_id"])
+    assert model is not None, f"no simulated model with PCI device ID {dev['pci_device_id']} ({dev['name']})"
+    sim_backend(model.key)
     h = handle()
     rows = dev["gpu_instance_profiles"]
     assert [r["index"] for r in rows] == list(range(dev["profile_index_end"]))
@@ -117,9 +122,11 @@ def test_h100_profile_table_equals_measurement(sim_backend, h100_reference):
         assert exc.value.value == 2
 
 
-def test_h100_identity_equals_measurement(sim_backend, h100_reference):
-    sim_backend("h100-80gb")
-    dev = h100_reference["devices"][0]
+@pytest.mark.parametrize("path", MEASURED_JSON, ids=lambda p: p.stem)
+def test_identity_equals_measurement(sim_backend, path):
+    ref = load_reference(path)
+    dev = ref["devices"][0]
+    sim_backend(sim_model_for(dev["pci_device_id"]).key)
     h = handle()
     assert N.nvmlDeviceGetName(h) == dev["name"]
     assert GPU_UUID_RE.match(N.nvmlDeviceGetUUID(h))
@@ -127,9 +134,14 @@ def test_h100_identity_equals_measurement(sim_backend, h100_reference):
     assert N.nvmlDeviceGetMigMode(h) == dev["mig_mode"]
     assert N.nvmlDeviceGetMaxMigDeviceCount(h) == dev["max_mig_device_count"]
     assert N.nvmlDeviceGetPciInfo(h).pciDeviceId == int(dev["pci_device_id"], 16)
-    assert N.nvmlSystemGetDriverVersion() == h100_reference["driver_version"]
+    assert N.nvmlSystemGetDriverVersion() == ref["driver_version"]
     is_mig = N.nvmlDeviceIsMigDeviceHandle(h)
     assert isinstance(is_mig, ctypes.c_uint) and is_mig.value == 0  # measured c_uint(0)
+
+
+def test_both_measured_gpus_are_recorded():
+    """The generic tests above must not silently lose a recording."""
+    assert {p.name for p in MEASURED_JSON} >= {"h100-80gb-hbm3.json", "h200-141gb.json"}
 
 
 def test_queries_with_mig_off_as_measured(sim_backend):
@@ -795,12 +807,77 @@ _NAMES = {
     "h100-94gb": (_HOPPER_UNITS, {19: ("1g.12gb", 11008), 20: ("1g.12gb+me", 11008), 15: ("1g.24gb", 22144),
                                   14: ("2g.24gb", 22144), 9: ("3g.47gb", 47488), 5: ("4g.47gb", 47488),
                                   0: ("7g.94gb", 95360)}),
-    "h200": (_HOPPER_UNITS, {19: ("1g.18gb", 16384), 20: ("1g.18gb+me", 16384), 15: ("1g.35gb", 33024),
-                             14: ("2g.35gb", 33024), 9: ("3g.71gb", 71168), 5: ("4g.71gb", 71168),
-                             0: ("7g.141gb", 143104)}),
+    "h200": (_HOPPER_UNITS, {19: ("1g.18gb", 16384), 20: ("1g.18gb+me", 16384), 15: ("1g.35gb", 33280),
+                             14: ("2g.35gb", 33280), 9: ("3g.71gb", 71424), 5: ("4g.71gb", 71424),
+                             0: ("7g.141gb", 143360)}),  # measured (h200-141gb.json)
     "a30": (_A30_UNITS, {14: ("1g.6gb", 5952), 21: ("1g.6gb+me", 5952), 5: ("2g.12gb", 11968),
                          6: ("2g.12gb+me", 11968), 0: ("4g.24gb", 24000)}),
 }
+
+
+def _names(g1: str, g2: str, g3: str, g7: str, mem1=None, mem2=None) -> Dict[int, tuple]:
+    return {19: (f"1g.{g1}gb", mem1), 20: (f"1g.{g1}gb+me", mem1), 15: (f"1g.{g2}gb", mem2), 14: (f"2g.{g2}gb", mem2),
+            9: (f"3g.{g3}gb", None), 5: (f"4g.{g3}gb", None), 0: (f"7g.{g7}gb", None)}
+
+
+def _grid_only(reported: Dict[int, tuple]) -> Dict[int, tuple]:
+    """Same IDs, indices, counts and grid as A100/Hopper (mig-models-2026.md); units only where reported (else None)."""
+    out = {pid: (row[0], row[1], None, None, None, None, row[6] if pid in (20, 0) else None, row[7], row[8])
+           for pid, row in _HOPPER_UNITS.items()}
+    out.update(reported)
+    return out
+
+
+# mig-models-2026.md and nvml-mig.md §2.2, transcribed: reported -lgip rows where published, names everywhere
+_B200_REPORTED = {19: (0, 7, 18, 2, 1, 1, 0, (0, 1, 2, 3, 4, 5, 6), 1), 20: (7, 1, 18, 2, 1, 1, 1, (0, 1, 2, 3, 4, 5, 6), 1),
+                  15: (9, 4, 30, 2, 1, 1, 0, (0, 2, 4, 6), 2), 14: (1, 3, 36, 4, 2, 2, 0, (0, 2, 4), 2)}
+_GB200_REPORTED = {19: (0, 7, 18, 2, 1, 1, 0, (0, 1, 2, 3, 4, 5, 6), 1), 20: (7, 1, 18, 2, 1, 1, 1, (0, 1, 2, 3, 4, 5, 6), 1),
+                   15: (9, 4, 32, 2, 1, 1, 0, (0, 2, 4, 6), 2), 14: (1, 3, 38, 4, 2, 2, 0, (0, 2, 4), 2)}
+_GH200_144_REPORTED = {pid: row for pid, row in _HOPPER_UNITS.items() if pid in (19, 20, 15, 14)}
+_RTX_ONE = (0, 1, 2, 3)
+_RTX_UNITS = {  # guide RTX PRO 6000 table + GoogleCloudPlatform/container-engine-accelerators#564 -lgip (1g rows)
+    14: (0, 4, 46, 1, 1, 1, 0, _RTX_ONE, 1), 21: (7, 1, 46, 1, 1, 1, 1, _RTX_ONE, 1),
+    47: (0xA, 4, 46, 1, 1, 1, 0, _RTX_ONE, 1), 65: (0xF, 1, 46, 1, 4, 4, 1, _RTX_ONE, 1),
+    67: (0xD, 4, 46, None, 0, 0, 0, _RTX_ONE, 1),
+    5: (1, 2, 94, None, None, None, 0, (0, 2), 2), 35: (0xB, 2, 94, None, None, None, 0, (0, 2), 2),
+    64: (0x10, 1, 94, None, None, None, 1, (0, 2), 2), 66: (0xE, 2, 94, None, 0, 0, 0, (0, 2), 2),
+    0: (3, 1, 188, None, None, None, None, (0,), 4), 32: (0xC, 1, 188, None, None, None, None, (0,), 4),
+}
+_NAMES.update({
+    "h200-nvl": _NAMES["h200"],
+    "h800": _NAMES["h100-80gb"],
+    "a800-80gb": _NAMES["a100-80gb"],
+    "a800-40gb": _NAMES["a100-40gb"],
+    "h20": (_grid_only({}), _names("12", "24", "48", "96")),
+    "gh200-96gb": (_grid_only({}), _names("12", "24", "48", "96")),
+    "gh200-144gb": (_grid_only(_GH200_144_REPORTED), _names("18", "36", "72", "144", 17920, 36096)),
+    "b200": (_grid_only(_B200_REPORTED), _names("23", "45", "90", "180", 20992, 45312)),
+    "gb200": (_grid_only(_GB200_REPORTED), _names("23", "47", "93", "186", 22528, 46592)),
+    "b300": (_grid_only({}), _names("34", "67", "135", "269")),
+    "gb300": (_grid_only({}), _names("35", "70", "139", "278")),
+    "rtx-pro-6000": (_RTX_UNITS, {14: ("1g.24gb", 24192), 21: ("1g.24gb+me", 24192), 47: ("1g.24gb+gfx", 24192),
+                                  65: ("1g.24gb+me.all", 24192), 67: ("1g.24gb-me", 24192), 5: ("2g.48gb", 48512),
+                                  35: ("2g.48gb+gfx", 48512), 64: ("2g.48gb+me.all", 48512),
+                                  66: ("2g.48gb-me", 48512), 0: ("4g.96gb", 97280), 32: ("4g.96gb+gfx", 97280)}),
+})
+_PCI_IDS = {  # mig-models-2026.md
+    "h200-nvl": 0x233B, "h800": 0x2324, "a800-80gb": 0x20F3, "a800-40gb": 0x20F6, "h20": 0x2329,
+    "gh200-96gb": 0x2342, "gh200-144gb": 0x2348, "b200": 0x2901, "gb200": 0x2941, "b300": 0x3182,
+    "gb300": 0x31C2, "rtx-pro-6000": 0x2BB5,
+}
+_FOUR_SLICE = ("a30", "rtx-pro-6000")
+
+
+@pytest.mark.parametrize("key", sorted(_PCI_IDS))
+def test_new_models_identity_and_sources(key):
+    model = MODELS[key]
+    assert model.pci_device_id == (_PCI_IDS[key] << 16 | 0x10DE)
+    assert model.name.startswith("NVIDIA ")
+    # every row names its source; whatever no source gives is marked as assumed
+    assert set(model.notes) == {p["id"] for p in model.gi_profiles.values()}
+    assert all(model.notes.values()) and model.source
+    if key in ("b300", "gb300", "h20", "gh200-96gb"):
+        assert all("ASSUMED" in n for n in model.notes.values())
 
 
 def test_catalog_covers_the_expected_models():
@@ -813,8 +890,8 @@ def test_catalog_model_matches_reference_through_pynvml(sim_backend, key):
     units, names = _NAMES[key]
     h = handle()
     model = MODELS[key]
-    slots = 4 if key == "a30" else 8
-    slices = 4 if key == "a30" else 7
+    slots = 4 if key in _FOUR_SLICE else 8
+    slices = 4 if key in _FOUR_SLICE else 7
     assert (model.compute_slices, model.memory_slots) == (slices, slots)
     seen = {}
     for index in range(18):  # the driver knows indices 0..16 (R580)
@@ -830,8 +907,10 @@ def test_catalog_model_matches_reference_through_pynvml(sim_backend, key):
         idx, inst, sm, ce, dec, jpg, ofa, starts, size = units[info.id]
         name, mem = names[info.id]
         assert index == idx
-        assert (info.instanceCount, info.multiprocessorCount, info.copyEngineCount, info.decoderCount,
-                info.jpegCount, info.ofaCount) == (inst, sm, ce, dec, jpg, ofa), (key, info.id)
+        got = (info.instanceCount, info.multiprocessorCount, info.copyEngineCount, info.decoderCount,
+               info.jpegCount, info.ofaCount)
+        want = (inst, sm, ce, dec, jpg, ofa)
+        assert [g for g, w in zip(got, want) if w is not None] == [w for w in want if w is not None], (key, info.id)
         assert info.name == "MIG " + name
         assert info.sliceCount == int(name.split("g.")[0])
         if mem is not None:
@@ -842,9 +921,9 @@ def test_catalog_model_matches_reference_through_pynvml(sim_backend, key):
         assert inst <= len(pl)
         assert info.sliceCount <= slices
     assert set(seen) == set(units)
-    full = [i for i in seen.values() if i.sliceCount == slices]
+    full = [i for i in seen.values() if i.sliceCount == slices and "+gfx" not in i.name]
     assert len(full) == 1 and placements_of(h, full[0].id) == [(0, slots)]
-    ref_arch = 7 if key.startswith(("a100", "a30")) else 9
+    ref_arch = 7 if key.startswith(("a100", "a30", "a800")) else 10 if key.startswith(("b", "gb", "rtx")) else 9
     assert N.nvmlDeviceGetArchitecture(h) == ref_arch
     assert GPU_UUID_RE.match(N.nvmlDeviceGetUUID(h))
 

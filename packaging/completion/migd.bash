@@ -8,7 +8,7 @@ _migd()
 
     local verbs="status profiles validate plan apply check export boot watch"
     local global_opts="-c --config --simulate --sim-state -v --verbose -q --quiet --version -h --help"
-    local sims="dgx-a100 dgx-h100 a100-40gb a100-80gb a30 h100-80gb h100-94gb h200"
+    local sims="dgx-a100 dgx-h100 dgx-h200 dgx-b200 hgx-b300 gb200-tray rtx-pro-server a100-40gb a100-80gb a30 h100-80gb h100-94gb h200 h200-nvl h800 h20 gh200-96gb gh200-144gb b200 gb200 b300 gb300 a800-80gb a800-40gb rtx-pro-6000"
 
     case $prev in
         -c | --config)

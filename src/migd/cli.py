@@ -18,6 +18,13 @@ from .errors import ConfigError, DriverError, MigdError
 READ_VERBS = ("status", "profiles", "validate", "plan", "check", "export")
 
 
+def _simulate_help() -> str:
+    from .sim.catalog import HOSTS, MODELS  # plain tables: no NVML is loaded
+
+    return (f"use simulated GPUs: a host ({', '.join(HOSTS)}) or MODEL[:COUNT],... with models "
+            f"{', '.join(MODELS)} (env MIGD_SIMULATE)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="migd", description="Put NVIDIA GPUs into the MIG layout declared in /etc/migd.toml.",
@@ -27,8 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", default=os.environ.get("MIGD_CONFIG", "/etc/migd.toml"),
                    help="layout file (default /etc/migd.toml; env MIGD_CONFIG)")
     p.add_argument("--simulate", metavar="SPEC", default=os.environ.get("MIGD_SIMULATE") or None,
-                   help="use simulated GPUs: dgx-a100, dgx-h100, or MODEL[:COUNT],... with models a100-40gb, "
-                        "a100-80gb, a30, h100-80gb, h100-94gb, h200 (env MIGD_SIMULATE)")
+                   help=_simulate_help())
     p.add_argument("--sim-state", metavar="PATH", default=os.environ.get("MIGD_SIM_STATE") or None,
                    help="share simulated GPUs between processes through this state file, created from --simulate "
                         "when absent (env MIGD_SIM_STATE)")

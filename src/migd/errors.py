@@ -20,7 +20,7 @@ NVML_CODES = {
     9: "DRIVER_NOT_LOADED", 10: "TIMEOUT", 11: "IRQ_ISSUE", 12: "LIBRARY_NOT_FOUND", 13: "FUNCTION_NOT_FOUND",
     14: "CORRUPTED_INFOROM", 15: "GPU_IS_LOST", 16: "RESET_REQUIRED", 17: "OPERATING_SYSTEM",
     18: "LIB_RM_VERSION_MISMATCH", 19: "IN_USE", 20: "MEMORY", 21: "NO_DATA", 22: "VGPU_ECC_NOT_ENABLED",
-    23: "INSUFFICIENT_RESOURCES", 999: "UNKNOWN",
+    23: "INSUFFICIENT_RESOURCES", 24: "FREQ_NOT_SUPPORTED", 25: "ARGUMENT_VERSION_MISMATCH", 999: "UNKNOWN",
 }
 CODE_BY_NAME = {name: code for code, name in NVML_CODES.items()}
 
@@ -35,6 +35,8 @@ GPU_IS_LOST = 15
 RESET_REQUIRED = 16
 IN_USE = 19
 INSUFFICIENT_RESOURCES = 23
+FUNCTION_NOT_FOUND = 13
+ARGUMENT_VERSION_MISMATCH = 25
 UNKNOWN = 999
 
 
@@ -75,6 +77,22 @@ class ConfigError(MigdError):
         return cls([Problem(message, path, line, key)])
 
 
+# What an admin can do about a driver refusal, where the code alone does not say. The one place such advice lives.
+_HINTS = {
+    # RTX PRO 6000/5000 Blackwell Workstation and Max-Q editions ship in a graphics display mode, in which MIG cannot
+    # be enabled (MIG user guide, Getting Started). The driver's code for that refusal is not documented; it is
+    # NOT_SUPPORTED, like any GPU without MIG (assumed).
+    ("nvmlDeviceSetMigMode", NOT_SUPPORTED):
+        "MIG cannot be enabled on this GPU as it is set up now. An RTX PRO Blackwell Workstation or Max-Q edition "
+        "must first be switched to compute display mode with NVIDIA's Display Mode Selector "
+        "(`displaymodeselector --gpumode compute -i N`, a firmware setting; reboot afterwards), then apply again",
+}
+
+
+def driver_hint(call: str, code: int) -> str:
+    return _HINTS.get((call, code), "")
+
+
 class DriverError(MigdError):
     """A driver call failed. `code` is the NVML return code, whichever backend raised it."""
 
@@ -82,7 +100,8 @@ class DriverError(MigdError):
         self.code, self.call, self.gpu = code, call, gpu
         on = f"GPU {gpu}: " if gpu is not None else ""
         text = f"{on}{call} failed: {code_name(code)}"
-        super().__init__(text + (f" ({detail})" if detail else ""))
+        hint = driver_hint(call, code)
+        super().__init__(text + (f" ({detail})" if detail else "") + (f": {hint}" if hint else ""))
 
 
 class ReadOnlyViolation(MigdError):

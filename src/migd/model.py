@@ -56,6 +56,7 @@ class GpuProfile:
     ofas: int
     placements: Tuple[Placement, ...]
     compute_profiles: Tuple[ComputeProfile, ...] = ()
+    graphics: bool = False  # graphics-capable ("+gfx", Universal MIG): NVML_GPU_INSTANCE_PROFILE_CAPS_GFX
 
     @property
     def memory_slots(self) -> int:

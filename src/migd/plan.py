@@ -152,6 +152,27 @@ def _precheck(info: GpuInfo, items: List[DesiredInstance]) -> None:
     ofa = [i.profile.name for i in items if i.profile.ofas]
     if len(ofa) > 1:
         raise Refusal(f"{' and '.join(ofa)} each need the GPU's single optical-flow accelerator")
+    _precheck_media(info, items)
+
+
+def _precheck_media(info: GpuInfo, items: List[DesiredInstance]) -> None:
+    """Video decoders, encoders and JPEG engines are one pool per GPU (the full-size profile has them all): a
+    "+me.all" instance takes every one, so only "-me" instances (none) fit beside it (Universal MIG)."""
+    full = max(info.profiles, key=lambda p: (p.slices, p.decoders), default=None)
+    if full is None:
+        return
+    for kind, total in (("decoders", full.decoders), ("encoders", full.encoders), ("jpegs", full.jpegs)):
+        users = [i.profile for i in items if getattr(i.profile, kind)]
+        if sum(getattr(p, kind) for p in users) <= total:
+            continue
+        hogs = [p for p in users if getattr(p, kind) >= total and p.slices < full.slices]
+        others = describe_counts([p.name for p in users if p not in hogs])
+        if hogs:
+            raise Refusal(f"{hogs[0].name} takes all of the GPU's media engines: beside it only -me profiles "
+                          f"(no media engines) fit, not {others}")
+        label = {"decoders": "video decoders", "encoders": "video encoders", "jpegs": "JPEG engines"}[kind]
+        raise Refusal(f"{describe_counts([p.name for p in users])} need {sum(getattr(p, kind) for p in users)} "
+                      f"{label}, {info.model} has {total}")
 
 
 def _compute_layout(pairs) -> Tuple[Tuple[int, int, int], ...]:

@@ -15,7 +15,8 @@ from .model import ComputeProfile, GpuInfo, GpuProfile, Placement
 PLAIN_INDEX_BY_SLICES = {1: 0, 2: 1, 3: 2, 4: 3, 7: 4}
 CI_INDEX_BY_SLICES = {1: 0, 2: 1, 3: 2, 4: 3, 7: 4}  # NVML_COMPUTE_INSTANCE_PROFILE_<N>_SLICE; ID == index
 
-_SIZE_ONLY = re.compile(r"^([1-8])g\Z")
+_SIZE_ONLY = re.compile(r"^([1-8])g(\+me|\+gfx|-me|\+me\.all)?\Z")  # "3g", "1g+gfx", "2g-me", "1g+me.all"
+_NAMED = re.compile(r"^([1-8])g\.(\d+)gb(.*)\Z")  # "1g.23gb+me" -> size, GB figure, attributes
 _CI_SIZE_ONLY = re.compile(r"^([1-8])c\Z")
 
 
@@ -32,15 +33,60 @@ def resolve_gpu_profile(spelling: str, gpu: GpuInfo) -> Tuple[Optional[GpuProfil
         return (p, "") if p else (None, f"no profile ID {text} on {gpu.model}; {_known(gpu)}")
     m = _SIZE_ONLY.match(text.lower())
     if m:
-        idx = PLAIN_INDEX_BY_SLICES.get(int(m.group(1)))
+        slices, suffix = int(m.group(1)), m.group(2) or ""
+        if suffix:  # "1g+gfx": the size with these attributes, whatever its memory figure on this model
+            hits = [p for p in gpu.profiles if p.slices == slices and _attributes(p.name) == suffix]
+            if len(hits) == 1:
+                return hits[0], ""
+            return None, f"{gpu.model} has no {text} profile; {_known(gpu)}"
+        idx = PLAIN_INDEX_BY_SLICES.get(slices)
         for p in gpu.profiles:
-            if p.index == idx and p.slices == int(m.group(1)):
+            if p.index == idx and p.slices == slices:
                 return p, ""
         return None, f"{gpu.model} has no plain {text} profile; {_known(gpu)}"
     for p in gpu.profiles:
         if p.name.lower() == text.lower():
             return p, ""
+    drifted = _same_kind(text.lower(), gpu)
+    if drifted is not None:
+        generic = _generic(drifted)
+        advice = (f"write {generic!r}, which never drifts" if generic
+                  else f"write {drifted.name!r} (or its profile ID {drifted.id})")
+        return None, (f"{gpu.model} has no profile {text!r}, but this driver offers {drifted.name} (ID {drifted.id}): "
+                      f"the same size and attributes under the name this driver version gives it; {advice}")
     return None, f"{gpu.model} has no profile {text!r}; {_known(gpu)}"
+
+
+def _attributes(name: str) -> str:
+    """"1g.24gb+me.all" -> "+me.all"; "3g.40gb" -> ""."""
+    m = _NAMED.match(name.lower())
+    return m.group(3) if m else ""
+
+
+def _same_kind(text: str, gpu: GpuInfo) -> Optional[GpuProfile]:
+    """Profile names drift with driver versions (3g.39gb/3g.40gb, B200 1g.23gb at 22.00 or 20.50 GiB): the profile
+    of the same size and attributes whose memory figure is closest (within 10%), if the spelling is otherwise valid."""
+    m = _NAMED.match(text)
+    if not m:
+        return None
+    slices, gb, attrs = int(m.group(1)), int(m.group(2)), m.group(3)
+    best: Optional[Tuple[int, GpuProfile]] = None
+    for p in gpu.profiles:
+        pm = _NAMED.match(p.name.lower())
+        if not pm or p.slices != slices or pm.group(3) != attrs:
+            continue
+        off = abs(int(pm.group(2)) - gb)
+        if off <= max(1, gb // 10) and (best is None or off < best[0]):
+            best = (off, p)
+    return best[1] if best else None
+
+
+def _generic(p: GpuProfile) -> str:
+    """The model-independent spelling that resolves to `p`, or "" (e.g. the double-memory 1g has none)."""
+    attrs = _attributes(p.name)
+    if attrs:
+        return f"{p.slices}g{attrs}"
+    return f"{p.slices}g" if PLAIN_INDEX_BY_SLICES.get(p.slices) == p.index else ""
 
 
 def _known(gpu: GpuInfo) -> str:

@@ -40,6 +40,7 @@ def _instance_json(info: GpuInfo, gi: LiveGpuInstance, name: Optional[str]) -> d
     cps = {c.id: c.name for c in profile.compute_profiles} if profile else {}
     return {
         "gi_id": gi.id, "profile": profile.name if profile else None, "profile_id": gi.profile_id,
+        "graphics": profile.graphics if profile else None,
         "placement": {"start": gi.placement.start, "size": gi.placement.size},
         "uuid": gi.compute[0].uuid if len(gi.compute) == 1 else None,  # the MIG device, when there is one
         "name": name,
@@ -92,12 +93,13 @@ def profiles_text(infos: Sequence[GpuInfo]) -> str:
             out.append("  no MIG profiles" + ("" if info.mig_capable else " (MIG not supported)"))
             continue
         out.append(f"  {'profile':<14}{'ID':>4}{'inst':>6}{'GiB':>8}{'SM':>5}{'CE':>4}{'DEC':>5}{'ENC':>5}"
-                   f"{'JPG':>5}{'OFA':>5}  placements (start:size)")
+                   f"{'JPG':>5}{'OFA':>5}{'GFX':>5}  placements (start:size)")
         for p in sorted(info.profiles, key=lambda p: (p.slices, p.memory_mb, p.index)):
             starts = ",".join(str(pl.start) for pl in p.placements)
             size = p.placements[0].size if p.placements else 0
             out.append(f"  {p.name:<14}{p.id:>4}{p.instance_count:>6}{p.memory_mb / 1024:>8.2f}{p.multiprocessors:>5}"
-                       f"{p.copy_engines:>4}{p.decoders:>5}{p.encoders:>5}{p.jpegs:>5}{p.ofas:>5}  {{{starts}}}:{size}")
+                       f"{p.copy_engines:>4}{p.decoders:>5}{p.encoders:>5}{p.jpegs:>5}{p.ofas:>5}"
+                       f"{'yes' if p.graphics else 'no':>5}  {{{starts}}}:{size}")
             compute = ", ".join(c.name for c in p.compute_profiles)
             out.append(f"  {'':<14}compute: {compute}")
     return "\n".join(out)
@@ -109,6 +111,7 @@ def profiles_json(infos: Sequence[GpuInfo]) -> str:
             "index": p.index, "id": p.id, "name": p.name, "slices": p.slices, "instance_count": p.instance_count,
             "memory_mb": p.memory_mb, "multiprocessors": p.multiprocessors, "copy_engines": p.copy_engines,
             "decoders": p.decoders, "encoders": p.encoders, "jpegs": p.jpegs, "ofas": p.ofas,
+            "graphics": p.graphics,
             "placements": [{"start": pl.start, "size": pl.size} for pl in p.placements],
             "compute": [c.name for c in p.compute_profiles],
         } for p in i.profiles]} for i in infos]}, indent=2)

@@ -28,6 +28,22 @@ _ARCH_NAMES = {2: "kepler", 3: "maxwell", 4: "pascal", 5: "volta", 6: "turing", 
 _PROFILE_INDEX_LIMIT = 64  # the driver answers INVALID_ARGUMENT well before this (0x11 on R580)
 _CI_INDEX_SKIP = 7  # NVML_COMPUTE_INSTANCE_PROFILE_1_SLICE_REV1 aliases 1-slice CIs: listing it doubles them
 _ID_ANY = 0xFFFFFFFF
+_FUNCTION_NOT_FOUND, _VERSION_MISMATCH = 13, 25
+_CAPS_GFX = 0x2  # NVML_GPU_INSTANCE_PROFILE_CAPS_GFX (nvml.h); nvidia-ml-py 13.615 has no constant for it
+
+
+class _GpuInstanceProfileInfoV3(ctypes.Structure):
+    """nvmlGpuInstanceProfileInfo_v3_t (nvml.h, R545+): v2 without isP2pSupported, plus `capabilities`."""
+
+    _fields_ = [("version", ctypes.c_uint), ("id", ctypes.c_uint), ("sliceCount", ctypes.c_uint),
+                ("instanceCount", ctypes.c_uint), ("multiprocessorCount", ctypes.c_uint),
+                ("copyEngineCount", ctypes.c_uint), ("decoderCount", ctypes.c_uint), ("encoderCount", ctypes.c_uint),
+                ("jpegCount", ctypes.c_uint), ("ofaCount", ctypes.c_uint), ("memorySizeMB", ctypes.c_ulonglong),
+                ("name", ctypes.c_char * 96), ("capabilities", ctypes.c_uint)]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.version = ctypes.sizeof(self) | 3 << 24  # NVML_STRUCT_VERSION(GpuInstanceProfileInfo, 3) = 0x03000098
 
 
 class NvmlBackend:
@@ -156,14 +172,34 @@ class NvmlBackend:
                 raise
             placements = self._placements("nvmlDeviceGetGpuInstancePossiblePlacements", h, info.id, i,
                                           self._n.c_nvmlGpuInstancePlacement_t)
+            name = strip_mig(_text(info.name))
+            caps = self._profile_capabilities(i, h, index)
             gp = GpuProfile(
-                index=index, id=info.id, name=strip_mig(_text(info.name)), slices=info.sliceCount,
+                index=index, id=info.id, name=name, slices=info.sliceCount,
                 instance_count=info.instanceCount, memory_mb=info.memorySizeMB,
                 multiprocessors=info.multiprocessorCount, copy_engines=info.copyEngineCount,
                 decoders=info.decoderCount, encoders=info.encoderCount, jpegs=info.jpegCount, ofas=info.ofaCount,
-                placements=tuple(placements))
+                placements=tuple(placements),
+                # without the v3 struct (drivers before R545), the driver's own spelling is all there is
+                graphics=bool(caps & _CAPS_GFX) if caps is not None else name.endswith("+gfx"))
             profiles.append(_with_compute(gp, derive_compute_profiles(gp)))
         return profiles
+
+    def _profile_capabilities(self, i: int, h, index: int) -> Optional[int]:
+        """The v3 profile-info `capabilities` bits (P2P, GFX), which nvidia-ml-py does not expose: our own struct
+        through the same C function. None where the driver has no v3 (FUNCTION_NOT_FOUND, VERSION_MISMATCH)."""
+        name = "nvmlDeviceGetGpuInstanceProfileInfoV"
+        if not _READ_ONLY_CALLS.fullmatch(name):  # a getter: the guard allows it; kept explicit for the reader
+            raise ReadOnlyViolation(name)
+        info = _GpuInstanceProfileInfoV3()
+        try:
+            fn = self._n._nvmlGetFunctionPointer(name)
+            self._n._nvmlCheckReturn(fn(h, ctypes.c_uint(index), ctypes.byref(info)))
+        except self._n.NVMLError as e:
+            if e.value in (_FUNCTION_NOT_FOUND, _VERSION_MISMATCH):
+                return None
+            raise DriverError(e.value, name, i) from None
+        return int(info.capabilities)
 
     def _placements(self, call: str, handle, profile_id: int, gpu: int, struct) -> List[Placement]:
         count = ctypes.c_uint(0)

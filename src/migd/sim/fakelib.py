@@ -26,6 +26,9 @@ from .catalog import CI_PROFILE_INDEX_END, PROFILE_INDEX_END
 from .host import SimError, SimHost
 
 DRIVER_VERSION = b"580.159.04"
+# NVML_STRUCT_VERSION(GpuInstanceProfileInfo, n) = sizeof(struct) | n << 24 (nvml.h); both structs are 152 bytes
+GI_PROFILE_INFO_V2 = 0x02000098
+GI_PROFILE_INFO_V3 = 0x03000098
 _ID_ANY = 0xFFFFFFFF
 _CI_ENGINE_SHARED = 0
 SLOW_S = 0.05  # how much longer a `slow` fault makes a call
@@ -343,11 +346,25 @@ class FakeNvmlLib:
         return info
 
     def _nvmlDeviceGetGpuInstanceProfileInfoV(self, handle, index, info_ref):
-        info = self._profile_by_index(handle, index)
+        """v2 or v3 by the struct's version word, as the driver tells them apart (v3: no isP2pSupported; adds
+        capabilities). A host whose driver predates v3 (`profile_info_v3: false`) refuses v3 with
+        ARGUMENT_VERSION_MISMATCH, as nvml.h documents for an unknown version."""
         out = _out(info_ref)
+        version = out.version
+        if version == GI_PROFILE_INFO_V3 and not self.host.state.get("profile_info_v3", True):
+            raise SimError(E.ARGUMENT_VERSION_MISMATCH)
+        if version not in (GI_PROFILE_INFO_V2, GI_PROFILE_INFO_V3):
+            raise SimError(E.ARGUMENT_VERSION_MISMATCH)
+        info = self._profile_by_index(handle, index)
         for field, value in info.items():
             if field == "name":
                 out.name = value.encode()
+            elif field == "capabilities":
+                if version == GI_PROFILE_INFO_V3:
+                    out.capabilities = value
+            elif field == "isP2pSupported":
+                if version == GI_PROFILE_INFO_V2:
+                    out.isP2pSupported = value
             elif field != "placements":
                 setattr(out, field, value)
         out.version = 0  # measured: the driver zeroes version after a successful V call
@@ -356,7 +373,7 @@ class FakeNvmlLib:
         info = self._profile_by_index(handle, index)
         out = _out(info_ref)
         for field, value in info.items():
-            if field not in ("name", "placements"):
+            if field not in ("name", "placements", "capabilities"):
                 setattr(out, field, value)
 
     def _nvmlDeviceGetGpuInstancePossiblePlacements_v2(self, handle, profile_id, array, count_ref):

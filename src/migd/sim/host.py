@@ -50,6 +50,7 @@ def new_state(spec: str, seed: str = "") -> dict:
             "clients": [],  # pids holding the device open (monitoring agents, ...): block mode changes
             "lost": False,
             "reset_supported": True,  # False: a pass-through VM where an Ampere mode change needs a reboot
+            "display_mode": "compute",  # "graphics": an RTX PRO workstation card as shipped; MIG cannot be enabled
         })
     return {"version": STATE_VERSION, "spec": spec, "driver": "loaded", "boot": 1, "gpus": gpus, "faults": [],
             "device_dir": None}
@@ -171,6 +172,10 @@ class SimHost:
         g = self.check_gpu(gpu)
         if mode not in (0, 1):
             raise SimError(E.INVALID_ARGUMENT)
+        if mode == 1 and g.get("display_mode", "compute") == "graphics":
+            # RTX PRO Workstation / Max-Q editions must be put in compute display mode first (guide, Getting
+            # Started). The driver's return code for this refusal is not documented: NOT_SUPPORTED (assumed).
+            raise SimError(E.NOT_SUPPORTED, "GPU is in graphics display mode")
         g["mig"][1] = mode
         if g["mig"][0] == mode:
             return E.SUCCESS
@@ -233,6 +238,13 @@ class SimHost:
         ofa = sum(self.gi_profile(gpu, gi["profile_id"])[1]["ofaCount"] for gi in g["gis"])
         if info["ofaCount"] and ofa + info["ofaCount"] > 1:
             return "the GPU's single optical-flow accelerator is taken"
+        # Media engines are a GPU-wide pool too: this is what makes a "+me.all" instance (all of them) leave room
+        # only for "-me" ones (none), as nvml.h says of NVML_GPU_INSTANCE_PROFILE_1_SLICE_ALL_ME. The refusal code
+        # for this case is not documented: INSUFFICIENT_RESOURCES, like every other lack of room (assumed).
+        for kind, total in zip(("decoderCount", "encoderCount", "jpegCount"), model.media_engines):
+            used_engines = sum(self.gi_profile(gpu, gi["profile_id"])[1][kind] for gi in g["gis"])
+            if info[kind] and used_engines + info[kind] > total:
+                return f"{info['name']} needs {info[kind]} of the GPU's {total} {kind[:-5]}s, {used_engines} taken"
         return None
 
     def create_gi(self, gpu: int, profile_id: int, placement: Optional[Tuple[int, int]] = None) -> int:
@@ -470,6 +482,7 @@ def _gpu_problem(g: dict) -> Optional[str]:
         ("clients", isinstance(g.get("clients"), list) and all(_is_int(c, 1) for c in g["clients"])),
         ("lost", isinstance(g.get("lost", False), bool)),
         ("reset_supported", isinstance(g.get("reset_supported", True), bool)),
+        ("display_mode", g.get("display_mode", "compute") in ("compute", "graphics")),
     ]
     for key, ok in fields:
         if not ok:
