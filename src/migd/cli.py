@@ -175,7 +175,7 @@ def cmd_validate(args, read_only: bool) -> int:
         for info in infos:
             entry = chosen.get(info.index)
             what = "not managed (no entry matches)" if entry is None else \
-                f"entry #{entry.number} ({entry.where}, select = {entry.selector})"
+                f"{entry.label} ({entry.where}, select = {entry.selector})"
             print(f"GPU {info.index} {info.name}: {what}")
         layout.desired_for(cfg, infos)
         print("layout fits every selected GPU")

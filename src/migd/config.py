@@ -17,7 +17,7 @@ import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .errors import ConfigError, Problem
-from .model import Config, DaemonSettings, GpuEntry, GpuSelector, InstanceSpec
+from .model import Config, DaemonSettings, GpuEntry, GpuSelector, InstanceSpec, entry_label
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -129,8 +129,13 @@ def parse(text: str, path: str = "<config>") -> Config:
     p = _Parser(path, text)
     config = p.config(doc)
     if p.problems:
-        raise ConfigError(p.problems)
+        raise ConfigError(in_line_order(p.problems))
     return config
+
+
+def in_line_order(problems: Sequence[Problem]) -> List[Problem]:
+    """Problems as an admin reads the file: top to bottom (whole-file problems first), stable for one line."""
+    return sorted(problems, key=lambda p: p.line or 0)
 
 
 def _show(value: Any, limit: int = 60) -> str:
@@ -350,15 +355,23 @@ class _Locator:
 
 
 def _key_path(path: Sequence[Any]) -> str:
+    """("gpu", 1, "instances", 0, "name") -> '[[gpu]] #2 instances #1 name': positions 1-based everywhere, as an
+    admin counts entries and list items; keys as TOML writes them (instances."1g.10gb" for a quoted key)."""
+    parts = list(path)
     out = ""
-    for part in path:
+    if len(parts) >= 2 and parts[0] == "gpu" and isinstance(parts[1], int):
+        out, parts = entry_label(parts[1] + 1), parts[2:]
+    after_index = bool(out)
+    for part in parts:
         if isinstance(part, int):
-            out += f"[{part}]"
+            out += f" #{part + 1}"
+            after_index = True
             continue
         name = str(part) if _Locator._BARE.fullmatch(str(part)) else json.dumps(str(part), ensure_ascii=False)
         if len(name) > 60:
             name = name[:59] + "…"
-        out += f".{name}" if out else name  # gpu[0].instances."1g.10gb": a quoted key, as TOML writes it
+        out += (" " if after_index else ".") + name if out else name
+        after_index = False
     return out
 
 
@@ -448,11 +461,13 @@ class _Parser:
                                '"00000000:07:00.0" or a model glob like "*H100*")')
         selector = self.selector(base + ["select"], g.get("select"))
         mig = g.get("mig")
+        instances: Tuple[InstanceSpec, ...] = ()
         if not isinstance(mig, bool):
             self.problem(base + ["mig"], "missing or not true/false: say mig = true (with instances) or mig = false")
+            if "instances" in g:  # still check them, but "instances need mig = true" would only repeat the above
+                self.instances(base + ["instances"], g["instances"])
             mig = False
-        instances: Tuple[InstanceSpec, ...] = ()
-        if "instances" in g:
+        elif "instances" in g:
             if not mig:
                 self.problem(base + ["instances"], "instances need mig = true (with mig = false, drop instances)")
             else:
@@ -484,8 +499,8 @@ class _Parser:
                 return None
             return GpuSelector("index", tuple(v))
         if isinstance(v, str):
-            s = v.strip()
-            if s == "all":
+            s = v.strip()  # one rule for every string selector: surrounding spaces do not count, nor case
+            if s.lower() == "all":
                 return GpuSelector("all")
             if _UUID_RE.match(s):
                 return GpuSelector("uuid", ("GPU-" + s[4:].lower(),))

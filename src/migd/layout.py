@@ -6,6 +6,7 @@ ones, so a fleet file reads "all GPUs like this, except ..."). GPUs no entry mat
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -70,20 +71,31 @@ def select(config: Config, gpus: Sequence[GpuInfo]) -> Tuple[Dict[int, GpuEntry]
 
     A glob or "all" matching nothing is fine: one fleet file serves hosts with different GPUs.
     """
+    chosen, problems = _select(config, gpus)
+    return chosen, [text for _, text in problems]
+
+
+def _select(config: Config, gpus: Sequence[GpuInfo]) -> Tuple[Dict[int, GpuEntry], List[Tuple[int, str]]]:
     chosen: Dict[int, GpuEntry] = {}
-    problems: List[str] = []
-    for entry in config.entries:
+    problems: List[Tuple[int, str]] = []  # (position of the entry in the config, text)
+    for n, entry in enumerate(config.entries):
         hits = [g for g in gpus if not g.lost and matches(entry.selector, g)]  # a lost GPU's identity is unknown
         for g in hits:
             chosen[g.index] = entry
+        label = f"{entry.where}: {entry.label} select"
         if entry.selector.kind == "index":
             missing = [i for i in entry.selector.values if not any(g.index == i for g in gpus)]
             if missing:
-                problems.append(f"{entry.where}: gpu[{entry.number - 1}].select: no GPU with index "
-                                f"{', '.join(map(str, missing))} (this host has {len(gpus)} GPUs: 0 to {len(gpus) - 1})")
+                problems.append((n, f"{label}: no GPU with index {', '.join(map(str, missing))} ({_gpu_count(len(gpus))})"))
         elif entry.selector.kind in ("uuid", "pci") and not hits:
-            problems.append(f"{entry.where}: gpu[{entry.number - 1}].select: no GPU {entry.selector} on this host")
+            problems.append((n, f"{label}: no GPU {entry.selector} on this host"))
     return chosen, problems
+
+
+def _gpu_count(n: int) -> str:
+    if n == 0:
+        return "this host has no GPU"
+    return "this host has 1 GPU: 0" if n == 1 else f"this host has {n} GPUs: 0 to {n - 1}"
 
 
 def resolve(entry: GpuEntry, gpu: GpuInfo) -> DesiredGpu:
@@ -122,8 +134,10 @@ def desired_for(cfg: Config, infos: Sequence[GpuInfo]) -> Dict[int, DesiredGpu]:
     from .model import GpuState
     from .plan import plan_gpu  # plan imports this module: import at call time
 
-    chosen, problems = select(cfg, infos)
-    by_text: Dict[str, List[int]] = {}  # the same problem on several GPUs of one model: one line naming them
+    chosen, problems = _select(cfg, infos)
+    position = {id(e): n for n, e in enumerate(cfg.entries)}
+    # the same problem on several GPUs of one model: one line naming them; keyed by entry for the file's order
+    by_text: Dict[Tuple[int, str], List[int]] = {}
     desired = {}
     for info in infos:
         entry = chosen.get(info.index)
@@ -132,17 +146,25 @@ def desired_for(cfg: Config, infos: Sequence[GpuInfo]) -> Dict[int, DesiredGpu]:
         try:
             d = resolve(entry, info)
         except LayoutError as e:
-            by_text.setdefault(str(e), []).append(info.index)
+            by_text.setdefault((position[id(entry)], str(e)), []).append(info.index)
             continue
         # A layout that cannot fit even an empty GPU is a config error: refuse before touching anything.
         empty = plan_gpu(info, d, GpuState(mig_current=True, mig_pending=True, persistence=None))
         if empty.refusal:
             reason = empty.refusal.split(": ", 1)[1]  # drop the "GPU n: " prefix
-            by_text.setdefault(f"{entry.instances_where or entry.where}: {reason}", []).append(info.index)
+            text = f"{entry.instances_where or entry.where}: {reason}"
+            by_text.setdefault((position[id(entry)], text), []).append(info.index)
             continue
         desired[info.index] = d
-    for text, gpus in by_text.items():
-        problems.append(f"{text} (GPU{'s' if len(gpus) > 1 else ''} {', '.join(map(str, gpus))})")
-    if problems:
-        raise ConfigError([Problem(p) for p in problems])
+    ordered = [(n, text) for n, text in problems]
+    for (n, text), gpus in by_text.items():
+        ordered.append((n, f"{text} (GPU{'s' if len(gpus) > 1 else ''} {', '.join(map(str, gpus))})"))
+    if ordered:  # as the files read: entry by entry (files in the order read), top to bottom within one
+        ordered.sort(key=lambda p: (p[0], _line_of(p[1])))
+        raise ConfigError([Problem(text) for _, text in ordered])
     return desired
+
+
+def _line_of(text: str) -> int:
+    m = re.match(r"[^\n]*?:(\d+): ", text)
+    return int(m.group(1)) if m else 0

@@ -171,6 +171,11 @@ class GpuSelector:
         return str(self.values[0])
 
 
+def entry_label(number: int) -> str:
+    """How every message names a [[gpu]] entry: 1-based, counted in its own file, as `validate` lists them."""
+    return f"[[gpu]] #{number}"
+
+
 @dataclass(frozen=True)
 class GpuEntry:
     """One [[gpu]] table."""
@@ -180,8 +185,12 @@ class GpuEntry:
     mig: bool
     instances: Tuple[InstanceSpec, ...] = ()
     where: str = ""  # "file:line" of the [[gpu]] header
-    mig_where: str = ""  # "file:line: gpu[i].mig", for problems found against a GPU
-    instances_where: str = ""  # "file:line: gpu[i].instances"
+    mig_where: str = ""  # "file:line: [[gpu]] #n mig", for problems found against a GPU
+    instances_where: str = ""  # "file:line: [[gpu]] #n instances"
+
+    @property
+    def label(self) -> str:
+        return entry_label(self.number)
 
 
 @dataclass(frozen=True)
