@@ -215,7 +215,7 @@ def test_unknown_keys_at_every_level():
     messages = dict(((line, key), msg) for line, key, msg in found)
     assert "[[gpu]] tables and one [daemon] table" in messages[(1, "colour")]
     assert "[daemon] accepts drift_policy, driver_wait_timeout, lock_timeout" in messages[(12, "daemon.watch")]
-    assert "accepts instances, mig, select" in messages[(6, "[[gpu]] #1 flavour")]
+    assert "accepts hosts, instances, mig, select" in messages[(6, "[[gpu]] #1 flavour")]
     assert "accepts compute, name, profile" in messages[(8, "[[gpu]] #1 instances #1 nmae")]
 
 

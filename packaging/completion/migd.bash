@@ -27,6 +27,10 @@ _migd()
             compopt -o nospace 2>/dev/null
             return
             ;;
+        --host)
+            _known_hosts_real -- "$cur"
+            return
+            ;;
         --version | -h | --help)
             return
             ;;
@@ -60,6 +64,7 @@ _migd()
     case $verb in
         status | profiles | check) opts+=" --json" ;;
         apply) opts+=" --dry-run --stop-clients" ;;
+        validate) opts+=" --host" ;;
     esac
     [[ $cur == -* || -z $cur ]] && COMPREPLY=($(compgen -W "$opts" -- "$cur"))
 } &&

@@ -1,7 +1,8 @@
 """Which config entry each GPU gets, and what its layout means on that GPU's model. Pure.
 
 Rule when several [[gpu]] entries match one GPU: **the last matching entry wins** (later lines override earlier
-ones, so a fleet file reads "all GPUs like this, except ..."). GPUs no entry matches are left alone.
+ones, and drop-ins the main file, so a fleet file reads "all GPUs like this, except ..."). An entry with `hosts`
+counts only on the hosts it names. GPUs no entry matches are left alone.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from .hostnames import host_matches
 from .model import ComputeProfile, Config, GpuEntry, GpuInfo, GpuProfile, GpuSelector, Placement
 from .profiles import resolve_compute_profile, resolve_gpu_profile
 
@@ -66,19 +68,29 @@ def _norm_pci(bus_id: str) -> str:
     return bus_id.upper()
 
 
-def select(config: Config, gpus: Sequence[GpuInfo]) -> Tuple[Dict[int, GpuEntry], List[str]]:
+def select(config: Config, gpus: Sequence[GpuInfo], host: Optional[str] = None,
+           ) -> Tuple[Dict[int, GpuEntry], List[str]]:
     """GPU index -> winning entry, plus problems: explicit selectors (index, UUID, PCI id) matching no GPU.
 
-    A glob or "all" matching nothing is fine: one fleet file serves hosts with different GPUs.
+    A glob or "all" matching nothing is fine: one fleet file serves hosts with different GPUs. An entry whose
+    `hosts` do not match `host` (None: this machine, see hostnames) is skipped as if it were not there.
     """
-    chosen, problems = _select(config, gpus)
+    chosen, problems = _select(config, gpus, host)
     return chosen, [text for _, text in problems]
 
 
-def _select(config: Config, gpus: Sequence[GpuInfo]) -> Tuple[Dict[int, GpuEntry], List[Tuple[int, str]]]:
+def for_host(config: Config, host: Optional[str] = None) -> List[GpuEntry]:
+    """The entries that apply on `host` (None: this machine), in order."""
+    return [e for e in config.entries if host_matches(e.hosts, host)]
+
+
+def _select(config: Config, gpus: Sequence[GpuInfo], host: Optional[str],
+            ) -> Tuple[Dict[int, GpuEntry], List[Tuple[int, str]]]:
     chosen: Dict[int, GpuEntry] = {}
     problems: List[Tuple[int, str]] = []  # (position of the entry in the config, text)
     for n, entry in enumerate(config.entries):
+        if not host_matches(entry.hosts, host):
+            continue
         hits = [g for g in gpus if not g.lost and matches(entry.selector, g)]  # a lost GPU's identity is unknown
         for g in hits:
             chosen[g.index] = entry
@@ -128,13 +140,14 @@ def resolve(entry: GpuEntry, gpu: GpuInfo) -> DesiredGpu:
     return DesiredGpu(entry, True, tuple(out))
 
 
-def desired_for(cfg: Config, infos: Sequence[GpuInfo]) -> Dict[int, DesiredGpu]:
-    """GPU index -> DesiredGpu; raises ConfigError (nothing touched) if any selected GPU cannot take its layout."""
+def desired_for(cfg: Config, infos: Sequence[GpuInfo], host: Optional[str] = None) -> Dict[int, DesiredGpu]:
+    """GPU index -> DesiredGpu; raises ConfigError (nothing touched) if any selected GPU cannot take its layout.
+    `host`: whose view of a fleet file (None: this machine's)."""
     from .errors import ConfigError, Problem
     from .model import GpuState
     from .plan import plan_gpu  # plan imports this module: import at call time
 
-    chosen, problems = _select(cfg, infos)
+    chosen, problems = _select(cfg, infos, host)
     position = {id(e): n for n, e in enumerate(cfg.entries)}
     # the same problem on several GPUs of one model: one line naming them; keyed by entry for the file's order
     by_text: Dict[Tuple[int, str], List[int]] = {}

@@ -184,6 +184,7 @@ class GpuEntry:
     selector: GpuSelector
     mig: bool
     instances: Tuple[InstanceSpec, ...] = ()
+    hosts: Tuple[str, ...] = ()  # host-name patterns (lower case); empty: every host
     where: str = ""  # "file:line" of the [[gpu]] header
     mig_where: str = ""  # "file:line: [[gpu]] #n mig", for problems found against a GPU
     instances_where: str = ""  # "file:line: [[gpu]] #n instances"
@@ -206,5 +207,6 @@ class DaemonSettings:
 @dataclass(frozen=True)
 class Config:
     path: str
-    entries: Tuple[GpuEntry, ...] = ()
+    entries: Tuple[GpuEntry, ...] = ()  # the main file's, then each drop-in's, in the order read
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    files: Tuple[str, ...] = ()  # the files read: the main one, then its drop-ins
