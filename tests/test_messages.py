@@ -3,6 +3,7 @@ problems in the order of the file, one way of naming an entry, plain grammar, no
 
 from __future__ import annotations
 
+import json
 import re
 import textwrap
 
@@ -127,3 +128,23 @@ def test_select_all_in_any_case_with_or_without_spaces(tmp_path, written):
     assert r.code == 0, r.err
     assert r.out.count(": [[gpu]] #1 (") == 2, r.out
     assert "not managed" not in r.out
+
+
+# --- profiles: identical GPUs once (issue 13, point 9) -------------------------------------------------------------
+
+def test_profiles_groups_identical_gpus_in_text_and_keeps_json_per_gpu():
+    r = R.run_cli(["--simulate", "dgx-a100", "profiles"])
+    assert r.code == 0, r.err
+    headers = [line for line in r.out.splitlines() if line.startswith("GPU ")]
+    assert headers == ["GPU 0-7: NVIDIA A100-SXM4-40GB"]
+    assert r.out.count("placements (start:size)") == 1
+    assert len([line for line in r.out.splitlines() if line.split()[:2] == ["1g.5gb", "19"]]) == 1
+
+    r = R.run_cli(["--simulate", "h100-80gb,a100-40gb,h100-80gb,h100-80gb,a30", "profiles"])
+    assert [line for line in r.out.splitlines() if line.startswith("GPU ")] == [
+        "GPU 0,2-3: NVIDIA H100 80GB HBM3", "GPU 1: NVIDIA A100-SXM4-40GB", "GPU 4: NVIDIA A30"]
+    assert r.out.count("placements (start:size)") == 3
+
+    r = R.run_cli(["--simulate", "dgx-a100", "profiles", "--json"])
+    gpus = json.loads(r.out)["gpus"]
+    assert [g["index"] for g in gpus] == list(range(8)) and all(g["profiles"] == gpus[0]["profiles"] for g in gpus)
