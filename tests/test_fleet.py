@@ -9,6 +9,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import reliability as R
 from migd import config as config_mod
@@ -70,6 +72,25 @@ FLEET = """
 def test_host_patterns(pattern, yes, no):
     assert [n for n in yes if not matches(pattern, n)] == []
     assert [n for n in no if matches(pattern, n)] == []
+
+
+def _expand(prefix: str, spans, suffix: str):
+    """Slurm's hostlist expansion, written out: the reference the matcher must agree with."""
+    return {f"{prefix}{str(v).zfill(w)}{suffix}" for lo, hi, w in spans for v in range(lo, hi + 1)}
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.lists(st.tuples(st.integers(0, 120), st.integers(0, 30), st.integers(1, 3)), min_size=1, max_size=3),
+       st.sampled_from(["node", "n-", ""]), st.sampled_from(["", ".ib", "-gpu"]), st.integers(0, 400),
+       st.integers(1, 4))
+def test_ranges_match_exactly_what_slurm_expands_them_to(spans, prefix, suffix, value, width):
+    spans = [(lo, lo + n, max(w, len(str(lo)))) for lo, n, w in spans]
+    body = ",".join(f"{str(lo).zfill(w)}-{str(hi).zfill(w)}" for lo, hi, w in spans)
+    pattern = f"{prefix}[{body}]{suffix}"
+    names = _expand(prefix, spans, suffix)
+    assert all(matches(pattern, n) for n in names)
+    candidate = f"{prefix}{str(value).zfill(width)}{suffix}"
+    assert matches(pattern, candidate) == (candidate in names)
 
 
 @pytest.mark.parametrize("pattern, message", [
