@@ -118,12 +118,12 @@ def test_bad_config_exits_2_and_touches_nothing(capsys, host, tmp_path):
     host = dict(host, config=str(bad))
     code, out, err = migd(capsys, host, "apply")
     assert code == 2
-    assert f"{bad}:4: gpu[0].instances: 1g.10gb+me allows 1 instance, 2 requested (GPUs 0, 1)" in err, err
+    assert f"{bad}:4: [[gpu]] #1 instances: 1g.10gb+me allows 1 instance, 2 requested (GPUs 0, 1)" in err, err
     assert all(g["mig"] == [0, 0] and not g["gis"] for g in load_state(host["state"])["gpus"])
 
     bad.write_text('[[gpu]]\nselect = "all"\nmig = true\ninstances = ["3g.20gb"]\n')  # an A100 name on an H100
     code, _, err = migd(capsys, host, "apply")
-    assert code == 2 and f"{bad}:4: gpu[0].instances[0]: H100 80GB HBM3 has no profile '3g.20gb'" in err, err
+    assert code == 2 and f"{bad}:4: [[gpu]] #1 instances #1: H100 80GB HBM3 has no profile '3g.20gb'" in err, err
     assert "(GPUs 0, 1)" in err, err
 
     bad.write_text('[[gpu]]\nselect = 5\nmig = false\n')
@@ -134,8 +134,8 @@ def test_bad_config_exits_2_and_touches_nothing(capsys, host, tmp_path):
 def test_validate_reports_entry_per_gpu(capsys, host):
     code, out, _ = migd(capsys, host, "validate")
     assert code == 0
-    assert "GPU 0 NVIDIA H100 80GB HBM3: entry #1" in out
-    assert "GPU 1 NVIDIA H100 80GB HBM3: entry #2" in out  # the last matching entry wins
+    assert "GPU 0 NVIDIA H100 80GB HBM3: [[gpu]] #1 (" in out
+    assert "GPU 1 NVIDIA H100 80GB HBM3: [[gpu]] #2 (" in out  # the last matching entry wins
 
 
 def test_pending_mode_change_exit_4_names_holder(capsys, host):

@@ -62,7 +62,7 @@ def test_list_of_profiles_in_every_spelling():
     assert (e.number, e.selector, e.mig, e.where) == (1, GpuSelector("all"), True, f"{PATH}:2")
     assert [i.profile for i in e.instances] == ["3g.40gb", "MIG 2g.20gb", "19", "1g", "1g.10gb+me", "1g.20gb"]
     assert all(i.name is None and i.compute is None and _line(i.where) == f"{PATH}:5" for i in e.instances)
-    assert [i.where.split(": ", 1)[1] for i in e.instances][:2] == ["gpu[0].instances[0]", "gpu[0].instances[1]"]
+    assert [i.where.split(": ", 1)[1] for i in e.instances][:2] == ["[[gpu]] #1 instances #1", "[[gpu]] #1 instances #2"]
 
 
 def test_multi_line_list_gives_each_instance_its_own_line():
@@ -104,7 +104,7 @@ def test_count_tables_inline_and_as_sub_table():
     assert [i.profile for i in a.instances] == ["1g.10gb"] * 3 + ["2g.20gb"] * 2  # in the order written
     assert [i.profile for i in b.instances] == ["1g.20gb", "1g.20gb", "4g"]
     assert [_line(i.where) for i in b.instances] == [f"{PATH}:10"] * 2 + [f"{PATH}:11"]
-    assert b.instances[0].where.endswith(': gpu[1].instances."1g.20gb"')
+    assert b.instances[0].where.endswith(': [[gpu]] #2 instances."1g.20gb"')
 
 
 def test_instances_as_array_of_tables():
@@ -138,7 +138,12 @@ def test_gpu_entries_as_inline_array():
 
 @pytest.mark.parametrize("written, selector", [
     ('"all"', GpuSelector("all")),
+    # one rule for every string selector: surrounding spaces are dropped, and "all" is a word in any case
     ('" all "', GpuSelector("all")),
+    ('"ALL"', GpuSelector("all")),
+    ('" All\t"', GpuSelector("all")),
+    ('" 07:00.0 "', GpuSelector("pci", ("00000000:07:00.0",))),
+    ('" *H100* "', GpuSelector("glob", ("*H100*",))),
     ("0", GpuSelector("index", (0,))),
     ("63", GpuSelector("index", (63,))),
     ("[0, 3, 1]", GpuSelector("index", (0, 3, 1))),
@@ -205,30 +210,30 @@ def test_unknown_keys_at_every_level():
         [extra]
         a = 1
     """)
-    assert [(line, key) for line, key, _ in found] == [
-        (1, "colour"), (14, "extra"), (12, "daemon.watch"), (6, "gpu[0].flavour"), (8, "gpu[0].instances[0].nmae")]
+    assert [(line, key) for line, key, _ in found] == [  # in line order, as the admin reads the file
+        (1, "colour"), (6, "[[gpu]] #1 flavour"), (8, "[[gpu]] #1 instances #1 nmae"), (12, "daemon.watch"), (14, "extra")]
     messages = dict(((line, key), msg) for line, key, msg in found)
     assert "[[gpu]] tables and one [daemon] table" in messages[(1, "colour")]
     assert "[daemon] accepts drift_policy, driver_wait_timeout, lock_timeout" in messages[(12, "daemon.watch")]
-    assert "accepts instances, mig, select" in messages[(6, "gpu[0].flavour")]
-    assert "accepts compute, name, profile" in messages[(8, "gpu[0].instances[0].nmae")]
+    assert "accepts hosts, instances, mig, select" in messages[(6, "[[gpu]] #1 flavour")]
+    assert "accepts compute, name, profile" in messages[(8, "[[gpu]] #1 instances #1 nmae")]
 
 
 @pytest.mark.parametrize("line, text, key, message", [
-    ("select = true", None, "gpu[0].select", "must be \"all\", a GPU index (0)"),
-    ("select = 1.5", None, "gpu[0].select", "got 1.5"),
-    ("select = 64", None, "gpu[0].select", "GPU index 64 is out of range (0 to 63)"),
-    ("select = -1", None, "gpu[0].select", "GPU index -1 is out of range"),
-    ("select = []", None, "gpu[0].select", "a list of GPU indices must hold integers from 0 to 63"),
-    ('select = [0, "1"]', None, "gpu[0].select", "a list of GPU indices"),
-    ("select = [0, true]", None, "gpu[0].select", "a list of GPU indices"),
-    ("select = [1, 1]", None, "gpu[0].select", "GPU index listed twice in [1, 1]"),
-    ('select = "GPU-1234"', None, "gpu[0].select", "'GPU-1234' is not a GPU UUID"),
-    ('select = ""', None, "gpu[0].select", "got ''"),
-    ('select = "bad\\u0007glob"', None, "gpu[0].select", "must be"),
-    ("select = { index = 0 }", None, "gpu[0].select", "must be"),
-    ('mig = "yes"', None, "gpu[0].mig", "missing or not true/false"),
-    ("mig = 1", None, "gpu[0].mig", "missing or not true/false"),
+    ("select = true", None, "[[gpu]] #1 select", "must be \"all\", a GPU index (0)"),
+    ("select = 1.5", None, "[[gpu]] #1 select", "got 1.5"),
+    ("select = 64", None, "[[gpu]] #1 select", "GPU index 64 is out of range (0 to 63)"),
+    ("select = -1", None, "[[gpu]] #1 select", "GPU index -1 is out of range"),
+    ("select = []", None, "[[gpu]] #1 select", "a list of GPU indices must hold integers from 0 to 63"),
+    ('select = [0, "1"]', None, "[[gpu]] #1 select", "a list of GPU indices"),
+    ("select = [0, true]", None, "[[gpu]] #1 select", "a list of GPU indices"),
+    ("select = [1, 1]", None, "[[gpu]] #1 select", "GPU index listed twice in [1, 1]"),
+    ('select = "GPU-1234"', None, "[[gpu]] #1 select", "'GPU-1234' is not a GPU UUID"),
+    ('select = ""', None, "[[gpu]] #1 select", "got ''"),
+    ('select = "bad\\u0007glob"', None, "[[gpu]] #1 select", "must be"),
+    ("select = { index = 0 }", None, "[[gpu]] #1 select", "must be"),
+    ('mig = "yes"', None, "[[gpu]] #1 mig", "missing or not true/false"),
+    ("mig = 1", None, "[[gpu]] #1 mig", "missing or not true/false"),
 ])
 def test_wrong_types_in_a_gpu_entry(line, text, key, message):
     defaults = {"select": 'select = "all"', "mig": "mig = true"}
@@ -251,34 +256,45 @@ def test_missing_select_and_mig_point_at_the_entry():
         [[gpu]]
         instances = ["3g"]
     """)
-    assert [(line, key) for line, key, _ in found] == [(5, "gpu[1]"), (5, "gpu[1].mig"), (6, "gpu[1].instances")]
+    # a missing mig is one problem: no follow-on "instances need mig = true" (issue 13, point 8)
+    assert [(line, key) for line, key, _ in found] == [(5, "[[gpu]] #2"), (5, "[[gpu]] #2 mig")]
     assert 'missing "select"' in found[0][2]
-    assert "instances need mig = true" in found[2][2]
+    assert not any("instances need mig = true" in m for _, _, m in found)
+
+
+@pytest.mark.parametrize("mig", ["", 'mig = "yes"\n', "mig = 1\n"])
+def test_missing_or_non_boolean_mig_is_one_problem_and_instances_are_still_checked(mig):
+    found = problems(f'[[gpu]]\nselect = 0\n{mig}instances = ["3g"]\n', dedent=False)
+    assert [(key, m.split(":")[0]) for _, key, m in found] == [("[[gpu]] #1 mig", "missing or not true/false")]
+    found = problems(f'[[gpu]]\nselect = 0\n{mig}instances = ["3g", "9z"]\n', dedent=False)
+    assert [key for _, key, _ in found] == ["[[gpu]] #1 mig", "[[gpu]] #1 instances #2"]
+    assert one('[[gpu]]\nselect = 0\nmig = false\ninstances = ["3g"]\n')[1:] == (
+        "[[gpu]] #1 instances", "instances need mig = true (with mig = false, drop instances)")
 
 
 @pytest.mark.parametrize("instances, key, message", [
-    ('"3g"', "gpu[0].instances", "must be a list"),
-    ("7", "gpu[0].instances", "must be a list"),
-    ("[true]", "gpu[0].instances[0]", "must be a profile"),
-    ("[1.5]", "gpu[0].instances[0]", "must be a profile"),
-    ('["3g", "bogus!"]', "gpu[0].instances[1]", "not a GPU instance profile: 'bogus!'"),
-    ('["9g"]', "gpu[0].instances[0]", "not a GPU instance profile"),
-    ("[1234]", "gpu[0].instances[0]", "not a GPU instance profile: 1234"),
-    ('[["3g"]]', "gpu[0].instances[0]", "must be a profile"),
-    ('{ "1g.10gb" = -1 }', 'gpu[0].instances."1g.10gb"', "must be an instance count from 0 to 64, got -1"),
-    ('{ "1g.10gb" = true }', 'gpu[0].instances."1g.10gb"', "got True"),
-    ('{ "1g.10gb" = 65 }', 'gpu[0].instances."1g.10gb"', "got 65"),
-    ('{ "bogus!" = 1 }', 'gpu[0].instances."bogus!"', "not a GPU instance profile"),
-    ('{ "1g" = 64, "2g" = 1 }', "gpu[0].instances", "65 instances"),
-    ("[{ name = \"x\" }]", "gpu[0].instances[0]", 'missing "profile"'),
-    ('[{ profile = true }]', "gpu[0].instances[0].profile", "not a GPU instance profile: True"),
-    ('[{ profile = "3g", name = "9lives" }]', "gpu[0].instances[0].name", "must start with a letter"),
-    ('[{ profile = "3g", name = 5 }]', "gpu[0].instances[0].name", "got 5"),
-    ('[{ profile = "3g", name = "' + "a" * 33 + '" }]', "gpu[0].instances[0].name", "up to 32"),
-    ('[{ profile = "3g", compute = "2c" }]', "gpu[0].instances[0].compute", "must be a list of compute profiles"),
-    ('[{ profile = "3g", compute = ["1c", "9z"] }]', "gpu[0].instances[0].compute[1]", "not a compute profile: '9z'"),
-    ('[{ profile = "3g", compute = [true] }]', "gpu[0].instances[0].compute[0]", "not a compute profile: True"),
-    ('[{ profile = "3g", name = "a" }, { profile = "2g", name = "a" }]', "gpu[0].instances",
+    ('"3g"', "[[gpu]] #1 instances", "must be a list"),
+    ("7", "[[gpu]] #1 instances", "must be a list"),
+    ("[true]", "[[gpu]] #1 instances #1", "must be a profile"),
+    ("[1.5]", "[[gpu]] #1 instances #1", "must be a profile"),
+    ('["3g", "bogus!"]', "[[gpu]] #1 instances #2", "not a GPU instance profile: 'bogus!'"),
+    ('["9g"]', "[[gpu]] #1 instances #1", "not a GPU instance profile"),
+    ("[1234]", "[[gpu]] #1 instances #1", "not a GPU instance profile: 1234"),
+    ('[["3g"]]', "[[gpu]] #1 instances #1", "must be a profile"),
+    ('{ "1g.10gb" = -1 }', '[[gpu]] #1 instances."1g.10gb"', "must be an instance count from 0 to 64, got -1"),
+    ('{ "1g.10gb" = true }', '[[gpu]] #1 instances."1g.10gb"', "got True"),
+    ('{ "1g.10gb" = 65 }', '[[gpu]] #1 instances."1g.10gb"', "got 65"),
+    ('{ "bogus!" = 1 }', '[[gpu]] #1 instances."bogus!"', "not a GPU instance profile"),
+    ('{ "1g" = 64, "2g" = 1 }', "[[gpu]] #1 instances", "65 instances"),
+    ("[{ name = \"x\" }]", "[[gpu]] #1 instances #1", 'missing "profile"'),
+    ('[{ profile = true }]', "[[gpu]] #1 instances #1 profile", "not a GPU instance profile: True"),
+    ('[{ profile = "3g", name = "9lives" }]', "[[gpu]] #1 instances #1 name", "must start with a letter"),
+    ('[{ profile = "3g", name = 5 }]', "[[gpu]] #1 instances #1 name", "got 5"),
+    ('[{ profile = "3g", name = "' + "a" * 33 + '" }]', "[[gpu]] #1 instances #1 name", "up to 32"),
+    ('[{ profile = "3g", compute = "2c" }]', "[[gpu]] #1 instances #1 compute", "must be a list of compute profiles"),
+    ('[{ profile = "3g", compute = ["1c", "9z"] }]', "[[gpu]] #1 instances #1 compute #2", "not a compute profile: '9z'"),
+    ('[{ profile = "3g", compute = [true] }]', "[[gpu]] #1 instances #1 compute #1", "not a compute profile: True"),
+    ('[{ profile = "3g", name = "a" }, { profile = "2g", name = "a" }]', "[[gpu]] #1 instances",
      "instance name 'a' is used twice"),
 ])
 def test_bad_instances(instances, key, message):
@@ -350,11 +366,11 @@ def test_all_problems_are_reported_at_once_each_with_its_line():
         drift_policy = 3
     """)
     assert [(line, key) for line, key, _ in found] == [
+        (6, "[[gpu]] #1 instances #2"),
+        (7, "[[gpu]] #1 instances #3 name"),
+        (11, "[[gpu]] #2 select"),
+        (19, '[[gpu]] #3 instances."also bad"'),
         (22, "daemon.drift_policy"),
-        (6, "gpu[0].instances[1]"),
-        (7, "gpu[0].instances[2].name"),
-        (11, "gpu[1].select"),
-        (19, 'gpu[2].instances."also bad"'),
     ]
 
 
@@ -373,10 +389,10 @@ def test_lines_survive_multi_line_strings_before_the_problem():
         mig = true
         instances = ["""1g.10gb""", \'\'\'nope\'\'\']
     ''')
-    assert found[:2] == (6, "gpu[0].instances[1]")
+    assert found[:2] == (6, "[[gpu]] #1 instances #2")
     text = '[[gpu]]\nselect = """*H100* \\\n  SXM"""\nmig = true\ninstances = ["a#b", \'c:\\\\\', "q\\"", 7]\n'
     assert [(line, key) for line, key, _ in problems(text, dedent=False)] == [
-        (5, "gpu[0].instances[0]"), (5, "gpu[0].instances[1]"), (5, "gpu[0].instances[2]")]
+        (5, "[[gpu]] #1 instances #1"), (5, "[[gpu]] #1 instances #2"), (5, "[[gpu]] #1 instances #3")]
 
 
 # --- not TOML at all ----------------------------------------------------------------------------------------
@@ -575,11 +591,11 @@ def test_problem_lines_point_at_the_element(items):
         config = parse("\n".join(lines) + "\n", PATH)
     except ConfigError as e:
         for p in e.problems:
-            if p.key.startswith("gpu[0].instances["):
-                n = int(p.key[len("gpu[0].instances["):].split("]")[0])
+            if p.key.startswith("[[gpu]] #1 instances #"):
+                n = int(p.key[len("[[gpu]] #1 instances #"):].split()[0]) - 1  # messages count from 1
                 assert p.line == where[n], (p, lines)
             else:
-                assert p.key == "gpu[0].instances" and "used twice" in p.message
+                assert p.key == "[[gpu]] #1 instances" and "used twice" in p.message
                 assert p.line == 4
     else:
         assert [_line(i.where) for i in config.entries[0].instances] == [f"{PATH}:{n}" for n in where]
@@ -593,7 +609,7 @@ def test_selector_uuid_any_case_and_quoted_index_refused():
     assert cfg.entries[0].selector.values == ("GPU-0a0b0c0d-0000-1111-2222-333344445555",)
     with pytest.raises(ConfigError) as e:
         parse('[[gpu]]\nselect = "0"\nmig = false\n', "q.toml")
-    assert "q.toml:2: gpu[0].select: a GPU index is a number: write select = 0 without quotes" in str(e.value)
+    assert "q.toml:2: [[gpu]] #1 select: a GPU index is a number: write select = 0 without quotes" in str(e.value)
 
 
 def test_empty_compute_list_means_a_gpu_instance_without_compute_instances():

@@ -156,8 +156,8 @@ def test_selectors_and_profiles_matching_nothing_or_several(sim_host):
     assert Path(sim_host["state"]).read_bytes() == sim_host["bytes"]
     r = R.run_cli(["--sim-state", sim_host["state"], "--config", str(CORPUS / "ok" / "glob-matches-several.toml"),
                    "validate"], {"MIGD_RUN_DIR": sim_host["run"]})
-    assert r.code == 0 and "GPU 0 NVIDIA H100 80GB HBM3: entry #1" in r.out
-    assert "GPU 1 NVIDIA A100-SXM4-40GB: entry #2" in r.out
+    assert r.code == 0 and "GPU 0 NVIDIA H100 80GB HBM3: [[gpu]] #1 (" in r.out
+    assert "GPU 1 NVIDIA A100-SXM4-40GB: [[gpu]] #2 (" in r.out
     del d
 
 

@@ -467,6 +467,21 @@ def test_rpm_installs_into_an_empty_root(rpm_root):
     assert (rpm_root / "usr/bin/migd").read_text().startswith("#!/usr/bin/python3 -IS\n")
 
 
+def test_rpm_erase_leaves_nothing_of_migd_behind(built, tmp_path):
+    """`rpm -e` removes every file and directory the package made (issue 13: /usr/share/doc/migd was left)."""
+    need("rpm")
+    if os.geteuid() != 0:
+        pytest.skip("rpm --root needs root (files are owned by root)")
+    root = tmp_path / "root"
+    root.mkdir()
+    _rpm("--root", str(root), "--initdb")
+    _rpm("--root", str(root), "-i", "--nodeps", "--noscripts", str(built["rpm"]))
+    assert (root / "usr/share/doc/migd/examples").is_dir()
+    _rpm("--root", str(root), "-e", "--nodeps", "--noscripts", "migd")
+    left = sorted(str(p.relative_to(root)) for p in root.rglob("*") if "migd" in p.name)
+    assert left == [], left
+
+
 def test_systemd_analyze_verify_prints_nothing_for_the_rpm(rpm_root, tmp_path):
     _can_verify()
     root = tmp_path / "root"

@@ -31,6 +31,10 @@ _migd()
             COMPREPLY=($(compgen -W "toml slurm" -- "$cur"))
             return
             ;;
+        --host)
+            _known_hosts_real -- "$cur"
+            return
+            ;;
         --version | -h | --help)
             return
             ;;
@@ -65,6 +69,7 @@ _migd()
         status | profiles | check) opts+=" --json" ;;
         apply) opts+=" --dry-run --stop-clients" ;;
         export) opts+=" --format --declared" ;;
+        validate) opts+=" --host" ;;
     esac
     [[ $cur == -* || -z $cur ]] && COMPREPLY=($(compgen -W "$opts" -- "$cur"))
 } &&

@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="stable JSON (see README)")
     s = sub.add_parser("profiles", help="MIG profiles and placements per GPU (nvidia-smi mig -lgip + -lgipp)")
     s.add_argument("--json", action="store_true")
-    sub.add_parser("validate", help="check the config; with --simulate or GPUs, which entry each GPU gets")
+    s = sub.add_parser("validate", help="check the config; with --simulate or GPUs, which entry each GPU gets")
+    s.add_argument("--host", metavar="NAME", type=_host_name,
+                   help="check a fleet file as host NAME sees it ([[gpu]] hosts = ...; default: this host)")
     sub.add_parser("plan", help="the actions apply would take; changes nothing")
     s = sub.add_parser("apply", help="make the GPUs match the config")
     s.add_argument("--dry-run", action="store_true", help="same as plan")
@@ -62,6 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--declared", action="store_true",
                    help="with --format slurm: the layout the config declares for this host's GPUs, not the live one")
     return p
+
+
+def _host_name(text: str) -> str:
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}", text):
+        raise argparse.ArgumentTypeError(f"not a host name: {text!r}")
+    return text
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -171,23 +181,33 @@ def cmd_profiles(args, read_only: bool) -> int:
 
 
 def cmd_validate(args, read_only: bool) -> int:
+    from . import hostnames, layout
+
     cfg = _load_config(args)
-    print(f"{cfg.path}: syntax and keys OK ({len(cfg.entries)} GPU entr{'y' if len(cfg.entries) == 1 else 'ies'})")
+    n = len(cfg.entries)
+    dropins = f", with drop-ins {', '.join(cfg.files[1:])}" if len(cfg.files) > 1 else ""
+    print(f"{cfg.path}: syntax and keys OK ({n} GPU entr{'y' if n == 1 else 'ies'}{dropins})")
+    host = args.host or hostnames.this_host()
+    if args.host or any(e.hosts for e in cfg.entries):
+        mine = layout.for_host(cfg, host)
+        print(f"as host {host}{'' if args.host else ' (this host; --host NAME for another)'}: "
+              f"{len(mine)} of {n} GPU entr{'y' if n == 1 else 'ies'} apply"
+              + "".join(f"\n  {e.label} ({e.where})" for e in mine))
     if not (args.simulate or args.sim_state or os.path.exists("/dev/nvidiactl")):
         print("no GPUs to check against (no driver; use --simulate SPEC to check a model)")
         return E.EXIT_OK
-    from . import layout
 
     backend = _backend(args, True)
     try:
         infos = backend.gpus()
-        chosen, _ = layout.select(cfg, infos)
+        chosen, _ = layout.select(cfg, infos, host)
         for info in infos:
             entry = chosen.get(info.index)
+            hosts = f", hosts = {', '.join(entry.hosts)}" if entry and entry.hosts else ""
             what = "not managed (no entry matches)" if entry is None else \
-                f"entry #{entry.number} ({entry.where}, select = {entry.selector})"
+                f"{entry.label} ({entry.where}, select = {entry.selector}{hosts})"
             print(f"GPU {info.index} {info.name}: {what}")
-        layout.desired_for(cfg, infos)
+        layout.desired_for(cfg, infos, host)
         print("layout fits every selected GPU")
         return E.EXIT_OK
     finally:
@@ -300,8 +320,8 @@ def cmd_boot(args, read_only: bool) -> int:
 
     log = get_logger()
     cfg = _load_config(args, privileged=True)
-    if not cfg.entries:
-        log.info("boot_nothing", msg=f"{cfg.path} selects no GPU: nothing to do")
+    if not layout.for_host(cfg):  # no entry at all, or none for this host in a fleet file
+        log.info("boot_nothing", msg=f"{cfg.path} selects no GPU on this host: nothing to do")
         return E.EXIT_OK
     backend = service.wait_for_driver(
         lambda: make_backend(simulate=args.simulate, sim_state=args.sim_state), cfg.daemon.driver_wait_timeout)

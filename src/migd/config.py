@@ -1,4 +1,4 @@
-"""/etc/migd.toml -> a validated Config. Pure: reads one file, touches no GPU.
+"""/etc/migd.toml (and its drop-ins, /etc/migd.d/*.toml) -> a validated Config. Reads files, touches no GPU.
 
 Every problem names file, line and key path and says what is accepted; all problems are reported at once.
 TOML parsers give no positions for valid documents, so `_Locator` finds a key's line with a small scanner over
@@ -16,8 +16,9 @@ import stat
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from . import hostnames
 from .errors import ConfigError, Problem
-from .model import Config, DaemonSettings, GpuEntry, GpuSelector, InstanceSpec, name_variable
+from .model import Config, DaemonSettings, GpuEntry, GpuSelector, InstanceSpec, entry_label, name_variable
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -28,7 +29,7 @@ DEFAULT_PATH = "/etc/migd.toml"
 MAX_BYTES = 1 << 20  # a layout file is a few KB; refuse to parse anything absurd
 MAX_INSTANCES = 64
 
-_GPU_KEYS = {"select", "mig", "instances"}
+_GPU_KEYS = {"select", "hosts", "mig", "instances"}
 _INSTANCE_KEYS = {"profile", "name", "compute"}
 _DAEMON_KEYS = {"watch_interval", "drift_policy", "driver_wait_timeout", "persistence_mode", "stop_clients",
                 "lock_timeout"}
@@ -49,15 +50,47 @@ def trusted_owner() -> Optional[int]:
 
 
 def load(path: str = DEFAULT_PATH, owner: Optional[int] = None) -> Config:
-    """Read and parse a config file. With `owner` (see trusted_owner), refuse a file that anyone but root or
-    `owner` could have written, like sshd's StrictModes: migd running as root must not act on a layout (or run the
-    stop_clients units) an unprivileged user can change."""
+    """Read and parse a config file and its drop-ins (see dropin_paths). With `owner` (see trusted_owner), refuse
+    a file that anyone but root or `owner` could have written, like sshd's StrictModes: migd running as root must
+    not act on a layout (or run the stop_clients units) an unprivileged user can change. That holds for every
+    drop-in and the drop-in directory too (each drop-in's check covers the directories above it)."""
+    files = [(path, _read(path, owner))]
+    files += [(p, _read(p, owner, dropin=True)) for p in dropin_paths(path)]
+    return _merge([_parse_file(text, p) for p, text in files])
+
+
+DROPIN_DIR = "migd.d"
+
+
+def dropin_paths(path: str) -> List[str]:
+    """The drop-ins of config `path`: `migd.d/*.toml` next to it (/etc/migd.d/ for /etc/migd.toml), in lexical
+    order. Other names (`*.dpkg-old`, `*.toml~`, hidden files such as editors' and Ansible's temporary files) are
+    not drop-ins. No directory: no drop-ins. A directory that cannot be read is an error, never "none there"."""
+    d = os.path.join(os.path.dirname(path), DROPIN_DIR)
+    try:
+        names = os.listdir(d)
+    except FileNotFoundError:
+        return []
+    except NotADirectoryError:
+        raise ConfigError.one("not a directory: drop-ins go in a directory of *.toml files", d) from None
+    except OSError as e:
+        raise ConfigError.one(f"cannot read the drop-in directory: {e.strerror}", d) from None
+    return [os.path.join(d, n) for n in sorted(n for n in names if n.endswith(".toml") and not n.startswith("."))]
+
+
+def _read(path: str, owner: Optional[int], dropin: bool = False) -> str:
+    """One file's text. A drop-in is opened without following a symlink: it must be a regular file in the
+    (checked) drop-in directory, so nothing outside that directory decides what migd applies."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK | (os.O_NOFOLLOW if dropin else 0)
     try:
         # O_NONBLOCK: a FIFO without a writer must not hang migd at boot; then back to blocking reads.
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+        fd = os.open(path, flags)
     except FileNotFoundError:
         raise ConfigError.one("file not found (create it, or pass --config PATH)", path) from None
     except OSError as e:
+        if dropin and os.path.islink(path):
+            raise ConfigError.one("a symbolic link: a drop-in must be a regular file in the drop-in directory",
+                                  path) from None
         raise ConfigError.one(f"cannot read: {e.strerror}", path) from None
     try:
         os.set_blocking(fd, True)
@@ -77,11 +110,10 @@ def load(path: str = DEFAULT_PATH, owner: Optional[int] = None) -> Config:
     if len(data) > MAX_BYTES:
         raise ConfigError.one(f"larger than {MAX_BYTES // 1024} KiB: not a migd layout file", path)
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data[:e.start].count(b"\n") + 1
         raise ConfigError.one(f"not UTF-8 text (byte {e.start})", path, line) from None
-    return parse(text, path)
 
 
 def _untrusted(path: str, st: os.stat_result, owner: int) -> Optional[str]:
@@ -148,22 +180,50 @@ def _untrusted_path(path: str, st: os.stat_result, owners: set) -> Optional[str]
 
 
 def parse(text: str, path: str = "<config>") -> Config:
+    return _merge([_parse_file(text, path)])
+
+
+def _parse_file(text: str, path: str) -> "_Parser":
+    """One file parsed; its problems are collected (in p.problems), so every file's can be reported at once."""
+    p = _Parser(path, text if "\x00" not in text else "")
     if "\x00" in text:
-        raise ConfigError.one("binary data (NUL byte): not a TOML file", path, text[:text.index("\x00")].count("\n") + 1)
+        p.problems.append(Problem("binary data (NUL byte): not a TOML file", path,
+                                  text[:text.index("\x00")].count("\n") + 1))
+        return p
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError.one(f"TOML syntax: {_strip_position(str(e))}", path, getattr(e, "lineno", None)
-                              or _line_from_message(str(e), text)) from None
+        p.problems.append(Problem(f"TOML syntax: {_strip_position(str(e))}", path,
+                                  getattr(e, "lineno", None) or _line_from_message(str(e), text)))
+        return p
     except RecursionError:
-        raise ConfigError.one("nesting too deep: not a migd layout file", path) from None
+        p.problems.append(Problem("nesting too deep: not a migd layout file", path))
+        return p
     except ValueError as e:  # Python 3.11+: an integer literal longer than int() converts
-        raise ConfigError.one(f"unreadable value: {e}", path) from None
-    p = _Parser(path, text)
-    config = p.config(doc)
-    if p.problems:
-        raise ConfigError(p.problems)
-    return config
+        p.problems.append(Problem(f"unreadable value: {e}", path))
+        return p
+    p.config(doc)
+    return p
+
+
+def _merge(files: Sequence["_Parser"]) -> Config:
+    """The main file then its drop-ins, as one Config: entries appended in that order (so a drop-in's entry
+    overrides the main file's by "the last matching entry wins"); [daemon] keys set later override earlier ones
+    key by key (a drop-in setting watch_interval keeps the main file's drift_policy)."""
+    problems = [p for f in files for p in in_line_order(f.problems)]
+    if problems:
+        raise ConfigError(problems)
+    values: Dict[str, Any] = {}
+    for f in files:
+        values.update(f.daemon_values)
+    return Config(path=files[0].path, entries=tuple(e for f in files for e in f.entries),
+                  daemon=DaemonSettings(**{**DaemonSettings().__dict__, **values}),
+                  files=tuple(f.path for f in files))
+
+
+def in_line_order(problems: Sequence[Problem]) -> List[Problem]:
+    """Problems as an admin reads the file: top to bottom (whole-file problems first), stable for one line."""
+    return sorted(problems, key=lambda p: p.line or 0)
 
 
 def _show(value: Any, limit: int = 60) -> str:
@@ -383,15 +443,23 @@ class _Locator:
 
 
 def _key_path(path: Sequence[Any]) -> str:
+    """("gpu", 1, "instances", 0, "name") -> '[[gpu]] #2 instances #1 name': positions 1-based everywhere, as an
+    admin counts entries and list items; keys as TOML writes them (instances."1g.10gb" for a quoted key)."""
+    parts = list(path)
     out = ""
-    for part in path:
+    if len(parts) >= 2 and parts[0] == "gpu" and isinstance(parts[1], int):
+        out, parts = entry_label(parts[1] + 1), parts[2:]
+    after_index = bool(out)
+    for part in parts:
         if isinstance(part, int):
-            out += f"[{part}]"
+            out += f" #{part + 1}"
+            after_index = True
             continue
         name = str(part) if _Locator._BARE.fullmatch(str(part)) else json.dumps(str(part), ensure_ascii=False)
         if len(name) > 60:
             name = name[:59] + "…"
-        out += f".{name}" if out else name  # gpu[0].instances."1g.10gb": a quoted key, as TOML writes it
+        out += (" " if after_index else ".") + name if out else name
+        after_index = False
     return out
 
 
@@ -401,6 +469,8 @@ class _Parser:
         self.locate = _Locator(text)
         self.problems: List[Problem] = []
         self.name_vars: Dict[str, Tuple[str, str]] = {}  # devices.env variable -> (name as written, where)
+        self.entries: List[GpuEntry] = []
+        self.daemon_values: Dict[str, Any] = {}  # the [daemon] keys this file sets
 
     def problem(self, key: Sequence[Any], message: str) -> None:
         self.problems.append(Problem(message, self.path, self.locate.line(key), _key_path(key)))
@@ -427,7 +497,8 @@ class _Parser:
                 entry = self.gpu(i, g)
                 if entry:
                     entries.append(entry)
-        return Config(path=self.path, entries=tuple(entries), daemon=daemon)
+        self.entries = entries
+        return Config(path=self.path, entries=tuple(entries), daemon=daemon, files=(self.path,))
 
     # --- [daemon] --------------------------------------------------------------------------------------------
 
@@ -467,6 +538,7 @@ class _Parser:
                              'must be a list of systemd unit names, e.g. ["nvidia-dcgm.service", "nvsm.service"]')
             else:
                 values["stop_clients"] = tuple(units)
+        self.daemon_values = values
         return DaemonSettings(**{**defaults.__dict__, **values})
 
     # --- [[gpu]] ---------------------------------------------------------------------------------------------
@@ -481,19 +553,23 @@ class _Parser:
             self.problem(base, 'missing "select": which GPUs this entry is for ("all", 0, [0, 1], "GPU-…", '
                                '"00000000:07:00.0" or a model glob like "*H100*")')
         selector = self.selector(base + ["select"], g.get("select"))
+        hosts = self.hosts(base + ["hosts"], g["hosts"]) if "hosts" in g else ()
         mig = g.get("mig")
+        instances: Tuple[InstanceSpec, ...] = ()
         if not isinstance(mig, bool):
             self.problem(base + ["mig"], "missing or not true/false: say mig = true (with instances) or mig = false")
+            if "instances" in g:  # still check them, but "instances need mig = true" would only repeat the above
+                self.instances(base + ["instances"], g["instances"])
             mig = False
-        instances: Tuple[InstanceSpec, ...] = ()
-        if "instances" in g:
+        elif "instances" in g:
             if not mig:
                 self.problem(base + ["instances"], "instances need mig = true (with mig = false, drop instances)")
             else:
                 instances = self.instances(base + ["instances"], g["instances"])
         if len(self.problems) > before or selector is None:
             return None
-        return GpuEntry(number=i + 1, selector=selector, mig=mig, instances=instances, where=self.where(base),
+        return GpuEntry(number=i + 1, selector=selector, mig=mig, instances=instances, hosts=hosts,
+                        where=self.where(base),
                         mig_where=self.where_key(base + ["mig"]), instances_where=self.where_key(base + ["instances"]))
 
     def selector(self, key: List[Any], v: Any) -> Optional[GpuSelector]:
@@ -518,8 +594,8 @@ class _Parser:
                 return None
             return GpuSelector("index", tuple(v))
         if isinstance(v, str):
-            s = v.strip()
-            if s == "all":
+            s = v.strip()  # one rule for every string selector: surrounding spaces do not count, nor case
+            if s.lower() == "all":
                 return GpuSelector("all")
             if _UUID_RE.match(s):
                 return GpuSelector("uuid", ("GPU-" + s[4:].lower(),))
@@ -537,6 +613,26 @@ class _Parser:
                 return GpuSelector("glob", (s,))
         self.problem(key, f"must be {accepted}, got {_show(v)}")
         return None
+
+    def hosts(self, key: List[Any], v: Any) -> Tuple[str, ...]:
+        """hosts = ["dgx-a*", "node[01-16]"]: the entry applies only on hosts matching one (see hostnames)."""
+        example = 'e.g. hosts = ["dgx-a*", "node[01-16]"]'
+        if not isinstance(v, list) or not v:
+            what = "an empty list matches no host" if v == [] else f"got {_show(v)}"
+            self.problem(key, f"must be a list of host-name patterns, {example}; {what}")
+            return ()
+        out = []
+        for n, pattern in enumerate(v):
+            if not isinstance(pattern, str):
+                self.problem(key + [n], f"must be a host-name pattern (a string), {example}; got {_show(pattern)}")
+                continue
+            try:
+                hostnames.compile_pattern(pattern)
+            except hostnames.PatternError as e:
+                self.problem(key + [n], str(e))
+                continue
+            out.append(pattern.strip().lower())
+        return tuple(out)
 
     def instances(self, key: List[Any], v: Any) -> Tuple[InstanceSpec, ...]:
         out: List[InstanceSpec] = []

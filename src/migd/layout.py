@@ -1,15 +1,18 @@
 """Which config entry each GPU gets, and what its layout means on that GPU's model. Pure.
 
 Rule when several [[gpu]] entries match one GPU: **the last matching entry wins** (later lines override earlier
-ones, so a fleet file reads "all GPUs like this, except ..."). GPUs no entry matches are left alone.
+ones, and drop-ins the main file, so a fleet file reads "all GPUs like this, except ..."). An entry with `hosts`
+counts only on the hosts it names. GPUs no entry matches are left alone.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from .hostnames import host_matches
 from .model import ComputeProfile, Config, GpuEntry, GpuInfo, GpuProfile, GpuSelector, Placement
 from .profiles import resolve_compute_profile, resolve_gpu_profile
 
@@ -63,36 +66,57 @@ def _norm_pci(bus_id: str) -> str:
     return bus_id.upper()
 
 
-def select(config: Config, gpus: Sequence[GpuInfo]) -> Tuple[Dict[int, GpuEntry], List[str]]:
+def select(config: Config, gpus: Sequence[GpuInfo], host: Optional[str] = None,
+           ) -> Tuple[Dict[int, GpuEntry], List[str]]:
     """GPU index -> winning entry, plus problems: explicit selectors (index, UUID, PCI id) matching no GPU.
 
     A glob or "all" matching nothing is fine: one fleet file serves hosts with different GPUs. A UUID or PCI id
     matching no readable GPU while some GPU is lost is no problem of the file either: it may name the lost GPU,
-    which is reported lost (exit 1) while the others are applied (see unmatched_while_lost).
+    which is reported lost (exit 1) while the others are applied (see unmatched_while_lost). An entry whose
+    `hosts` do not match `host` (None: this machine, see hostnames) is skipped as if it were not there.
     """
+    chosen, problems = _select(config, gpus, host)
+    return chosen, [text for _, text in problems]
+
+
+def for_host(config: Config, host: Optional[str] = None) -> List[GpuEntry]:
+    """The entries that apply on `host` (None: this machine), in order."""
+    return [e for e in config.entries if host_matches(e.hosts, host)]
+
+
+def _select(config: Config, gpus: Sequence[GpuInfo], host: Optional[str],
+            ) -> Tuple[Dict[int, GpuEntry], List[Tuple[int, str]]]:
     chosen: Dict[int, GpuEntry] = {}
-    problems: List[str] = []
-    for entry in config.entries:
+    problems: List[Tuple[int, str]] = []  # (position of the entry in the config, text)
+    for n, entry in enumerate(config.entries):
+        if not host_matches(entry.hosts, host):
+            continue
         hits = [g for g in gpus if not g.lost and matches(entry.selector, g)]  # a lost GPU's identity is unknown
         for g in hits:
             chosen[g.index] = entry
+        label = f"{entry.where}: {entry.label} select"
         if entry.selector.kind == "index":
             missing = [i for i in entry.selector.values if not any(g.index == i for g in gpus)]
             if missing:
-                problems.append(f"{entry.where}: gpu[{entry.number - 1}].select: no GPU with index "
-                                f"{', '.join(map(str, missing))} (this host has {len(gpus)} GPUs: 0 to {len(gpus) - 1})")
+                problems.append((n, f"{label}: no GPU with index {', '.join(map(str, missing))} ({_gpu_count(len(gpus))})"))
         elif entry.selector.kind in ("uuid", "pci") and not hits and not any(g.lost for g in gpus):
-            problems.append(f"{entry.where}: gpu[{entry.number - 1}].select: no GPU {entry.selector} on this host")
+            problems.append((n, f"{label}: no GPU {entry.selector} on this host"))
     return chosen, problems
 
 
-def unmatched_while_lost(config: Config, gpus: Sequence[GpuInfo]) -> List[str]:
+def _gpu_count(n: int) -> str:
+    if n == 0:
+        return "this host has no GPU"
+    return "this host has 1 GPU: 0" if n == 1 else f"this host has {n} GPUs: 0 to {n - 1}"
+
+
+def unmatched_while_lost(config: Config, gpus: Sequence[GpuInfo], host: Optional[str] = None) -> List[str]:
     """UUID/PCI selectors that match no readable GPU while some GPU is lost (its identity unknown): each may mean
     a lost GPU, so the lost GPU's report names them."""
     if not any(g.lost for g in gpus):
         return []
-    return [f"{entry.where}: select = {entry.selector} matches no readable GPU, it may be this one"
-            for entry in config.entries
+    return [f"{entry.where}: {entry.label} select = {entry.selector} matches no readable GPU, it may be this one"
+            for entry in for_host(config, host)
             if entry.selector.kind in ("uuid", "pci")
             and not any(not g.lost and matches(entry.selector, g) for g in gpus)]
 
@@ -127,14 +151,17 @@ def resolve(entry: GpuEntry, gpu: GpuInfo) -> DesiredGpu:
     return DesiredGpu(entry, True, tuple(out))
 
 
-def desired_for(cfg: Config, infos: Sequence[GpuInfo]) -> Dict[int, DesiredGpu]:
-    """GPU index -> DesiredGpu; raises ConfigError (nothing touched) if any selected GPU cannot take its layout."""
+def desired_for(cfg: Config, infos: Sequence[GpuInfo], host: Optional[str] = None) -> Dict[int, DesiredGpu]:
+    """GPU index -> DesiredGpu; raises ConfigError (nothing touched) if any selected GPU cannot take its layout.
+    `host`: whose view of a fleet file (None: this machine's)."""
     from .errors import ConfigError, Problem
     from .model import GpuState
     from .plan import plan_gpu  # plan imports this module: import at call time
 
-    chosen, problems = select(cfg, infos)
-    by_text: Dict[str, List[int]] = {}  # the same problem on several GPUs of one model: one line naming them
+    chosen, problems = _select(cfg, infos, host)
+    position = {id(e): n for n, e in enumerate(cfg.entries)}
+    # the same problem on several GPUs of one model: one line naming them; keyed by entry for the file's order
+    by_text: Dict[Tuple[int, str], List[int]] = {}
     desired = {}
     for info in infos:
         entry = chosen.get(info.index)
@@ -143,17 +170,25 @@ def desired_for(cfg: Config, infos: Sequence[GpuInfo]) -> Dict[int, DesiredGpu]:
         try:
             d = resolve(entry, info)
         except LayoutError as e:
-            by_text.setdefault(str(e), []).append(info.index)
+            by_text.setdefault((position[id(entry)], str(e)), []).append(info.index)
             continue
         # A layout that cannot fit even an empty GPU is a config error: refuse before touching anything.
         empty = plan_gpu(info, d, GpuState(mig_current=True, mig_pending=True, persistence=None))
         if empty.refusal:
             reason = empty.refusal.split(": ", 1)[1]  # drop the "GPU n: " prefix
-            by_text.setdefault(f"{entry.instances_where or entry.where}: {reason}", []).append(info.index)
+            text = f"{entry.instances_where or entry.where}: {reason}"
+            by_text.setdefault((position[id(entry)], text), []).append(info.index)
             continue
         desired[info.index] = d
-    for text, gpus in by_text.items():
-        problems.append(f"{text} (GPU{'s' if len(gpus) > 1 else ''} {', '.join(map(str, gpus))})")
-    if problems:
-        raise ConfigError([Problem(p) for p in problems])
+    ordered = [(n, text) for n, text in problems]
+    for (n, text), gpus in by_text.items():
+        ordered.append((n, f"{text} (GPU{'s' if len(gpus) > 1 else ''} {', '.join(map(str, gpus))})"))
+    if ordered:  # as the files read: entry by entry (files in the order read), top to bottom within one
+        ordered.sort(key=lambda p: (p[0], _line_of(p[1])))
+        raise ConfigError([Problem(text) for _, text in ordered])
     return desired
+
+
+def _line_of(text: str) -> int:
+    m = re.match(r"[^\n]*?:(\d+): ", text)
+    return int(m.group(1)) if m else 0

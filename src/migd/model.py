@@ -187,6 +187,11 @@ class GpuSelector:
         return str(self.values[0])
 
 
+def entry_label(number: int) -> str:
+    """How every message names a [[gpu]] entry: 1-based, counted in its own file, as `validate` lists them."""
+    return f"[[gpu]] #{number}"
+
+
 @dataclass(frozen=True)
 class GpuEntry:
     """One [[gpu]] table."""
@@ -195,9 +200,14 @@ class GpuEntry:
     selector: GpuSelector
     mig: bool
     instances: Tuple[InstanceSpec, ...] = ()
+    hosts: Tuple[str, ...] = ()  # host-name patterns (lower case); empty: every host
     where: str = ""  # "file:line" of the [[gpu]] header
-    mig_where: str = ""  # "file:line: gpu[i].mig", for problems found against a GPU
-    instances_where: str = ""  # "file:line: gpu[i].instances"
+    mig_where: str = ""  # "file:line: [[gpu]] #n mig", for problems found against a GPU
+    instances_where: str = ""  # "file:line: [[gpu]] #n instances"
+
+    @property
+    def label(self) -> str:
+        return entry_label(self.number)
 
 
 @dataclass(frozen=True)
@@ -213,5 +223,6 @@ class DaemonSettings:
 @dataclass(frozen=True)
 class Config:
     path: str
-    entries: Tuple[GpuEntry, ...] = ()
+    entries: Tuple[GpuEntry, ...] = ()  # the main file's, then each drop-in's, in the order read
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    files: Tuple[str, ...] = ()  # the files read: the main one, then its drop-ins

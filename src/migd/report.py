@@ -85,13 +85,38 @@ def status_text(gpus: Sequence[Gpu], names: Dict[int, Dict[int, str]], managed: 
 
 
 def profiles_text(infos: Sequence[GpuInfo]) -> str:
-    """Like `nvidia-smi mig -lgip` and `-lgipp` together."""
-    out = []
+    """Like `nvidia-smi mig -lgip` and `-lgipp` together; GPUs with the same name and the same table are shown
+    once ("GPU 0-7: NVIDIA A100-SXM4-40GB"), so a DGX prints one table, not eight identical ones."""
+    groups: Dict[Tuple[str, Tuple[str, ...]], List[int]] = {}  # insertion order: by first GPU index
     for info in infos:
-        out.append(f"GPU {info.index}: {info.name}")
-        if not info.profiles:
-            out.append("  no MIG profiles" + ("" if info.mig_capable else " (MIG not supported)"))
-            continue
+        groups.setdefault((info.name, tuple(_profile_table(info))), []).append(info.index)
+    out = []
+    for (name, table), indices in groups.items():
+        out.append(f"GPU {_index_ranges(indices)}: {name}")
+        out += table
+    return "\n".join(out)
+
+
+def _index_ranges(indices: Sequence[int]) -> str:
+    """[0, 1, 2, 3, 5, 7, 8] -> "0-3,5,7-8"."""
+    parts: List[str] = []
+    run: List[int] = []
+    for i in sorted(indices):
+        if run and i != run[-1] + 1:
+            parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+            run = []
+        run.append(i)
+    if run:
+        parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(parts)
+
+
+def _profile_table(info: GpuInfo) -> List[str]:
+    """One GPU's profile table, without its "GPU n: name" header."""
+    out: List[str] = []
+    if not info.profiles:
+        out.append("  no MIG profiles" + ("" if info.mig_capable else " (MIG not supported)"))
+    else:
         out.append(f"  {'profile':<14}{'ID':>4}{'inst':>6}{'GiB':>8}{'SM':>5}{'CE':>4}{'DEC':>5}{'ENC':>5}"
                    f"{'JPG':>5}{'OFA':>5}{'GFX':>5}  placements (start:size)")
         for p in sorted(info.profiles, key=lambda p: (p.slices, p.memory_mb, p.index)):
@@ -102,7 +127,7 @@ def profiles_text(infos: Sequence[GpuInfo]) -> str:
                        f"{'yes' if p.graphics else 'no':>5}  {{{starts}}}:{size}")
             compute = ", ".join(c.name for c in p.compute_profiles)
             out.append(f"  {'':<14}compute: {compute}")
-    return "\n".join(out)
+    return out
 
 
 def profiles_json(infos: Sequence[GpuInfo]) -> str:

@@ -34,6 +34,15 @@ class SimError(Exception):
         super().__init__(f"{E.code_name(code)}{': ' + detail if detail else ''}")
 
 
+def pci_bus_id(i: int) -> str:
+    """GPU i's PCI bus id: one GPU per bus, as on a DGX (behind its own switch port), all in domain 0 and within
+    the 256 buses a domain has. The first 16 keep 07, 17, ... F7; each further 16 shift the low digit by 4 (0B, 1B,
+    ..., then 0F, ..., then 13, ...), so all 64 (the most a simulated host has) are distinct and below 0x100."""
+    if not 0 <= i < 64:
+        raise ValueError(f"GPU {i}: a simulated host has GPUs 0 to 63")
+    return f"00000000:{(0x07 + 4 * (i // 16) + 0x10 * (i % 16)) & 0xFF:02X}:00.0"
+
+
 def new_state(spec: str, seed: str = "") -> dict:
     models = parse_host_spec(spec)
     gpus = []
@@ -42,7 +51,7 @@ def new_state(spec: str, seed: str = "") -> dict:
         gpus.append({
             "model": model.key,
             "uuid": f"GPU-{u}",
-            "pci_bus_id": f"00000000:{0x07 + 0x10 * i:02X}:00.0",
+            "pci_bus_id": pci_bus_id(i),
             "mig": [0, 0],
             "persistence": 0,
             "gis": [],
@@ -455,6 +464,11 @@ def _state_problem(state: dict) -> Optional[str]:
         problem = _gpu_problem(g)
         if problem:
             return f"gpus[{i}].{problem}"
+    for key in ("uuid", "pci_bus_id"):  # two GPUs never share one: NVML looks GPUs up by either
+        seen = [g[key].upper() for g in state["gpus"]]
+        dup = next((i for i, v in enumerate(seen) if v in seen[:i]), None)
+        if dup is not None:
+            return f"gpus[{dup}].{key}: {_short(state['gpus'][dup][key])} is also GPU {seen.index(seen[dup])}'s"
     return None
 
 
