@@ -189,7 +189,7 @@ def test_planner_refuses_me_all_at_validate_time(capsys, tmp_path, instances, ok
         return
     assert code == 2
     assert "takes all of the GPU's media engines: beside it only -me profiles (no media engines) fit" in err
-    assert f"{conf}:" in err and "gpu[0].instances" in err
+    assert f"{conf}:" in err and "[[gpu]] #1 instances" in err
 
 
 # --- spellings and drifting names ------------------------------------------------------------------------------

@@ -193,7 +193,7 @@ def test_lost_gpu_selected_by_uuid_or_pci_is_lost_not_a_config_error(site, key, 
     r = site.migd("h100-80gb:2", conf, verb)
     assert not r.traceback, r.err
     assert r.code == 1, r.out + r.err
-    assert f"GPU 1: lost (fell off the bus) before migd could read it: not configured ({conf}:7: select = " in r.out
+    assert f"GPU 1: lost (fell off the bus) before migd could read it: not configured ({conf}:7: [[gpu]] #2 select = " in r.out
     assert "it may be this one" in r.out
     assert r.named("gpu_lost", gpu=1)
     assert site.layouts()[0][2] and site.layouts()[1] == "lost"  # GPU 0 applied
@@ -254,7 +254,7 @@ def test_names_that_are_one_variable_are_refused(site, first, second):
         """)
     r = site.migd("h100-80gb:2", conf, "apply")
     assert r.code == 2 and not os.path.exists(site.state), r.out + r.err  # refused before any GPU is opened
-    assert f"{conf}:10: gpu[1].instances[0].name: instance name '{second}' and '{first}' ({conf}:5) are one " \
+    assert f"{conf}:10: [[gpu]] #2 instances #1 name: instance name '{second}' and '{first}' ({conf}:5) are one " \
            "devices.env variable" in r.err, r.err
 
 
@@ -268,7 +268,7 @@ def test_names_devices_env_writes_itself_are_refused(site, name):
         instances = [{{ profile = "3g", name = "{name}" }}]
         """)
     r = site.migd("h100-80gb:2", conf, "validate")
-    assert r.code == 2 and f"{conf}:5: gpu[0].instances[0].name: '{name}' is reserved" in r.err, r.err
+    assert r.code == 2 and f"{conf}:5: [[gpu]] #1 instances #1 name: '{name}' is reserved" in r.err, r.err
 
 
 def test_devices_env_leaves_out_a_variable_two_devices_would_share():
@@ -379,7 +379,7 @@ def test_a_trailing_newline_is_not_a_valid_value(site, key, value):
     text = "[[gpu]]\nselect = 0\nmig = true\ninstances = [" + ", ".join(
         f"{k} = {json.dumps(v)}" for k, v in item.items()).join(["{ ", " }"]) + "]\n"
     r = site.migd("h100-80gb", site.config(text), "validate")
-    assert r.code == 2 and f"{site.config(text)}:4: gpu[0].instances[0]" in r.err, (text, r.out, r.err)
+    assert r.code == 2 and f"{site.config(text)}:4: [[gpu]] #1 instances #1" in r.err, (text, r.out, r.err)
 
 
 def test_stop_clients_unit_with_a_newline_is_refused(site):

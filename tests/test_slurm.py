@@ -152,7 +152,7 @@ def test_export_slurm_declared_needs_no_minors_and_names_config_errors(capsys, h
     assert migd(capsys, host, "export", "--format", "slurm", "--declared")[0] == 0
     Path(host["config"]).write_text(CONFIG.replace('"4g"', '"4g", "4g"'))
     code, out, err = migd(capsys, host, "export", "--format", "slurm", "--declared")
-    assert code == 2 and out == "" and "migd.toml:10: gpu[1].instances: needs 11 compute slices" in err, err
+    assert code == 2 and out == "" and "migd.toml:10: [[gpu]] #2 instances: needs 11 compute slices" in err, err
 
 
 def test_export_slurm_refuses_without_the_minors_never_guesses(capsys, host, monkeypatch, tmp_path):
