@@ -225,7 +225,7 @@ def test_check_reports_a_lost_gpu_as_failure(capsys, host):
     code, out, _ = migd(capsys, host, "check", "--json")
     data = json.loads(out)
     assert code == 1 and data["status"] == "lost"
-    assert [(g["gpu"], g["status"]) for g in data["gpus"]] == [(0, "ok"), (1, "lost")]
+    assert [(g["index"], g["status"]) for g in data["gpus"]] == [(0, "ok"), (1, "lost")]
 
 
 def test_profiles_lists_the_model_table_as_text_and_json(capsys, host):

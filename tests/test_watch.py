@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from migd import cli, service, sim
+from migd import cli, clients, sim
 from migd import errors as E
 from migd.sim.host import SimHost, load_state
 from migd.watch import Watcher
@@ -210,8 +210,8 @@ def test_stop_clients_stops_exactly_the_holding_units_and_restarts_them(env, mon
             holder.kill()
             holder.wait()
 
-    monkeypatch.setattr(service, "_systemctl", fake_systemctl)
-    monkeypatch.setattr(service, "unit_of", lambda pid: "nvidia-dcgm.service" if pid == holder.pid else None)
+    monkeypatch.setattr(clients, "systemctl", fake_systemctl)
+    monkeypatch.setattr(clients, "unit_of", lambda pid: "nvidia-dcgm.service" if pid == holder.pid else None)
     with open(env["config"], "a") as f:
         f.write('stop_clients = ["nvidia-dcgm.service", "nvsm.service"]\n')
     # H100: the mode change is resetless but still refused while a client holds the GPU

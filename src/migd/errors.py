@@ -80,9 +80,9 @@ class DriverError(MigdError):
 
     def __init__(self, code: int, call: str, gpu: Optional[int] = None, detail: str = ""):
         self.code, self.call, self.gpu = code, call, gpu
-        on = f"GPU {gpu}: " if gpu is not None else ""
-        text = f"{on}{call} failed: {code_name(code)}"
-        super().__init__(text + (f" ({detail})" if detail else ""))
+        # reason: without the "GPU n: " prefix, for messages that name the GPU themselves (no "GPU 0: GPU 0:")
+        self.reason = f"{call} failed: {code_name(code)}" + (f" ({detail})" if detail else "")
+        super().__init__((f"GPU {gpu}: " if gpu is not None else "") + self.reason)
 
 
 class ReadOnlyViolation(MigdError):

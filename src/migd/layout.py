@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from .errors import ConfigError, Problem
 from .model import ComputeProfile, Config, GpuEntry, GpuInfo, GpuProfile, GpuSelector, Placement
 from .profiles import resolve_compute_profile, resolve_gpu_profile
 
@@ -116,12 +117,14 @@ def resolve(entry: GpuEntry, gpu: GpuInfo) -> DesiredGpu:
     return DesiredGpu(entry, True, tuple(out))
 
 
-def desired_for(cfg: Config, infos: Sequence[GpuInfo]) -> Dict[int, DesiredGpu]:
-    """GPU index -> DesiredGpu; raises ConfigError (nothing touched) if any selected GPU cannot take its layout."""
-    from .errors import ConfigError, Problem
-    from .model import GpuState
-    from .plan import plan_gpu  # plan imports this module: import at call time
+FitCheck = Callable[[GpuInfo, DesiredGpu], Optional[str]]
 
+
+def desired_for(cfg: Config, infos: Sequence[GpuInfo], fits: Optional[FitCheck] = None) -> Dict[int, DesiredGpu]:
+    """GPU index -> DesiredGpu; raises ConfigError (nothing touched) if any selected GPU cannot take its layout.
+
+    fits(info, desired): why the layout cannot fit even an empty GPU, or None (the engine passes the planner's
+    answer; a hook rather than an import keeps layout below plan)."""
     chosen, problems = select(cfg, infos)
     by_text: Dict[str, List[int]] = {}  # the same problem on several GPUs of one model: one line naming them
     desired = {}
@@ -135,10 +138,9 @@ def desired_for(cfg: Config, infos: Sequence[GpuInfo]) -> Dict[int, DesiredGpu]:
             by_text.setdefault(str(e), []).append(info.index)
             continue
         # A layout that cannot fit even an empty GPU is a config error: refuse before touching anything.
-        empty = plan_gpu(info, d, GpuState(mig_current=True, mig_pending=True, persistence=None))
-        if empty.refusal:
-            reason = empty.refusal.split(": ", 1)[1]  # drop the "GPU n: " prefix
-            by_text.setdefault(f"{entry.instances_where or entry.where}: {reason}", []).append(info.index)
+        why = fits(info, d) if fits is not None else None
+        if why:
+            by_text.setdefault(f"{entry.instances_where or entry.where}: {why}", []).append(info.index)
             continue
         desired[info.index] = d
     for text, gpus in by_text.items():

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import re
 from typing import Dict, List, Optional, Tuple
 
@@ -31,13 +32,15 @@ _ID_ANY = 0xFFFFFFFF
 
 
 class NvmlBackend:
-    def __init__(self, read_only: bool = False, description: str = "nvml", sim_host=None):
+    def __init__(self, read_only: bool = False, description: str = "nvml", device_dir: Optional[str] = "/dev",
+                 simulated: bool = False):
         import pynvml  # imported here so pure commands (validate) never load it
 
         self._n = pynvml
         self.read_only = read_only
         self.description = description
-        self._sim_host = sim_host
+        self.simulated = simulated
+        self._device_dir = device_dir  # where the nvidia<minor> nodes are; None: none (a simulated host in memory)
         self._handles: Dict[int, object] = {}
         self._ci_cache: Dict[Tuple[int, int], list] = {}  # (gpu, GI profile id) -> CI profile infos
         self._states: Dict[int, GpuState] = {}
@@ -175,11 +178,10 @@ class NvmlBackend:
         return [Placement(p.start, p.size) for p in array[:count.value]]
 
     def device_nodes(self, gpu: int) -> List[str]:
-        if self._sim_host is not None:
-            node = self._sim_host.device_node(gpu)
-            return [node] if node else []
+        if self._device_dir is None:
+            return []
         minor = self._try("nvmlDeviceGetMinorNumber", self._handle(gpu), gpu=gpu, ok_codes=(3,))
-        return [f"/dev/nvidia{minor}"] if minor is not None else []
+        return [os.path.join(self._device_dir, f"nvidia{minor}")] if minor is not None else []
 
     # --- live state ----------------------------------------------------------------------------------------
 
