@@ -426,7 +426,7 @@ boot_fixtures = pytest.importorskip("boot.conftest")
 boot_base, boot_rootfs, boot_vm = boot_fixtures.boot_base, boot_fixtures.boot_rootfs, boot_fixtures.boot_vm
 
 BOOT_SIM = {"MIGD_SIMULATE": "h100-80gb", "MIGD_SIM_STATE": "/var/lib/migd-sim/state.json",
-            "MIGD_SIM_BOOT_MARKER": "/run/migd-sim/booted"}
+            "MIGD_SIM_BOOT_MARKER": "/run/migd-sim/booted", "MIGD_RUN_DIR": "/run/migd"}
 
 
 def _install_from_source(root: Path) -> None:

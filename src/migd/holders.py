@@ -20,7 +20,13 @@ class Holder:
     unit: Optional[str]
 
     def __str__(self) -> str:
-        return f"{self.comm} (pid {self.pid}{', ' + self.unit if self.unit else ''})"
+        return f"{printable(self.comm)} (pid {self.pid}{', ' + printable(self.unit) if self.unit else ''})"
+
+
+def printable(text: str) -> str:
+    """A process's own name is its to choose (prctl, /proc/self/comm): control characters are shown escaped, so a
+    name like "x\\nGPU 1: applied" cannot forge a line of migd's output or log."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
 def pids_holding(paths: Iterable[str], proc: str = PROC) -> List[int]:
