@@ -19,7 +19,6 @@ import re
 import shutil
 import stat
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Dict, List, Optional

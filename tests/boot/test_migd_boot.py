@@ -20,7 +20,7 @@ from typing import Optional
 
 import pytest
 
-from .rootfs import enable_units, install_file, install_tree
+from .rootfs import enable_units, install_file
 
 pytestmark = pytest.mark.boot
 
