@@ -300,7 +300,7 @@ class _Locator:
             self._i += 1
         if quote[0] == '"' and "\\" in raw:
             try:
-                return json.loads('"' + raw + '"')
+                return str(json.loads('"' + raw + '"'))
             except ValueError:
                 return raw
         return raw

@@ -105,7 +105,7 @@ def stderr_is_journal(fd: int = 2) -> bool:
 
 def _caller() -> Any:
     """The first frame outside structlog and this module: the log call site."""
-    frame = sys._getframe(1)
+    frame: Any = sys._getframe(1)
     while frame is not None:
         module = frame.f_globals.get("__name__", "")
         if module != __name__ and module.partition(".")[0] != "structlog":

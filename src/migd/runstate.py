@@ -19,7 +19,7 @@ import os
 import tempfile
 import stat
 import time
-from typing import Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 from .errors import LockBusy, MigdError
 
@@ -180,7 +180,7 @@ def env_name(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text.upper())
 
 
-def write_results(gpus: List[dict], config_path: str, simulated: bool = False,
+def write_results(gpus: List[Dict[str, Any]], config_path: str, simulated: bool = False,
                   directory: Optional[str] = None) -> None:
     """gpus: schema.gpu() objects with `outcome` and `message` (README "JSON output")."""
     from . import schema
@@ -191,7 +191,7 @@ def write_results(gpus: List[dict], config_path: str, simulated: bool = False,
     atomic_write(os.path.join(d, "devices.env"), devices_env(gpus))
 
 
-def devices_env(gpus: List[dict]) -> str:
+def devices_env(gpus: List[Dict[str, Any]]) -> str:
     lines = ["# Written by migd at every apply: MIG device UUIDs by name. Use in docker compose as ${MIGD_<NAME>}."]
     counts: Dict[str, int] = {}
     for g in gpus:

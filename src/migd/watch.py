@@ -96,11 +96,11 @@ class Watcher:
             return False
         return True
 
-    def _on_hup(self, *_) -> None:
+    def _on_hup(self, *_: object) -> None:
         self.reload_requested = True
         self.wake.set()
 
-    def _on_term(self, *_) -> None:
+    def _on_term(self, *_: object) -> None:
         self.stopping.set()
         self.wake.set()
 

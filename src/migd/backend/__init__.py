@@ -1,24 +1,16 @@
 """The backend protocol: everything migd asks of a GPU driver, in migd's own types.
 
-There is one implementation, `NvmlBackend`, over pynvml. Simulated GPUs plug in *below* pynvml as a fake
-libnvidia-ml (migd.sim), so the same NVML code runs against the simulator in every test and against the driver in
-production. NVML details (handles, indices vs IDs, ctypes) never leave backend/nvml.py.
+There is one implementation, `NvmlBackend`, over pynvml; mypy checks it against `Backend` (make_backend's
+return). Simulated GPUs plug in *below* pynvml as a fake libnvidia-ml (migd.sim), so the same NVML code runs against
+the simulator in every test and against the driver in production. NVML details (handles, indices vs IDs, ctypes) never leave backend/nvml.py.
 """
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, List, Optional
+from typing import List, Optional, Protocol
 
 from ..model import GpuInfo, GpuState, Placement
-
-if TYPE_CHECKING:
-    from typing_extensions import Protocol
-else:
-    try:
-        from typing import Protocol
-    except ImportError:  # pragma: no cover
-        Protocol = object
 
 
 class Backend(Protocol):
