@@ -2,7 +2,8 @@
 
 There is one implementation, `NvmlBackend`, over pynvml; mypy checks it against `Backend` (make_backend's
 return). Simulated GPUs plug in *below* pynvml as a fake libnvidia-ml (migd.sim), so the same NVML code runs against
-the simulator in every test and against the driver in production. NVML details (handles, indices vs IDs, ctypes) never leave backend/nvml.py.
+the simulator in every test and against the driver in production. NVML details (handles, indices vs IDs, ctypes)
+never leave backend/nvml.py.
 """
 
 from __future__ import annotations
