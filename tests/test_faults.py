@@ -284,7 +284,7 @@ def test_busy_instances_are_never_destroyed_by_plan_or_rollback(case, data):
     host, text = case
     busy = busy_parts(host.state)
     lib = sim.install(host)
-    backend = NvmlBackend(description="sim", sim_host=host)
+    backend = NvmlBackend(description="sim", device_dir=None, simulated=True)
     backend.open()
     try:
         infos = backend.gpus()

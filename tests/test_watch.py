@@ -40,27 +40,30 @@ def env(tmp_path, monkeypatch):
     SimHost.create("h100-80gb:2", str(state))
     yield {"config": str(conf), "state": str(state), "tmp": tmp_path}
     sim.uninstall()
+    while _open_captures:
+        _open_captures.pop().__exit__(None, None, None)
 
 
 class Events:
-    """Capture migd.watch's log calls (event name + fields)."""
+    """What migd logs while a test runs (event name + fields), through structlog.testing.capture_logs."""
 
     def __init__(self, monkeypatch):
-        self.items = []
-        import migd.watch as w
+        from structlog.testing import capture_logs
 
-        monkeypatch.setattr(w, "log", self)
+        self._capture = capture_logs()
+        self._entries = self._capture.__enter__()
+        _open_captures.append(self._capture)  # the capture ends with the test (see the env fixture)
 
-    def _record(self, level):
-        def record(event, **fields):
-            self.items.append((level, event, fields))
-        return record
-
-    def __getattr__(self, level):
-        return self._record(level)
+    @property
+    def items(self):
+        return [(e["log_level"], e["event"], {k: v for k, v in e.items() if k not in ("log_level", "event")})
+                for e in self._entries]
 
     def named(self, event):
         return [f for _, e, f in self.items if e == event]
+
+
+_open_captures: list = []
 
 
 def apply(env, *extra):
