@@ -229,6 +229,17 @@ def wait_for_hang(proc: subprocess.Popen, timeout: float = 30.0) -> Tuple[bool, 
     return False, seen.decode(errors="replace")
 
 
+def wait_until_holding(proc: subprocess.Popen, node: str, timeout: float = 30.0) -> None:
+    """Readiness, not a sleep: return once `proc` has the (simulated) device node open."""
+    from migd.holders import pids_holding
+
+    deadline = time.monotonic() + timeout
+    while proc.pid not in pids_holding([node]):
+        assert proc.poll() is None, f"holder exited with {proc.returncode}"
+        assert time.monotonic() < deadline, f"pid {proc.pid} never opened {node}"
+        time.sleep(0.01)
+
+
 def kill(proc: subprocess.Popen) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)

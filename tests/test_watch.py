@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+import reliability as R
 from migd import cli, clients, sim
 from migd import errors as E
 from migd.sim.host import SimHost, load_state
@@ -204,7 +205,7 @@ def test_stop_clients_stops_exactly_the_holding_units_and_restarts_them(env, mon
     host = SimHost.create("", env["state"])
     holder = subprocess.Popen([sys.executable, "-c", "import sys,time; f=open(sys.argv[1]); time.sleep(60)",
                                host.device_node(0)])
-    time.sleep(0.5)
+    R.wait_until_holding(holder, host.device_node(0))
     calls = []
 
     def fake_systemctl(verb, units):
