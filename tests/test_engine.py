@@ -255,3 +255,45 @@ def test_a_holder_named_with_a_newline_cannot_forge_an_output_line(host):
     assert r.code == 4, r.out  # the H100 mode change stays pending while held
     assert "x\\x0aGPU 1: ok" in r.out
     assert not any(line.startswith("GPU 1: ok") for line in r.out.splitlines()), r.out
+
+
+# --- structure -------------------------------------------------------------------------------------------------------
+
+
+def _imports(root: Path):
+    """module -> the migd modules it imports (anywhere in it, also inside functions)."""
+    import ast
+
+    files = {".".join(p.relative_to(root.parent).with_suffix("").parts).replace(".__init__", ""): p
+             for p in root.rglob("*.py")}
+    graph = {}
+    for name, path in files.items():
+        pkg = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = ".".join(pkg.split(".")[:len(pkg.split(".")) - node.level + 1]) if node.level else ""
+                mod = ".".join(x for x in (base, node.module or "") if x)
+                deps |= {m for m in [mod] + [f"{mod}.{a.name}" for a in node.names] if m in files}
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names if a.name in files}
+        graph[name] = deps - {name}
+    return graph
+
+
+def test_no_import_cycles():
+    graph = _imports(R.ROOT / "src" / "migd")
+    assert graph["migd.layout"] and "migd.plan" not in graph["migd.layout"]
+    state = {}
+
+    def visit(n, path):
+        state[n] = "open"
+        for d in graph[n]:
+            assert state.get(d) != "open", " -> ".join(path + [d])
+            if d not in state:
+                visit(d, path + [d])
+        state[n] = "done"
+
+    for n in graph:
+        if n not in state:
+            visit(n, [n])
