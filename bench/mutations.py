@@ -5,7 +5,7 @@ of the given simulated models, starting from an empty GPU with MIG mode on, coun
 (nvml*Create*, nvml*Destroy*, nvml*Set*) each strategy makes, and how many of them failed:
 
 - minimum: one create per GPU instance and per compute instance, nothing fails, nothing is destroyed;
-- migd: `migd.apply.apply_gpu` (the engine `migd apply` runs), counted at the fake libnvidia-ml;
+- migd: `migd.engine.apply_gpu` (the engine `migd apply` runs), counted at the fake libnvidia-ml;
 - mig-parted: a model of NVIDIA mig-parted's SetMigConfig (pkg/mig/config/config.go, v0.15; see
   ../shared/reference/prior-art-mig-parted.md §4), written here from that description, on the same simulator:
   profiles flattened and sorted by GPU slices, then compute slices, then attributes (descending); unique
@@ -300,7 +300,7 @@ def _measure(model_key: str, sample: int, rule: str, with_migd: bool) -> Dict[st
 
     import migd.log
     import migd.sim
-    from migd import apply as engine
+    from migd import engine
     from migd.backend import make_backend
     from migd.layout import DesiredGpu, DesiredInstance
     from migd.model import GpuEntry, GpuSelector
@@ -313,7 +313,7 @@ def _measure(model_key: str, sample: int, rule: str, with_migd: bool) -> Dict[st
     backend.open()
     t0 = time.perf_counter()
     try:
-        host = backend._sim_host
+        host = pynvml.nvmlLib.host
         _use_rule(host, rule)
         info = backend.gpus()[0]
         recorder = Recorder(pynvml.nvmlLib)

@@ -73,7 +73,8 @@ def phases(lib: Optional[str] = None) -> int:
     t0 = time.perf_counter()
     import migd.cli  # noqa: F401  (what every verb imports first)
     import migd.report  # noqa: F401
-    import migd.service  # noqa: F401
+    import migd.engine  # noqa: F401
+    import migd.schema  # noqa: F401
     t1 = time.perf_counter()
     import pynvml
     t2 = time.perf_counter()
@@ -112,7 +113,8 @@ def phases(lib: Optional[str] = None) -> int:
     t4 = time.perf_counter()
     gpus = [Gpu(info, backend.state(info.index)) for info in infos]
     t5 = time.perf_counter()
-    text = migd.report.status_json(gpus, {}, backend.driver_version(), backend.description)
+    text = migd.schema.dumps(migd.schema.status([migd.schema.gpu(g.info, g.state) for g in gpus],
+                                                 backend.driver_version(), backend.description, backend.simulated))
     t6 = time.perf_counter()
     backend.close()
     t7 = time.perf_counter()

@@ -92,8 +92,11 @@ def sim_backend():
     opened = []
 
     def make(spec: Optional[str] = "h100-80gb", read_only: bool = False, sim_state: Optional[str] = None):
+        import pynvml
+
         backend = make_backend(simulate=spec, sim_state=sim_state, read_only=read_only)
         backend.open()
+        backend._sim_host = pynvml.nvmlLib.host  # for tests only: the backend itself knows no simulator
         opened.append(backend)
         return backend
 

@@ -155,26 +155,19 @@ class Run:
 
 @contextlib.contextmanager
 def captured_events() -> Iterator[List[Tuple[str, str, dict]]]:
-    """Every event migd logs in this process, whatever setup() the CLI does: (level, event name, fields)."""
+    """Every event migd logs in this process at the level the CLI set up: (level, event name, fields with msg),
+    through structlog's own capture_logs (the pipeline's processors swapped for a capture)."""
+    from structlog.testing import capture_logs
+
     events: List[Tuple[str, str, dict]] = []
-    out_cls = migd.log._Output
-    originals = {level: getattr(out_cls, level) for level in migd.log.LEVELS}
-
-    def recorder(level):
-        original = originals[level]
-
-        def emit(self, record):
-            events.append((record.level, record.event, dict(record.fields, msg=record.message)))
-            return original(self, record)
-        return emit
-
-    for level in originals:
-        setattr(out_cls, level, recorder(level))
-    try:
-        yield events
-    finally:
-        for level, fn in originals.items():
-            setattr(out_cls, level, fn)
+    with capture_logs() as entries:
+        try:
+            yield events
+        finally:
+            for entry in entries:
+                fields = {k: v for k, v in entry.items() if k not in ("log_level", "event", "exc_info")}
+                fields.setdefault("msg", entry["event"])
+                events.append((entry["log_level"], entry["event"], fields))
 
 
 def run_cli(args: Sequence[str], env: Optional[Dict[str, str]] = None) -> Run:
@@ -234,6 +227,17 @@ def wait_for_hang(proc: subprocess.Popen, timeout: float = 30.0) -> Tuple[bool, 
         if b" hangs (injected fault)" in seen:
             return True, seen.decode(errors="replace")
     return False, seen.decode(errors="replace")
+
+
+def wait_until_holding(proc: subprocess.Popen, node: str, timeout: float = 30.0) -> None:
+    """Readiness, not a sleep: return once `proc` has the (simulated) device node open."""
+    from migd.holders import pids_holding
+
+    deadline = time.monotonic() + timeout
+    while proc.pid not in pids_holding([node]):
+        assert proc.poll() is None, f"holder exited with {proc.returncode}"
+        assert time.monotonic() < deadline, f"pid {proc.pid} never opened {node}"
+        time.sleep(0.01)
 
 
 def kill(proc: subprocess.Popen) -> None:

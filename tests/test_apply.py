@@ -8,7 +8,8 @@ from typing import Sequence, Tuple
 
 import pytest
 
-from migd import apply as A
+from migd import engine as A
+from migd.engine import Outcome
 from migd import errors as E
 from migd.layout import DesiredGpu, DesiredInstance
 from migd.model import GpuEntry, GpuInfo, GpuSelector, GpuState
@@ -79,7 +80,9 @@ def _steps():
         backend = make_backend(simulate="h100-80gb")
         try:
             backend.open()
-            host = backend._sim_host
+            import pynvml
+
+            host = pynvml.nvmlLib.host
             if BEFORE_LAYOUTS[name] is not None:
                 build(host, 0, BEFORE_LAYOUTS[name], split=(name == "mixed"))
             info = backend.gpus()[0]
@@ -105,7 +108,7 @@ def test_failure_at_any_step_rolls_that_gpu_back_exactly(sim_backend, monkeypatc
     nth = sum(1 for a in plan.actions[:step + 1] if CALL_OF[a.kind] == CALL_OF[action.kind])
     monkeypatch.setenv("MIGD_SIM_FAULTS", f"{CALL_OF[action.kind]}={FAULT_CODE[action.kind]}@{nth}/gpu1")
     results = [A.apply_gpu(backend, infos[g], desired(infos[g], AFTER)) for g in range(3)]
-    assert [r.outcome for r in results] == [A.APPLIED, A.ROLLED_BACK, A.APPLIED], [r.message for r in results]
+    assert [r.outcome for r in results] == [Outcome.APPLIED, Outcome.ROLLED_BACK, Outcome.APPLIED], [r.message for r in results]
     r = results[1]
     assert r.done == list(plan.actions[:step])  # what ran before the failing call
     assert FAULT_CODE[action.kind] in r.message and "rolled back" in r.message
@@ -115,7 +118,7 @@ def test_failure_at_any_step_rolls_that_gpu_back_exactly(sim_backend, monkeypatc
         assert plan_gpu(infos[g], desired(infos[g], AFTER), backend.state(g)).noop
     # and a retry without the fault completes it
     monkeypatch.delenv("MIGD_SIM_FAULTS")
-    assert A.apply_gpu(backend, backend.gpus()[1], desired(backend.gpus()[1], AFTER)).outcome == A.APPLIED
+    assert A.apply_gpu(backend, backend.gpus()[1], desired(backend.gpus()[1], AFTER)).outcome == Outcome.APPLIED
 
 
 def test_rollback_keeps_busy_instances_and_their_ids(sim_backend, monkeypatch):
@@ -129,7 +132,7 @@ def test_rollback_keeps_busy_instances_and_their_ids(sim_backend, monkeypatch):
     ids_before = {(g.id, g.placement) for g in before.instances}
     monkeypatch.setenv("MIGD_SIM_FAULTS", "nvmlGpuInstanceCreateComputeInstanceWithPlacement=UNKNOWN@2")
     result = A.apply_gpu(backend, info, desired(info, [9, 14, 14]))  # keeps the busy 3g, replaces the 1g pair
-    assert result.outcome == A.ROLLED_BACK, result.message
+    assert result.outcome == Outcome.ROLLED_BACK, result.message
     after = backend.state(0)
     assert layout(after) == layout(before)
     assert {(g.id, g.placement) for g in after.instances} == ids_before
@@ -143,7 +146,7 @@ def test_rollback_that_fails_too_is_reported(sim_backend, monkeypatch):
     # every create fails: the destroyed 3g cannot be recreated either
     monkeypatch.setenv("MIGD_SIM_FAULTS", "nvmlDeviceCreateGpuInstanceWithPlacement=INSUFFICIENT_RESOURCES")
     result = A.apply_gpu(backend, info, desired(info, [5, 14, 19]))
-    assert result.outcome == A.FAILED
+    assert result.outcome == Outcome.FAILED
     assert "rollback failed too" in result.message
     assert result.exit_code == E.EXIT_FAILURE
 
@@ -153,7 +156,7 @@ def test_lost_gpu_is_reported_and_others_are_applied(sim_backend, monkeypatch):
     infos = backend.gpus()
     monkeypatch.setenv("MIGD_SIM_FAULTS", "nvmlDeviceCreateGpuInstanceWithPlacement=GPU_IS_LOST@2/gpu1")
     results = [A.apply_gpu(backend, infos[g], desired(infos[g], [9, 14, 19])) for g in range(3)]
-    assert [r.outcome for r in results] == [A.APPLIED, A.LOST, A.APPLIED]
+    assert [r.outcome for r in results] == [Outcome.APPLIED, Outcome.LOST, Outcome.APPLIED]
     assert "lost" in results[1].message and "Xid" in results[1].message
     assert [a.kind for a in results[1].done] == ["set_mig_mode", "create_gi", "create_ci"]
     assert results[1].exit_code == E.EXIT_FAILURE and A.exit_code(results) == E.EXIT_FAILURE
@@ -173,7 +176,7 @@ def test_pending_mode_with_a_client(sim_backend, spec):
     infos = backend.gpus()
     holders = lambda g: ["nv-hostengine (pid 2180, nvidia-dcgm.service)"] if g == 0 else []  # noqa: E731
     results = [A.apply_gpu(backend, infos[g], desired(infos[g], [9, 9]), describe_holders=holders) for g in (0, 1)]
-    assert [r.outcome for r in results] == [A.PENDING, A.APPLIED]
+    assert [r.outcome for r in results] == [Outcome.PENDING, Outcome.APPLIED]
     r = results[0]
     assert r.exit_code == E.EXIT_PENDING == 4 and A.exit_code(results) == 4
     assert "pending" in r.message and "IN_USE" in r.message and "nv-hostengine (pid 2180" in r.message
@@ -183,7 +186,7 @@ def test_pending_mode_with_a_client(sim_backend, spec):
     assert (state.mig_current, state.mig_pending, state.instances) == (False, True, ())
     # clients gone: apply again finishes the job
     host.gpus[0]["clients"].clear()
-    assert A.apply_gpu(backend, backend.gpus()[0], desired(backend.gpus()[0], [9, 9])).outcome == A.APPLIED
+    assert A.apply_gpu(backend, backend.gpus()[0], desired(backend.gpus()[0], [9, 9])).outcome == Outcome.APPLIED
 
 
 def test_pending_mode_in_a_pass_through_vm(sim_backend):
@@ -191,9 +194,9 @@ def test_pending_mode_in_a_pass_through_vm(sim_backend):
     backend._sim_host.gpus[0]["reset_supported"] = False
     info = backend.gpus()[0]
     r = A.apply_gpu(backend, info, desired(info, [19]))
-    assert r.outcome == A.PENDING and "RESET_REQUIRED" in r.message and r.exit_code == 4
+    assert r.outcome == Outcome.PENDING and "RESET_REQUIRED" in r.message and r.exit_code == 4
     backend._sim_host.reboot()  # Ampere: the pending change commits at boot
-    assert A.apply_gpu(backend, backend.gpus()[0], desired(backend.gpus()[0], [19])).outcome == A.APPLIED
+    assert A.apply_gpu(backend, backend.gpus()[0], desired(backend.gpus()[0], [19])).outcome == Outcome.APPLIED
 
 
 def test_mig_false_destroys_instances_and_turns_mig_off(sim_backend):
@@ -203,14 +206,14 @@ def test_mig_false_destroys_instances_and_turns_mig_off(sim_backend):
     build(host, 1, BEFORE_LAYOUTS["mixed"], split=True)
     infos = backend.gpus()
     results = [A.apply_gpu(backend, infos[g], desired(infos[g], [], mig=False)) for g in (0, 1)]
-    assert [r.outcome for r in results] == [A.APPLIED, A.APPLIED]
+    assert [r.outcome for r in results] == [Outcome.APPLIED, Outcome.APPLIED]
     assert [a.kind for a in results[0].done] == ["destroy_ci", "destroy_gi"] * 7 + ["set_mig_mode"]
     for g in (0, 1):
         state = backend.state(g)
         assert (state.mig_current, state.mig_pending, state.instances) == (False, False, ())
         assert host.gpus[g]["gis"] == []
     # again: nothing to do
-    assert A.apply_gpu(backend, infos[0], desired(infos[0], [], mig=False)).outcome == A.UNCHANGED
+    assert A.apply_gpu(backend, infos[0], desired(infos[0], [], mig=False)).outcome == Outcome.UNCHANGED
 
 
 def test_mig_false_with_busy_instances_is_refused_and_nothing_changes(sim_backend, calls_log):
@@ -223,7 +226,7 @@ def test_mig_false_with_busy_instances_is_refused_and_nothing_changes(sim_backen
     before = layout(backend.state(0))
     record = calls_log()
     r = A.apply_gpu(backend, info, desired(info, [], mig=False))
-    assert r.outcome == A.REFUSED and "31337" in r.message and r.exit_code == E.EXIT_FAILURE
+    assert r.outcome == Outcome.REFUSED and "31337" in r.message and r.exit_code == E.EXIT_FAILURE
     assert layout(backend.state(0)) == before
     assert not [n for n, _ in record if any(v in n for v in ("Create", "Destroy", "Set"))]
 
@@ -231,10 +234,10 @@ def test_mig_false_with_busy_instances_is_refused_and_nothing_changes(sim_backen
 def test_unchanged_gpu_makes_no_changing_calls(sim_backend, calls_log):
     backend = sim_backend("a100-40gb")
     info = backend.gpus()[0]
-    assert A.apply_gpu(backend, info, desired(info, [9, 14, 19, 19])).outcome == A.APPLIED
+    assert A.apply_gpu(backend, info, desired(info, [9, 14, 19, 19])).outcome == Outcome.APPLIED
     record = calls_log()
     r = A.apply_gpu(backend, backend.gpus()[0], desired(info, [19, 9, 19, 14]))
-    assert r.outcome == A.UNCHANGED and r.exit_code == 0
+    assert r.outcome == Outcome.UNCHANGED and r.exit_code == 0
     assert not [n for n, _ in record if any(v in n for v in ("Create", "Destroy", "Set"))]
 
 
@@ -253,7 +256,7 @@ def test_previous_layout_pins_exact_placements(sim_backend):
 def test_exit_code_priorities():
     r = lambda o: A.GpuResult(0, o)  # noqa: E731
     assert A.exit_code([]) == 0
-    assert A.exit_code([r(A.APPLIED), r(A.UNCHANGED)]) == 0
-    assert A.exit_code([r(A.APPLIED), r(A.PENDING)]) == 4
-    for bad in (A.REFUSED, A.FAILED, A.ROLLED_BACK, A.LOST):
-        assert A.exit_code([r(A.PENDING), r(bad), r(A.APPLIED)]) == 1
+    assert A.exit_code([r(Outcome.APPLIED), r(Outcome.UNCHANGED)]) == 0
+    assert A.exit_code([r(Outcome.APPLIED), r(Outcome.PENDING)]) == 4
+    for bad in (Outcome.REFUSED, Outcome.FAILED, Outcome.ROLLED_BACK, Outcome.LOST):
+        assert A.exit_code([r(Outcome.PENDING), r(bad), r(Outcome.APPLIED)]) == 1

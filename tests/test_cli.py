@@ -10,6 +10,7 @@ import textwrap
 
 import pytest
 
+import reliability as R
 from migd import cli, sim
 from migd.sim.host import SimHost, load_state
 
@@ -95,12 +96,26 @@ def test_apply_then_check_status_export_round_trip(capsys, host, tmp_path):
     assert code == 0 and out.count("already matches") == 2
 
 
-def test_plan_changes_nothing_and_read_verbs_are_read_only(capsys, host):
-    before = json.dumps(SimHost.create("h100-80gb:2", host["state"]).state, sort_keys=True)
-    for verb in (["plan"], ["apply", "--dry-run"], ["status"], ["profiles"], ["check"], ["export"], ["validate"]):
-        migd(capsys, host, *verb)
-    after = json.dumps(load_state(host["state"]), sort_keys=True)
-    assert before == after
+def test_plan_changes_nothing_and_read_verbs_are_read_only(capsys, host, tmp_path):
+    def snapshot():
+        run = tmp_path / "run"
+        # (check takes the lock shared, which may create the empty lock file: not state)
+        files = {p.name: p.read_bytes() for p in sorted(run.iterdir()) if p.name != "lock"} if run.exists() else {}
+        return json.dumps(load_state(host["state"]), sort_keys=True), files
+
+    SimHost.create("h100-80gb:2", host["state"])
+    for setup in ([], ["apply"]):  # a bare host, then a laid-out one with state files
+        if setup:
+            assert migd(capsys, host, *setup)[0] == 0
+            with open(host["config"], "a") as f:  # drifted against the config: plan has work to show
+                f.write('\n[[gpu]]\nselect = 1\nmig = true\ninstances = ["7g"]\n')
+        before = snapshot()
+        outputs = {}
+        for verb in (["plan"], ["apply", "--dry-run"], ["status"], ["profiles"], ["check"], ["export"], ["validate"]):
+            outputs[verb[0] + "".join(verb[1:])] = migd(capsys, host, *verb)
+        assert snapshot() == before, verb
+        assert "create GPU instance" in outputs["plan"][1]  # the read verbs did run, and had something to say
+        assert outputs["plan"][1] == outputs["apply--dry-run"][1]
 
 
 def test_read_only_env_refuses_apply(capsys, host, monkeypatch):
@@ -142,12 +157,10 @@ def test_pending_mode_change_exit_4_names_holder(capsys, host):
     with open(host["config"], "w") as f:
         f.write('[[gpu]]\nselect = 0\nmig = true\ninstances = ["7g"]\n')
     SimHost.create("a100-40gb", host["state"])
-    holder = subprocess.Popen([sys.executable, "-c", "import sys,time; f=open(sys.argv[1]); time.sleep(60)",
-                               os.path.join(os.path.dirname(host["state"]), "dev", "nvidia0")])
+    node = os.path.join(os.path.dirname(host["state"]), "dev", "nvidia0")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys,time; f=open(sys.argv[1]); time.sleep(60)", node])
     try:
-        import time
-
-        time.sleep(0.5)
+        R.wait_until_holding(holder, node)
         code, out, err = migd(capsys, host, "apply", spec="a100-40gb")
         assert code == 4, out + err
         assert "pending" in out and f"pid {holder.pid}" in out
@@ -225,7 +238,7 @@ def test_check_reports_a_lost_gpu_as_failure(capsys, host):
     code, out, _ = migd(capsys, host, "check", "--json")
     data = json.loads(out)
     assert code == 1 and data["status"] == "lost"
-    assert [(g["gpu"], g["status"]) for g in data["gpus"]] == [(0, "ok"), (1, "lost")]
+    assert [(g["index"], g["status"]) for g in data["gpus"]] == [(0, "ok"), (1, "lost")]
 
 
 def test_profiles_lists_the_model_table_as_text_and_json(capsys, host):

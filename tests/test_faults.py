@@ -34,11 +34,10 @@ from hypothesis import strategies as st
 import reliability as R
 from migd import config as config_mod
 from migd import sim
-from migd.apply import apply_gpu
+from migd.engine import apply_gpu, desired_layouts as desired_for
 from migd.backend.nvml import NvmlBackend
 from migd.errors import CODE_BY_NAME, ConfigError
 from migd.plan import plan_gpu
-from migd.layout import desired_for
 from migd.sim.catalog import MODELS
 from migd.sim.host import SimError, SimHost, load_state, new_state
 
@@ -285,7 +284,7 @@ def test_busy_instances_are_never_destroyed_by_plan_or_rollback(case, data):
     host, text = case
     busy = busy_parts(host.state)
     lib = sim.install(host)
-    backend = NvmlBackend(description="sim", sim_host=host)
+    backend = NvmlBackend(description="sim", device_dir=None, simulated=True)
     backend.open()
     try:
         infos = backend.gpus()

@@ -460,3 +460,35 @@ def test_logging_goes_through_structlog(journal: FakeJournal) -> None:
     log.info("x", msg="x")
     journal.next()
     assert isinstance(log._bound, structlog.BoundLoggerBase)
+
+
+# --- the structlog pipeline ----------------------------------------------------------------
+
+
+def test_capture_logs_sees_events_with_bound_gpu_context() -> None:
+    """Tests capture through structlog's own capture_logs; GPU context is bound with log.bind(gpu=i)."""
+    from structlog.testing import capture_logs
+
+    setup(level="info", target="stderr")
+    log = get_logger().bind(gpu=3)
+    with capture_logs() as logs:
+        log.info("gpu_applied", msg="GPU 3: applied 2 changes", changes=2)
+        log.debug("hidden", msg="below the level: filtered by structlog's filtering bound logger")
+    assert logs == [{"event": "gpu_applied", "msg": "GPU 3: applied 2 changes", "gpu": 3, "changes": 2,
+                     "log_level": "info"}]
+
+
+def test_pipeline_is_processors_ending_in_the_journal_renderer(journal: FakeJournal) -> None:
+    import structlog
+
+    setup(target="journal", journal_socket=journal.path)
+    get_logger(gpu=1).warning("drift", msg="GPU 1: drift")
+    fields = journal.next_dict()
+    assert fields["MIGD_GPU"] == "1" and fields["PRIORITY"] == "4" and fields["MIGD_EVENT"] == "drift"
+    processors = structlog.get_config()["processors"]
+    assert processors[0] is structlog.processors.add_log_level
+    assert [getattr(p, "__name__", "") for p in processors[1:]] == ["to_record", "render_journal"]
+    setup(target="stderr")
+    get_logger().info("x", msg="x")
+    assert [getattr(p, "__name__", "") for p in structlog.get_config()["processors"][1:]] == \
+        ["to_record", "render_console"]

@@ -129,7 +129,7 @@ def test_graphics_bit_through_v3_and_the_fallback_without_it(sim_backend):
     sim.install(host)
     from migd.backend.nvml import NvmlBackend
 
-    old = NvmlBackend(read_only=True, sim_host=host)
+    old = NvmlBackend(read_only=True)
     old.open()
     try:
         info = _v3_struct()

@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import migd.sim
-from migd import apply as A
+from migd import engine as A
+from migd.engine import Outcome
 from migd.backend import make_backend
 from migd.config import parse
 from migd.layout import DesiredGpu, DesiredInstance, resolve, select
@@ -215,7 +216,7 @@ def test_planner_is_exact_and_plans_apply_cleanly(model, sim_backend, calls_log,
         reset_gpu(host)
         del record[:]
         result = A.apply_gpu(backend, info, desired(info, order))
-        assert result.outcome == A.APPLIED, (order, result.message)
+        assert result.outcome == Outcome.APPLIED, (order, result.message)
         failed = [(name, rc) for name, rc in record if rc != 0 and
                   any(v in name for v in ("Create", "Destroy", "Set"))]
         assert failed == [], (order, failed)
@@ -338,7 +339,7 @@ def test_changing_one_instance_touches_only_that_one(sim_backend):
     backend = sim_backend("h100-80gb")
     info = backend.gpus()[0]
     before_ids = [9, 14, 19, 19]
-    assert A.apply_gpu(backend, info, desired(info, before_ids)).outcome == A.APPLIED
+    assert A.apply_gpu(backend, info, desired(info, before_ids)).outcome == Outcome.APPLIED
     before = backend.state(0)
     # replace one 1g.10gb by a 1g.10gb+me
     target = [9, 14, 19, 20]
@@ -352,7 +353,7 @@ def test_changing_one_instance_touches_only_that_one(sim_backend):
     # destroy before create, CI before its GI
     order = [a.kind for a in plan.actions]
     assert order == ["destroy_ci", "destroy_gi", "create_gi", "create_ci"]
-    assert A.apply_gpu(backend, info, desired(info, target)).outcome == A.APPLIED
+    assert A.apply_gpu(backend, info, desired(info, target)).outcome == Outcome.APPLIED
     after = backend.state(0)
     kept_before = {(g.id, g.profile_id, g.placement) for g in before.instances if g.id not in destroyed}
     kept_after = {(g.id, g.profile_id, g.placement) for g in after.instances}

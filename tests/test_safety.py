@@ -275,8 +275,8 @@ def test_devices_env_leaves_out_a_variable_two_devices_would_share():
     """Whatever the state says (say, written under an older config), no variable is written with two meanings."""
     from migd.runstate import devices_env
 
-    gpus = [{"index": 0, "instances": [{"name": "a-b", "uuid": "MIG-a", "compute": ["MIG-a"]}]},
-            {"index": 1, "instances": [{"name": "a_b", "uuid": "MIG-b", "compute": ["MIG-b"]}]}]
+    gpus = [{"index": 0, "instances": [{"name": "a-b", "uuid": "MIG-a", "compute": [{"uuid": "MIG-a"}]}]},
+            {"index": 1, "instances": [{"name": "a_b", "uuid": "MIG-b", "compute": [{"uuid": "MIG-b"}]}]}]
     text = devices_env(gpus)
     assert "MIGD_A_B=" not in text and "MIGD_GPU0_A_B=MIG-a" in text and "MIGD_GPU1_A_B=MIG-b" in text
 
@@ -408,5 +408,5 @@ def test_a_holder_named_with_a_newline_cannot_forge_an_output_line(site, tmp_pat
         holder.kill()
         holder.wait()
     assert r.code == 4, r.out + r.err
-    assert f"held by x\\nGPU 0: ok (pid {holder.pid}" in r.out, r.out
+    assert f"held by x\\x0aGPU 0: ok (pid {holder.pid}" in r.out, r.out
     assert not any(line.startswith("GPU 0: ok") for line in (r.out + r.err).splitlines()), r.out + r.err

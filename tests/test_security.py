@@ -29,7 +29,7 @@ import pytest
 
 import reliability as R
 from migd import config as config_mod
-from migd import runstate, service
+from migd import clients, engine, runstate
 from migd.errors import ConfigError, LockBusy
 from migd.sim.host import SimHost, load_state
 
@@ -308,14 +308,14 @@ def _calls_in(path: Path):
 
 
 def test_the_only_process_migd_starts_is_systemctl():
-    """Static: in all of src/migd (but the simulator), one call site starts a process: service._systemctl."""
+    """Static: in all of src/migd (but the simulator), one call site starts a process: clients.systemctl."""
     src = R.ROOT / "src" / "migd"
     sites = [c for p in sorted(src.rglob("*.py")) if "sim" not in p.relative_to(src).parts for c in _calls_in(p)]
-    assert [(f, call) for f, _, call in sites] == [("service.py", "subprocess.run")], sites
-    text = (src / "service.py").read_text()
+    assert [(f, call) for f, _, call in sites] == [("clients.py", "subprocess.run")], sites
+    text = (src / "clients.py").read_text()
     assert 'subprocess.run(["systemctl", verb, "--", *units]' in text  # an argv, never a shell; units after --
     assert "shell=True" not in "".join(p.read_text() for p in src.rglob("*.py"))
-    calls = re.findall(r'_systemctl\("(\w+)"', text)
+    calls = re.findall(r'\brun\("(\w+)"', text) + re.findall(r'systemctl\("(\w+)"', (src / "engine.py").read_text())
     assert set(calls) == {"stop", "start"}, calls
 
 
@@ -338,9 +338,10 @@ def test_stop_clients_runs_systemctl_only_for_configured_units_holding_the_gpu(h
     monkeypatch.setattr(sp, "Popen", lambda argv, *a, **k: ran.append(["Popen", *argv]))
     # Two "clients" hold GPU 0 (a Hopper: MIG enable stays pending while held): one in a listed unit, one not.
     holder_pids = [4101, 4102]
-    monkeypatch.setattr(service, "pids_holding", lambda nodes: list(holder_pids))
-    monkeypatch.setattr(service, "unit_of", lambda pid: {4101: "nvidia-dcgm.service", 4102: "gdm.service"}[pid])
-    monkeypatch.setattr(service, "describe", lambda pids: [])
+    monkeypatch.setattr(clients, "pids_holding", lambda nodes: list(holder_pids))
+    monkeypatch.setattr(engine, "pids_holding", lambda nodes: list(holder_pids))
+    monkeypatch.setattr(clients, "unit_of", lambda pid: {4101: "nvidia-dcgm.service", 4102: "gdm.service"}[pid])
+    monkeypatch.setattr(engine, "describe", lambda pids: [])
     sim_host = SimHost(load_state(host["state"]), host["state"])
     sim_host.gpus[0]["clients"] = [os.getpid()]  # keeps the change pending (the sim checks liveness)
     sim_host.save()
@@ -425,7 +426,7 @@ boot_fixtures = pytest.importorskip("boot.conftest")
 boot_base, boot_rootfs, boot_vm = boot_fixtures.boot_base, boot_fixtures.boot_rootfs, boot_fixtures.boot_vm
 
 BOOT_SIM = {"MIGD_SIMULATE": "h100-80gb", "MIGD_SIM_STATE": "/var/lib/migd-sim/state.json",
-            "MIGD_SIM_BOOT_MARKER": "/run/migd-sim/booted"}
+            "MIGD_SIM_BOOT_MARKER": "/run/migd-sim/booted", "MIGD_RUN_DIR": "/run/migd"}
 
 
 def _install_from_source(root: Path) -> None:

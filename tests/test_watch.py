@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from migd import cli, service, sim
+import reliability as R
+from migd import cli, clients, sim
 from migd import errors as E
 from migd.sim.host import SimHost, load_state
 from migd.watch import Watcher
@@ -40,27 +41,30 @@ def env(tmp_path, monkeypatch):
     SimHost.create("h100-80gb:2", str(state))
     yield {"config": str(conf), "state": str(state), "tmp": tmp_path}
     sim.uninstall()
+    while _open_captures:
+        _open_captures.pop().__exit__(None, None, None)
 
 
 class Events:
-    """Capture migd.watch's log calls (event name + fields)."""
+    """What migd logs while a test runs (event name + fields), through structlog.testing.capture_logs."""
 
     def __init__(self, monkeypatch):
-        self.items = []
-        import migd.watch as w
+        from structlog.testing import capture_logs
 
-        monkeypatch.setattr(w, "log", self)
+        self._capture = capture_logs()
+        self._entries = self._capture.__enter__()
+        _open_captures.append(self._capture)  # the capture ends with the test (see the env fixture)
 
-    def _record(self, level):
-        def record(event, **fields):
-            self.items.append((level, event, fields))
-        return record
-
-    def __getattr__(self, level):
-        return self._record(level)
+    @property
+    def items(self):
+        return [(e["log_level"], e["event"], {k: v for k, v in e.items() if k not in ("log_level", "event")})
+                for e in self._entries]
 
     def named(self, event):
         return [f for _, e, f in self.items if e == event]
+
+
+_open_captures: list = []
 
 
 def apply(env, *extra):
@@ -201,7 +205,7 @@ def test_stop_clients_stops_exactly_the_holding_units_and_restarts_them(env, mon
     host = SimHost.create("", env["state"])
     holder = subprocess.Popen([sys.executable, "-c", "import sys,time; f=open(sys.argv[1]); time.sleep(60)",
                                host.device_node(0)])
-    time.sleep(0.5)
+    R.wait_until_holding(holder, host.device_node(0))
     calls = []
 
     def fake_systemctl(verb, units):
@@ -210,8 +214,8 @@ def test_stop_clients_stops_exactly_the_holding_units_and_restarts_them(env, mon
             holder.kill()
             holder.wait()
 
-    monkeypatch.setattr(service, "_systemctl", fake_systemctl)
-    monkeypatch.setattr(service, "unit_of", lambda pid: "nvidia-dcgm.service" if pid == holder.pid else None)
+    monkeypatch.setattr(clients, "systemctl", fake_systemctl)
+    monkeypatch.setattr(clients, "unit_of", lambda pid: "nvidia-dcgm.service" if pid == holder.pid else None)
     with open(env["config"], "a") as f:
         f.write('stop_clients = ["nvidia-dcgm.service", "nvsm.service"]\n')
     # H100: the mode change is resetless but still refused while a client holds the GPU

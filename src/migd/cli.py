@@ -9,11 +9,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Dict, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence
 
 from . import __version__
 from . import errors as E
-from .errors import ConfigError, DriverError, MigdError
+from .errors import ConfigError, MigdError
+
+if TYPE_CHECKING:
+    from .backend import Backend
+    from .engine import ApplyResult, Engine
+    from .layout import DesiredGpu
+    from .model import Config
 
 READ_VERBS = ("status", "profiles", "validate", "plan", "check", "export")
 
@@ -116,7 +122,18 @@ def _fail(service_verb: bool, event: str, text: str, code: int) -> int:
 # --- shared steps ---------------------------------------------------------------------------------------------
 
 
-def _backend(args, read_only: bool):
+def _simulated(args: argparse.Namespace) -> bool:
+    return bool(args.simulate or args.sim_state)
+
+
+def _run_dir(args: argparse.Namespace) -> Optional[str]:
+    """Simulated GPUs never use the real /run/migd (runstate.sim_run_dir)."""
+    from . import runstate
+
+    return runstate.sim_run_dir(args.sim_state) if _simulated(args) else None
+
+
+def _backend(args: argparse.Namespace, read_only: bool) -> "Backend":
     from .backend import make_backend
 
     backend = make_backend(simulate=args.simulate, sim_state=args.sim_state, read_only=read_only)
@@ -124,63 +141,62 @@ def _backend(args, read_only: bool):
     return backend
 
 
-def _load_config(args, privileged: bool = False):
+def _engine(args: argparse.Namespace, backend: "Backend", cfg: "Optional[Config]",
+            host: Optional[str] = None) -> "Engine":
+    from .engine import Engine
+
+    return Engine(backend, cfg, run_dir=_run_dir(args), simulated=backend.simulated, host=host)
+
+
+def _load_config(args: argparse.Namespace, privileged: bool = False) -> "Config":
     """privileged: the verb may change GPUs, so as root the file must be one only root can change (sshd-style)."""
     from . import config
 
     return config.load(args.config, owner=config.trusted_owner() if privileged else None)
 
 
-def _plans(backend, infos, desired, cfg):
-    from .plan import plan_gpu
-
-    persistence = cfg.daemon.persistence_mode or None  # None: leave persistence mode as it is
-    return {i: plan_gpu(infos[i], d, backend.state(i), persistence) for i, d in desired.items()}
-
-
 # --- verbs --------------------------------------------------------------------------------------------------------
 
 
-def cmd_status(args, read_only: bool) -> int:
-    from . import layout, report
-    from .model import Gpu, GpuState
+def cmd_status(args: argparse.Namespace, read_only: bool) -> int:
+    from . import report, schema
 
     backend = _backend(args, True)
     try:
-        infos = backend.gpus()
-        gpus = [Gpu(info, GpuState(False, False, None) if info.lost else backend.state(info.index)) for info in infos]
-        names: Dict[int, Dict[int, str]] = {}
-        managed: Dict[int, str] = {}
         try:
-            cfg = _load_config(args)
-            desired = layout.desired_for(cfg, infos)
-            for i, plan in _plans(backend, infos, desired, cfg).items():
-                names[i] = report.names_by_gi(plan)
-                managed[i] = desired[i].entry.where + (" (matches)" if report.layout_matches(plan) else " (drift)")
+            cfg: Optional[Config] = _load_config(args)
         except ConfigError:
-            pass  # status works without a (valid) config: it only loses instance names
+            cfg = None  # status works without a (valid) config: it only loses instance names
+        engine = _engine(args, backend, cfg)
+        desired = None
+        if cfg is not None:
+            try:
+                desired = engine.desired()
+            except ConfigError:
+                pass
+        view = engine.status(desired)
         if args.json:
-            print(report.status_json(gpus, names, backend.driver_version(), backend.description))
+            print(schema.dumps(engine.status_doc(view, backend.description)))
         else:
-            print(report.status_text(gpus, names, managed))
+            print(report.status_text(view.gpus, view.names, view.managed))
         return E.EXIT_OK
     finally:
         backend.close()
 
 
-def cmd_profiles(args, read_only: bool) -> int:
-    from . import report
+def cmd_profiles(args: argparse.Namespace, read_only: bool) -> int:
+    from . import report, schema
 
     backend = _backend(args, True)
     try:
         infos = backend.gpus()
-        print(report.profiles_json(infos) if args.json else report.profiles_text(infos))
+        print(schema.dumps(schema.profiles(infos, backend.simulated)) if args.json else report.profiles_text(infos))
         return E.EXIT_OK
     finally:
         backend.close()
 
 
-def cmd_validate(args, read_only: bool) -> int:
+def cmd_validate(args: argparse.Namespace, read_only: bool) -> int:
     from . import hostnames, layout
 
     cfg = _load_config(args)
@@ -199,7 +215,8 @@ def cmd_validate(args, read_only: bool) -> int:
 
     backend = _backend(args, True)
     try:
-        infos = backend.gpus()
+        engine = _engine(args, backend, cfg, host)
+        infos = engine.infos()
         chosen, _ = layout.select(cfg, infos, host)
         for info in infos:
             entry = chosen.get(info.index)
@@ -207,32 +224,29 @@ def cmd_validate(args, read_only: bool) -> int:
             what = "not managed (no entry matches)" if entry is None else \
                 f"{entry.label} ({entry.where}, select = {entry.selector}{hosts})"
             print(f"GPU {info.index} {info.name}: {what}")
-        layout.desired_for(cfg, infos, host)
+        engine.desired()
         print("layout fits every selected GPU")
         return E.EXIT_OK
     finally:
         backend.close()
 
 
-def cmd_plan(args, read_only: bool) -> int:
-    from . import layout
-
+def cmd_plan(args: argparse.Namespace, read_only: bool) -> int:
     cfg = _load_config(args)
     backend = _backend(args, True)
     try:
-        infos = backend.gpus()
-        desired = layout.desired_for(cfg, infos)
-        plans = _plans(backend, infos, desired, cfg)
+        engine = _engine(args, backend, cfg)
+        plans = engine.plans(engine.desired())
         code = E.EXIT_OK
-        for i, info in enumerate(infos):
-            plan = plans.get(i)
+        for info in engine.infos():
+            plan = plans.get(info.index)
             if plan is None:
-                print(f"GPU {i}: not managed")
+                print(f"GPU {info.index}: not managed")
             elif plan.refusal:
-                print(f"{plan.refusal}")
+                print(plan.refusal)
                 code = E.EXIT_FAILURE
             elif plan.noop:
-                print(f"GPU {i}: nothing to do")
+                print(f"GPU {info.index}: nothing to do")
             else:
                 for action in plan.actions:
                     print(action)
@@ -241,43 +255,30 @@ def cmd_plan(args, read_only: bool) -> int:
         backend.close()
 
 
-def cmd_check(args, read_only: bool) -> int:
-    import json
-
-    from . import layout, report
+def cmd_check(args: argparse.Namespace, read_only: bool) -> int:
+    from . import schema
 
     cfg = _load_config(args)
     backend = _backend(args, True)
     try:
-        infos = backend.gpus()
-        desired = layout.desired_for(cfg, infos)
-        rows = [{"gpu": info.index, "status": "lost", "expected": "", "found": "lost (fell off the bus)"}
-                for info in infos if info.lost]
-        for i, plan in _plans(backend, infos, desired, cfg).items():
-            status, expected, found = report.compare(infos[i], backend.state(i), plan, desired[i].mig)
-            rows.append({"gpu": i, "status": status, "expected": expected, "found": found})
-        rows.sort(key=lambda r: r["gpu"])
-        statuses = {r["status"] for r in rows}
-        # the worst outcome decides: a lost GPU (1) > drift (3) > pending (4) > ok (0)
-        code = (E.EXIT_FAILURE if "lost" in statuses else E.EXIT_DRIFT if "drift" in statuses
-                else E.EXIT_PENDING if "pending" in statuses else E.EXIT_OK)
+        result = _engine(args, backend, cfg).check()
         if args.json:
-            overall = {E.EXIT_OK: "ok", E.EXIT_DRIFT: "drift", E.EXIT_PENDING: "pending", E.EXIT_FAILURE: "lost"}
-            print(json.dumps({"status": overall[code], "gpus": rows}, indent=2))
+            rows = [{"index": r.gpu, "status": r.status.value, "expected": r.expected, "found": r.found}
+                    for r in result.gpus]
+            print(schema.dumps(schema.check(result.status.value, rows, backend.simulated)))
         else:
-            for r in rows:
-                line = f"GPU {r['gpu']}: {r['status']}: {r['found']}"
-                if r["status"] != "ok":
-                    line += f"; expected {r['expected']}"
+            for r in result.gpus:
+                line = f"GPU {r.gpu}: {r.status.value}: {r.found}"
+                if r.status.value != "ok":
+                    line += f"; expected {r.expected}"
                 print(line)
-        return code
+        return result.exit_code
     finally:
         backend.close()
 
 
-def cmd_export(args, read_only: bool) -> int:
+def cmd_export(args: argparse.Namespace, read_only: bool) -> int:
     from . import report
-    from .model import Gpu
 
     if args.declared and args.format != "slurm":
         return _fail(False, "usage", "export --declared needs --format slurm", E.EXIT_USAGE)
@@ -287,35 +288,47 @@ def cmd_export(args, read_only: bool) -> int:
         if args.format == "slurm":
             from . import slurm
 
-            print(slurm.export(backend, cfg), end="")
-        else:
-            print(report.export_toml([Gpu(i, backend.state(i.index)) for i in backend.gpus()]), end="")
+            desired = _engine(args, backend, cfg).desired() if cfg is not None else None
+            print(slurm.export(backend, desired, cfg.path if cfg is not None else None), end="")
+            return E.EXIT_OK
+        try:
+            cfg = _load_config(args)
+        except ConfigError:
+            cfg = None  # names come from the config; without one, the layout alone
+        engine = _engine(args, backend, cfg)
+        desired = None
+        if cfg is not None:
+            try:
+                desired = engine.desired()
+            except ConfigError:
+                pass
+        view = engine.status(desired)
+        print(report.export_toml(view.gpus, view.names), end="")
         return E.EXIT_OK
     finally:
         backend.close()
 
 
-def cmd_apply(args, read_only: bool) -> int:
+def cmd_apply(args: argparse.Namespace, read_only: bool) -> int:
     if args.dry_run:
         return cmd_plan(args, True)
-    from . import layout, service
-
     cfg = _load_config(args, privileged=True)  # invalid config: exit 2 before the driver is even opened
     backend = _backend(args, False)
     try:
-        infos = backend.gpus()
-        desired = layout.desired_for(cfg, infos)
-        code = service.apply_all(backend, cfg, desired, stop_clients=bool(args.stop_clients))
-        _print_status(backend, cfg, desired, infos)
-        return code
+        engine = _engine(args, backend, cfg)
+        desired = engine.desired()
+        result = engine.apply(desired, stop_clients=bool(args.stop_clients))
+        _print_apply(engine, result, desired)
+        return result.exit_code
     finally:
         backend.close()
 
 
-def cmd_boot(args, read_only: bool) -> int:
+def cmd_boot(args: argparse.Namespace, read_only: bool) -> int:
     """migd.service: wait for the driver, then apply. Failures fail the unit (exit != 0), never the boot."""
-    from . import layout, service
+    from . import layout
     from .backend import make_backend
+    from .boot import wait_for_driver
     from .log import get_logger
 
     log = get_logger()
@@ -323,12 +336,18 @@ def cmd_boot(args, read_only: bool) -> int:
     if not layout.for_host(cfg):  # no entry at all, or none for this host in a fleet file
         log.info("boot_nothing", msg=f"{cfg.path} selects no GPU on this host: nothing to do")
         return E.EXIT_OK
-    backend = service.wait_for_driver(
+    backend = wait_for_driver(
         lambda: make_backend(simulate=args.simulate, sim_state=args.sim_state), cfg.daemon.driver_wait_timeout)
     try:
-        desired = layout.desired_for(cfg, backend.gpus())
+        engine = _engine(args, backend, cfg)
+        desired = engine.desired()
         log.info("boot_apply", msg=f"applying {cfg.path} to {len(desired)} GPU(s)", gpus=sorted(desired))
-        code = service.apply_all(backend, cfg, desired)
+        result = engine.apply(desired)
+        for message in result.messages:
+            print(message)
+        if result.record_error:
+            print(f"migd: {result.record_error}", file=sys.stderr)
+        code = result.exit_code
         level = log.info if code == E.EXIT_OK else log.error
         level("boot_done", msg=f"boot apply finished: exit {code}", exit=code)
         return code
@@ -336,33 +355,28 @@ def cmd_boot(args, read_only: bool) -> int:
         backend.close()
 
 
-def cmd_watch(args, read_only: bool) -> int:
+def cmd_watch(args: argparse.Namespace, read_only: bool) -> int:
     from .watch import Watcher
 
-    return Watcher(args.config, simulate=args.simulate, sim_state=args.sim_state).run()
+    return Watcher(args.config, simulate=args.simulate, sim_state=args.sim_state, run_dir=_run_dir(args)).run()
 
 
-def _print_status(backend, cfg, desired, infos) -> None:
-    """The applied GPUs as `status` shows them; a GPU that cannot be read (lost) is left out, apply said why."""
-    from . import report, service
-    from .model import Gpu
-    from .plan import plan_gpu
+def _print_apply(engine: "Engine", result: "ApplyResult", desired: "Dict[int, DesiredGpu]") -> None:
+    """Each GPU's outcome, then the applied GPUs as `status` shows them (a GPU lost meanwhile is left out)."""
+    from . import report
 
-    infos = service.current_infos(backend, infos)
-    persistence = cfg.daemon.persistence_mode or None
-    gpus, names = [], {}
-    for i in sorted(desired):
-        try:
-            state = backend.state(i)
-        except DriverError:
-            continue
-        gpus.append(Gpu(infos[i], state))
-        names[i] = report.names_by_gi(plan_gpu(infos[i], desired[i], state, persistence))
-    print(report.status_text(gpus, names, {i: desired[i].entry.where for i in desired}))
+    for message in result.messages:
+        print(message)
+    if result.record_error:
+        print(f"migd: {result.record_error}", file=sys.stderr)
+    engine.current_infos()
+    view = engine.status(desired, only=sorted(desired))
+    print(report.status_text(view.gpus, view.names, view.managed))
 
 
-VERBS = {"status": cmd_status, "profiles": cmd_profiles, "validate": cmd_validate, "plan": cmd_plan,
-         "apply": cmd_apply, "check": cmd_check, "export": cmd_export, "boot": cmd_boot, "watch": cmd_watch}
+VERBS: Dict[str, Callable[[argparse.Namespace, bool], int]] = {
+    "status": cmd_status, "profiles": cmd_profiles, "validate": cmd_validate, "plan": cmd_plan, "apply": cmd_apply,
+    "check": cmd_check, "export": cmd_export, "boot": cmd_boot, "watch": cmd_watch}
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import re
 import shlex
 import stat
 import sys
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from . import hostnames
 from .errors import ConfigError, Problem
@@ -34,8 +34,8 @@ _INSTANCE_KEYS = {"profile", "name", "compute"}
 _DAEMON_KEYS = {"watch_interval", "drift_policy", "driver_wait_timeout", "persistence_mode", "stop_clients",
                 "lock_timeout"}
 _PROFILE_RE = re.compile(r"^(mig )?([1-8]g(\.\d{1,4}gb)?([+-][a-z.]{1,8})*|\d{1,3})\Z", re.I)
-_COMPUTE_RE = re.compile(r"^(mig )?([1-8]c(\.[1-8]g\.\d{1,4}gb([+-][a-z.]{1,8})*)?|[1-8]g\.\d{1,4}gb([+-][a-z.]{1,8})*|\d{1,2})\Z",
-                         re.I)
+_COMPUTE_RE = re.compile(
+    r"^(mig )?([1-8]c(\.[1-8]g\.\d{1,4}gb([+-][a-z.]{1,8})*)?|[1-8]g\.\d{1,4}gb([+-][a-z.]{1,8})*|\d{1,2})\Z", re.I)
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}\Z")
 _UUID_RE = re.compile(r"^GPU-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z", re.I)
 _PCI_RE = re.compile(r"^(?:([0-9a-fA-F]{1,8}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])\Z")
@@ -133,7 +133,7 @@ def _untrusted(path: str, st: os.stat_result, owner: int) -> Optional[str]:
 _MAX_LINKS = 40  # like the kernel's ELOOP limit
 
 
-def _untrusted_path(path: str, st: os.stat_result, owners: set) -> Optional[str]:
+def _untrusted_path(path: str, st: os.stat_result, owners: Set[int]) -> Optional[str]:
     """Every component of `path`, from / down, without following anything before it is checked (like OpenSSH's
     safe_path): each directory owned by root (or `owner`) and writable by nobody else unless sticky (then others
     cannot replace root's entries; the entries are checked one by one); each symlink owned by root (or `owner`)
@@ -393,7 +393,7 @@ class _Locator:
             self._i += 1
         if quote[0] == '"' and "\\" in raw:
             try:
-                return json.loads('"' + raw + '"')
+                return str(json.loads('"' + raw + '"'))
             except ValueError:
                 return raw
         return raw

@@ -98,10 +98,11 @@ class DriverError(MigdError):
 
     def __init__(self, code: int, call: str, gpu: Optional[int] = None, detail: str = ""):
         self.code, self.call, self.gpu = code, call, gpu
-        on = f"GPU {gpu}: " if gpu is not None else ""
-        text = f"{on}{call} failed: {code_name(code)}"
+        # reason: without the "GPU n: " prefix, for messages that name the GPU themselves (no "GPU 0: GPU 0:")
         hint = driver_hint(call, code)
-        super().__init__(text + (f" ({detail})" if detail else "") + (f": {hint}" if hint else ""))
+        self.reason = (f"{call} failed: {code_name(code)}" + (f" ({detail})" if detail else "")
+                       + (f": {hint}" if hint else ""))
+        super().__init__((f"GPU {gpu}: " if gpu is not None else "") + self.reason)
 
 
 class ReadOnlyViolation(MigdError):

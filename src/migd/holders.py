@@ -20,7 +20,13 @@ class Holder:
     unit: Optional[str]
 
     def __str__(self) -> str:
-        return f"{self.comm} (pid {self.pid}{', ' + self.unit if self.unit else ''})"
+        return f"{printable(self.comm)} (pid {self.pid}{', ' + printable(self.unit) if self.unit else ''})"
+
+
+def printable(text: str) -> str:
+    """A process's own name is its to choose (prctl, /proc/self/comm): control characters are shown escaped, so a
+    name like "x\\nGPU 1: applied" cannot forge a line of migd's output or log."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
 def pids_holding(paths: Iterable[str], proc: str = PROC) -> List[int]:
@@ -67,12 +73,6 @@ def comm_of(pid: int, proc: str = PROC) -> str:
             return f.read().strip()
     except OSError:
         return "?"
-
-
-def printable(text: str) -> str:
-    """`text` with every control or other unprintable character escaped: a process names itself (prctl
-    PR_SET_NAME takes any bytes), so a newline in its name must not forge a line of migd's output or log."""
-    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def describe(pids: Iterable[int], proc: str = PROC) -> List[Holder]:

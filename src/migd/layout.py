@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from .errors import ConfigError, Problem
 from .hostnames import host_matches
 from .model import ComputeProfile, Config, GpuEntry, GpuInfo, GpuProfile, GpuSelector, Placement
 from .profiles import resolve_compute_profile, resolve_gpu_profile
@@ -151,13 +152,16 @@ def resolve(entry: GpuEntry, gpu: GpuInfo) -> DesiredGpu:
     return DesiredGpu(entry, True, tuple(out))
 
 
-def desired_for(cfg: Config, infos: Sequence[GpuInfo], host: Optional[str] = None) -> Dict[int, DesiredGpu]:
-    """GPU index -> DesiredGpu; raises ConfigError (nothing touched) if any selected GPU cannot take its layout.
-    `host`: whose view of a fleet file (None: this machine's)."""
-    from .errors import ConfigError, Problem
-    from .model import GpuState
-    from .plan import plan_gpu  # plan imports this module: import at call time
+FitCheck = Callable[[GpuInfo, DesiredGpu], Optional[str]]
 
+
+def desired_for(cfg: Config, infos: Sequence[GpuInfo], fits: Optional[FitCheck] = None,
+                host: Optional[str] = None) -> Dict[int, DesiredGpu]:
+    """GPU index -> DesiredGpu; raises ConfigError (nothing touched) if any selected GPU cannot take its layout.
+
+    fits(info, desired): why the layout cannot fit even an empty GPU, or None (the engine passes the planner's
+    answer; a hook rather than an import keeps layout below plan). `host`: whose view of a fleet file (None: this
+    machine's)."""
     chosen, problems = _select(cfg, infos, host)
     position = {id(e): n for n, e in enumerate(cfg.entries)}
     # the same problem on several GPUs of one model: one line naming them; keyed by entry for the file's order
@@ -173,10 +177,9 @@ def desired_for(cfg: Config, infos: Sequence[GpuInfo], host: Optional[str] = Non
             by_text.setdefault((position[id(entry)], str(e)), []).append(info.index)
             continue
         # A layout that cannot fit even an empty GPU is a config error: refuse before touching anything.
-        empty = plan_gpu(info, d, GpuState(mig_current=True, mig_pending=True, persistence=None))
-        if empty.refusal:
-            reason = empty.refusal.split(": ", 1)[1]  # drop the "GPU n: " prefix
-            text = f"{entry.instances_where or entry.where}: {reason}"
+        why = fits(info, d) if fits is not None else None
+        if why:
+            text = f"{entry.instances_where or entry.where}: {why}"
             by_text.setdefault((position[id(entry)], text), []).append(info.index)
             continue
         desired[info.index] = d

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, MutableMapping, Optional, Tuple, Union
 
 __all__ = ["setup", "get_logger", "Logger", "LEVELS", "journal_field_name", "encode_journal"]
 
@@ -105,7 +105,7 @@ def stderr_is_journal(fd: int = 2) -> bool:
 
 def _caller() -> Any:
     """The first frame outside structlog and this module: the log call site."""
-    frame = sys._getframe(1)
+    frame: Any = sys._getframe(1)
     while frame is not None:
         module = frame.f_globals.get("__name__", "")
         if module != __name__ and module.partition(".")[0] != "structlog":
@@ -153,8 +153,15 @@ class _Record:
 
 
 class _Output:
-    """What one setup() decided. It is both the structlog processor (__call__, which
-    formats) and the logger structlog hands the result to (_emit, which writes)."""
+    """What one setup() decided, and the structlog pipeline built from it:
+
+    processors ``add_log_level`` -> ``to_record`` (event name, msg, exception, bound and event
+    fields) -> the final renderer, ``render_journal`` (systemd's native protocol) or
+    ``render_console`` (one ``migd[level]: ...`` line); this object is the logger structlog hands
+    the rendering to (``_emit`` writes it). Levels are filtered by structlog's filtering bound
+    logger, GPU context is bound with ``log.bind(gpu=i)``. Tests capture events with
+    ``structlog.testing.capture_logs()``, which swaps the processors and keeps the rest.
+    """
 
     def __init__(self, level: str, target: str, identifier: str, journal_socket: str) -> None:
         self.level = level
@@ -165,22 +172,34 @@ class _Output:
         # keeps the priority (journald parses it, SyslogLevelPrefix= defaults to yes).
         self.prefix_priority = stderr_is_journal()
         self._sock: Any = None
-        self._wrapper: Any = None
+        self.configured = False
 
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()
 
-    def bind(self, context: Dict[str, Any]) -> Any:
-        """A structlog bound logger that filters by level and feeds this output."""
+    def configure(self) -> None:
+        """Point structlog's global configuration at this output (at the first log call, not at
+        setup(): see the module docstring). Inside capture_logs() only the level changes."""
         import structlog  # here, not at module import: see the module docstring
 
-        if self._wrapper is None:
-            self._wrapper = structlog.make_filtering_bound_logger(LEVELS[self.level])
-        return self._wrapper(self, processors=[self], context=dict(context))
+        wrapper = structlog.make_filtering_bound_logger(LEVELS[self.level])
+        capturing = any(isinstance(p, structlog.testing.LogCapture) for p in structlog.get_config()["processors"])
+        if capturing:
+            structlog.configure(wrapper_class=wrapper)
+        else:
+            renderer = self.render_journal if self.target == "journal" else self.render_console
+            structlog.configure(
+                processors=[structlog.processors.add_log_level, self.to_record, renderer],
+                wrapper_class=wrapper,
+                logger_factory=lambda *_: self,
+                cache_logger_on_first_use=False,  # setup() may change the pipeline; capture_logs() too
+            )
+        self.configured = True
 
-    # structlog processor: event dict -> arguments of _emit
-    def __call__(self, _logger: Any, level: str, ev: Dict[str, Any]) -> Any:
+    # processor: event dict -> {"record": _Record}
+    def to_record(self, _logger: Any, _method: str, ev: MutableMapping[str, Any]) -> Dict[str, Any]:
+        level = str(ev.pop("level", _method))
         event = str(ev.pop("event", ""))
         msg = ev.pop("msg", None)
         exc = _exc_tuple(ev.pop("exc_info", None))
@@ -202,13 +221,23 @@ class _Output:
             message, text = f"{message}: {summary}", f"{text}: {summary}"
             if self.level == "debug":  # tracebacks are for developers, kept out of info logs
                 tb = "".join(traceback.format_exception(*exc))
-        record = _Record(level, event, _one_line(message), _one_line(text), fields, summary, tb)
-        return (record,), {}
+        return {"record": _Record(level, event, _one_line(message), _one_line(text), dict(fields), summary, tb)}
 
-    def _emit(self, record: _Record) -> None:
-        if self.target == "journal" and self._send_journal(self._journal_fields(record)):
-            return
-        self._write_stderr(record)
+    # final renderers: -> the arguments of _emit
+    def render_journal(self, _logger: Any, _method: str, ev: MutableMapping[str, Any]) -> Any:
+        record: _Record = ev["record"]
+        return (encode_journal(self._journal_fields(record)), record), {}
+
+    def render_console(self, _logger: Any, _method: str, ev: MutableMapping[str, Any]) -> Any:
+        record: _Record = ev["record"]
+        return (self._console_line(record), record), {}
+
+    def _emit(self, data: Union[bytes, str], record: _Record) -> None:
+        if isinstance(data, bytes):
+            if self._send_journal(data):
+                return
+            data = self._console_line(record)  # journald gone: the same event on stderr
+        self._write_stderr(data)
 
     # structlog calls the logger method named after the level.
     debug = info = warning = error = critical = _emit
@@ -235,12 +264,11 @@ class _Output:
             ]
         return out
 
-    def _send_journal(self, fields: List[Tuple[str, Union[str, bytes]]]) -> bool:
+    def _send_journal(self, data: bytes) -> bool:
         """One datagram per event. False (never an exception) if journald can't be reached."""
         import errno
         import socket
 
-        data = encode_journal(fields)
         try:
             if self._sock is None:
                 # Blocking, like libsystemd: journald applies back-pressure rather than losing events.
@@ -273,7 +301,7 @@ class _Output:
         except (OSError, AttributeError):  # AttributeError: no memfd on this platform
             return False
 
-    def _write_stderr(self, r: _Record) -> None:
+    def _console_line(self, r: _Record) -> str:
         """migd[<level>]: <msg> (key=value ...), no colours, no timestamp (journald adds one)."""
         line = f"{self.identifier}[{r.level}]: {r.text}"
         if r.fields:
@@ -282,6 +310,9 @@ class _Output:
             line = f"<{PRIORITY[r.level]}>{line}"
         if r.traceback is not None:  # debug level only: a developer is reading
             line += "\n" + r.traceback.rstrip("\n")
+        return line
+
+    def _write_stderr(self, line: str) -> None:
         try:
             sys.stderr.write(line + "\n")
             sys.stderr.flush()
@@ -345,9 +376,15 @@ class Logger:
         self._bound: Any = None
 
     def _logger(self) -> Any:
+        import structlog  # here, not at module import: see the module docstring
+
         output = _current()
-        if self._output is not output:
-            self._bound, self._output = output.bind(self._context), output
+        if not output.configured:
+            output.configure()
+        # Bound afresh each time from structlog's current configuration (cheap), so setup() and
+        # capture_logs() apply to loggers made before them, like module-level ones.
+        self._bound = structlog.get_logger().bind(**self._context)
+        self._output = output
         return self._bound
 
     def bind(self, **fields: Any) -> Logger:

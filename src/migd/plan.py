@@ -11,17 +11,32 @@ Deterministic: ties go to the lowest slots in config order, so the same input gi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from functools import lru_cache
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .layout import DesiredGpu, DesiredInstance
 from .model import GpuInfo, GpuState, LiveGpuInstance, Placement
 from .profiles import describe_counts
 
 
+class ActionKind(str, Enum):
+    """What an action does; the value is also its log event name."""
+
+    SET_PERSISTENCE = "set_persistence"
+    SET_MIG_MODE = "set_mig_mode"
+    DESTROY_CI = "destroy_ci"
+    DESTROY_GI = "destroy_gi"
+    CREATE_GI = "create_gi"
+    CREATE_CI = "create_ci"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass(frozen=True)
 class Action:
-    kind: str  # set_persistence | set_mig_mode | destroy_ci | destroy_gi | create_gi | create_ci
+    kind: ActionKind
     gpu: int
     enabled: Optional[bool] = None  # set_*
     gi_id: Optional[int] = None  # destroy_*: the live GI; create_ci: the live GI when known
@@ -32,18 +47,18 @@ class Action:
     placement: Optional[Placement] = None
 
     def __str__(self) -> str:
-        if self.kind == "set_persistence":
+        if self.kind == ActionKind.SET_PERSISTENCE:
             return f"GPU {self.gpu}: persistence mode {'on' if self.enabled else 'off'}"
-        if self.kind == "set_mig_mode":
+        if self.kind == ActionKind.SET_MIG_MODE:
             return f"GPU {self.gpu}: MIG mode {'on' if self.enabled else 'off'}"
-        if self.kind == "destroy_ci":
+        if self.kind == ActionKind.DESTROY_CI:
             return f"GPU {self.gpu}: destroy compute instance {self.gi_id}/{self.ci_id} ({self.profile_name})"
-        if self.kind == "destroy_gi":
+        if self.kind == ActionKind.DESTROY_GI:
             return f"GPU {self.gpu}: destroy GPU instance {self.gi_id} ({self.profile_name} at {self.placement})"
-        if self.kind == "create_gi":
+        if self.kind == ActionKind.CREATE_GI:
             return (f"GPU {self.gpu}: create GPU instance {self.profile_name} (profile ID {self.profile_id}) "
                     f"at {self.placement}")
-        if self.kind == "create_ci":
+        if self.kind == ActionKind.CREATE_CI:
             return (f"GPU {self.gpu}: create compute instance {self.profile_name} (profile ID {self.profile_id}) "
                     f"at {self.placement} in instance #{self.slot}")
         return f"GPU {self.gpu}: {self.kind}"
@@ -97,7 +112,7 @@ def _plan(info: GpuInfo, desired: DesiredGpu, state: GpuState,
     g = info.index
     actions: List[Action] = []
     if persistence is not None and state.persistence is not None and state.persistence != persistence:
-        actions.append(Action("set_persistence", g, enabled=persistence))
+        actions.append(Action(ActionKind.SET_PERSISTENCE, g, enabled=persistence))
 
     if not desired.mig:
         if state.mig_current:
@@ -107,7 +122,7 @@ def _plan(info: GpuInfo, desired: DesiredGpu, state: GpuState,
                               _pid_list(busy))
             actions += _destroy(info, state.instances)
         if state.mig_current or state.mig_pending:
-            actions.append(Action("set_mig_mode", g, enabled=False))
+            actions.append(Action(ActionKind.SET_MIG_MODE, g, enabled=False))
         return actions, []
 
     if not info.mig_capable:
@@ -122,16 +137,16 @@ def _plan(info: GpuInfo, desired: DesiredGpu, state: GpuState,
         assignments.append(Assignment(slot, item, placement, kept.get(slot), compute[slot]))
 
     if not state.mig_current or not state.mig_pending:
-        actions.append(Action("set_mig_mode", g, enabled=True))
+        actions.append(Action(ActionKind.SET_MIG_MODE, g, enabled=True))
     kept_ids = set(kept.values())
     actions += _destroy(info, [gi for gi in live if gi.id not in kept_ids])
     for a in assignments:
         if a.kept_gi is not None:
             continue
-        actions.append(Action("create_gi", g, slot=a.slot, profile_id=a.instance.profile.id,
+        actions.append(Action(ActionKind.CREATE_GI, g, slot=a.slot, profile_id=a.instance.profile.id,
                               profile_name=a.instance.profile.name, placement=a.placement))
         for cp, cpl in zip(a.instance.compute, a.compute_placements):
-            actions.append(Action("create_ci", g, slot=a.slot, profile_id=cp.id, profile_name=cp.name, placement=cpl))
+            actions.append(Action(ActionKind.CREATE_CI, g, slot=a.slot, profile_id=cp.id, profile_name=cp.name, placement=cpl))
     return actions, assignments
 
 
@@ -175,7 +190,7 @@ def _precheck_media(info: GpuInfo, items: List[DesiredInstance]) -> None:
                       f"{label}, {info.model} has {total}")
 
 
-def _compute_layout(pairs) -> Tuple[Tuple[int, int, int], ...]:
+def _compute_layout(pairs: Iterable[Tuple[int, Placement]]) -> Tuple[Tuple[int, int, int], ...]:
     """A GI's compute instances as sorted (profile id, start, size): what "the same compute instances" means."""
     return tuple(sorted((pid, pl.start, pl.size) for pid, pl in pairs))
 
@@ -306,9 +321,9 @@ def _destroy(info: GpuInfo, gis: Sequence[LiveGpuInstance]) -> List[Action]:
         for ci in gi.compute:
             cname = next((c.name for c in (profile.compute_profiles if profile else ()) if c.id == ci.profile_id),
                          f"profile {ci.profile_id}")
-            actions.append(Action("destroy_ci", info.index, gi_id=gi.id, ci_id=ci.id, profile_name=cname,
+            actions.append(Action(ActionKind.DESTROY_CI, info.index, gi_id=gi.id, ci_id=ci.id, profile_name=cname,
                                   profile_id=ci.profile_id, placement=ci.placement))
-        actions.append(Action("destroy_gi", info.index, gi_id=gi.id, profile_name=name, profile_id=gi.profile_id,
+        actions.append(Action(ActionKind.DESTROY_GI, info.index, gi_id=gi.id, profile_name=name, profile_id=gi.profile_id,
                               placement=gi.placement))
     return actions
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .model import Gpu, GpuInfo, GpuState, LiveGpuInstance
-from .plan import GpuPlan
+from .model import Gpu, GpuInfo, GpuState
+from .layout import DesiredGpu
+from .plan import GpuPlan, plan_gpu
 
 # --- status -------------------------------------------------------------------------------------------------------
 
@@ -16,38 +17,6 @@ def names_by_gi(plan: Optional[GpuPlan]) -> Dict[int, str]:
     if plan is None or not plan.noop:
         return {}
     return {a.kept_gi: a.instance.name for a in plan.assignments if a.kept_gi is not None and a.instance.name}
-
-
-def status_json(gpus: Sequence[Gpu], names: Dict[int, Dict[int, str]], driver: str, backend: str) -> str:
-    return json.dumps({"driver_version": driver, "backend": backend,
-                       "gpus": [gpu_json(g, names.get(g.info.index, {})) for g in gpus]}, indent=2)
-
-
-def gpu_json(gpu: Gpu, names: Dict[int, str]) -> dict:
-    info, state = gpu.info, gpu.state
-    return {
-        "index": info.index, "uuid": info.uuid, "name": info.name, "pci_bus_id": info.pci_bus_id, "lost": info.lost,
-        "architecture": info.architecture, "mig_capable": info.mig_capable,
-        "mig": {"current": state.mig_current, "pending": state.mig_pending},
-        "persistence": state.persistence,
-        "processes": list(state.pids),
-        "instances": [_instance_json(info, gi, names.get(gi.id)) for gi in state.instances],
-    }
-
-
-def _instance_json(info: GpuInfo, gi: LiveGpuInstance, name: Optional[str]) -> dict:
-    profile = info.profile_by_id(gi.profile_id)
-    cps = {c.id: c.name for c in profile.compute_profiles} if profile else {}
-    return {
-        "gi_id": gi.id, "profile": profile.name if profile else None, "profile_id": gi.profile_id,
-        "graphics": profile.graphics if profile else None,
-        "placement": {"start": gi.placement.start, "size": gi.placement.size},
-        "uuid": gi.compute[0].uuid if len(gi.compute) == 1 else None,  # the MIG device, when there is one
-        "name": name,
-        "compute": [{"ci_id": ci.id, "profile": cps.get(ci.profile_id), "profile_id": ci.profile_id,
-                     "placement": {"start": ci.placement.start, "size": ci.placement.size},
-                     "uuid": ci.uuid, "pids": list(ci.pids)} for ci in gi.compute],
-    }
 
 
 def status_text(gpus: Sequence[Gpu], names: Dict[int, Dict[int, str]], managed: Dict[int, str]) -> str:
@@ -130,18 +99,6 @@ def _profile_table(info: GpuInfo) -> List[str]:
     return out
 
 
-def profiles_json(infos: Sequence[GpuInfo]) -> str:
-    return json.dumps({"gpus": [{
-        "index": i.index, "name": i.name, "profiles": [{
-            "index": p.index, "id": p.id, "name": p.name, "slices": p.slices, "instance_count": p.instance_count,
-            "memory_mb": p.memory_mb, "multiprocessors": p.multiprocessors, "copy_engines": p.copy_engines,
-            "decoders": p.decoders, "encoders": p.encoders, "jpegs": p.jpegs, "ofas": p.ofas,
-            "graphics": p.graphics,
-            "placements": [{"start": pl.start, "size": pl.size} for pl in p.placements],
-            "compute": [c.name for c in p.compute_profiles],
-        } for p in i.profiles]} for i in infos]}, indent=2)
-
-
 # --- drift --------------------------------------------------------------------------------------------------------
 
 
@@ -166,9 +123,10 @@ def layout_matches(plan: GpuPlan) -> bool:
     return plan.ok and all(a.kind == "set_persistence" for a in plan.actions)
 
 
-def compare(info: GpuInfo, state: GpuState, plan: GpuPlan, mig: bool) -> Tuple[str, str, str]:
+def compare(info: GpuInfo, desired: DesiredGpu, state: GpuState, plan: GpuPlan) -> Tuple[str, str, str]:
     """(status, expected, found) of one GPU for `check` and the watchdog: status is "ok", "drift" or "pending".
-    Persistence mode is not part of the layout: a plan that only turns it on still matches."""
+    Persistence mode is not part of the layout: a plan that only turns it on still matches. `expected` is always a
+    layout, never a refusal: a plan refused (a busy instance in the way) shows the layout as placed on an empty GPU."""
     found = live_layout(info, state)
     if state.mode_change_pending:
         status = "pending"
@@ -176,7 +134,9 @@ def compare(info: GpuInfo, state: GpuState, plan: GpuPlan, mig: bool) -> Tuple[s
         status = "ok"
     else:
         status = "drift"
-    expected = desired_layout(plan, mig) if plan.ok else (plan.refusal or "")
+    if not plan.ok:
+        plan = plan_gpu(info, desired, GpuState(mig_current=True, mig_pending=True, persistence=None))
+    expected = desired_layout(plan, desired.mig)
     return status, expected, found
 
 
@@ -195,13 +155,15 @@ def desired_layout(plan: GpuPlan, mig: bool) -> str:
 # --- export -------------------------------------------------------------------------------------------------------
 
 
-def export_toml(gpus: Sequence[Gpu]) -> str:
-    """The live layout as a migd.toml that `migd apply` reproduces (applied here: nothing to do)."""
-    groups: List[Tuple[List[int], Tuple[bool, Tuple[str, ...]], List[str]]] = []
-    for gpu in gpus:
-        if not gpu.info.mig_capable:
-            continue
-        key, lines = _export_entry(gpu)
+def export_toml(gpus: Sequence[Gpu], names: Optional[Dict[int, Dict[int, str]]] = None) -> str:
+    """The live layout as a migd.toml that `migd apply` reproduces (applied here: nothing to do, persistence mode
+    included). names: GPU -> GI id -> the instance name the current config gives it (names live only there).
+    GPUs without MIG, and lost ones, are left out (no entry selects them, so apply leaves them alone)."""
+    names = names or {}
+    groups: List[Tuple[List[int], Tuple[object, ...], List[str]]] = []
+    exported = [g for g in gpus if g.info.mig_capable and not g.info.lost]
+    for gpu in exported:
+        key, lines = _export_entry(gpu, names.get(gpu.info.index, {}))
         for indices, k, _ in groups:
             if k == key:
                 indices.append(gpu.info.index)
@@ -212,24 +174,28 @@ def export_toml(gpus: Sequence[Gpu]) -> str:
     for indices, _, lines in groups:
         select = str(indices[0]) if len(indices) == 1 else "[" + ", ".join(map(str, indices)) + "]"
         out += ["[[gpu]]", f"select = {select}"] + lines + [""]
+    # persistence_mode = true turns it on; false leaves it as it is: true only where every exported GPU has it on.
+    persistence = bool(exported) and all(g.state.persistence for g in exported)
+    out += ["[daemon]", f"persistence_mode = {'true' if persistence else 'false'}", ""]
     return "\n".join(out)
 
 
-def _export_entry(gpu: Gpu) -> Tuple[Tuple[bool, Tuple[str, ...]], List[str]]:
+def _export_entry(gpu: Gpu, names: Dict[int, str]) -> Tuple[Tuple[object, ...], List[str]]:
     info, state = gpu.info, gpu.state
     if not state.mig_current:
-        return (False, ()), ["mig = false"]
+        return (False,), ["mig = false"]
     items = []
     for gi in state.instances:
         p = info.profile_by_id(gi.profile_id)
-        if p is None:
-            continue
-        cps = {c.id: c.name for c in p.compute_profiles}
-        full = p.full_compute_profile
+        profile = json.dumps(p.name) if p else str(gi.profile_id)  # an unknown profile by its numeric ID
+        cps = {c.id: c.name for c in p.compute_profiles} if p else {}
+        full = p.full_compute_profile if p else None
         cis = [ci.profile_id for ci in gi.compute]
+        name = names.get(gi.id)
+        fields = [f"profile = {profile}"] + ([f"name = {json.dumps(name)}"] if name else [])
         if full is not None and cis == [full.id]:
-            items.append(json.dumps(p.name))
+            items.append(profile if not name else "{ " + ", ".join(fields) + " }")
         else:
             compute = ", ".join(json.dumps(cps.get(x, str(x))) for x in cis)
-            items.append(f"{{ profile = {json.dumps(p.name)}, compute = [{compute}] }}")
-    return (True, (info.name,) + tuple(items)), ["mig = true", f"instances = [{', '.join(items)}]"]
+            items.append("{ " + ", ".join(fields + [f"compute = [{compute}]"]) + " }")
+    return (True, info.name) + tuple(items), ["mig = true", f"instances = [{', '.join(items)}]"]

@@ -14,12 +14,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import os
 import tempfile
 import stat
 import time
-from typing import Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 from .errors import LockBusy, MigdError
 from .model import name_variable
@@ -34,9 +33,12 @@ class RunDirError(MigdError):
     """/run/migd is not what migd made it: owned by someone else, writable by others, or not a directory."""
 
 
-def run_dir() -> str:
-    """/run/migd as root; a non-root user (who can only be driving simulated GPUs: NVML refuses MIG changes to
-    them) gets a private one, so `migd --simulate … apply` works on a laptop without sudo."""
+def run_dir(directory: Optional[str] = None) -> str:
+    """`directory` when given (simulated GPUs: see sim_run_dir); else $MIGD_RUN_DIR; else /run/migd as root; a
+    non-root user (who can only be driving simulated GPUs: NVML refuses MIG changes to them) gets a private one,
+    so `migd --simulate … apply` works on a laptop without sudo."""
+    if directory:
+        return directory
     env = os.environ.get("MIGD_RUN_DIR")
     if env:
         return env
@@ -46,10 +48,22 @@ def run_dir() -> str:
     return os.path.join(base, "migd") if os.environ.get("XDG_RUNTIME_DIR") else base
 
 
-def ensure_run_dir() -> str:
+def sim_run_dir(sim_state: Optional[str]) -> str:
+    """Where a run on simulated GPUs keeps its lock, state.json and devices.env: never the real /run/migd (whose
+    devices.env docker compose reads), even as root. Next to a shared simulated host's state file (so every
+    process driving that host shares one lock), else a per-user temp dir. $MIGD_RUN_DIR still wins."""
+    env = os.environ.get("MIGD_RUN_DIR")
+    if env:
+        return env
+    if sim_state:
+        return os.path.abspath(sim_state) + ".run"
+    return os.path.join(tempfile.gettempdir(), f"migd-sim-{os.geteuid()}")
+
+
+def ensure_run_dir(directory: Optional[str] = None) -> str:
     """Create the run directory (0755), or check the one that is there: a directory (not a symlink) owned by us and
     writable by nobody else, so no one can plant files or links where migd writes as root."""
-    d = run_dir()
+    d = run_dir(directory)
     try:
         os.mkdir(d, DIR_MODE)
         os.chmod(d, DIR_MODE)  # whatever the umask
@@ -57,7 +71,7 @@ def ensure_run_dir() -> str:
         pass
     except FileNotFoundError:
         os.makedirs(os.path.dirname(os.path.abspath(d)), exist_ok=True)
-        return ensure_run_dir()
+        return ensure_run_dir(directory)
     st = os.lstat(d)
     if not stat.S_ISDIR(st.st_mode):
         raise RunDirError(f"{d} is not a directory: remove it (migd recreates it)")
@@ -91,12 +105,13 @@ def _open_lock(path: str, create: bool) -> int:
 
 
 @contextlib.contextmanager
-def locked(timeout: float, wait: bool = True, shared: bool = False) -> Iterator[None]:
+def locked(timeout: float, wait: bool = True, shared: bool = False,
+           directory: Optional[str] = None) -> Iterator[None]:
     """Hold /run/migd/lock. Raises LockBusy after `timeout` seconds (at once when wait is False).
 
     shared: a reader's lock (the watchdog's check): readers run together, but never while an apply (exclusive)
     changes the GPUs, so a check never sees a half-applied layout and an apply never starts under a check."""
-    path = os.path.join(ensure_run_dir(), "lock")
+    path = os.path.join(ensure_run_dir(directory), "lock")
     fd = _open_lock(path, create=True)
     try:
         deadline = time.monotonic() + (timeout if wait else 0)
@@ -167,16 +182,18 @@ def atomic_write(path: str, text: str, mode: int = FILE_MODE) -> None:
         raise
 
 
-def write_results(gpus: List[dict], config_path: str) -> None:
-    """gpus: [{index, uuid, name, outcome, mig, instances: [{name, profile, placement, gi_id, uuid}]}]."""
-    d = ensure_run_dir()
-    doc = {"applied_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": config_path, "boot_id": _boot_id(),
-           "gpus": gpus}
-    atomic_write(os.path.join(d, "state.json"), json.dumps(doc, indent=2) + "\n")
+def write_results(gpus: List[Dict[str, Any]], config_path: str, simulated: bool = False,
+                  directory: Optional[str] = None) -> None:
+    """gpus: schema.gpu() objects with `outcome` and `message` (README "JSON output")."""
+    from . import schema
+
+    d = ensure_run_dir(directory)
+    doc = schema.state_file(gpus, config_path, time.strftime("%Y-%m-%dT%H:%M:%S%z"), _boot_id(), simulated)
+    atomic_write(os.path.join(d, "state.json"), schema.dumps(doc) + "\n")
     atomic_write(os.path.join(d, "devices.env"), devices_env(gpus))
 
 
-def devices_env(gpus: List[dict]) -> str:
+def devices_env(gpus: List[Dict[str, Any]]) -> str:
     """MIG device UUIDs as variables. Per GPU i, MIG devices (compute instances) counted k = 0, 1, ... in MIG device
     order (GPU instances by placement, their compute instances by placement): MIGD_GPU<i>_MIG<k>. A named instance:
     MIGD_GPU<i>_<NAME> (and MIGD_<NAME> where the name is used once on the host) -> its first compute instance, and
@@ -194,7 +211,7 @@ def devices_env(gpus: List[dict]) -> str:
     for g in gpus:
         k = 0
         for inst in g.get("instances", []):
-            uuids = [u for u in (inst.get("compute") or ([inst["uuid"]] if inst.get("uuid") else [])) if u]
+            uuids = [ci["uuid"] for ci in inst.get("compute", []) if ci.get("uuid")]
             for uuid in uuids:
                 values.setdefault(f"MIGD_GPU{g['index']}_MIG{k}", []).append(uuid)
                 k += 1

@@ -22,9 +22,10 @@ Everything here but read_mig_minors() is pure: model types in, text out.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .errors import MigdError
+from .layout import DesiredGpu
 from .model import GpuInfo, GpuState
 from .plan import GpuPlan
 
@@ -170,13 +171,14 @@ def render(node: str, devices: Sequence[GresDevice], declared: bool, config: Opt
 # --- from a backend (the one call `migd export --format slurm` makes) ---------------------------------------------
 
 
-def export(backend, cfg=None, node: Optional[str] = None) -> str:
-    """The text for this host: live layout, or with `cfg` the layout it declares (planned on empty GPUs; GPUs no
-    entry selects keep their live layout). Reads the capability minors only for the live layout."""
+def export(backend: Any, desired: Optional[Dict[int, DesiredGpu]] = None, source: Optional[str] = None,
+           node: Optional[str] = None) -> str:
+    """The text for this host: live layout, or with `desired` (from config `source`) the layout it declares
+    (planned on empty GPUs; GPUs no entry selects keep their live layout). Reads the capability minors only for the
+    live layout."""
     import os
     import socket
 
-    from . import layout
     from .plan import plan_gpu
 
     node = node or socket.gethostname().split(".", 1)[0]  # slurmd's default NodeName: the short host name
@@ -184,8 +186,9 @@ def export(backend, cfg=None, node: Optional[str] = None) -> str:
     lost = [i.index for i in infos if i.lost]
     if lost:
         raise MigdError(f"GPU {', '.join(map(str, lost))} lost (fell off the bus): the node's GRES cannot be listed")
-    desired = layout.desired_for(cfg, infos) if cfg is not None else {}
-    minors = None if cfg is not None else read_mig_minors(os.environ.get("MIGD_MIG_MINORS") or MIG_MINORS)
+    declared = desired is not None
+    desired = desired or {}
+    minors = None if declared else read_mig_minors(os.environ.get("MIGD_MIG_MINORS") or MIG_MINORS)
     devices: List[GresDevice] = []
     for info in infos:
         gpu_minor = backend.minor_number(info.index)
@@ -195,4 +198,4 @@ def export(backend, cfg=None, node: Optional[str] = None) -> str:
             devices += declared_devices(info, d.mig, plan_gpu(info, d, empty), gpu_minor)
         else:
             devices += live_devices(info, backend.state(info.index), gpu_minor, minors)
-    return render(node, devices, cfg is not None, cfg.path if cfg is not None else None)
+    return render(node, devices, declared, source)

@@ -17,14 +17,14 @@ import os
 import signal
 import threading
 import time
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from . import config as config_mod
 from . import errors as E
-from . import report, runstate
+from . import runstate
+from .engine import CheckStatus, Engine
 from .errors import ConfigError, DriverError, LockBusy
 from .log import get_logger
-from .plan import plan_gpu
 
 log = get_logger()
 
@@ -46,9 +46,12 @@ class Notifier:
 
 class Watcher:
     def __init__(self, config_path: str, simulate: Optional[str] = None, sim_state: Optional[str] = None,
-                 notify: Optional[Notifier] = None):
+                 notify: Optional[Notifier] = None, run_dir: Optional[str] = None):
         self.config_path = config_path
         self.simulate, self.sim_state = simulate, sim_state
+        if run_dir is None and (simulate or sim_state):
+            run_dir = runstate.sim_run_dir(sim_state)  # simulated GPUs never use the real /run/migd
+        self.run_dir = run_dir
         self.notify = notify or Notifier()
         # Invalid (or, as root, not root's alone) at start: exit 2, systemd shows why.
         self.cfg = config_mod.load(config_path, owner=config_mod.trusted_owner())
@@ -93,11 +96,11 @@ class Watcher:
             return False
         return True
 
-    def _on_hup(self, *_) -> None:
+    def _on_hup(self, *_: object) -> None:
         self.reload_requested = True
         self.wake.set()
 
-    def _on_term(self, *_) -> None:
+    def _on_term(self, *_: object) -> None:
         self.stopping.set()
         self.wake.set()
 
@@ -134,7 +137,7 @@ class Watcher:
         skipped."""
         with contextlib.ExitStack() as held:
             try:
-                held.enter_context(runstate.locked(0, wait=False, shared=True))
+                held.enter_context(runstate.locked(0, wait=False, shared=True, directory=self.run_dir))
             except LockBusy:
                 log.debug("check_skipped", msg="apply in progress (lock held): skipping this check")
                 return {}
@@ -149,28 +152,30 @@ class Watcher:
                         + ", ".join(sorted(bad))) + f" (check #{self.checks})"
         return statuses
 
-    def _check(self) -> Tuple[Dict[int, str], list]:
-        from . import layout
+    def _engine(self, read_only: bool) -> Engine:
         from .backend import make_backend
 
+        backend = make_backend(simulate=self.simulate, sim_state=self.sim_state, read_only=read_only)
+        return Engine(backend, self.cfg, run_dir=self.run_dir, simulated=backend.simulated)
+
+    def _check(self) -> Tuple[Dict[int, str], List[int]]:
         self.checks += 1
-        backend = make_backend(simulate=self.simulate, sim_state=self.sim_state, read_only=True)
+        engine = self._engine(read_only=True)
         statuses: Dict[int, str] = {}
         reapply = []
         try:
-            backend.open()
-            infos = backend.gpus()
+            engine.backend.open()
+            infos = engine.infos()
             for info in infos:
                 if info.lost:  # once per change, like drift
                     self._report(info.index, "error", "", "lost (fell off the bus); see dmesg for Xid errors")
-                    statuses[info.index] = "lost"
-            desired = layout.desired_for(self.cfg, infos)
-            for i, d in desired.items():
-                state = backend.state(i)
-                status, expected, found = report.compare(infos[i], state, plan_gpu(infos[i], d, state), d.mig)
-                self._report(i, status, expected, found)
-                statuses[i] = status
-                if status == "drift" and self.cfg.daemon.drift_policy == "reapply":
+                    statuses[info.index] = CheckStatus.LOST
+            for i, d in engine.desired().items():
+                state = engine.backend.state(i)
+                row = engine.compare_gpu(infos[i], d, state)
+                self._report(i, row.status, row.expected, row.found)
+                statuses[i] = row.status
+                if row.status == CheckStatus.DRIFT and self.cfg.daemon.drift_policy == "reapply":
                     if any(gi.busy for gi in state.instances):
                         log.warning("drift_not_reapplied", msg=f"GPU {i}: drifted, but its instances have "
                                     "processes: not re-applying", gpu=i)
@@ -181,7 +186,7 @@ class Watcher:
         except DriverError as e:
             self._report(-1, "error", "", str(e))
         finally:
-            backend.close()
+            engine.backend.close()
         return statuses, reapply
 
     def _report(self, gpu: int, status: str, expected: str, found: str) -> None:
@@ -201,23 +206,20 @@ class Watcher:
             log.warning("drift", msg=f"{where}: {status}: expected {expected}; found {found}", gpu=gpu,
                         status=status, expected=expected, found=found)
 
-    def _reapply(self, gpus) -> None:
-        from . import apply as engine
-        from . import layout
-        from .backend import make_backend
-
+    def _reapply(self, gpus: List[int]) -> None:
+        """The same engine apply as `migd apply` and `migd boot`: lock, apply, verify, roll back, record."""
         try:
-            with runstate.locked(self.cfg.daemon.lock_timeout):
-                backend = make_backend(simulate=self.simulate, sim_state=self.sim_state)
-                backend.open()
-                try:
-                    infos = backend.gpus()
-                    desired = layout.desired_for(self.cfg, infos)
-                    for i in gpus:
-                        r = engine.apply_gpu(backend, infos[i], desired[i], self.cfg.daemon.persistence_mode or None)
-                        log.info("drift_reapplied", msg=f"GPU {i}: re-applied after drift: {r.outcome}", gpu=i,
-                                 outcome=r.outcome)
-                finally:
-                    backend.close()
-        except (LockBusy, DriverError) as e:
+            engine = self._engine(read_only=False)
+            engine.backend.open()
+            try:
+                result = engine.apply(engine.desired(), gpus=gpus)
+            finally:
+                engine.backend.close()
+        except (LockBusy, DriverError, ConfigError) as e:
             log.warning("reapply_skipped", msg=f"not re-applying now: {e}")
+            return
+        for i, r in result.gpus.items():
+            log.info("drift_reapplied", msg=f"GPU {i}: re-applied after drift: {r.outcome.value}", gpu=i,
+                     outcome=r.outcome.value)
+        if result.record_error:
+            log.error("reapply_not_recorded", msg=result.record_error)

@@ -20,14 +20,16 @@ from typing import Optional
 
 import pytest
 
-from .rootfs import enable_units, install_file, install_tree
+from .rootfs import enable_units, install_file
 
 pytestmark = pytest.mark.boot
 
 REPO = Path(__file__).resolve().parents[2]
 SIM_STATE = "/var/lib/migd-sim/state.json"
 SIM_ENV = {"MIGD_SIMULATE": "h100-80gb,a100-40gb", "MIGD_SIM_STATE": SIM_STATE,
-           "MIGD_SIM_BOOT_MARKER": "/run/migd-sim/booted"}
+           "MIGD_SIM_BOOT_MARKER": "/run/migd-sim/booted",
+           # simulated runs keep out of /run/migd unless told: here the product units' run dir is the point
+           "MIGD_RUN_DIR": "/run/migd"}
 STUBS = {  # unit -> (process name, simulated device node it holds)
     "nvidia-dcgm.service": ("nv-hostengine", "nvidia0"),
     "nvsm.service": ("nvsm-core", "nvidia0"),

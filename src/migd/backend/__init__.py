@@ -1,24 +1,26 @@
 """The backend protocol: everything migd asks of a GPU driver, in migd's own types.
 
-There is one implementation, `NvmlBackend`, over pynvml. Simulated GPUs plug in *below* pynvml as a fake
-libnvidia-ml (migd.sim), so the same NVML code runs against the simulator in every test and against the driver in
-production. NVML details (handles, indices vs IDs, ctypes) never leave backend/nvml.py.
+There is one implementation, `NvmlBackend`, over pynvml; mypy checks it against `Backend` (make_backend's
+return). Simulated GPUs plug in *below* pynvml as a fake libnvidia-ml (migd.sim), so the same NVML code runs against
+the simulator in every test and against the driver in production. NVML details (handles, indices vs IDs, ctypes)
+never leave backend/nvml.py.
 """
 
 from __future__ import annotations
 
 import os
-from typing import List, Optional
-
+from typing import List, Optional, Protocol
 
 from ..model import GpuInfo, GpuState, Placement
 
 
-class Backend:  # the protocol, as a plain class: typing.Protocol would add nothing at runtime
-    """What apply, plan, status and the watchdog need. Mutations raise DriverError with NVML's code."""
+class Backend(Protocol):
+    """What the engine, status and the watchdog need. Mutations raise DriverError with NVML's code; so does a read
+    that fails."""
 
     description: str
     read_only: bool
+    simulated: bool  # simulated GPUs (reports say so: "simulated": true)
 
     def open(self) -> None: ...
     def close(self) -> None: ...
@@ -39,10 +41,11 @@ def read_only_forced() -> bool:
     return os.environ.get("MIGD_READ_ONLY", "") not in ("", "0", "false", "no")
 
 
-def make_backend(simulate: Optional[str] = None, sim_state: Optional[str] = None, read_only: bool = False):
+def make_backend(simulate: Optional[str] = None, sim_state: Optional[str] = None, read_only: bool = False) -> Backend:
     """The nvml backend over the real driver, or over simulated GPUs when `simulate` or `sim_state` is given.
 
-    MIGD_READ_ONLY=1 forces the read-only guard on whatever the caller asked.
+    MIGD_READ_ONLY=1 forces the read-only guard on whatever the caller asked. `--sim-state` of a host built from
+    one spec with `--simulate` of another is an error (ValueError), never a silent switch to the file's GPUs.
     """
     from .nvml import NvmlBackend
 
@@ -51,9 +54,18 @@ def make_backend(simulate: Optional[str] = None, sim_state: Optional[str] = None
         raise ValueError("--simulate: empty spec; give dgx-a100, dgx-h100 or MODEL[:COUNT],...")
     if simulate or sim_state:
         from .. import sim
+        from ..sim.catalog import parse_host_spec
 
         host = sim.SimHost.create(simulate or "dgx-a100", sim_state)
+        if simulate and sim_state:
+            wanted = [m.key for m in parse_host_spec(simulate)]
+            have = [g.get("model") for g in host.gpus]
+            if wanted != have:
+                raise ValueError(f"--simulate {simulate} but {sim_state} holds a simulated {host.state.get('spec')} "
+                                 "host: drop --simulate to use that file, or give another --sim-state")
         sim.install(host)
         label = f"simulated {host.state['spec']}" + (f" ({sim_state})" if sim_state else "")
-        return NvmlBackend(read_only=read_only, description=label, sim_host=host)
+        # The simulated device nodes are plain files under the state's device_dir, named like /dev/nvidia<minor>.
+        return NvmlBackend(read_only=read_only, description=label, device_dir=host.state.get("device_dir"),
+                           simulated=True)
     return NvmlBackend(read_only=read_only, description="nvml")

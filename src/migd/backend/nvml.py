@@ -12,8 +12,9 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import re
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import DriverError, ReadOnlyViolation, code_name
 from ..model import ComputeProfile, GpuInfo, GpuProfile, GpuState, LiveComputeInstance, LiveGpuInstance, Placement
@@ -47,32 +48,35 @@ class _GpuInstanceProfileInfoV3(ctypes.Structure):
 
 
 class NvmlBackend:
-    def __init__(self, read_only: bool = False, description: str = "nvml", sim_host=None):
+    def __init__(self, read_only: bool = False, description: str = "nvml", device_dir: Optional[str] = "/dev",
+                 simulated: bool = False):
         import pynvml  # imported here so pure commands (validate) never load it
 
         self._n = pynvml
         self.read_only = read_only
         self.description = description
-        self._sim_host = sim_host
+        self.simulated = simulated
+        self._device_dir = device_dir  # where the nvidia<minor> nodes are; None: none (a simulated host in memory)
         self._handles: Dict[int, object] = {}
-        self._ci_cache: Dict[Tuple[int, int], list] = {}  # (gpu, GI profile id) -> CI profile infos
+        self._ci_cache: Dict[Tuple[int, int], List[Any]] = {}  # (gpu, GI profile id) -> CI profile infos
         self._states: Dict[int, GpuState] = {}
         self._infos: Optional[List[Optional[GpuInfo]]] = None  # per GPU; None: (re)read on next use
         self._open = False
 
     # --- plumbing -------------------------------------------------------------------------------------------
 
-    def _call(self, name: str, *args, gpu: Optional[int] = None):
+    def _call(self, name: str, *args: Any, gpu: Optional[int] = None) -> Any:
         if not _READ_ONLY_CALLS.fullmatch(name):
             if self.read_only:
                 raise ReadOnlyViolation(name)
-            self._states.pop(gpu, None)  # whatever happens, this GPU's cached state is stale now
+            if gpu is not None:
+                self._states.pop(gpu, None)  # whatever happens, this GPU's cached state is stale now
         try:
             return getattr(self._n, name)(*args)
         except self._n.NVMLError as e:
             raise DriverError(e.value, name, gpu) from None
 
-    def _try(self, name: str, *args, gpu: Optional[int] = None, ok_codes: Tuple[int, ...] = ()):
+    def _try(self, name: str, *args: Any, gpu: Optional[int] = None, ok_codes: Tuple[int, ...] = ()) -> Any:
         """A call whose listed failure codes mean "not there" (returns None) rather than an error."""
         try:
             return self._call(name, *args, gpu=gpu)
@@ -102,13 +106,13 @@ class NvmlBackend:
         self.open()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def driver_version(self) -> str:
         return str(self._call("nvmlSystemGetDriverVersion"))
 
-    def _handle(self, gpu: int):
+    def _handle(self, gpu: int) -> Any:
         h = self._handles.get(gpu)
         if h is None:
             h = self._handles[gpu] = self._call("nvmlDeviceGetHandleByIndex", gpu, gpu=gpu)
@@ -159,7 +163,7 @@ class NvmlBackend:
                        architecture=_ARCH_NAMES.get(arch, f"arch{arch}") if arch is not None else "unknown",
                        mig_capable=mig_capable, profiles=profiles, total_slices=slices, total_memory_slots=slots)
 
-    def _read_profiles(self, i: int, h) -> List[GpuProfile]:
+    def _read_profiles(self, i: int, h: Any) -> List[GpuProfile]:
         profiles = []
         for index in range(_PROFILE_INDEX_LIMIT):
             try:
@@ -185,7 +189,7 @@ class NvmlBackend:
             profiles.append(_with_compute(gp, derive_compute_profiles(gp)))
         return profiles
 
-    def _profile_capabilities(self, i: int, h, index: int) -> Optional[int]:
+    def _profile_capabilities(self, i: int, h: Any, index: int) -> Optional[int]:
         """The v3 profile-info `capabilities` bits (P2P, GFX), which nvidia-ml-py does not expose: our own struct
         through the same C function. None where the driver has no v3 (FUNCTION_NOT_FOUND, VERSION_MISMATCH)."""
         name = "nvmlDeviceGetGpuInstanceProfileInfoV"
@@ -201,7 +205,7 @@ class NvmlBackend:
             raise DriverError(e.value, name, i) from None
         return int(info.capabilities)
 
-    def _placements(self, call: str, handle, profile_id: int, gpu: int, struct) -> List[Placement]:
+    def _placements(self, call: str, handle: Any, profile_id: int, gpu: int, struct: Any) -> List[Placement]:
         count = ctypes.c_uint(0)
         self._call(call, handle, profile_id, None, ctypes.byref(count), gpu=gpu)  # the count is output-only
         if not count.value:
@@ -215,11 +219,10 @@ class NvmlBackend:
         return int(self._call("nvmlDeviceGetMinorNumber", self._handle(gpu), gpu=gpu))
 
     def device_nodes(self, gpu: int) -> List[str]:
-        if self._sim_host is not None:
-            node = self._sim_host.device_node(gpu)
-            return [node] if node else []
+        if self._device_dir is None:
+            return []
         minor = self._try("nvmlDeviceGetMinorNumber", self._handle(gpu), gpu=gpu, ok_codes=(3,))
-        return [f"/dev/nvidia{minor}"] if minor is not None else []
+        return [os.path.join(self._device_dir, f"nvidia{minor}")] if minor is not None else []
 
     # --- live state ----------------------------------------------------------------------------------------
 
@@ -254,7 +257,7 @@ class NvmlBackend:
         instances.sort(key=lambda x: x.placement.start)
         return GpuState(current, pending, persistence, tuple(instances))
 
-    def _gpu_instances(self, h, gpu: int, profile: GpuProfile) -> list:
+    def _gpu_instances(self, h: Any, gpu: int, profile: GpuProfile) -> List[Any]:
         count = ctypes.c_uint(profile.instance_count)
         array = (self._n.c_nvmlGpuInstance_t * max(profile.instance_count, 1))()
         # With MIG on, a profile without instances answers SUCCESS with count 0 (measured, nvml-mig.md §3.1): any
@@ -262,7 +265,7 @@ class NvmlBackend:
         self._call("nvmlDeviceGetGpuInstances", h, profile.id, array, ctypes.byref(count), gpu=gpu)
         return list(array[:count.value])
 
-    def _read_gi(self, gpu: int, gi, uuids: dict, pids_by_ci: dict) -> LiveGpuInstance:
+    def _read_gi(self, gpu: int, gi: Any, uuids: Dict[Any, str], pids_by_ci: Dict[Any, Any]) -> LiveGpuInstance:
         info = self._call("nvmlGpuInstanceGetInfo", gi, gpu=gpu)
         compute = []
         for _, cp in self._ci_profiles(gpu, gi, info.profileId):
@@ -282,7 +285,7 @@ class NvmlBackend:
                                placement=Placement(info.placement.start, info.placement.size),
                                compute=tuple(compute))
 
-    def _ci_profiles(self, gpu: int, gi, gi_profile_id: int) -> list:
+    def _ci_profiles(self, gpu: int, gi: Any, gi_profile_id: int) -> List[Any]:
         """(CI index, CI profile info) of a GI profile: the same for every GI of that profile, so read once per GPU
         (walking every CI index of every GI at every state() read was most of an 8-GPU apply's NVML calls)."""
         key = (gpu, gi_profile_id)
@@ -306,7 +309,7 @@ class NvmlBackend:
         self._ci_cache[key] = table
         return table
 
-    def _mig_devices(self, h, gpu: int) -> Tuple[dict, dict]:
+    def _mig_devices(self, h: Any, gpu: int) -> Tuple[Dict[Any, Any], Dict[Any, Any]]:
         """(GI id, CI id) -> MIG UUID, and -> (PIDs, why they are unknown or ""). NVML has no direct lookup: walk
         MIG device indices."""
         uuids: Dict[Tuple[int, int], str] = {}
@@ -322,11 +325,11 @@ class NvmlBackend:
             pids[key] = ([p.pid for p in procs], unreadable)
         return uuids, pids
 
-    def _processes(self, h, gpu: int, graphics: bool = True) -> Tuple[list, str]:
+    def _processes(self, h: Any, gpu: int, graphics: bool = True) -> Tuple[List[Any], str]:
         """The processes on a device, and "" - or, where a list cannot be read (not supported, no permission, a
         library older than the driver), why: then the list is *unknown*, never "none", and the caller must treat
         the device as busy."""
-        procs: list = []
+        procs: List[Any] = []
         unreadable = ""
         calls = ("nvmlDeviceGetComputeRunningProcesses",) + (("nvmlDeviceGetGraphicsRunningProcesses",) if graphics
                                                              else ())
@@ -350,7 +353,8 @@ class NvmlBackend:
         # profiles only with MIG on) - on the boot path every Hopper GPU changes mode, and a re-read is ~40 calls.
         self._handles.clear()
         self._ci_cache = {k: v for k, v in self._ci_cache.items() if k[0] != gpu}
-        if self._infos is not None and self._infos[gpu] is not None and not self._infos[gpu].profiles:
+        known = self._infos[gpu] if self._infos is not None else None
+        if self._infos is not None and known is not None and not known.profiles:
             self._infos[gpu] = None
         return int(status)
 
@@ -401,5 +405,5 @@ def _with_compute(gp: GpuProfile, compute: Tuple[ComputeProfile, ...]) -> GpuPro
     return replace(gp, compute_profiles=compute)
 
 
-def _text(value) -> str:
+def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,8 +1,8 @@
 """Per-model MIG tables for simulated GPUs.
 
 Values come from ../shared/reference/nvml-mig.md §2 and mig-models-2026.md (H100 80GB and H200 measured; those rows
-are checked field for field against h100-80gb-hbm3.json and h200-141gb.json by a test). Each GPU-instance profile is keyed by its NVML *profile index*, as the
-driver is; the profile *ID* is a field, like `info.id`.
+are checked field for field against h100-80gb-hbm3.json and h200-141gb.json by a test). Each GPU-instance profile
+is keyed by its NVML *profile index*, as the driver is; the profile *ID* is a field, like `info.id`.
 """
 
 from __future__ import annotations
