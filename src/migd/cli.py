@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .model import Config
 
 READ_VERBS = ("status", "profiles", "validate", "plan", "check", "export")
+SERVICE_IDENTIFIERS = {"watch": "migd-watch"}  # verb -> SyslogIdentifier= of its unit (migd.service's is "migd")
 
 
 def _simulate_help() -> str:
@@ -86,12 +87,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     read_verb = args.verb in READ_VERBS or (args.verb == "apply" and args.dry_run)
     level = "debug" if args.verbose else ("warning" if args.quiet or read_verb else "info")
-    setup(level=level)
+    # Journal entries carry the identity of the unit that runs the verb (`journalctl -t migd-watch`).
+    setup(level=level, identifier=SERVICE_IDENTIFIERS.get(args.verb, "migd"))
     service_verb = args.verb in ("boot", "watch")
     try:
         return VERBS[args.verb](args, read_verb)
     except ConfigError as e:
-        return _fail(service_verb, "config_invalid", f"invalid configuration, no GPU touched:\n{e}", E.EXIT_USAGE)
+        lead = "invalid configuration, no GPU touched:"
+        # Under systemd each problem is one journal line that says what happened and names file:line.
+        text = "\n".join(f"{lead} {' '.join(str(p).split())}" for p in e.problems) if service_verb else f"{lead}\n{e}"
+        return _fail(service_verb, "config_invalid", text, E.EXIT_USAGE)
     except MigdError as e:
         return _fail(service_verb, "failed", str(e), e.exit_code)
     except ValueError as e:  # bad --simulate spec or state file
@@ -342,11 +347,7 @@ def cmd_boot(args: argparse.Namespace, read_only: bool) -> int:
         engine = _engine(args, backend, cfg)
         desired = engine.desired()
         log.info("boot_apply", msg=f"applying {cfg.path} to {len(desired)} GPU(s)", gpus=sorted(desired))
-        result = engine.apply(desired)
-        for message in result.messages:
-            print(message)
-        if result.record_error:
-            print(f"migd: {result.record_error}", file=sys.stderr)
+        result = engine.apply(desired)  # every outcome and a record error are logged: nothing printed twice
         code = result.exit_code
         level = log.info if code == E.EXIT_OK else log.error
         level("boot_done", msg=f"boot apply finished: exit {code}", exit=code)

@@ -5,9 +5,15 @@ Two threads:
   checks), and logs drift once per change and once when it clears; it skips a round while apply holds the lock;
 - the **main thread** sends WATCHDOG=1 only while the checker is not stuck inside one check for longer than the
   watchdog interval, so a hung NVML call stops the pings and systemd kills and restarts the service
-  (Result=watchdog). STATUS= carries a one-line summary.
+  (Result=watchdog). STATUS= carries a one-line summary that says what is wrong, if anything.
 
-drift_policy = "reapply" re-applies a drifted GPU, but only when none of its instances has processes.
+Every problem is logged once when it appears and once when it clears: per GPU (drift, lost, a re-apply held back
+or given up) and per round (GPUs unreadable, the layout unusable, the check itself failing). A config that selects
+no GPU on this host is watched without opening NVML at all.
+
+drift_policy = "reapply" re-applies a drifted GPU, but only when none of its instances has processes; a re-apply
+that changed nothing and failed is retried with exponential backoff; one that had to be rolled back (or could not
+be) is not retried on the same live layout: that would repeat the same destroy/re-create, see `_reapply_done`.
 """
 
 from __future__ import annotations
@@ -21,12 +27,18 @@ from typing import Dict, List, Optional, Tuple
 
 from . import config as config_mod
 from . import errors as E
-from . import runstate
-from .engine import CheckStatus, Engine
+from . import layout, runstate
+from .engine import ApplyResult, CheckStatus, Engine, GpuResult, Outcome
 from .errors import ConfigError, DriverError, LockBusy
 from .log import get_logger
+from .model import GpuState
 
 log = get_logger()
+
+BACKOFF_MAX_S = 3600.0  # a failing re-apply is retried at most this rarely
+_RECOVERED = {"read_failed": "read_recovered"}  # round problem -> the event that says it cleared (else check_recovered)
+_STATUS_WORDS = {CheckStatus.DRIFT: "drifted", CheckStatus.PENDING: "pending a MIG mode change",
+                 CheckStatus.LOST: "lost", CheckStatus.ERROR: "unreadable"}
 
 
 class Notifier:
@@ -44,6 +56,23 @@ class Notifier:
             self._n.notify(text)
 
 
+class GpuTrack:
+    """What the watcher remembers about one GPU between rounds, so each change is logged once."""
+
+    def __init__(self) -> None:
+        self.reported: Optional[Tuple[str, str]] = None  # (status, found) last logged
+        self.held = ""  # why a drifted GPU is not re-applied ("busy"), logged once
+        self.failures = 0  # consecutive failed re-applies
+        self.retry_at = 0.0  # monotonic time before which no re-apply is tried (backoff)
+        self.failure_logged: Optional[Tuple[str, str]] = None  # (outcome, message) last logged as reapply_failed
+        self.given_up = False  # a re-apply was rolled back: not retried on the same live layout
+        self.given_up_on: Optional[str] = None  # the live layout (found) seen after giving up
+
+    def reset_reapply(self) -> None:
+        self.held, self.failures, self.retry_at, self.failure_logged = "", 0, 0.0, None
+        self.given_up, self.given_up_on = False, None
+
+
 class Watcher:
     def __init__(self, config_path: str, simulate: Optional[str] = None, sim_state: Optional[str] = None,
                  notify: Optional[Notifier] = None, run_dir: Optional[str] = None):
@@ -53,17 +82,32 @@ class Watcher:
             run_dir = runstate.sim_run_dir(sim_state)  # simulated GPUs never use the real /run/migd
         self.run_dir = run_dir
         self.notify = notify or Notifier()
-        # Invalid (or, as root, not root's alone) at start: exit 2, systemd shows why.
-        self.cfg = config_mod.load(config_path, owner=config_mod.trusted_owner())
+        # Invalid (or, as root, not root's alone) at start: exit 2, which migd-watch.service does not restart
+        # (RestartPreventExitStatus=2): the unit fails visibly, STATUS= and the journal say why.
+        try:
+            self.cfg = config_mod.load(config_path, owner=config_mod.trusted_owner())
+        except ConfigError as e:
+            self.notify(f"STATUS=invalid configuration, not watching: {_first(e)}")
+            raise
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.reload_requested = False
         self.busy_since: Optional[float] = None  # monotonic start of the check in progress
-        self.last: Dict[int, Tuple[str, str]] = {}  # gpu -> (status, found): log on change only
+        self.gpus: Dict[int, GpuTrack] = {}
+        self.problem: Optional[Tuple[str, str]] = None  # (event, text) of the round-level failure being reported
+        self.reload_error = ""  # the last SIGHUP found the config invalid (the previous one is kept)
         self.checks = 0
         self.summary = "starting"
         usec = os.environ.get("WATCHDOG_USEC")
         self.watchdog_s = int(usec) / 1e6 if usec and usec.isdigit() else None
+
+    @property
+    def managed(self) -> bool:
+        """Does the config select anything on this host? If not, NVML is never opened (no driver needed)."""
+        return bool(layout.for_host(self.cfg))
+
+    def _nothing(self) -> str:
+        return f"no GPU managed by {self.config_path} on this host"
 
     # --- main thread ------------------------------------------------------------------------------------------
 
@@ -71,10 +115,13 @@ class Watcher:
         signal.signal(signal.SIGHUP, self._on_hup)
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
+        if self.managed:
+            log.info("watch_started", msg=f"watching {self.config_path} every {self.cfg.daemon.watch_interval:g} s",
+                     interval=self.cfg.daemon.watch_interval, watchdog=self.watchdog_s)
+        else:
+            self._log_nothing()
         checker = threading.Thread(target=self._checker, name="migd-checker", daemon=True)
         checker.start()
-        log.info("watch_started", msg=f"watching {self.config_path} every {self.cfg.daemon.watch_interval:g} s",
-                 interval=self.cfg.daemon.watch_interval, watchdog=self.watchdog_s)
         self.notify("READY=1")
         tick = min(self.watchdog_s / 3, 5.0) if self.watchdog_s else 5.0
         while not self.stopping.wait(tick):
@@ -84,6 +131,10 @@ class Watcher:
         self.notify("STOPPING=1")
         log.info("watch_stopped", msg="migd-watch stopping", checks=self.checks)
         return E.EXIT_OK
+
+    def _log_nothing(self) -> None:
+        log.info("watch_nothing", msg=f"{self.config_path} selects no GPU on this host: nothing to watch, GPUs not "
+                                      "read (systemctl reload migd-watch after changing it)")
 
     def _progressing(self) -> bool:
         started = self.busy_since
@@ -114,8 +165,8 @@ class Watcher:
             self.busy_since = time.monotonic()
             try:
                 self.check_once()
-            except Exception as e:  # never let the checker die silently: that would look like progress
-                log.error("check_failed", msg=f"layout check failed: {type(e).__name__}: {e}", exc_info=True)
+            except Exception as e:  # check_once handles its own; never let the checker die silently
+                self._round_done({}, ("check_failed", f"layout check failed: {type(e).__name__}: {e}"))
             finally:
                 self.busy_since = None
             self.wake.wait(self.cfg.daemon.watch_interval)
@@ -123,18 +174,31 @@ class Watcher:
 
     def _reload(self) -> None:
         try:
-            self.cfg = config_mod.load(self.config_path, owner=config_mod.trusted_owner())
-            self.last.clear()  # re-log the state against the new config
-            log.info("config_reloaded", msg=f"reloaded {self.config_path}", entries=len(self.cfg.entries))
+            cfg = config_mod.load(self.config_path, owner=config_mod.trusted_owner())
         except ConfigError as e:
-            log.error("config_invalid", msg=f"keeping the previous config: {str(e).splitlines()[0]}")
+            self.reload_error = _first(e)
+            log.error("config_invalid", msg=f"keeping the previous config: {self.reload_error}")
+            return
+        was_managed, self.cfg, self.reload_error = self.managed, cfg, ""
+        self.gpus.clear()  # re-log the state against the new config; a given-up re-apply is tried again
+        log.info("config_reloaded", msg=f"reloaded {self.config_path}", entries=len(self.cfg.entries))
+        if not self.managed:
+            if was_managed:
+                self._log_nothing()
+            self.summary = self._nothing()
 
     def check_once(self) -> Dict[int, str]:
-        """One round: returns gpu -> status ("ok", "drift", "pending", "error"); logs changes only.
+        """One round: returns gpu -> status ("ok", "drift", "pending", "lost", "error"); logs changes only.
 
         The round holds /run/migd/lock shared, so an apply (exclusive) never runs under it: the check never reads a
         half-applied layout, and an apply waits for the check in progress. While an apply runs, the round is
         skipped."""
+        if not self.managed:
+            self.summary = self._nothing()
+            return {}
+        statuses: Dict[int, str] = {}
+        reapply: List[int] = []
+        problem: Optional[Tuple[str, str]] = None
         with contextlib.ExitStack() as held:
             try:
                 held.enter_context(runstate.locked(0, wait=False, shared=True, directory=self.run_dir))
@@ -143,14 +207,64 @@ class Watcher:
                 return {}
             except (OSError, runstate.RunDirError) as e:  # e.g. run by hand without /run/migd: check unlocked
                 log.debug("check_unlocked", msg=f"checking without the lock: {e}")
-            statuses, reapply = self._check()
+            self.checks += 1
+            try:
+                statuses, reapply = self._check()
+            except DriverError as e:
+                problem = ("read_failed", f"cannot read GPUs: {e}")
+            except ConfigError as e:  # e.g. the layout fits no GPU of a model found on this host
+                problem = ("config_unusable", f"cannot check: {_first(e)}")
+            except Exception as e:  # noqa: BLE001 - reported (once) and retried next round, never fatal
+                log.debug("check_traceback", msg="layout check failed", exc_info=True)
+                problem = ("check_failed", f"layout check failed: {type(e).__name__}: {e}")
         if reapply:
-            self._reapply(reapply)
-        bad = {s for s in statuses.values() if s != "ok"}
-        self.summary = (f"{len(statuses)} GPU(s) match the layout" if not bad else
-                        f"{sum(1 for s in statuses.values() if s != 'ok')} of {len(statuses)} GPU(s): "
-                        + ", ".join(sorted(bad))) + f" (check #{self.checks})"
+            try:
+                self._reapply(reapply)
+            except Exception as e:  # noqa: BLE001
+                log.debug("check_traceback", msg="re-apply failed", exc_info=True)
+                problem = ("check_failed", f"re-apply failed: {type(e).__name__}: {e}")
+        self._round_done(statuses, problem)
         return statuses
+
+    def _round_done(self, statuses: Dict[int, str], problem: Optional[Tuple[str, str]]) -> None:
+        """The one place a round ends (checked, or failed): log the round's problem on change, set STATUS=."""
+        if problem != self.problem:
+            if problem is not None:
+                log.error(problem[0], msg=problem[1], error=problem[1])
+            elif self.problem is not None:
+                event = _RECOVERED.get(self.problem[0], "check_recovered")
+                log.info(event, msg=f"layout checks work again (after: {self.problem[1]})", after=self.problem[0])
+            self.problem = problem
+        self.summary = self._summary(statuses)
+
+    def _summary(self, statuses: Dict[int, str]) -> str:
+        """One line for `systemctl status`: what is wrong first, "N GPU(s) match the layout" only when they do."""
+        if self.problem is not None:
+            text = self.problem[1]
+        elif not statuses:
+            text = self._nothing()
+        else:
+            by_status: Dict[str, List[int]] = {}
+            for i, s in sorted(statuses.items()):
+                if s != CheckStatus.OK:
+                    by_status.setdefault(str(s), []).append(i)
+            if not by_status:
+                text = f"{len(statuses)} GPU(s) match the layout"
+            else:
+                bad = sum(len(v) for v in by_status.values())
+                words = {s: _STATUS_WORDS.get(CheckStatus(s), s) for s in by_status}
+                if len(by_status) == 1:
+                    (s, v), = by_status.items()
+                    text = f"{bad} of {len(statuses)} GPU(s) {words[s]}: {', '.join(map(str, v))}"
+                else:
+                    text = f"{bad} of {len(statuses)} GPU(s) not as configured: " + "; ".join(
+                        f"{words[s]}: {', '.join(map(str, v))}" for s, v in by_status.items())
+            given_up = sorted(i for i, t in self.gpus.items() if t.given_up and i in statuses)
+            if given_up:
+                text += f"; re-apply given up on GPU {', '.join(map(str, given_up))}"
+        if self.reload_error:
+            text += f"; reload failed, previous config kept: {self.reload_error}"
+        return f"{text} (check #{self.checks})"
 
     def _engine(self, read_only: bool) -> Engine:
         from .backend import make_backend
@@ -158,8 +272,11 @@ class Watcher:
         backend = make_backend(simulate=self.simulate, sim_state=self.sim_state, read_only=read_only)
         return Engine(backend, self.cfg, run_dir=self.run_dir, simulated=backend.simulated)
 
+    def _track(self, gpu: int) -> GpuTrack:
+        return self.gpus.setdefault(gpu, GpuTrack())
+
     def _check(self) -> Tuple[Dict[int, str], List[int]]:
-        self.checks += 1
+        """Read and compare every GPU; log per-GPU changes; return the statuses and the GPUs to re-apply."""
         engine = self._engine(read_only=True)
         statuses: Dict[int, str] = {}
         reapply = []
@@ -175,26 +292,44 @@ class Watcher:
                 row = engine.compare_gpu(infos[i], d, state)
                 self._report(i, row.status, row.expected, row.found)
                 statuses[i] = row.status
-                if row.status == CheckStatus.DRIFT and self.cfg.daemon.drift_policy == "reapply":
-                    if any(gi.busy for gi in state.instances):
-                        log.warning("drift_not_reapplied", msg=f"GPU {i}: drifted, but its instances have "
-                                    "processes: not re-applying", gpu=i)
-                    else:
-                        reapply.append(i)
-        except ConfigError as e:
-            self._report(-1, "error", "", str(e).splitlines()[0])
-        except DriverError as e:
-            self._report(-1, "error", "", str(e))
+                if self._wants_reapply(i, row.status, row.found, state):
+                    reapply.append(i)
         finally:
             engine.backend.close()
         return statuses, reapply
 
+    def _wants_reapply(self, i: int, status: str, found: str, state: GpuState) -> bool:
+        """drift_policy = "reapply": re-apply this GPU now? Each reason not to is logged once per change."""
+        track = self._track(i)
+        if status == CheckStatus.OK:
+            track.reset_reapply()  # cleared: backoff and give-up start afresh
+            return False
+        if status != CheckStatus.DRIFT or self.cfg.daemon.drift_policy != "reapply":
+            return False
+        if any(gi.busy for gi in state.instances):
+            if track.held != "busy":
+                track.held = "busy"
+                log.warning("drift_not_reapplied", msg=f"GPU {i}: drifted, but its instances have processes: not "
+                            "re-applying", gpu=i)
+            return False
+        track.held = ""
+        if track.given_up:
+            if track.given_up_on is None:
+                track.given_up_on = found  # the layout the failed re-apply left behind
+            if found == track.given_up_on:
+                return False
+            log.info("reapply_resumed", msg=f"GPU {i}: its layout changed since re-applying it was given up: "
+                     "re-applying again", gpu=i, found=found)
+            track.reset_reapply()
+        return time.monotonic() >= track.retry_at
+
     def _report(self, gpu: int, status: str, expected: str, found: str) -> None:
-        previous = self.last.get(gpu)
+        track = self._track(gpu)
+        previous = track.reported
         if previous == (status, found):
             return
-        self.last[gpu] = (status, found)
-        where = f"GPU {gpu}" if gpu >= 0 else "migd-watch"
+        track.reported = (status, found)
+        where = f"GPU {gpu}"
         if status == "ok":
             if previous is not None:
                 log.info("drift_cleared", msg=f"{where}: layout matches again: {found}", gpu=gpu, found=found)
@@ -215,11 +350,48 @@ class Watcher:
                 result = engine.apply(engine.desired(), gpus=gpus)
             finally:
                 engine.backend.close()
-        except (LockBusy, DriverError, ConfigError) as e:
+        except (LockBusy, DriverError, ConfigError) as e:  # nothing changed; the next round decides again
             log.warning("reapply_skipped", msg=f"not re-applying now: {e}")
             return
-        for i, r in result.gpus.items():
+        for i in gpus:
+            if i in result.gpus:
+                self._reapply_done(i, result.gpus[i])
+        self._reapply_recorded(result)
+
+    def _reapply_done(self, i: int, r: GpuResult) -> None:
+        """The one place a GPU's re-apply ends: success resets its backoff; a failure that changed nothing is
+        retried with exponential backoff; one that was rolled back (or could not be) is not retried on the same
+        live layout: the same plan on the same layout would destroy and re-create the same instances every round
+        (on hardware: new UUIDs, and a rollback that fails once leaves an instance destroyed for good)."""
+        track = self._track(i)
+        if r.outcome in (Outcome.APPLIED, Outcome.UNCHANGED):
             log.info("drift_reapplied", msg=f"GPU {i}: re-applied after drift: {r.outcome.value}", gpu=i,
                      outcome=r.outcome.value)
+            track.reset_reapply()
+            return
+        track.failures += 1
+        if r.outcome == Outcome.ROLLED_BACK or (r.outcome in (Outcome.FAILED, Outcome.LOST) and r.done):
+            track.given_up, track.given_up_on = True, None
+            log.error("reapply_given_up", msg=f"{r.message}; not re-applying GPU {i} again until its layout or "
+                      f"{self.config_path} changes (fix it, then `migd apply` or `systemctl reload migd-watch`)",
+                      gpu=i, outcome=r.outcome.value, failures=track.failures)
+            return
+        delay = min(self.cfg.daemon.watch_interval * 2 ** track.failures, BACKOFF_MAX_S)
+        track.retry_at = time.monotonic() + delay
+        key = (r.outcome.value, r.message)
+        if track.failure_logged != key:
+            track.failure_logged = key
+            log.warning("reapply_failed", msg=f"{r.message}; re-apply retried with backoff (next in {delay:g} s, "
+                        f"doubling up to {BACKOFF_MAX_S:g} s)", gpu=i, outcome=r.outcome.value, retry_in=delay)
+        else:
+            log.debug("reapply_failed_again", msg=f"GPU {i}: re-apply failed again; next in {delay:g} s", gpu=i,
+                      failures=track.failures)
+
+    def _reapply_recorded(self, result: ApplyResult) -> None:
         if result.record_error:
             log.error("reapply_not_recorded", msg=result.record_error)
+
+
+def _first(e: ConfigError) -> str:
+    """A config error on one line: its problems, each naming file:line, joined."""
+    return "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
