@@ -12,8 +12,9 @@ or given up) and per round (GPUs unreadable, the layout unusable, the check itse
 no GPU on this host is watched without opening NVML at all.
 
 drift_policy = "reapply" re-applies a drifted GPU, but only when none of its instances has processes; a re-apply
-that changed nothing and failed is retried with exponential backoff; one that had to be rolled back (or could not
-be) is not retried on the same live layout: that would repeat the same destroy/re-create, see `_reapply_done`.
+that changed nothing and failed is retried with exponential backoff; one that changed the GPU and had to be rolled
+back (or could not be) is not retried on the same live layout: that would repeat the same destroy/re-create, see
+`_reapply_done`.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ class Watcher:
         self.reload_error = ""  # the last SIGHUP found the config invalid (the previous one is kept)
         self.checks = 0
         self.summary = "starting"
+        self.clock = time.monotonic  # re-apply backoff; tests step it
         usec = os.environ.get("WATCHDOG_USEC")
         self.watchdog_s = int(usec) / 1e6 if usec and usec.isdigit() else None
 
@@ -321,7 +323,7 @@ class Watcher:
             log.info("reapply_resumed", msg=f"GPU {i}: its layout changed since re-applying it was given up: "
                      "re-applying again", gpu=i, found=found)
             track.reset_reapply()
-        return time.monotonic() >= track.retry_at
+        return self.clock() >= track.retry_at
 
     def _report(self, gpu: int, status: str, expected: str, found: str) -> None:
         track = self._track(gpu)
@@ -360,9 +362,10 @@ class Watcher:
 
     def _reapply_done(self, i: int, r: GpuResult) -> None:
         """The one place a GPU's re-apply ends: success resets its backoff; a failure that changed nothing is
-        retried with exponential backoff; one that was rolled back (or could not be) is not retried on the same
-        live layout: the same plan on the same layout would destroy and re-create the same instances every round
-        (on hardware: new UUIDs, and a rollback that fails once leaves an instance destroyed for good)."""
+        retried with exponential backoff; one that changed the GPU and then had to roll back (or could not) is not
+        retried on the same live layout: the same plan on the same layout would destroy and re-create the same
+        instances every round (on hardware: new UUIDs, and a rollback that fails once leaves an instance destroyed
+        for good). It is tried again when the GPU's layout changes, the config is reloaded, or the drift clears."""
         track = self._track(i)
         if r.outcome in (Outcome.APPLIED, Outcome.UNCHANGED):
             log.info("drift_reapplied", msg=f"GPU {i}: re-applied after drift: {r.outcome.value}", gpu=i,
@@ -370,14 +373,14 @@ class Watcher:
             track.reset_reapply()
             return
         track.failures += 1
-        if r.outcome == Outcome.ROLLED_BACK or (r.outcome in (Outcome.FAILED, Outcome.LOST) and r.done):
+        if r.done and r.outcome in (Outcome.ROLLED_BACK, Outcome.FAILED, Outcome.LOST):  # it changed, then undid
             track.given_up, track.given_up_on = True, None
             log.error("reapply_given_up", msg=f"{r.message}; not re-applying GPU {i} again until its layout or "
                       f"{self.config_path} changes (fix it, then `migd apply` or `systemctl reload migd-watch`)",
                       gpu=i, outcome=r.outcome.value, failures=track.failures)
             return
         delay = min(self.cfg.daemon.watch_interval * 2 ** track.failures, BACKOFF_MAX_S)
-        track.retry_at = time.monotonic() + delay
+        track.retry_at = self.clock() + delay
         key = (r.outcome.value, r.message)
         if track.failure_logged != key:
             track.failure_logged = key
