@@ -248,3 +248,78 @@ def test_migd_under_real_systemd(boot_base, boot_rootfs, boot_vm, migd_deb):
         assert r.leftovers == [], r.describe()
     print(f"\n[boot] migd boots: {r1.seconds:.1f}s {r2.seconds:.1f}s {r3.seconds:.1f}s {r4.seconds:.1f}s "
           f"{r5.seconds:.1f}s")
+
+
+def _set_sim_driver(root: Path, driver: str) -> None:
+    path = root / SIM_STATE.lstrip("/")
+    state = json.loads(path.read_text())
+    state["driver"] = driver
+    path.write_text(json.dumps(state))
+
+
+def test_watch_unit_under_real_systemd(boot_base, boot_rootfs, boot_vm, migd_deb):
+    """migd-watch installed from the .deb (issue 13): its journal identity, one journal line per event, a config
+    that manages nothing, unreadable GPUs, and an invalid config that fails the unit visibly instead of looping."""
+    root = boot_rootfs
+    _install_migd(root, migd_deb)
+    watch_unit = "migd-watch.service"
+
+    # --- journal identity, and "GPU n: applied N changes" once per GPU (an event, not also a stdout line) --------
+    r1 = boot_vm(units=UNITS, timeout=60, commands={
+        "1_wait": ["sleep", "2"],
+        "2_tagged": ["journalctl", "-b", "-t", "migd-watch", "-o", "json", "--no-pager"]}).check()
+    assert r1.unit("migd.service")["Result"] == "success", r1.describe()
+    for gpu in (0, 1):
+        applied = [m for m in r1.messages("migd.service") if m.startswith(f"GPU {gpu}: applied")]
+        assert len(applied) == 1, applied
+    ours = [e for e in r1.journal(_SYSTEMD_UNIT=watch_unit) if "MIGD_EVENT" in e]
+    assert ours and all(e.get("SYSLOG_IDENTIFIER") == "migd-watch" for e in ours), \
+        {e.get("SYSLOG_IDENTIFIER") for e in ours}
+    tagged = [json.loads(line) for line in r1.command("2_tagged")["stdout"].splitlines() if line.strip()]
+    assert any(e.get("MIGD_EVENT") == "watch_started" for e in tagged), [e.get("MESSAGE") for e in tagged]
+    assert r1.unit(watch_unit)["StatusText"].startswith("2 GPU(s) match the layout"), r1.unit(watch_unit)
+
+    # --- a config that selects no GPU, on a host without the NVIDIA library: one info line, no NVML, no error ---
+    (root / "etc/migd.toml").write_text((REPO / "etc/migd.toml").read_text())  # the file the package ships
+    _set_sim_driver(root, "no-library")
+    r2 = boot_vm(units=UNITS, timeout=60, commands={"wait": ["sleep", "2"]}).check()
+    watch = r2.unit(watch_unit)
+    assert watch["ActiveState"] == "active", watch["ActiveState"]
+    assert watch["StatusText"].startswith("no GPU managed by /etc/migd.toml on this host"), watch["StatusText"]
+    logged = [e for e in r2.journal(_SYSTEMD_UNIT=watch_unit) if "MIGD_EVENT" in e]
+    assert [e["MIGD_EVENT"] for e in logged] == ["watch_nothing"], [e.get("MESSAGE") for e in logged]
+    assert logged[0]["PRIORITY"] == "6"
+
+    # --- GPUs that cannot be read: STATUS says so (never "0 GPU(s) match"), one error ---------------------------
+    install_file(root, "/etc/migd.toml", CONFIG, mode=0o644)
+    _set_sim_driver(root, "not-loaded")
+    r3 = boot_vm(units=UNITS, timeout=60, commands={"wait": ["sleep", "3"]}).check()
+    status = r3.unit(watch_unit)["StatusText"]
+    assert status.startswith("cannot read GPUs: ") and "DRIVER_NOT_LOADED" in status, status
+    errors = [e for e in r3.journal(_SYSTEMD_UNIT=watch_unit) if e.get("PRIORITY") == "3"]
+    assert [e.get("MIGD_EVENT") for e in errors] == ["read_failed"], [e.get("MESSAGE") for e in errors]
+
+    # --- an invalid config: migd-watch fails at once (no restart loop), shows in `systemctl --failed`, says where;
+    #     the admin fixes the file and restarts it -----------------------------------------------------------------
+    _set_sim_driver(root, "loaded")
+    install_file(root, "/etc/migd.toml.good", CONFIG, mode=0o644)
+    install_file(root, "/etc/migd.toml", CONFIG.replace("mig = true", 'mig = "yes"'), mode=0o644)
+    r4 = boot_vm(units=UNITS, timeout=60, commands={
+        "1_wait": ["sleep", "4"],  # four RestartSec=1 periods: a loop would show here
+        "2_failed": ["systemctl", "--failed", "--plain", "--no-legend", "--no-pager"],
+        "2_show": ["systemctl", "show", "-p", "ActiveState,Result,ExecMainStatus,NRestarts,StatusText", watch_unit],
+        "3_status": ["systemctl", "status", "--no-pager", "-n", "3", watch_unit],
+        "4_fix": ["sh", "-c", "cp /etc/migd.toml.good /etc/migd.toml && systemctl restart migd-watch && sleep 1 "
+                              "&& systemctl is-active migd-watch"]}).check()
+    assert watch_unit in r4.command("2_failed")["stdout"], r4.command("2_failed")
+    props = dict(line.split("=", 1) for line in r4.command("2_show")["stdout"].splitlines() if "=" in line)
+    assert (props["ActiveState"], props["Result"], props["ExecMainStatus"]) == ("failed", "exit-code", "2"), props
+    assert props["NRestarts"] == "0", props
+    assert props["StatusText"].startswith("invalid configuration, not watching: /etc/migd.toml:4: "), props
+    errors = [e for e in r4.journal(_SYSTEMD_UNIT=watch_unit) if e.get("PRIORITY") == "3"]
+    assert len(errors) == 1 and "/etc/migd.toml:" in errors[0]["MESSAGE"], [e.get("MESSAGE") for e in errors]
+    assert "/etc/migd.toml:" in r4.command("3_status")["stdout"], r4.command("3_status")
+    for stub in STUBS:  # a failed migd-watch holds nothing up
+        assert r4.unit(stub)["ActiveState"] == "active", stub
+    assert r4.command("4_fix")["stdout"].strip() == "active", r4.command("4_fix")
+    print(f"\n[boot] migd-watch boots: {r1.seconds:.1f}s {r2.seconds:.1f}s {r3.seconds:.1f}s {r4.seconds:.1f}s")
