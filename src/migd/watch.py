@@ -195,8 +195,8 @@ class Watcher:
         The round holds /run/migd/lock shared, so an apply (exclusive) never runs under it: the check never reads a
         half-applied layout, and an apply waits for the check in progress. While an apply runs, the round is
         skipped."""
-        if not self.managed:
-            self.summary = self._nothing()
+        if not self.managed:  # nothing selected on this host: no NVML, no lock; any earlier problem is moot
+            self._round_done({}, None)
             return {}
         statuses: Dict[int, str] = {}
         reapply: List[int] = []
