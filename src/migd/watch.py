@@ -37,7 +37,8 @@ from .model import GpuState
 log = get_logger()
 
 BACKOFF_MAX_S = 3600.0  # a failing re-apply is retried at most this rarely
-_RECOVERED = {"read_failed": "read_recovered"}  # round problem -> the event that says it cleared (else check_recovered)
+# round problem -> the event (and text) that says it cleared; any other problem clears as check_recovered
+_RECOVERED = {"read_failed": ("read_recovered", "GPUs readable again")}
 _STATUS_WORDS = {CheckStatus.DRIFT: "drifted", CheckStatus.PENDING: "pending a MIG mode change",
                  CheckStatus.LOST: "lost", CheckStatus.ERROR: "unreadable"}
 
@@ -232,10 +233,10 @@ class Watcher:
         """The one place a round ends (checked, or failed): log the round's problem on change, set STATUS=."""
         if problem != self.problem:
             if problem is not None:
-                log.error(problem[0], msg=problem[1], error=problem[1])
+                log.error(problem[0], msg=problem[1])
             elif self.problem is not None:
-                event = _RECOVERED.get(self.problem[0], "check_recovered")
-                log.info(event, msg=f"layout checks work again (after: {self.problem[1]})", after=self.problem[0])
+                event, what = _RECOVERED.get(self.problem[0], ("check_recovered", "layout checks work again"))
+                log.info(event, msg=f"{what} (after: {self.problem[1]})", after=self.problem[0])
             self.problem = problem
         self.summary = self._summary(statuses)
 
