@@ -78,7 +78,7 @@ def read_marker(directory: str) -> Optional[Dict[str, object]]:
         with open(path) as f:
             doc = json.load(f)
         return doc if isinstance(doc, dict) else {}
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no marker (and no directory for one)
         return None
     except (OSError, ValueError) as e:  # unreadable: count it as there (no second reboot), say so
         log.warning("reboot_marker_unreadable", msg=f"{path}: unreadable ({e}): treating it as a reboot done")
