@@ -168,7 +168,8 @@ def test_on_pending_is_validated_with_file_and_line(capsys, tmp_path):
 class Reboots:
     """Stands in for `systemctl --no-block reboot` and the kernel's boot id."""
 
-    def __init__(self, monkeypatch):
+    def __init__(self, monkeypatch, tmp_path):
+        self.run = tmp_path / "run"
         self.requested = 0
         self.boot = 1
         monkeypatch.setattr(rebootonce, "systemctl_reboot", self._reboot)
@@ -181,6 +182,9 @@ class Reboots:
     def reboot(self, h):
         """The machine reboots: a new boot id, the simulated GPUs reboot (Ampere commits its pending mode)."""
         self.boot += 1
+        stamp = self.run / rebootonce.STAMP  # /run is empty after a reboot
+        if stamp.exists():
+            stamp.unlink()
         host = SimHost(load_state(h["state"]), h["state"])
         host.reboot()
         host.save()
@@ -192,7 +196,7 @@ REBOOT_ONCE = ALL + 'on_pending = "reboot-once"\n'
 def test_reboot_once_lets_a_pending_ampere_mode_change_take_effect(capsys, tmp_path, monkeypatch):
     # A100 in a pass-through VM: the driver cannot reset it, so enabling MIG stays pending until a reboot.
     h = _host(tmp_path, "a100-40gb", config=REBOOT_ONCE, reset_supported=False)
-    machine = Reboots(monkeypatch)
+    machine = Reboots(monkeypatch, tmp_path)
     code, out, err = run(capsys, h, "boot")
     assert code == 0 and machine.requested == 1, err
     assert "GPU 0: MIG mode change pending: rebooting once to let MIG mode take effect" in err, err
@@ -212,7 +216,7 @@ def test_reboot_once_lets_a_pending_ampere_mode_change_take_effect(capsys, tmp_p
 
 def test_reboot_once_never_reboots_twice_for_a_change_that_stays_pending(capsys, tmp_path, monkeypatch):
     h = _host(tmp_path, "h100-80gb", config=REBOOT_ONCE)
-    machine = Reboots(monkeypatch)
+    machine = Reboots(monkeypatch, tmp_path)
 
     def client_starts_early():  # holds the GPU before migd runs, at every boot
         host = SimHost(load_state(h["state"]), h["state"])
@@ -232,7 +236,7 @@ def test_reboot_once_never_reboots_twice_for_a_change_that_stays_pending(capsys,
 
 def test_on_pending_fail_is_the_default_and_never_reboots(capsys, tmp_path, monkeypatch):
     h = _host(tmp_path, "a100-40gb", reset_supported=False)
-    machine = Reboots(monkeypatch)
+    machine = Reboots(monkeypatch, tmp_path)
     code, _, err = run(capsys, h, "boot")
     assert code == 4 and machine.requested == 0, err
     assert not (tmp_path / "lib").exists()
@@ -241,7 +245,7 @@ def test_on_pending_fail_is_the_default_and_never_reboots(capsys, tmp_path, monk
 def test_reboot_once_without_a_writable_marker_does_not_reboot(capsys, tmp_path, monkeypatch):
     h = _host(tmp_path, "a100-40gb", config=REBOOT_ONCE, reset_supported=False)
     (tmp_path / "lib").write_text("not a directory")
-    machine = Reboots(monkeypatch)
+    machine = Reboots(monkeypatch, tmp_path)
     code, _, err = run(capsys, h, "boot")
     assert code == 4 and machine.requested == 0, err
     assert "not rebooting, a reboot loop could not be ruled out" in err, err

@@ -265,15 +265,13 @@ def cmd_check(args: argparse.Namespace, read_only: bool) -> int:
     try:
         result = _engine(args, backend, cfg).check()
         if args.json:
-            rows = [{"index": r.gpu, "status": r.status.value, "expected": r.expected, "found": r.found}
-                    for r in result.gpus]
+            rows = [{"index": r.gpu, "status": r.status.value, "expected": r.expected, "found": r.found,
+                     "diff": r.diff} for r in result.gpus]
             print(schema.dumps(schema.check(result.status.value, rows, backend.simulated)))
         else:
             for r in result.gpus:
-                line = f"GPU {r.gpu}: {r.status.value}: {r.found}"
-                if r.status.value != "ok":
-                    line += f"; expected {r.expected}"
-                print(line)
+                # what differs, not two whole layouts (`--json` has both)
+                print(f"GPU {r.gpu}: {r.status.value}: {r.diff or r.found}")
         return result.exit_code
     finally:
         backend.close()

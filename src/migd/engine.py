@@ -120,6 +120,7 @@ class GpuCheck:
     status: CheckStatus
     expected: str
     found: str
+    diff: str = ""  # what differs, in report.differences' wording ("" when ok)
 
 
 @dataclass
@@ -303,8 +304,8 @@ class Engine:
 
     def compare_gpu(self, info: GpuInfo, desired: DesiredGpu, state: Optional[GpuState] = None) -> GpuCheck:
         state = state if state is not None else self.backend.state(info.index)
-        status, expected, found = report.compare(info, desired, state, plan_gpu(info, desired, state))
-        return GpuCheck(info.index, CheckStatus(status), expected, found)
+        status, expected, found, diff = report.compare(info, desired, state, plan_gpu(info, desired, state))
+        return GpuCheck(info.index, CheckStatus(status), expected, found, diff)
 
     # --- status ---------------------------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Sequence
 
+from . import runstate
 from .log import get_logger
 from .model import Config
 
@@ -25,6 +26,7 @@ log = get_logger()
 
 STATE_DIR = "/var/lib/migd"
 MARKER = "reboot-once.json"
+STAMP = "reboot-once.requested"  # in the run dir (/run/migd): gone after the reboot
 
 
 def state_dir() -> str:
@@ -87,13 +89,17 @@ def read_marker(directory: str) -> Optional[Dict[str, object]]:
 
 def after_boot_apply(cfg: Config, pending: Sequence[Pending], exit_code: int, *,
                      directory: Optional[str] = None, this_boot: Optional[str] = None,
-                     reboot: Optional[Callable[[], Optional[str]]] = None) -> bool:
-    """Called once the boot apply is done. Returns True when a reboot was queued (the boot then exits 0)."""
+                     runtime: Optional[str] = None, reboot: Optional[Callable[[], Optional[str]]] = None) -> bool:
+    """Called once the boot apply is done. Returns True when a reboot was queued (the boot then exits 0).
+
+    `runtime`: a directory on /run (cleared by every reboot) for a stamp saying "asked in this boot"; with the boot
+    id it tells this boot from the next one even where a sandbox or container shows a stale boot id."""
     directory = directory or state_dir()
     this_boot = this_boot or boot_id()
+    stamp = os.path.join(runtime or runstate.run_dir(), STAMP)
     marker = read_marker(directory)
     path = os.path.join(directory, MARKER)
-    earlier = marker is not None and marker.get("boot_id") != this_boot
+    earlier = marker is not None and (marker.get("boot_id") != this_boot or not os.path.exists(stamp))
     if not pending:
         if earlier:
             named = marker.get("gpus") if marker else None
@@ -126,6 +132,15 @@ def after_boot_apply(cfg: Config, pending: Sequence[Pending], exit_code: int, *,
     except OSError as e:
         log.error("reboot_once_no_marker", msg=f"cannot write {path} ({e.strerror or e}): not rebooting, a reboot "
                                                "loop could not be ruled out")
+        return False
+    try:
+        runstate.ensure_run_dir(os.path.dirname(stamp))
+        with open(stamp, "w"):
+            pass
+    except (OSError, runstate.RunDirError) as e:
+        log.error("reboot_once_no_marker", msg=f"cannot write {stamp} ({e}): not rebooting, a reboot loop could "
+                                               "not be ruled out")
+        _remove(path)
         return False
     log.warning("reboot_once", msg=f"{_gpus(pending)}: MIG mode change pending: rebooting once to let MIG mode "
                                    'take effect (on_pending = "reboot-once")', gpus=[p.gpu for p in pending])
