@@ -133,7 +133,7 @@ def _desired_gis(plan: GpuPlan) -> List[Gi]:
 def _gi_text(gi: Gi) -> str:
     """"3g.40gb@4:4", with its compute instances when not the one spanning it: "3g.40gb@4:4[1c.3g.40gb@0:1,...]"."""
     name, placement, cis, default = gi
-    extra = "" if default else "[" + ",".join(f"{n}@{pl}" for n, pl in cis) + "]"
+    extra = "" if default else "[" + (",".join(f"{n}@{pl}" for n, pl in cis) or "no compute") + "]"
     return f"{name}@{placement}{extra}"
 
 

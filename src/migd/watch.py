@@ -173,7 +173,7 @@ class Watcher:
             for i, d in engine.desired().items():
                 state = engine.backend.state(i)
                 row = engine.compare_gpu(infos[i], d, state)
-                self._report(i, row.status, row.expected, row.found)
+                self._report(i, row.status, row.expected, row.found, row.diff)
                 statuses[i] = row.status
                 if row.status == CheckStatus.DRIFT and self.cfg.daemon.drift_policy == "reapply":
                     if any(gi.busy for gi in state.instances):
@@ -189,7 +189,7 @@ class Watcher:
             engine.backend.close()
         return statuses, reapply
 
-    def _report(self, gpu: int, status: str, expected: str, found: str) -> None:
+    def _report(self, gpu: int, status: str, expected: str, found: str, diff: str = "") -> None:
         previous = self.last.get(gpu)
         if previous == (status, found):
             return
@@ -203,8 +203,9 @@ class Watcher:
         elif status == "error":
             log.error("check_error", msg=f"{where}: cannot check: {found}", gpu=gpu, error=found)
         else:
-            log.warning("drift", msg=f"{where}: {status}: expected {expected}; found {found}", gpu=gpu,
-                        status=status, expected=expected, found=found)
+            # what differs, worded like `migd check` (report.differences); both layouts in the fields
+            log.warning("drift", msg=f"{where}: {status}: {diff or found}", gpu=gpu, status=status,
+                        expected=expected, found=found, diff=diff)
 
     def _reapply(self, gpus: List[int]) -> None:
         """The same engine apply as `migd apply` and `migd boot`: lock, apply, verify, roll back, record."""
