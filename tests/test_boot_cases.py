@@ -111,7 +111,7 @@ def test_driver_files_library_and_module_from_fake_trees(tmp_path):
 
     def files() -> DriverFiles:
         return driverfiles.detect(
-            library=lambda: driverfiles.find_library(dirs=[str(libdir)], ldconfig=lambda: "", env={}),
+            library=lambda: driverfiles.find_library(dirs=[str(libdir)], conf_dirs=lambda: [], env={}),
             module=lambda: driverfiles.find_module(modules=[str(mods)], release="6.1.0-test"),
             loaded=lambda: driverfiles.module_loaded(str(sysmod)))
 
@@ -126,10 +126,16 @@ def test_driver_files_library_and_module_from_fake_trees(tmp_path):
     (sysmod / "nvidia").mkdir()
     found = files()
     assert found.library == str(libdir / "libnvidia-ml.so.1") and found.module_loaded
-    # ld.so's cache, as `ldconfig -p` prints it
-    cache = "\tlibnvidia-ml.so.1 (libc6,x86-64) => /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1\n"
-    assert driverfiles.find_library(dirs=[], ldconfig=lambda: cache, env={}) == \
-        "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1"
+    # a directory ld.so.conf.d names (NVIDIA's .run installer, vendor paths)
+    vendor = tmp_path / "opt-nvidia"
+    vendor.mkdir()
+    (vendor / "libnvidia-ml.so.1").write_bytes(b"")
+    (tmp_path / "ld.so.conf.d").mkdir()
+    (tmp_path / "ld.so.conf.d" / "nvidia.conf").write_text(f"# NVIDIA\n{vendor}\n")
+    (tmp_path / "ld.so.conf").write_text("include ld.so.conf.d/*.conf\n")
+    assert driverfiles.ld_so_conf_dirs(str(tmp_path / "ld.so.conf")) == [str(vendor)]
+    assert driverfiles.find_library(dirs=[], conf_dirs=lambda: driverfiles.ld_so_conf_dirs(
+        str(tmp_path / "ld.so.conf")), env={}) == str(vendor / "libnvidia-ml.so.1")
     assert driverfiles.find_module(modules=[str(mods)], release="other") is None
 
 

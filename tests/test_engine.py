@@ -216,7 +216,7 @@ def test_check_prints_the_expected_layout_never_a_refusal(host):
     # the refused apply's status says the GPU does not match
     r = migd(host, "apply", config=str(other))
     assert r.code == 1 and "4242" in r.out
-    assert "config: " in r.out and "(drift)" in r.out, r.out
+    assert "(drift: does not match its config" in r.out, r.out
 
 
 def test_no_message_repeats_the_gpu_prefix(host):

@@ -68,7 +68,12 @@ _open_captures: list = []
 
 
 def apply(env, *extra):
-    return cli.main(["--sim-state", env["state"], "--config", env["config"], "apply", *extra])
+    from migd.log import setup
+
+    try:
+        return cli.main(["--sim-state", env["state"], "--config", env["config"], "apply", *extra])
+    finally:
+        setup(level="info")  # apply at a terminal logs warnings only; the watcher after it logs at info
 
 
 def test_drift_logged_once_per_change_and_cleared_once(env, monkeypatch, capsys):

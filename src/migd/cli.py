@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .engine import ApplyResult, Engine
     from .layout import DesiredGpu
     from .model import Config, GpuEntry
+    from .plan import Action
 
 READ_VERBS = ("status", "profiles", "validate", "plan", "check", "export")
 
@@ -87,7 +88,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .log import setup
 
     read_verb = args.verb in READ_VERBS or (args.verb == "apply" and args.dry_run)
-    level = "debug" if args.verbose else ("warning" if args.quiet or read_verb else "info")
+    # read verbs and apply at a terminal print their result; their log lines (each driver call) only with -v
+    terse = read_verb or args.verb == "apply"
+    level = "debug" if args.verbose else ("warning" if args.quiet or terse else "info")
     setup(level=level)
     service_verb = args.verb in ("boot", "watch")
     try:
@@ -318,7 +321,7 @@ def cmd_apply(args: argparse.Namespace, read_only: bool) -> int:
         engine = _engine(args, backend, cfg)
         desired = engine.desired()
         result = engine.apply(desired, stop_clients=bool(args.stop_clients))
-        _print_apply(engine, result, desired)
+        _print_apply(engine, result, desired, args.verbose)
         return result.exit_code
     finally:
         backend.close()
@@ -401,17 +404,40 @@ def cmd_watch(args: argparse.Namespace, read_only: bool) -> int:
     return Watcher(args.config, simulate=args.simulate, sim_state=args.sim_state, run_dir=_run_dir(args)).run()
 
 
-def _print_apply(engine: "Engine", result: "ApplyResult", desired: "Dict[int, DesiredGpu]") -> None:
-    """Each GPU's outcome, then the applied GPUs as `status` shows them (a GPU lost meanwhile is left out)."""
+def _print_apply(engine: "Engine", result: "ApplyResult", desired: "Dict[int, DesiredGpu]",
+                 verbose: bool = False) -> None:
+    """One line per GPU saying what apply did, then the applied GPUs' layout: a compact table (identical GPUs on
+    one row), or with -v as `status` shows them (a GPU lost meanwhile is left out)."""
     from . import report
 
-    for message in result.messages:
-        print(message)
+    for r in result.gpus.values():
+        print(r.message + _what_changed(r.done) if r.message.endswith(("change", "changes")) else r.message)
     if result.record_error:
         print(f"migd: {result.record_error}", file=sys.stderr)
     engine.current_infos()
     view = engine.status(desired, only=sorted(desired))
-    print(report.status_text(view.gpus, view.names, view.managed))
+    if verbose:
+        print(report.status_text(view.gpus, view.names, view.managed))
+    else:
+        print(report.layout_table(view.gpus, view.names, view.managed))
+
+
+def _what_changed(done: "Sequence[Action]") -> str:
+    """" (MIG mode on, 4 GPU instances created)" from the actions apply took."""
+    from .plan import ActionKind
+
+    counts: Dict[str, int] = {}
+    parts = []
+    for a in done:
+        if a.kind == ActionKind.SET_MIG_MODE:
+            parts.append(f"MIG mode {'on' if a.enabled else 'off'}")
+        elif a.kind in (ActionKind.CREATE_GI, ActionKind.DESTROY_GI):
+            counts[a.kind] = counts.get(a.kind, 0) + 1
+    for kind, verb in ((ActionKind.DESTROY_GI, "destroyed"), (ActionKind.CREATE_GI, "created")):
+        n = counts.get(kind, 0)
+        if n:
+            parts.append(f"{n} GPU instance{'s' if n != 1 else ''} {verb}")
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 VERBS: Dict[str, Callable[[argparse.Namespace, bool], int]] = {

@@ -1,4 +1,4 @@
-"""Is an NVIDIA driver installed on this host (loaded or not)? From files only: no NVML, no subprocess but ldconfig.
+"""Is an NVIDIA driver installed on this host (loaded or not)? From files only: no NVML, no subprocess.
 
 `migd boot` asks when nvmlInit fails: waiting for the driver makes sense only while one can still appear (its
 library or kernel module is installed, the module is just not loaded yet). Every path is a parameter, so tests
@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import glob
 import os
-import subprocess
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Callable, List, Mapping, Optional, Sequence
 
 LIBRARY = "libnvidia-ml.so.1"
 # Where distributions and NVIDIA's .run installer put it (ld.so's own dirs plus the multiarch ones), and where
@@ -46,30 +45,41 @@ class DriverFiles:
         return f"{lib}; {mod}"
 
 
-def _ldconfig_cache() -> str:
-    for ldconfig in ("/sbin/ldconfig", "/usr/sbin/ldconfig"):
-        if os.path.exists(ldconfig):
-            try:
-                return subprocess.run([ldconfig, "-p"], capture_output=True, text=True, timeout=10,
-                                      check=False).stdout
-            except (OSError, subprocess.SubprocessError):
-                return ""
-    return ""
+def ld_so_conf_dirs(conf: str = "/etc/ld.so.conf") -> List[str]:
+    """The directories ld.so.conf (and what it includes, e.g. /etc/ld.so.conf.d/*.conf) adds to the search."""
+    out: List[str] = []
+
+    def read(path: str, depth: int) -> None:
+        try:
+            with open(path) as f:
+                lines = f.read().splitlines()
+        except OSError:
+            return
+        for line in lines:
+            line = line.split("#", 1)[0].strip()
+            if line.startswith("include") and depth < 4:
+                pattern = line.split(None, 1)[1] if " " in line else ""
+                if pattern and not os.path.isabs(pattern):
+                    pattern = os.path.join(os.path.dirname(path), pattern)
+                for inc in sorted(glob.glob(pattern)):
+                    read(inc, depth + 1)
+            elif line.startswith("/"):
+                out.append(line)
+
+    read(conf, 0)
+    return out
 
 
-def find_library(dirs: Sequence[str] = LIBRARY_DIRS, ldconfig: Callable[[], str] = _ldconfig_cache,
+def find_library(dirs: Sequence[str] = LIBRARY_DIRS, conf_dirs: Callable[[], List[str]] = ld_so_conf_dirs,
                  env: Optional[Mapping[str, str]] = None) -> Optional[str]:
-    """Path of libnvidia-ml.so.1: in LD_LIBRARY_PATH, the usual dirs, or ld.so's cache (`ldconfig -p`)."""
+    """Path of libnvidia-ml.so.1 where ld.so looks for it (pynvml dlopen()s the soname): LD_LIBRARY_PATH, the
+    directories ld.so.conf names, the usual ones. Read from files: migd starts no process for this."""
     environ: Mapping[str, str] = os.environ if env is None else env
     extra = [d for d in environ.get("LD_LIBRARY_PATH", "").split(":") if d]
-    for d in [*extra, *dirs]:
+    for d in [*extra, *conf_dirs(), *dirs]:
         path = os.path.join(d, LIBRARY)
         if os.path.exists(path):
             return path
-    for line in ldconfig().splitlines():
-        name, _, target = line.strip().partition(" => ")
-        if name.split(" ", 1)[0] == LIBRARY and target:
-            return target.strip()
     return None
 
 

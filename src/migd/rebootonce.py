@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Sequence
 
@@ -56,12 +55,12 @@ def config_digest(cfg: Config) -> str:
 def systemctl_reboot() -> Optional[str]:
     """Queue a reboot without waiting for it: from inside migd.service's start job a blocking `systemctl reboot`
     would wait on a job that has to stop this very unit. Returns None, or why systemctl refused."""
+    from . import clients
+
     try:
-        r = subprocess.run(["systemctl", "--no-block", "reboot"], capture_output=True, text=True, timeout=30,
-                           check=False)
-    except (OSError, subprocess.SubprocessError) as e:
+        return clients.systemctl("reboot", (), no_block=True)
+    except OSError as e:
         return str(e)
-    return None if r.returncode == 0 else (r.stderr.strip() or f"exit {r.returncode}")
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,31 @@ def status_text(gpus: Sequence[Gpu], names: Dict[int, Dict[int, str]], managed: 
     return "\n".join(out)
 
 
+def layout_table(gpus: Sequence[Gpu], names: Dict[int, Dict[int, str]], managed: Dict[int, str]) -> str:
+    """`apply`'s short view: one row per group of GPUs with the same model and layout, each GPU instance as
+    "GI <driver's id> <profile>@<start>:<size>" and its configured name. `status` (or apply -v) has the details:
+    compute instances, MIG UUIDs, processes."""
+    rows: Dict[Tuple[str, str], List[int]] = {}
+    for gpu in gpus:
+        info, state = gpu.info, gpu.state
+        if info.lost or not info.mig_capable or not state.mig_current:
+            what = "lost" if info.lost else ("MIG not supported" if not info.mig_capable else "MIG off") + (
+                " (pending on)" if state.mig_pending and not state.mig_current else "")
+        else:
+            gi_names = names.get(info.index, {})
+            items = []
+            for gi in sorted(state.instances, key=lambda g: g.placement.start):
+                p = info.profile_by_id(gi.profile_id)
+                label = f" [{gi_names[gi.id]}]" if gi.id in gi_names else ""
+                items.append(f"GI {gi.id} {p.name if p else gi.profile_id}@{gi.placement}{label}")
+            what = "MIG on: " + (", ".join(items) if items else "no instances")
+        if managed.get(info.index, "").endswith("(drift)"):
+            what += "  (drift: does not match its config, see migd check)"
+        rows.setdefault((info.model, what), []).append(info.index)
+    width = max((len(_index_ranges(v)) for v in rows.values()), default=1)
+    return "\n".join(f"GPU {_index_ranges(indices):<{width}}  {model}  {what}" for (model, what), indices in rows.items())
+
+
 # --- profiles -----------------------------------------------------------------------------------------------------
 
 
