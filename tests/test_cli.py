@@ -191,8 +191,20 @@ def test_cli_entry_point_as_subprocess(host):
                         "etc/examples/dgx-a100-mixed.toml", "apply"], capture_output=True, text=True, env=env,
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert r.returncode == 0, r.stderr
-    assert r.stdout.count("applied") >= 8 and "Traceback" not in r.stderr
-    assert "migd[info]: GPU 0: create GPU instance 3g.20gb" in r.stderr
+    # the README's demo: one line per GPU saying what changed, then identical GPUs on one row (was 224 lines)
+    assert r.stderr == "" and r.stdout.splitlines() == [
+        *(f"GPU {i}: applied 10 changes (MIG mode on, 4 GPU instances created)" for i in range(4)),
+        *(f"GPU {i}: applied 16 changes (MIG mode on, 7 GPU instances created)" for i in range(4, 8)),
+        "GPU 0-3  A100-SXM4-40GB  MIG on: GI 3 2g.10gb@0:2, GI 9 1g.5gb@2:1, GI 10 1g.5gb@3:1, GI 2 3g.20gb@4:4",
+        "GPU 4-7  A100-SXM4-40GB  MIG on: " + ", ".join(f"GI {7 + i} 1g.5gb@{i}:1" for i in range(7))], r.stdout
+    # -v: each driver call, naming GPU instances by the driver's GI id as status does
+    r = subprocess.run([sys.executable, "-m", "migd.cli", "--simulate", "dgx-a100", "--config",
+                        "etc/examples/dgx-a100-mixed.toml", "-v", "apply"], capture_output=True, text=True, env=env,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == 0, r.stderr
+    assert "migd[info]: GPU 0: create GPU instance 3g.20gb (profile ID 9) at 4:4: GI 2 " in r.stderr, r.stderr
+    assert "migd[info]: GPU 0: create compute instance 3g.20gb (profile ID 2) at 0:3 in GI 2 " in r.stderr
+    assert "  GI  2  3g.20gb        at 4:4" in r.stdout and "CI 0  3g.20gb" in r.stdout, r.stdout
     r = subprocess.run([sys.executable, "-m", "migd.cli", "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.startswith("migd ")
     r = subprocess.run([sys.executable, "-m", "migd.cli", "frobnicate"], capture_output=True, text=True)

@@ -32,7 +32,7 @@ STATUSES = ("ok", "drift", "pending", "lost", "error")
 SCHEMA = {
     "status": {"simulated": BOOL, "driver_version": STR, "backend": STR, "gpus": [GPU]},
     "check": {"simulated": BOOL, "status": STATUSES, "gpus": [
-        {"index": INT, "status": STATUSES, "expected": STR, "found": STR}]},
+        {"index": INT, "status": STATUSES, "expected": STR, "found": STR, "diff": STR}]},
     "profiles": {"simulated": BOOL, "gpus": [{"index": INT, "name": STR, "profiles": [PROFILE]}]},
     "state.json": {"simulated": BOOL, "applied_at": STR, "config": STR, "boot_id": (STR, NULL), "gpus": [
         dict(GPU, outcome=OUTCOMES + (None,), message=STR)]},

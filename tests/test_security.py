@@ -313,10 +313,14 @@ def test_the_only_process_migd_starts_is_systemctl():
     sites = [c for p in sorted(src.rglob("*.py")) if "sim" not in p.relative_to(src).parts for c in _calls_in(p)]
     assert [(f, call) for f, _, call in sites] == [("clients.py", "subprocess.run")], sites
     text = (src / "clients.py").read_text()
-    assert 'subprocess.run(["systemctl", verb, "--", *units]' in text  # an argv, never a shell; units after --
+    # an argv, never a shell; units after --
+    assert 'subprocess.run(["systemctl", *(["--no-block"] if no_block else []), verb, "--", *units]' in text
     assert "shell=True" not in "".join(p.read_text() for p in src.rglob("*.py"))
     calls = re.findall(r'\brun\("(\w+)"', text) + re.findall(r'systemctl\("(\w+)"', (src / "engine.py").read_text())
     assert set(calls) == {"stop", "start"}, calls
+    # and a reboot, only for on_pending = "reboot-once", queued (never waited for from inside migd.service)
+    assert re.findall(r'systemctl\("(\w+)"[^)]*\)', (src / "rebootonce.py").read_text()) == ["reboot"]
+    assert 'clients.systemctl("reboot", (), no_block=True)' in (src / "rebootonce.py").read_text()
 
 
 def test_stop_clients_runs_systemctl_only_for_configured_units_holding_the_gpu(host, monkeypatch):

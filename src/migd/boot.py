@@ -1,13 +1,20 @@
-"""`migd boot` (migd.service): wait for the NVIDIA driver, then apply through the engine."""
+"""`migd boot` (migd.service): wait for the NVIDIA driver while one can still appear, then apply through the engine.
+
+nvmlInit failing at boot means one of two things: no driver is installed at all (a GPU-less host sharing a fleet
+file: nothing will appear, so no waiting that would hold every later unit), or one is installed but its module is
+not loaded yet (udev/modules-load still busy: wait up to driver_wait_timeout). `driverfiles` tells them apart.
+"""
 
 from __future__ import annotations
 
 import time
 from typing import Callable
 
+from . import driverfiles
 from . import errors as E
 from .backend import Backend
-from .errors import DriverError
+from .driverfiles import DriverFiles
+from .errors import DriverError, MigdError
 from .log import get_logger
 
 log = get_logger()
@@ -15,10 +22,27 @@ log = get_logger()
 _DRIVER_ABSENT = (E.DRIVER_NOT_LOADED, E.LIBRARY_NOT_FOUND)
 
 
-def wait_for_driver(make: Callable[[], Backend], timeout: float) -> Backend:
-    """Open a backend, retrying with backoff while the NVIDIA driver is not (yet) there."""
+class NoDriverInstalled(MigdError):
+    """Neither libnvidia-ml nor an nvidia kernel module is installed: waiting cannot help."""
+
+    def __init__(self, found: DriverFiles):
+        self.found = found
+        super().__init__(f"no NVIDIA driver installed on this host ({found.describe()})")
+
+
+class DriverNotLoaded(MigdError):
+    """A driver is installed, but NVML did not come up within driver_wait_timeout."""
+
+
+def wait_for_driver(make: Callable[[], Backend], timeout: float,
+                    files: Callable[[], DriverFiles] = driverfiles.detect) -> Backend:
+    """Open a backend, retrying with backoff while an installed NVIDIA driver is not loaded yet.
+
+    Raises NoDriverInstalled at the first failure when nothing of a driver is installed, DriverNotLoaded after
+    `timeout` seconds otherwise. Logs the wait once (info), each retry at debug, and the driver coming up."""
     deadline = time.monotonic() + timeout
     delay, attempt = 0.25, 0
+    found = None
     while True:
         attempt += 1
         backend = make()
@@ -30,12 +54,30 @@ def wait_for_driver(make: Callable[[], Backend], timeout: float) -> Backend:
         except DriverError as e:
             if e.code not in _DRIVER_ABSENT:
                 raise
+            code = E.code_name(e.code)
+            if found is None:
+                found = files()
+                if not found.installed:
+                    raise NoDriverInstalled(found) from None
+                log.info("driver_wait", msg=f"waiting up to {timeout:g} s for the NVIDIA driver to load ({code}): "
+                                            f"{found.describe()}", code=code, library=found.library or "",
+                         module=found.module or "")
+            else:
+                log.debug("driver_retry", msg=f"NVIDIA driver not loaded yet ({code}), attempt {attempt}",
+                          attempt=attempt, code=code)
             left = deadline - time.monotonic()
             if left <= 0:
-                raise DriverError(e.code, "nvmlInit", None,
-                                  f"no NVIDIA driver after {timeout:g} s (driver_wait_timeout): is the nvidia kernel "
-                                  "module installed and loaded? (`lsmod | grep nvidia`, `nvidia-smi`)") from None
-            log.info("driver_wait", msg=f"waiting for the NVIDIA driver ({E.code_name(e.code)}), retry in "
-                                        f"{min(delay, left):.1f} s", attempt=attempt, code=E.code_name(e.code))
+                raise DriverNotLoaded(not_loaded_message(found, timeout)) from None
             time.sleep(min(delay, left))
             delay = min(delay * 2, 5.0)
+
+
+def not_loaded_message(found: DriverFiles, timeout: float) -> str:
+    after = f"after {timeout:g} s (driver_wait_timeout)"
+    if found.module and not found.module_loaded:
+        return (f"nvidia kernel module installed but not loaded {after}: {found.describe()}; see `dmesg` for why, "
+                "`modprobe nvidia` to load it")
+    if not found.module:
+        return (f"{driverfiles.LIBRARY} installed but no nvidia kernel module for this kernel, none loaded {after}: "
+                f"{found.describe()}; rebuild or reinstall the driver for the running kernel (`dkms status`)")
+    return f"NVIDIA driver loaded but NVML not ready {after}: {found.describe()}; see `dmesg` and `nvidia-smi`"

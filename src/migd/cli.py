@@ -17,9 +17,12 @@ from .errors import ConfigError, MigdError
 
 if TYPE_CHECKING:
     from .backend import Backend
+    from .boot import NoDriverInstalled
+    from .driverfiles import DriverFiles
     from .engine import ApplyResult, Engine
     from .layout import DesiredGpu
-    from .model import Config
+    from .model import Config, GpuEntry
+    from .plan import Action
 
 READ_VERBS = ("status", "profiles", "validate", "plan", "check", "export")
 SERVICE_IDENTIFIERS = {"watch": "migd-watch"}  # verb -> SyslogIdentifier= of its unit (migd.service's is "migd")
@@ -86,7 +89,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .log import setup
 
     read_verb = args.verb in READ_VERBS or (args.verb == "apply" and args.dry_run)
-    level = "debug" if args.verbose else ("warning" if args.quiet or read_verb else "info")
+    # read verbs and apply at a terminal print their result; their log lines (each driver call) only with -v
+    terse = read_verb or args.verb == "apply"
+    level = "debug" if args.verbose else ("warning" if args.quiet or terse else "info")
     # Journal entries carry the identity of the unit that runs the verb (`journalctl -t migd-watch`).
     setup(level=level, identifier=SERVICE_IDENTIFIERS.get(args.verb, "migd"))
     service_verb = args.verb in ("boot", "watch")
@@ -268,15 +273,13 @@ def cmd_check(args: argparse.Namespace, read_only: bool) -> int:
     try:
         result = _engine(args, backend, cfg).check()
         if args.json:
-            rows = [{"index": r.gpu, "status": r.status.value, "expected": r.expected, "found": r.found}
-                    for r in result.gpus]
+            rows = [{"index": r.gpu, "status": r.status.value, "expected": r.expected, "found": r.found,
+                     "diff": r.diff} for r in result.gpus]
             print(schema.dumps(schema.check(result.status.value, rows, backend.simulated)))
         else:
             for r in result.gpus:
-                line = f"GPU {r.gpu}: {r.status.value}: {r.found}"
-                if r.status.value != "ok":
-                    line += f"; expected {r.expected}"
-                print(line)
+                # what differs, not two whole layouts (`--json` has both)
+                print(f"GPU {r.gpu}: {r.status.value}: {r.diff or r.found}")
         return result.exit_code
     finally:
         backend.close()
@@ -323,7 +326,7 @@ def cmd_apply(args: argparse.Namespace, read_only: bool) -> int:
         engine = _engine(args, backend, cfg)
         desired = engine.desired()
         result = engine.apply(desired, stop_clients=bool(args.stop_clients))
-        _print_apply(engine, result, desired)
+        _print_apply(engine, result, desired, args.verbose)
         return result.exit_code
     finally:
         backend.close()
@@ -331,29 +334,69 @@ def cmd_apply(args: argparse.Namespace, read_only: bool) -> int:
 
 def cmd_boot(args: argparse.Namespace, read_only: bool) -> int:
     """migd.service: wait for the driver, then apply. Failures fail the unit (exit != 0), never the boot."""
-    from . import layout
+    from . import layout, rebootonce
     from .backend import make_backend
-    from .boot import wait_for_driver
+    from .boot import NoDriverInstalled, wait_for_driver
+    from .engine import Outcome
     from .log import get_logger
 
     log = get_logger()
     cfg = _load_config(args, privileged=True)
-    if not layout.for_host(cfg):  # no entry at all, or none for this host in a fleet file
+    mine = layout.for_host(cfg)
+    if not mine:  # no entry at all, or none for this host in a fleet file
         log.info("boot_nothing", msg=f"{cfg.path} selects no GPU on this host: nothing to do")
         return E.EXIT_OK
-    backend = wait_for_driver(
-        lambda: make_backend(simulate=args.simulate, sim_state=args.sim_state), cfg.daemon.driver_wait_timeout)
+    try:
+        backend = wait_for_driver(lambda: make_backend(simulate=args.simulate, sim_state=args.sim_state),
+                                  cfg.daemon.driver_wait_timeout, _driver_files(args))
+    except NoDriverInstalled as e:
+        return _no_driver(e, mine)
     try:
         engine = _engine(args, backend, cfg)
         desired = engine.desired()
         log.info("boot_apply", msg=f"applying {cfg.path} to {len(desired)} GPU(s)", gpus=sorted(desired))
         result = engine.apply(desired)  # every outcome and a record error are logged: nothing printed twice
         code = result.exit_code
+        uuids = {info.index: info.uuid for info in engine.infos()}
+        pending = [rebootonce.Pending(i, uuids.get(i, "")) for i, r in result.gpus.items()
+                   if r.outcome == Outcome.PENDING]
+        if rebootonce.after_boot_apply(cfg, pending, code):
+            return E.EXIT_OK  # the reboot is queued: the change takes effect then
         level = log.info if code == E.EXIT_OK else log.error
         level("boot_done", msg=f"boot apply finished: exit {code}", exit=code)
         return code
     finally:
         backend.close()
+
+
+def _driver_files(args: argparse.Namespace) -> "Callable[[], DriverFiles]":
+    """What of a driver is installed: the host's files, or for simulated GPUs what the simulated host says."""
+    from . import driverfiles
+
+    if not _simulated(args):
+        return driverfiles.detect
+
+    def simulated() -> "DriverFiles":
+        from .sim import SimHost
+
+        return SimHost.create(args.simulate or "dgx-a100", args.sim_state).driver_files()
+
+    return simulated
+
+
+def _no_driver(e: "NoDriverInstalled", entries: "Sequence[GpuEntry]") -> int:
+    """No driver installed: nothing to do for a fleet file's "all"/glob entries (they fit GPU-less hosts); an
+    error when an entry names a GPU by index, UUID or PCI id (the admin expects that GPU here)."""
+    from .log import get_logger
+
+    named = [entry for entry in entries if entry.selector.kind in ("index", "uuid", "pci")]
+    if not named:
+        get_logger().info("no_driver", msg=f"{e}: nothing to do", library="", module="")
+        return E.EXIT_OK
+    first = named[0]
+    get_logger().error("no_driver", msg=f"{e}, but {first.label} ({first.where}) selects GPU {first.selector}: "
+                                        "install the NVIDIA driver", exit=E.EXIT_FAILURE)
+    return E.EXIT_FAILURE
 
 
 def cmd_watch(args: argparse.Namespace, read_only: bool) -> int:
@@ -362,17 +405,40 @@ def cmd_watch(args: argparse.Namespace, read_only: bool) -> int:
     return Watcher(args.config, simulate=args.simulate, sim_state=args.sim_state, run_dir=_run_dir(args)).run()
 
 
-def _print_apply(engine: "Engine", result: "ApplyResult", desired: "Dict[int, DesiredGpu]") -> None:
-    """Each GPU's outcome, then the applied GPUs as `status` shows them (a GPU lost meanwhile is left out)."""
+def _print_apply(engine: "Engine", result: "ApplyResult", desired: "Dict[int, DesiredGpu]",
+                 verbose: bool = False) -> None:
+    """One line per GPU saying what apply did, then the applied GPUs' layout: a compact table (identical GPUs on
+    one row), or with -v as `status` shows them (a GPU lost meanwhile is left out)."""
     from . import report
 
-    for message in result.messages:
-        print(message)
+    for r in result.gpus.values():
+        print(r.message + _what_changed(r.done) if r.message.endswith(("change", "changes")) else r.message)
     if result.record_error:
         print(f"migd: {result.record_error}", file=sys.stderr)
     engine.current_infos()
     view = engine.status(desired, only=sorted(desired))
-    print(report.status_text(view.gpus, view.names, view.managed))
+    if verbose:
+        print(report.status_text(view.gpus, view.names, view.managed))
+    else:
+        print(report.layout_table(view.gpus, view.names, view.managed))
+
+
+def _what_changed(done: "Sequence[Action]") -> str:
+    """" (MIG mode on, 4 GPU instances created)" from the actions apply took."""
+    from .plan import ActionKind
+
+    counts: Dict[str, int] = {}
+    parts = []
+    for a in done:
+        if a.kind == ActionKind.SET_MIG_MODE:
+            parts.append(f"MIG mode {'on' if a.enabled else 'off'}")
+        elif a.kind in (ActionKind.CREATE_GI, ActionKind.DESTROY_GI):
+            counts[a.kind] = counts.get(a.kind, 0) + 1
+    for kind, verb in ((ActionKind.DESTROY_GI, "destroyed"), (ActionKind.CREATE_GI, "created")):
+        n = counts.get(kind, 0)
+        if n:
+            parts.append(f"{n} GPU instance{'s' if n != 1 else ''} {verb}")
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 VERBS: Dict[str, Callable[[argparse.Namespace, bool], int]] = {

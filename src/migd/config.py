@@ -32,7 +32,7 @@ MAX_INSTANCES = 64
 _GPU_KEYS = {"select", "hosts", "mig", "instances"}
 _INSTANCE_KEYS = {"profile", "name", "compute"}
 _DAEMON_KEYS = {"watch_interval", "drift_policy", "driver_wait_timeout", "persistence_mode", "stop_clients",
-                "lock_timeout"}
+                "lock_timeout", "on_pending"}
 _PROFILE_RE = re.compile(r"^(mig )?([1-8]g(\.\d{1,4}gb)?([+-][a-z.]{1,8})*|\d{1,3})\Z", re.I)
 _COMPUTE_RE = re.compile(
     r"^(mig )?([1-8]c(\.[1-8]g\.\d{1,4}gb([+-][a-z.]{1,8})*)?|[1-8]g\.\d{1,4}gb([+-][a-z.]{1,8})*|\d{1,2})\Z", re.I)
@@ -525,6 +525,12 @@ class _Parser:
                              f'must be "log" or "reapply", got {_show(d["drift_policy"])}')
             else:
                 values["drift_policy"] = d["drift_policy"]
+        if "on_pending" in d:
+            if d["on_pending"] not in ("fail", "reboot-once"):
+                self.problem(["daemon", "on_pending"],
+                             f'must be "fail" or "reboot-once", got {_show(d["on_pending"])}')
+            else:
+                values["on_pending"] = d["on_pending"]
         if "persistence_mode" in d:
             if not isinstance(d["persistence_mode"], bool):
                 self.problem(["daemon", "persistence_mode"],

@@ -13,6 +13,7 @@ Results are typed (dataclasses, enums); the exit-code policy for every verb live
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from enum import Enum
@@ -120,6 +121,7 @@ class GpuCheck:
     status: CheckStatus
     expected: str
     found: str
+    diff: str = ""  # what differs, in report.differences' wording ("" when ok)
 
 
 @dataclass
@@ -152,7 +154,7 @@ class Engine:
     """One backend (opened by the caller) and one config (None: status without names)."""
 
     def __init__(self, backend: Backend, cfg: Optional[Config], run_dir: Optional[str] = None,
-                 simulated: bool = False, systemctl: Optional[Callable[[str, Sequence[str]], None]] = None,
+                 simulated: bool = False, systemctl: Optional[Callable[[str, Sequence[str]], object]] = None,
                  host: Optional[str] = None):
         self.backend = backend
         self.cfg = cfg
@@ -303,8 +305,8 @@ class Engine:
 
     def compare_gpu(self, info: GpuInfo, desired: DesiredGpu, state: Optional[GpuState] = None) -> GpuCheck:
         state = state if state is not None else self.backend.state(info.index)
-        status, expected, found = report.compare(info, desired, state, plan_gpu(info, desired, state))
-        return GpuCheck(info.index, CheckStatus(status), expected, found)
+        status, expected, found, diff = report.compare(info, desired, state, plan_gpu(info, desired, state))
+        return GpuCheck(info.index, CheckStatus(status), expected, found, diff)
 
     # --- status ---------------------------------------------------------------------------------------------
 
@@ -383,7 +385,10 @@ def apply_gpu(backend: Backend, info: GpuInfo, desired: DesiredGpu, persistence:
             else:
                 _run(backend, action, slot_gi)
             result.done.append(action)
-            glog.info(action.kind.value, msg=str(action), **_fields(action))
+            shown = action
+            if action.kind in (ActionKind.CREATE_GI, ActionKind.CREATE_CI):  # the log names the GI the driver made
+                shown = dataclasses.replace(action, gi_id=slot_gi[action.slot])  # type: ignore[index]
+            glog.info(action.kind.value, msg=str(shown), **_fields(shown))
         # Verify: re-read and re-plan. A read that fails here comes after changes: a failure like any other.
         after = backend.state(g)
         if not plan_gpu(info, desired, after, persistence).noop:

@@ -86,6 +86,15 @@ _HINTS = {
         "MIG cannot be enabled on this GPU as it is set up now. An RTX PRO Blackwell Workstation or Max-Q edition "
         "must first be switched to compute display mode with NVIDIA's Display Mode Selector "
         "(`displaymodeselector --gpumode compute -i N`, a firmware setting; reboot afterwards), then apply again",
+    # nvmlInit's codes name the library call, not the admin's problem: say what is missing and what to try.
+    ("nvmlInit", LIBRARY_NOT_FOUND):
+        "no NVIDIA driver found (libnvidia-ml.so.1 not found): is the NVIDIA driver installed? "
+        "To try migd without GPUs: migd --simulate dgx-a100 status",
+    ("nvmlInit", DRIVER_NOT_LOADED):
+        "the NVIDIA driver is installed but its kernel module is not loaded (`lsmod | grep nvidia`; "
+        "`modprobe nvidia`, and `dmesg` for why it did not load)",
+    ("nvmlInit", NO_PERMISSION):
+        "not allowed to open the NVIDIA devices (/dev/nvidiactl, /dev/nvidia*): run migd as root",
 }
 
 

@@ -218,6 +218,7 @@ class DaemonSettings:
     persistence_mode: bool = True
     stop_clients: Tuple[str, ...] = ()
     lock_timeout: float = 30.0
+    on_pending: str = "fail"  # "fail" | "reboot-once": what boot does about a MIG mode change left pending
 
 
 @dataclass(frozen=True)

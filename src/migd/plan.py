@@ -45,6 +45,7 @@ class Action:
     profile_id: Optional[int] = None
     profile_name: str = ""
     placement: Optional[Placement] = None
+    gi_profile_name: str = ""  # create_ci: its GPU instance's profile, to name a GI not created yet
 
     def __str__(self) -> str:
         if self.kind == ActionKind.SET_PERSISTENCE:
@@ -55,12 +56,17 @@ class Action:
             return f"GPU {self.gpu}: destroy compute instance {self.gi_id}/{self.ci_id} ({self.profile_name})"
         if self.kind == ActionKind.DESTROY_GI:
             return f"GPU {self.gpu}: destroy GPU instance {self.gi_id} ({self.profile_name} at {self.placement})"
+        # GPU instances by the driver's GI id where one exists (as `status` shows them); one not created yet by
+        # the config's list item it is for ("instances #1", 1-based like every config position)
         if self.kind == ActionKind.CREATE_GI:
+            made = f": GI {self.gi_id}" if self.gi_id is not None else ""
             return (f"GPU {self.gpu}: create GPU instance {self.profile_name} (profile ID {self.profile_id}) "
-                    f"at {self.placement}")
+                    f"at {self.placement}{made}")
         if self.kind == ActionKind.CREATE_CI:
+            where = f"in GI {self.gi_id}" if self.gi_id is not None else \
+                f"in the GPU instance for instances #{(self.slot or 0) + 1} ({self.gi_profile_name})"
             return (f"GPU {self.gpu}: create compute instance {self.profile_name} (profile ID {self.profile_id}) "
-                    f"at {self.placement} in instance #{self.slot}")
+                    f"at {self.placement} {where}")
         return f"GPU {self.gpu}: {self.kind}"
 
 
@@ -146,7 +152,8 @@ def _plan(info: GpuInfo, desired: DesiredGpu, state: GpuState,
         actions.append(Action(ActionKind.CREATE_GI, g, slot=a.slot, profile_id=a.instance.profile.id,
                               profile_name=a.instance.profile.name, placement=a.placement))
         for cp, cpl in zip(a.instance.compute, a.compute_placements):
-            actions.append(Action(ActionKind.CREATE_CI, g, slot=a.slot, profile_id=cp.id, profile_name=cp.name, placement=cpl))
+            actions.append(Action(ActionKind.CREATE_CI, g, slot=a.slot, profile_id=cp.id, profile_name=cp.name,
+                                  placement=cpl, gi_profile_name=a.instance.profile.name))
     return actions, assignments
 
 

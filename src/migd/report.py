@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .model import Gpu, GpuInfo, GpuState
+from .model import Gpu, GpuInfo, GpuState, Placement
 from .layout import DesiredGpu
 from .plan import GpuPlan, plan_gpu
 
@@ -48,6 +48,31 @@ def status_text(gpus: Sequence[Gpu], names: Dict[int, Dict[int, str]], managed: 
         if state.mig_current and not state.instances:
             out.append("  no MIG instances")
     return "\n".join(out)
+
+
+def layout_table(gpus: Sequence[Gpu], names: Dict[int, Dict[int, str]], managed: Dict[int, str]) -> str:
+    """`apply`'s short view: one row per group of GPUs with the same model and layout, each GPU instance as
+    "GI <driver's id> <profile>@<start>:<size>" and its configured name. `status` (or apply -v) has the details:
+    compute instances, MIG UUIDs, processes."""
+    rows: Dict[Tuple[str, str], List[int]] = {}
+    for gpu in gpus:
+        info, state = gpu.info, gpu.state
+        if info.lost or not info.mig_capable or not state.mig_current:
+            what = "lost" if info.lost else ("MIG not supported" if not info.mig_capable else "MIG off") + (
+                " (pending on)" if state.mig_pending and not state.mig_current else "")
+        else:
+            gi_names = names.get(info.index, {})
+            items = []
+            for gi in sorted(state.instances, key=lambda g: g.placement.start):
+                p = info.profile_by_id(gi.profile_id)
+                label = f" [{gi_names[gi.id]}]" if gi.id in gi_names else ""
+                items.append(f"GI {gi.id} {p.name if p else gi.profile_id}@{gi.placement}{label}")
+            what = "MIG on: " + (", ".join(items) if items else "no instances")
+        if managed.get(info.index, "").endswith("(drift)"):
+            what += "  (drift: does not match its config, see migd check)"
+        rows.setdefault((info.model, what), []).append(info.index)
+    width = max((len(_index_ranges(v)) for v in rows.values()), default=1)
+    return "\n".join(f"GPU {_index_ranges(indices):<{width}}  {model}  {what}" for (model, what), indices in rows.items())
 
 
 # --- profiles -----------------------------------------------------------------------------------------------------
@@ -102,20 +127,51 @@ def _profile_table(info: GpuInfo) -> List[str]:
 # --- drift --------------------------------------------------------------------------------------------------------
 
 
-def live_layout(info: GpuInfo, state: GpuState) -> str:
-    """One line: "MIG on: 3g.40gb@4:4 2g.20gb@0:2" (compute instances in brackets when not the default)."""
-    if not state.mig_current:
-        return "MIG off" + (" (pending on)" if state.mig_pending else "")
-    parts = []
+Ci = Tuple[str, Placement]  # (compute profile name, placement inside the GI)
+Gi = Tuple[str, Placement, Tuple[Ci, ...], bool]  # (profile name, placement, CIs, CIs are the default one)
+
+
+def _live_gis(info: GpuInfo, state: GpuState) -> List[Gi]:
+    out = []
     for gi in state.instances:
         p = info.profile_by_id(gi.profile_id)
-        name = p.name if p else str(gi.profile_id)
-        full = p.full_compute_profile.id if p and p.full_compute_profile else None
-        cis = [ci.profile_id for ci in gi.compute]
-        extra = "" if cis == [full] else "[" + ",".join(
-            next((c.name for c in p.compute_profiles if c.id == x), str(x)) for x in cis) + "]" if p else ""
-        parts.append(f"{name}@{gi.placement}{extra}")
-    return "MIG on: " + (" ".join(parts) if parts else "no instances")
+        names = {c.id: c.name for c in p.compute_profiles} if p else {}
+        full = p.full_compute_profile if p else None
+        cis = tuple(sorted(((names.get(ci.profile_id, str(ci.profile_id)), ci.placement) for ci in gi.compute),
+                           key=lambda c: c[1].start))
+        default = full is not None and [ci.profile_id for ci in gi.compute] == [full.id]
+        out.append((p.name if p else str(gi.profile_id), gi.placement, cis, default))
+    return sorted(out, key=lambda g: g[1].start)
+
+
+def _desired_gis(plan: GpuPlan) -> List[Gi]:
+    out = []
+    for a in plan.assignments:
+        full = a.instance.profile.full_compute_profile
+        cis = tuple(sorted(((c.name, pl) for c, pl in zip(a.instance.compute, a.compute_placements)),
+                           key=lambda c: c[1].start))
+        default = [c.id for c in a.instance.compute] == [full.id if full else None]
+        out.append((a.instance.profile.name, a.placement, cis, default))
+    return sorted(out, key=lambda g: g[1].start)
+
+
+def _gi_text(gi: Gi) -> str:
+    """"3g.40gb@4:4", with its compute instances when not the one spanning it: "3g.40gb@4:4[1c.3g.40gb@0:1,...]"."""
+    name, placement, cis, default = gi
+    extra = "" if default else "[" + (",".join(f"{n}@{pl}" for n, pl in cis) or "no compute") + "]"
+    return f"{name}@{placement}{extra}"
+
+
+def _layout_text(gis: Sequence[Gi]) -> str:
+    return "MIG on: " + (" ".join(_gi_text(g) for g in gis) if gis else "no instances")
+
+
+def live_layout(info: GpuInfo, state: GpuState) -> str:
+    """One line: "MIG on: 2g.20gb@0:2 3g.40gb@4:4" by placement, compute instances (with their placements) in
+    brackets when not the default one spanning the GI."""
+    if not state.mig_current:
+        return "MIG off" + (" (pending on)" if state.mig_pending else "")
+    return _layout_text(_live_gis(info, state))
 
 
 def layout_matches(plan: GpuPlan) -> bool:
@@ -123,10 +179,11 @@ def layout_matches(plan: GpuPlan) -> bool:
     return plan.ok and all(a.kind == "set_persistence" for a in plan.actions)
 
 
-def compare(info: GpuInfo, desired: DesiredGpu, state: GpuState, plan: GpuPlan) -> Tuple[str, str, str]:
-    """(status, expected, found) of one GPU for `check` and the watchdog: status is "ok", "drift" or "pending".
-    Persistence mode is not part of the layout: a plan that only turns it on still matches. `expected` is always a
-    layout, never a refusal: a plan refused (a busy instance in the way) shows the layout as placed on an empty GPU."""
+def compare(info: GpuInfo, desired: DesiredGpu, state: GpuState, plan: GpuPlan) -> Tuple[str, str, str, str]:
+    """(status, expected, found, differences) of one GPU for `check` and the watchdog: status is "ok", "drift" or
+    "pending". Persistence mode is not part of the layout: a plan that only turns it on still matches. `expected`
+    is always a layout, never a refusal: a plan refused (a busy instance in the way) shows the layout as placed on
+    an empty GPU."""
     found = live_layout(info, state)
     if state.mode_change_pending:
         status = "pending"
@@ -137,19 +194,67 @@ def compare(info: GpuInfo, desired: DesiredGpu, state: GpuState, plan: GpuPlan) 
     if not plan.ok:
         plan = plan_gpu(info, desired, GpuState(mig_current=True, mig_pending=True, persistence=None))
     expected = desired_layout(plan, desired.mig)
-    return status, expected, found
+    diff = "" if status == "ok" else differences(info, desired.mig, plan, state)
+    return status, expected, found, diff
 
 
 def desired_layout(plan: GpuPlan, mig: bool) -> str:
+    return _layout_text(_desired_gis(plan)) if mig else "MIG off"
+
+
+def differences(info: GpuInfo, mig: bool, plan: GpuPlan, state: GpuState) -> str:
+    """What differs between the layout `plan` places and the live one, in the one wording `check` and migd-watch
+    use: "missing 3g.40gb@4:4; extra 1g.10gb@0:1; 2g.20gb moved 0:2 → 2:2; 3g.40gb@4:4 compute 1c.3g.40gb moved
+    0:1 → 1:1" (moved: from where the config puts it to where it is)."""
+    if state.mode_change_pending:
+        return f"MIG mode change to {'on' if state.mig_pending else 'off'} pending"
     if not mig:
-        return "MIG off"
-    parts = []
-    for a in sorted(plan.assignments, key=lambda a: a.placement.start):
-        full = a.instance.profile.full_compute_profile
-        extra = "" if [c.id for c in a.instance.compute] == [full.id if full else None] else \
-            "[" + ",".join(c.name for c in a.instance.compute) + "]"
-        parts.append(f"{a.instance.profile.name}@{a.placement}{extra}")
-    return "MIG on: " + (" ".join(parts) if parts else "no instances")
+        return "MIG on, expected off" if state.mig_current else ""
+    if not state.mig_current:
+        return "MIG off, expected on"
+    want, have = _desired_gis(plan), _live_gis(info, state)
+    for gi in list(want):  # exact matches say nothing
+        if gi in have:
+            want.remove(gi)
+            have.remove(gi)
+    parts: List[str] = []
+    compute: List[str] = []
+    moved: List[str] = []
+    for gi in list(want):  # same profile and placement: the compute instances differ
+        same = next((h for h in have if h[:2] == gi[:2]), None)
+        if same is not None:
+            want.remove(gi)
+            have.remove(same)
+            compute.append(f"{gi[0]}@{gi[1]} compute: {_ci_differences(gi[2], same[2])}")
+    for gi in list(want):  # same profile elsewhere: moved
+        same = next((h for h in have if h[0] == gi[0]), None)
+        if same is not None:
+            want.remove(gi)
+            have.remove(same)
+            moved.append(f"{gi[0]} moved {gi[1]} → {same[1]}")
+    if want:
+        parts.append("missing " + ", ".join(_gi_text(g) for g in want))
+    if have:
+        parts.append("extra " + ", ".join(_gi_text(g) for g in have))
+    return "; ".join(parts + moved + compute) or "layout differs"
+
+
+def _ci_differences(want: Sequence[Ci], have: Sequence[Ci]) -> str:
+    want_l, have_l = list(want), list(have)
+    for ci in list(want_l):
+        if ci in have_l:
+            want_l.remove(ci)
+            have_l.remove(ci)
+    moved = []
+    for ci in list(want_l):
+        same = next((h for h in have_l if h[0] == ci[0]), None)
+        if same is not None:
+            want_l.remove(ci)
+            have_l.remove(same)
+            moved.append(f"{ci[0]} moved {ci[1]} → {same[1]}")
+    parts = ([f"missing {', '.join(f'{n}@{pl}' for n, pl in want_l)}"] if want_l else []) + \
+        ([f"extra {', '.join(f'{n}@{pl}' for n, pl in have_l)}"] if have_l else [])
+    return ", ".join(parts + moved)
 
 
 # --- export -------------------------------------------------------------------------------------------------------

@@ -68,7 +68,7 @@ def profiles(infos: Sequence[GpuInfo], simulated: bool) -> Doc:
 
 
 def check(overall: str, rows: Sequence[Doc], simulated: bool) -> Doc:
-    """rows: {index, status, expected, found} per GPU."""
+    """rows: {index, status, expected, found, diff} per GPU (diff: what differs, "" when ok)."""
     return {"simulated": simulated, "status": overall, "gpus": list(rows)}
 
 

@@ -293,7 +293,7 @@ class Watcher:
             for i, d in engine.desired().items():
                 state = engine.backend.state(i)
                 row = engine.compare_gpu(infos[i], d, state)
-                self._report(i, row.status, row.expected, row.found)
+                self._report(i, row.status, row.expected, row.found, row.diff)
                 statuses[i] = row.status
                 if self._wants_reapply(i, row.status, row.found, state):
                     reapply.append(i)
@@ -326,7 +326,7 @@ class Watcher:
             track.reset_reapply()
         return self.clock() >= track.retry_at
 
-    def _report(self, gpu: int, status: str, expected: str, found: str) -> None:
+    def _report(self, gpu: int, status: str, expected: str, found: str, diff: str = "") -> None:
         track = self._track(gpu)
         previous = track.reported
         if previous == (status, found):
@@ -341,8 +341,9 @@ class Watcher:
         elif status == "error":
             log.error("check_error", msg=f"{where}: cannot check: {found}", gpu=gpu, error=found)
         else:
-            log.warning("drift", msg=f"{where}: {status}: expected {expected}; found {found}", gpu=gpu,
-                        status=status, expected=expected, found=found)
+            # what differs, worded like `migd check` (report.differences); both layouts in the fields
+            log.warning("drift", msg=f"{where}: {status}: {diff or found}", gpu=gpu, status=status,
+                        expected=expected, found=found, diff=diff)
 
     def _reapply(self, gpus: List[int]) -> None:
         """The same engine apply as `migd apply` and `migd boot`: lock, apply, verify, roll back, record."""

@@ -17,10 +17,13 @@ import stat
 import threading
 import time
 import uuid as uuidlib
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple
 
 from .. import errors as E
 from .catalog import MODELS, SimModel, compute_profiles, parse_host_spec
+
+if TYPE_CHECKING:
+    from ..driverfiles import DriverFiles
 
 STATE_VERSION = 1
 _MIG_NAMESPACE = uuidlib.UUID("5f3c1d2e-7b9a-4c8d-9e0f-6a1b2c3d4e5f")  # any fixed namespace: uuid5 like the driver
@@ -154,6 +157,16 @@ class SimHost:
         ready_at = self.state.get("driver_ready_at")
         if driver == "not-loaded" or (ready_at is not None and time.time() < ready_at):
             raise SimError(E.DRIVER_NOT_LOADED, "NVIDIA kernel module not loaded")
+
+    def driver_files(self) -> "DriverFiles":
+        """What of a driver this simulated host has installed: nothing with "no-library" (a host without a
+        driver), library and module otherwise (loaded unless "not-loaded")."""
+        from ..driverfiles import DriverFiles
+
+        driver = self.state.get("driver", "loaded")
+        if driver == "no-library":
+            return DriverFiles()
+        return DriverFiles("libnvidia-ml.so.1 (simulated)", "nvidia.ko (simulated)", module_loaded=driver == "loaded")
 
     def check_gpu(self, gpu: int) -> dict:
         g = self.gpus[gpu]

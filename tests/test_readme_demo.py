@@ -1,0 +1,27 @@
+"""The README's first screen: the demo's output as it prints it, and the words it needs explained."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_first_screen_shows_the_demo_output_and_explains_its_words(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    first = readme[:readme.index("\n---\n")]
+    shown = re.search(r"```console\n(.*?)```", first, re.S).group(1).splitlines()
+    r = subprocess.run([sys.executable, "-m", "migd.cli", "--simulate", "dgx-a100", "--config",
+                        "etc/examples/dgx-a100-mixed.toml", "apply"], capture_output=True, text=True, cwd=ROOT,
+                       env={"PATH": "/usr/bin:/bin", "MIGD_RUN_DIR": str(tmp_path / "run")})
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    out = r.stdout.splitlines()
+    assert len(out) <= 12, out  # was 224 lines
+    assert shown[0] == out[0] and shown[2] == out[7] and shown[3] == out[8], (shown, out)
+    assert shown[4].split(", ...")[0] in out[9]
+    for words in ("**GPU instances** (GI)", "**compute instance** (CI)", "**placement**", "`start:size`",
+                  "**profile ID**", "`GI 2` is the ID the\ndriver gave"):
+        assert words in first, words
