@@ -398,8 +398,8 @@ def apply_gpu(backend: Backend, info: GpuInfo, desired: DesiredGpu, persistence:
 def _set_mode(backend: Backend, g: int, enabled: bool) -> Optional[int]:
     """Set MIG mode; None when it took effect, else the activation status that left it pending."""
     status = backend.set_mig_mode(g, enabled)
-    state = backend.state(g)
-    if state.mig_current == enabled:
+    current, _ = backend.mig_mode(g)  # the mode alone: the instances are read by the verify that follows
+    if current == enabled:
         return None
     return status if status != E.SUCCESS else E.RESET_REQUIRED
 
