@@ -94,3 +94,91 @@ def test_profile_table_is_the_same_through_v3_or_v2(sim_backend, v3):
     assert [p.id for p in profiles] and all(p.placements for p in profiles)
     graphics = [p.name for p in profiles if p.graphics]
     assert graphics == [p.name for p in profiles if p.name.endswith("+gfx")]
+
+
+# --- records: migd's dataclass stand-in keeps what dataclasses gave ---------------------------------------------
+
+def test_records_behave_like_frozen_dataclasses():
+    from migd import _record
+    from migd.model import Config, GpuEntry, GpuProfile, GpuSelector, Placement
+
+    a, b = Placement(0, 1), Placement(start=0, size=1)
+    assert a == b and hash(a) == hash(b) and a != Placement(1, 1) and {a, b} == {a}
+    assert a != (0, 1) and repr(a) == "Placement(start=0, size=1)" and str(a) == "0:1"  # own __str__ kept
+    with pytest.raises(AttributeError):
+        a.start = 3  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        Placement(0)  # type: ignore[call-arg]
+    c1, c2 = Config("x"), Config("x")
+    assert c1.daemon == c2.daemon and c1.entries == () and c1 == c2  # default_factory: equal, fresh objects
+    e = GpuEntry(number=1, selector=GpuSelector("all"), mig=True)
+    assert _record.replace(e, mig=False).mig is False and e.mig is True
+    with pytest.raises(TypeError):
+        _record.replace(e, nope=1)
+    p = GpuProfile(index=0, id=19, name="1g.5gb", slices=1, instance_count=7, memory_mb=4864, multiprocessors=14,
+                   copy_engines=1, decoders=0, encoders=0, jpegs=0, ofas=0, placements=(a,))
+    assert _record.asdict(p)["placements"] == ({"start": 0, "size": 1},)
+
+
+def test_mutable_records_are_unhashable_and_compare_by_fields():
+    from migd.engine import GpuResult, Outcome
+
+    r1, r2 = GpuResult(0, Outcome.APPLIED), GpuResult(0, Outcome.APPLIED)
+    assert r1 == r2 and r1.done is not r2.done  # a fresh list each
+    r1.message = "changed"
+    assert r1 != r2
+    with pytest.raises(TypeError):
+        hash(r1)
+
+
+# --- imports: read verbs load only what they run ----------------------------------------------------------------
+
+_MODULES_AT_EXIT = """
+import contextlib, io, json, sys
+from migd.cli import main
+with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    rc = main(sys.argv[1:])
+print(json.dumps({"rc": rc, "modules": sorted(sys.modules)}))
+"""
+# Apply, service and logging-backend paths a read verb never runs, and stdlib modules only they (or dataclasses)
+# would bring in.
+NOT_FOR_READ_VERBS = ("structlog", "sdnotify", "migd.clients", "migd.watch", "migd.boot", "migd.slurm",
+                      "dataclasses", "inspect")
+
+
+def _modules_after(args, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import python_env
+
+    env = python_env()
+    env["MIGD_RUN_DIR"] = str(tmp_path / "run")
+    r = subprocess.run([sys.executable, "-c", _MODULES_AT_EXIT, *args], env=env, capture_output=True, text=True,
+                       timeout=120, check=True)
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("args", [
+    ["--simulate", "dgx-a100", "status", "--json"],
+    ["--simulate", "dgx-a100", "status"],
+    ["--simulate", "h100-80gb", "profiles"],
+    ["status", "--json"],  # the real path: no driver here, it stops at nvmlInit after every import it makes
+])
+def test_read_verbs_do_not_import_apply_service_or_logging_paths(args, tmp_path):
+    out = _modules_after(args, tmp_path)
+    loaded = set(out["modules"])
+    heavy = sorted(m for m in loaded if m in NOT_FOR_READ_VERBS or m.split(".")[0] in ("structlog", "sdnotify"))
+    assert heavy == [], f"{' '.join(args)} imported {heavy}"
+    assert "migd.model" in loaded and "pynvml" in loaded  # the verb did run (not an early exit)
+    if "--simulate" not in args:
+        assert not any(m.startswith("migd.sim.") and m != "migd.sim.catalog" for m in loaded)  # help text only
+
+
+def test_check_imports_no_service_or_apply_paths(tmp_path):
+    cfg = tmp_path / "migd.toml"
+    cfg.write_text(SEVEN_1G)
+    out = _modules_after(["--simulate", "dgx-a100", "--config", str(cfg), "check"], tmp_path)
+    assert out["rc"] == 3  # drift: fresh GPUs
+    assert not set(out["modules"]) & {"migd.clients", "migd.watch", "migd.boot", "sdnotify", "dataclasses"}

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass, field
+from ._record import dataclass, field
 from enum import Enum
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 
-from . import clients, layout, report, runstate, schema
+from . import layout, report, runstate, schema
 from . import errors as E
 from .backend import Backend
 from .errors import DriverError, LockBusy
@@ -159,8 +159,17 @@ class Engine:
         self.host = host  # whose view of a fleet file (None: this machine's)
         self.run_dir = run_dir
         self.simulated = simulated
-        self.systemctl = systemctl or clients.systemctl
+        self._systemctl = systemctl
         self._infos: Optional[List[GpuInfo]] = None
+
+    @property
+    def systemctl(self) -> Callable[[str, Sequence[str]], None]:
+        """`systemctl ACTION UNIT...` (only apply --stop-clients runs it: read verbs never import clients)."""
+        if self._systemctl is None:
+            from . import clients
+
+            self._systemctl = clients.systemctl
+        return self._systemctl
 
     @property
     def config(self) -> Config:
@@ -200,6 +209,8 @@ class Engine:
             results.update(self._run(targets, desired))
             blocked = [i for i, r in results.items() if r.outcome in (Outcome.PENDING, Outcome.REFUSED)]
             if stop_clients and blocked:
+                from . import clients
+
                 stopped = clients.stop_holding_units(self.backend, blocked, self.config.daemon.stop_clients,
                                                      self.systemctl)
                 if stopped:

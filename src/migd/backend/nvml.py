@@ -450,7 +450,7 @@ def _live_gi(info: Any, cis: List[Any], uuids: Dict[Any, str], pids_by_ci: Dict[
 
 
 def _with_compute(gp: GpuProfile, compute: Tuple[ComputeProfile, ...]) -> GpuProfile:
-    from dataclasses import replace
+    from .._record import replace
 
     return replace(gp, compute_profiles=compute)
 
