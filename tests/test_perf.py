@@ -182,3 +182,35 @@ def test_check_imports_no_service_or_apply_paths(tmp_path):
     out = _modules_after(["--simulate", "dgx-a100", "--config", str(cfg), "check"], tmp_path)
     assert out["rc"] == 3  # drift: fresh GPUs
     assert not set(out["modules"]) & {"migd.clients", "migd.watch", "migd.boot", "sdnotify", "dataclasses"}
+
+
+# --- simulated latency (MIGD_SIM_LATENCY) ------------------------------------------------------------------------
+
+def test_sim_latency_spec_parses_and_refuses_bad_items():
+    from migd.sim.fakelib import parse_latency
+
+    assert parse_latency("reads=0.5ms, first_handle=7ms,create=2s,mode=0,init=500us") == {
+        "reads": 0.0005, "first_handle": 0.007, "create": 2.0, "mode": 0.0, "init": 0.0005}
+    for bad in ("reads", "reads=x", "writes=1ms", "reads=-1ms", "reads=1h"):
+        with pytest.raises(ValueError, match="MIGD_SIM_LATENCY"):
+            parse_latency(bad)
+
+
+def test_sim_latency_is_spent_per_call_kind(monkeypatch, sim_backend):
+    monkeypatch.setenv("MIGD_SIM_LATENCY", "reads=0.2ms,first_handle=3ms,create=1ms")
+    backend = sim_backend("a100-40gb")
+    import pynvml
+
+    lib = pynvml.nvmlLib
+    backend.gpus()
+    reads = sum(lib.calls.values()) - 1  # but nvmlInit (no latency given for it)
+    assert lib.latency_spent >= 0.003 + (reads - 1) * 0.0002 and lib.mutating_spent == 0
+    backend.set_mig_mode(0, True)
+    backend.create_gpu_instance(0, 19, Placement(0, 1))
+    assert lib.mutating_spent >= 0.001
+
+
+def test_bad_sim_latency_is_a_usage_error(monkeypatch, capsys):
+    monkeypatch.setenv("MIGD_SIM_LATENCY", "reads=fast")
+    assert main(["--simulate", "a100-40gb", "status"]) == 2
+    assert "MIGD_SIM_LATENCY: bad item 'reads=fast'" in capsys.readouterr().err
