@@ -22,7 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (Installed, Table, child_env, gpu_available, machine_line, ms, ratio,  # noqa: E402
@@ -119,7 +119,7 @@ def phases(lib: Optional[str] = None) -> int:
     backend.close()
     t7 = time.perf_counter()
     print(json.dumps({
-        "import migd (cli, report, service)": t1 - t0, "import pynvml": t2 - t1, "nvmlInit": t3 - t2,
+        "import migd (cli, report, engine, schema)": t1 - t0, "import pynvml": t2 - t1, "nvmlInit": t3 - t2,
         "GPUs + profiles + placements": t4 - t3, "state (mode, instances, MIG devices)": t5 - t4,
         "report": t6 - t5, "nvmlShutdown": t7 - t6, "calls": sum(calls.values()),
         "nvml_seconds": sum(spent.values()),
@@ -150,7 +150,7 @@ def run_phases(env: Dict[str, str], runs: int = 3, installed: Optional[Installed
 
 # --- the table -------------------------------------------------------------------------------------------------
 
-def report(table: Table, section: str, runs: int, installed: Installed, gpu_label: str = "") -> Dict[str, float]:
+def report(table: Table, section: str, runs: int, installed: Installed, gpu_label: str = "") -> Dict[str, Any]:
     env = child_env(MIGD_READ_ONLY="1")
     tmp = tempfile.mkdtemp(prefix="migd-bench-read-")
     config = os.path.join(tmp, "migd.toml")
@@ -180,7 +180,7 @@ def report(table: Table, section: str, runs: int, installed: Installed, gpu_labe
     smi_total = sum(samples[k].median for k in smi_keys)
     lenient = samples["nvidia-smi mig -lgip"].median + samples["nvidia-smi mig -lgipp"].median + \
         samples["nvidia-smi -q (full query)"].median
-    totals = {"smi": smi_total}
+    totals: Dict[str, Any] = {"smi": smi_total}
     for key in ("python -c pass", "python -I -S -c pass"):
         table.row(section, f"  {key}", ms(samples[key].median), "", "")
     for key in list(SMI) + list(SMI_EXTRA):
@@ -207,6 +207,10 @@ def report(table: Table, section: str, runs: int, installed: Installed, gpu_labe
     table.row(section, "  migd total [installed] vs lenient nvidia-smi total", ms(totals["installed"]),
               f"lgip + lgipp + -q {ms(lenient)}", ratio(totals["installed"], lenient))
     totals["lenient"] = lenient
+    totals["status"] = samples["migd status --json [installed]"].median
+    totals["base"] = samples["python -I -S -c pass"].median
+    totals["floor"] = samples[floor].median
+    totals["smi_names"] = " + ".join(smi_keys)
     for way, inst in (("plain", None), ("installed", installed)):
         ph = run_phases(env, installed=inst)
         if ph and "error" in ph:
@@ -214,7 +218,7 @@ def report(table: Table, section: str, runs: int, installed: Installed, gpu_labe
             continue
         table.row(section, f"  in-process `status` [{way}] on {ph['gpu_count']} GPU(s): {ph['calls']} NVML calls",
                   "", "median of 3", "")
-        for key in ("import migd (cli, report, service)", "import pynvml", "nvmlInit", "GPUs + profiles + placements",
+        for key in ("import migd (cli, report, engine, schema)", "import pynvml", "nvmlInit", "GPUs + profiles + placements",
                     "state (mode, instances, MIG devices)", "report", "nvmlShutdown"):
             table.row(section, f"    {key}", ms(ph[key]), "", "")
         if inst is not None:
@@ -224,6 +228,8 @@ def report(table: Table, section: str, runs: int, installed: Installed, gpu_labe
             table.note("most frequent NVML calls: " + ", ".join(
                 f"{n} ×{c} ({ph['per_call_us'][n]:.0f} µs)" for n, c in ph["top_calls"]))
             totals["nvml_call_s"] = mean
+            totals["phases"] = {k: v for k, v in ph.items() if isinstance(v, float)}
+            totals["phases"]["calls"] = ph["calls"]
     shutil.rmtree(tmp, ignore_errors=True)
     return totals
 
@@ -236,6 +242,9 @@ def main() -> int:
     args = ap.parse_args()
     if args.phases:
         return phases(args.lib)
+    from _common import require_dependencies
+
+    require_dependencies()
     os.environ["MIGD_READ_ONLY"] = "1"
     ok, what = gpu_available()
     if not ok:

@@ -44,6 +44,38 @@ mig = true
 instances = { "1g" = 7 }
 """
 
+def rss_split() -> dict:
+    """VmRSS of this process by what holds it (KiB), from /proc/self/smaps: libnvidia-ml (the driver library,
+    mapped once), the interpreter (python binary, libpython), other shared libraries (ctypes, _ssl, ...), Python's
+    heap and other anonymous memory (objects, ctypes buffers, arenas), everything else (stack, vdso, files)."""
+    out = {"libnvidia-ml": 0, "interpreter": 0, "other libraries": 0, "heap + anonymous (Python objects)": 0,
+           "other": 0}
+    try:
+        with open("/proc/self/smaps", encoding="utf-8", errors="replace") as f:
+            path = ""
+            for line in f:
+                head = line.split(None, 6)
+                if len(head) >= 5 and "-" in head[0] and not head[0].endswith(":"):
+                    path = head[5].strip() if len(head) > 5 else ""
+                elif line.startswith("Rss:"):
+                    kib = int(line.split()[1])
+                    name = os.path.basename(path)
+                    if "libnvidia-ml" in name:
+                        key = "libnvidia-ml"
+                    elif name.startswith(("python", "libpython")):
+                        key = "interpreter"
+                    elif ".so" in name:
+                        key = "other libraries"
+                    elif not path or path == "[heap]":
+                        key = "heap + anonymous (Python objects)"
+                    else:
+                        key = "other"
+                    out[key] += kib
+    except OSError:
+        pass
+    return out
+
+
 IDLE = ("import sys\nfor l in open('/proc/self/status'):\n    l.startswith('VmRSS:') and print(l.split()[1])")
 
 
@@ -67,6 +99,8 @@ def child(args) -> int:
     else:
         w = Watcher(args.config, simulate=args.simulate, sim_state=args.sim_state)
     rss_import = rss_kib()
+    split_import = rss_split()
+    split_first: dict = {}
     cpu, wall, statuses = [], [], []
     rss_first = 0
     for n in range(args.checks):
@@ -77,10 +111,12 @@ def child(args) -> int:
         statuses.append(sorted(set(result.values())))
         if n == 0:
             rss_first = rss_kib()
+            split_first = rss_split()
     import resource
 
     out = {
         "rss_idle": rss_idle, "rss_import": rss_import, "rss_first": rss_first, "rss_last": rss_kib(),
+        "split_import": split_import, "split_first": split_first, "split_last": rss_split(),
         "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         "cpu_first": cpu[0], "wall_first": wall[0],
         "cpu": statistics.median(cpu[1:] or cpu), "wall": statistics.median(wall[1:] or wall),
@@ -142,6 +178,11 @@ def report(table, section: str, checks: int, real: bool = False, label: str = ""
     what = label or ("real GPU, read-only" if real else "simulated dgx-h100 (8 GPUs, state file)")
     idle = r["idle_process"]
     table.row(section, f"{what}: {r['checks']} checks, {r['gpus']} GPUs, status {'/'.join(r['statuses'])}")
+    table.row(section, "  RSS: child start | after migd imports | first check", f"{r['rss_idle'] / 1024:.1f} | "
+              f"{r['rss_import'] / 1024:.1f} | {r['rss_first'] / 1024:.1f} MiB", "in the measuring process", "")
+    split = r["split_last"]
+    table.note(f"RSS after {r['checks']} checks by mapping: " + ", ".join(
+        f"{k} {v / 1024:.1f} MiB" for k, v in sorted(split.items(), key=lambda kv: -kv[1])))
     table.row(section, "  RSS after the first check", f"{r['rss_first'] / 1024:.1f} MiB",
               f"idle python {idle / 1024:.1f} MiB", f"{r['rss_first'] / idle:.2f}x")
     growth = r["rss_last"] - r["rss_first"]
@@ -166,6 +207,9 @@ def main() -> int:
     args = ap.parse_args()
     if args.child:
         return child(args)
+    from _common import require_dependencies
+
+    require_dependencies()
     from _common import Table, gpu_available
 
     if args.real:
