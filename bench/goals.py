@@ -58,6 +58,7 @@ def summary(results: Dict[str, Any], only: Sequence[str], gpu: bool) -> None:
         if "base" in r1:
             shares["interpreter"] = r1["base"]
         shares["exit"] = max(status - sum(shares.values()), 0.0)
+        reads_s = ph.get("GPUs + profiles + placements", 0.0) + ph.get("state (mode, instances, MIG devices)", 0.0)
         why = [f"split of `status` ({ph.get('calls', '?')} NVML calls): {_split_of(shares, status)}"] + [
             f"{k}: {_REMEDY[k]}" for k, _ in sorted(shares.items(), key=lambda kv: -kv[1])[:2]]
         rows.append(("`migd status --json` vs the 3 nvidia-smi commands, cold", f"{_ms(status)} vs {_ms(smi)} "
@@ -69,8 +70,7 @@ def summary(results: Dict[str, Any], only: Sequence[str], gpu: bool) -> None:
                      f"{_ms(status)} - {_ms(floor)} = {_ms(status - floor)}", "<= 15 ms",
                      status - floor <= 0.015,
                      [f"above the floor: import migd {_ms(ph.get('import migd (cli, report, engine, schema)', 0))}, "
-                      f"reads {_ms(ph.get('GPUs + profiles + placements', 0) + ph.get('state (mode, instances, MIG devices)', 0))}, "
-                      f"report {_ms(ph.get('report', 0))}"]))
+                      f"reads {_ms(reads_s)}, report {_ms(ph.get('report', 0))}"]))
     else:
         for what, goal in (("`migd status --json` vs the 3 nvidia-smi commands, cold", "<= 1.0x"),
                            ("migd total [installed] vs nvidia-smi total", "<= 2.0x"),
