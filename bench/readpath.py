@@ -104,7 +104,8 @@ def phases(lib: Optional[str] = None) -> int:
     from migd.backend import make_backend
     from migd.model import Gpu
 
-    backend = make_backend(simulate=os.environ.get("BENCH_SIMULATE") or None, read_only=True)  # (testing only)
+    backend = make_backend(simulate=os.environ.get("BENCH_SIMULATE") or None, read_only=True,  # (testing only)
+                           cache_dir=os.environ.get("MIGD_RUN_DIR"))  # the profile cache primed by report()
     backend.open()  # pynvml loads libnvidia-ml here; wrap it after
     t3 = time.perf_counter()
     pynvml.nvmlLib = Counting(pynvml.nvmlLib)
@@ -128,6 +129,27 @@ def phases(lib: Optional[str] = None) -> int:
         "top_calls": sorted(calls.items(), key=lambda kv: -kv[1])[:6],
     }))
     return 0
+
+
+_PRIME = """
+import sys
+from migd.backend import make_backend
+b = make_backend(read_only=True, cache_dir=sys.argv[1], cache_write=True)
+b.open()
+try:
+    print(len(b.gpus()))
+finally:
+    b.close()
+"""
+
+
+def prime_cache(env: Dict[str, str]) -> str:
+    """Write the profile cache into the bench's run dir (read-only NVML, like a check). Returns what happened."""
+    r = subprocess.run([sys.executable, "-c", _PRIME, env["MIGD_RUN_DIR"]], env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        return "not written: " + ((r.stderr.strip().splitlines() or ["failed"])[-1])[:60]
+    path = os.path.join(env["MIGD_RUN_DIR"], "profiles.json")
+    return f"{r.stdout.strip()} GPU(s), {os.path.getsize(path)} bytes" if os.path.exists(path) else "not written"
 
 
 def run_phases(env: Dict[str, str], runs: int = 3, installed: Optional[Installed] = None) -> Optional[dict]:
@@ -170,9 +192,16 @@ def report(table: Table, section: str, runs: int, installed: Installed, gpu_labe
     for label, args in verbs.items():
         cmds[f"{label} [plain]"] = [py, "-m", "migd.cli", *args]
         cmds[f"{label} [installed]"] = installed.argv(*args)
+    # The per-boot profile cache as migd.service leaves it in /run/migd (here: the bench's run dir), written by a
+    # read-only backend; and `status` without it (an empty run dir) to show what it saves.
+    primed = prime_cache(env)
+    empty = tempfile.mkdtemp(prefix="migd-bench-nocache-")
+    cmds["migd status --json [installed, no profile cache]"] = ["env", f"MIGD_RUN_DIR={empty}",
+                                                                 *installed.argv("status", "--json")]
     samples = time_interleaved(cmds, runs, env, cwd=tmp)
     if gpu_label:
         table.row(section, f"read path on {gpu_label}", f"median of {runs}", "", "")
+    table.row(section, "  profile cache (as migd.service leaves it)", primed, "", "")
     third = "nvidia-smi -q -d MIG"
     if samples[third].rc != 0:
         third = "nvidia-smi --query-gpu=...mig.mode... (csv)"
@@ -199,6 +228,10 @@ def report(table: Table, section: str, runs: int, installed: Installed, gpu_labe
             table.row(section, f"  {label} [{way}]", ms(s.median), f"interpreter alone {ms(base)}",
                       ratio(s.median, base) + (f" exit {s.rc}" if s.rc else ""))
         totals[way] = total
+    nc = samples["migd status --json [installed, no profile cache]"]
+    table.row(section, "  migd status --json [installed, no profile cache]", ms(nc.median),
+              f"with it {ms(samples['migd status --json [installed]'].median)}",
+              ratio(samples["migd status --json [installed]"].median, nc.median))
     table.row(section, "  nvidia-smi total (3 commands)", ms(smi_total), "lgip + lgipp + " + third.split(" (")[0][11:],
               "")
     for way in ("plain", "installed"):
@@ -231,6 +264,7 @@ def report(table: Table, section: str, runs: int, installed: Installed, gpu_labe
             totals["phases"] = {k: v for k, v in ph.items() if isinstance(v, float)}
             totals["phases"]["calls"] = ph["calls"]
     shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(empty, ignore_errors=True)
     return totals
 
 

@@ -214,3 +214,191 @@ def test_bad_sim_latency_is_a_usage_error(monkeypatch, capsys):
     monkeypatch.setenv("MIGD_SIM_LATENCY", "reads=fast")
     assert main(["--simulate", "a100-40gb", "status"]) == 2
     assert "MIGD_SIM_LATENCY: bad item 'reads=fast'" in capsys.readouterr().err
+
+
+# --- the per-boot profile cache ----------------------------------------------------------------------------------
+
+def _host_args(tmp_path):
+    """A simulated 2-GPU H100 host in a state file (a cache needs a host that outlives one process)."""
+    cfg = tmp_path / "migd.toml"
+    cfg.write_text('[[gpu]]\nselect = "all"\nmig = true\ninstances = ["3g.40gb", "2g.20gb", "1g.10gb"]\n')
+    state = tmp_path / "sim" / "state.json"
+    state.parent.mkdir()
+    return ["--simulate", "h100-80gb:2", "--sim-state", str(state), "--config", str(cfg)], tmp_path / "sim" / "state.json.run"
+
+
+def _profile_reads(calls):
+    """The GPU-instance profile table's reads (what the cache holds)."""
+    return sum(n for name, n in calls.items() if name.startswith(("nvmlDeviceGetGpuInstanceProfileInfo",
+                                                                   "nvmlDeviceGetGpuInstancePossiblePlacements")))
+
+
+def _status(monkeypatch, tmp_path, args):
+    rc, calls, out = _apply_counting(monkeypatch, tmp_path, [*args, "status", "--json"])
+    assert rc == 0
+    return calls, out
+
+
+@pytest.fixture
+def cached(monkeypatch, tmp_path):
+    """A host after `apply` (which leaves the cache), and the status JSON that a run without a cache prints."""
+    monkeypatch.delenv("MIGD_RUN_DIR", raising=False)
+    args, run = _host_args(tmp_path)
+    monkeypatch.setattr("migd.cli._cache_dir", lambda a: str(run))  # (MIGD_RUN_DIR is set by _apply_counting)
+    rc, _, out = _apply_counting(monkeypatch, tmp_path, [*args, "-q", "apply"])
+    assert rc == 0, out
+    cache = run / "profiles.json"
+    assert cache.is_file() and stat_mode(cache) == 0o644
+    monkeypatch.setattr("migd.cli._cache_dir", lambda a: str(tmp_path / "elsewhere"))
+    calls, live = _status(monkeypatch, tmp_path, args)
+    assert _profile_reads(calls) > 0  # no cache there: read live
+    monkeypatch.setattr("migd.cli._cache_dir", lambda a: str(run))
+    return args, cache, live
+
+
+def stat_mode(path):
+    import stat
+
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_status_reads_no_profile_table_from_a_valid_cache_and_answers_the_same(monkeypatch, tmp_path, cached):
+    args, cache, live = cached
+    before = cache.read_bytes()
+    calls, out = _status(monkeypatch, tmp_path, args)
+    assert _profile_reads(calls) == 0 and out == live
+    assert cache.read_bytes() == before  # read verbs only read it
+    calls, out = _apply_counting(monkeypatch, tmp_path, [*args, "profiles", "--json"])[1:]
+    assert _profile_reads(calls) == 0
+
+
+def _rewrite(cache, change):
+    import json
+
+    doc = json.loads(cache.read_text())
+    change(doc)
+    cache.write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("case", ["driver", "boot", "other gpu", "pci id", "mig mode", "bad field", "truncated",
+                                  "garbage", "not json object", "version"])
+def test_a_cache_that_does_not_match_or_parse_is_not_used(monkeypatch, tmp_path, cached, case):
+    args, cache, live = cached
+
+    def other_gpus(doc):  # the entries of two other GPUs (same model), their tables cut short: visible if used
+        doc["gpus"] = {f"GPU-0000000{n}-0000-0000-0000-000000000000": dict(g, profiles=g["profiles"][:1])
+                       for n, g in enumerate(doc["gpus"].values())}
+
+    def cut(doc):  # a table cut short: an answer built from it would differ from the live one
+        for g in doc["gpus"].values():
+            g["profiles"] = g["profiles"][:1]
+
+    edits = {
+        "driver": lambda d: (d.update(driver="550.54.15"), cut(d)),
+        "boot": lambda d: (d.update(boot_id="another boot"), cut(d)),
+        "other gpu": other_gpus,
+        "pci id": lambda d: [g.update(pci_device_id=g["pci_device_id"] + 1, profiles=g["profiles"][:1])
+                             for g in d["gpus"].values()],
+        "mig mode": lambda d: [g.update(modes=[False], profiles=g["profiles"][:1]) for g in d["gpus"].values()],
+        "bad field": lambda d: [g["profiles"][0].update(slices="3") for g in d["gpus"].values()],
+        "version": lambda d: (d.update(version=99), cut(d)),
+    }
+    if case in edits:
+        _rewrite(cache, edits[case])
+    elif case == "truncated":
+        cache.write_bytes(cache.read_bytes()[:len(cache.read_bytes()) // 2])
+    elif case == "garbage":
+        cache.write_bytes(b"\x00\xff" * 100)
+    else:
+        cache.write_text("[1, 2, 3]")
+    calls, out = _status(monkeypatch, tmp_path, args)
+    assert out == live and _profile_reads(calls) > 0
+
+
+@pytest.mark.parametrize("what", ["file writable by others", "dir writable by group", "file owned by another user",
+                                  "symlink"])
+def test_an_untrusted_cache_is_not_used(monkeypatch, tmp_path, cached, what):
+    import os
+
+    args, cache, live = cached
+    if what == "file writable by others":
+        os.chmod(cache, 0o646)
+    elif what == "dir writable by group":
+        os.chmod(cache.parent, 0o775)
+    elif what == "symlink":
+        real = tmp_path / "real.json"
+        real.write_bytes(cache.read_bytes())
+        cache.unlink()
+        cache.symlink_to(real)
+    else:  # as root: any uid but 0; as a user: any uid but root's and the user's own
+        import migd.backend.profile_cache as pc
+
+        me = os.geteuid()
+        monkeypatch.setattr(pc.os, "geteuid", lambda: 4242 if me != 4242 else 4243)
+        if me == 0:
+            monkeypatch.setattr(pc, "_trusted_uids", lambda: (4242,))  # root's file is then someone else's
+    calls, out = _status(monkeypatch, tmp_path, args)
+    assert _profile_reads(calls) > 0 and out == live
+
+
+def test_untrusted_owner_rules():
+    import os
+
+    from migd.backend import profile_cache as pc
+
+    st = os.stat("/")
+    def fake(uid, mode):
+        return os.stat_result((mode, st.st_ino, st.st_dev, 1, uid, 0, 10, 0, 0, 0))
+    me = os.geteuid()
+    assert pc.untrusted(fake(0, 0o100644), "file") is None
+    assert pc.untrusted(fake(0, 0o100664), "file") == "file writable by group/others"
+    assert pc.untrusted(fake(54321, 0o100644), "file") == "file owned by uid 54321"
+    assert (pc.untrusted(fake(me, 0o100644), "file") is None) == (me != 54321)
+
+
+def test_a_read_verb_that_cannot_write_the_run_dir_still_answers(monkeypatch, tmp_path):
+    args, _ = _host_args(tmp_path)
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    monkeypatch.setattr("migd.cli._cache_dir", lambda a: str(blocker / "run"))
+    rc, calls, out = _apply_counting(monkeypatch, tmp_path, [*args, "status", "--json"])
+    assert rc == 0 and '"gpus"' in out
+    rc, _, out = _apply_counting(monkeypatch, tmp_path, [*args, "-q", "apply"])  # a writer: best effort too
+    assert rc == 0, out
+
+
+def test_simulated_runs_keep_the_cache_out_of_run_migd(tmp_path, monkeypatch):
+    import argparse
+
+    from migd import cli, runstate
+
+    monkeypatch.delenv("MIGD_RUN_DIR", raising=False)
+    ns = argparse.Namespace(simulate="h100-80gb", sim_state=str(tmp_path / "s.json"))
+    assert cli._cache_dir(ns) == str(tmp_path / "s.json") + ".run"
+    ns = argparse.Namespace(simulate="h100-80gb", sim_state=None)
+    assert cli._cache_dir(ns) != runstate.RUN_DIR and cli._cache_dir(ns).startswith(os_tmp())
+    ns = argparse.Namespace(simulate=None, sim_state=None)
+    assert cli._cache_dir(ns) == runstate.RUN_DIR  # real GPUs: where migd.service left it, whoever reads
+
+
+def os_tmp():
+    import tempfile
+
+    return tempfile.gettempdir()
+
+
+def test_the_watchdog_reads_the_profile_table_once(monkeypatch, tmp_path):
+    import pynvml
+
+    from migd.watch import Watcher
+
+    args, _ = _host_args(tmp_path)
+    rc, _, out = _apply_counting(monkeypatch, tmp_path, [*args, "-q", "apply"])  # MIGD_RUN_DIR=tmp_path/run
+    assert rc == 0
+    (tmp_path / "run" / "profiles.json").unlink()  # as if boot had not left one
+    w = Watcher(args[5], simulate=args[1], sim_state=args[3])
+    reads = []
+    for _ in range(3):
+        assert set(w.check_once().values()) == {"ok"}
+        reads.append(_profile_reads(pynvml.nvmlLib.calls))
+    assert reads[0] > 0 and reads[1] == reads[2] == 0  # the first round wrote it, the next ones read it

@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from ..errors import DriverError, ReadOnlyViolation, code_name
 from ..model import ComputeProfile, GpuInfo, GpuProfile, GpuState, LiveComputeInstance, LiveGpuInstance, Placement
 from ..profiles import derive_compute_profiles, strip_mig
+from .profile_cache import ProfileCache
 
 _READ_ONLY_CALLS = re.compile(
     r"^nvml(Init\w*|Shutdown|SystemGet\w+|DeviceGet\w+|DeviceIsMigDeviceHandle|GpuInstanceGet\w+"
@@ -53,7 +54,7 @@ class _GpuInstanceProfileInfoV3(ctypes.Structure):
 
 class NvmlBackend:
     def __init__(self, read_only: bool = False, description: str = "nvml", device_dir: Optional[str] = "/dev",
-                 simulated: bool = False):
+                 simulated: bool = False, profile_cache: Optional[ProfileCache] = None):
         import pynvml  # imported here so pure commands (validate) never load it
 
         self._n = pynvml
@@ -67,6 +68,8 @@ class NvmlBackend:
         self._infos: Optional[List[Optional[GpuInfo]]] = None  # per GPU; None: (re)read on next use
         self._gi_handles: Dict[Tuple[int, int], Any] = {}  # (gpu, GI id) -> handle, from this backend's creates
         self._profile_v3 = True  # the driver answers the v3 profile-info struct (R545+); see _profile_info
+        self._cache = profile_cache  # per-boot profile tables (profile_cache.py); None: always read live
+        self._driver: Optional[str] = None
         self._open = False
 
     # --- plumbing -------------------------------------------------------------------------------------------
@@ -98,12 +101,15 @@ class NvmlBackend:
 
     def close(self) -> None:
         if self._open:
+            if self._cache is not None:
+                self._cache.flush()  # tables read one GPU at a time (after a mode change)
             self._open = False
             self._handles.clear()
             self._gi_handles.clear()
             self._ci_cache.clear()
             self._states.clear()
             self._infos = None
+            self._driver = None
             try:
                 self._call("nvmlShutdown")
             except DriverError:
@@ -117,7 +123,9 @@ class NvmlBackend:
         self.close()
 
     def driver_version(self) -> str:
-        return str(self._call("nvmlSystemGetDriverVersion"))
+        if self._driver is None:
+            self._driver = str(self._call("nvmlSystemGetDriverVersion"))
+        return self._driver
 
     def _handle(self, gpu: int) -> Any:
         h = self._handles.get(gpu)
@@ -128,7 +136,10 @@ class NvmlBackend:
     # --- identity and capabilities ---------------------------------------------------------------------------
 
     def gpus(self) -> List[GpuInfo]:
-        return [self._info(i) for i in range(len(self._info_slots()))]
+        infos = [self._info(i) for i in range(len(self._info_slots()))]
+        if self._cache is not None:
+            self._cache.flush()
+        return infos
 
     def _info_slots(self) -> List[Optional[GpuInfo]]:
         if self._infos is None:
@@ -159,11 +170,20 @@ class NvmlBackend:
         pci = self._call("nvmlDeviceGetPciInfo", h, gpu=i)
         bus_id = pci.busId.decode() if isinstance(pci.busId, bytes) else str(pci.busId)
         arch = self._try("nvmlDeviceGetArchitecture", h, gpu=i, ok_codes=(3,))
-        mig_capable = self._try("nvmlDeviceGetMigMode", h, gpu=i, ok_codes=(3,)) is not None
+        mode = self._try("nvmlDeviceGetMigMode", h, gpu=i, ok_codes=(3,))
+        mig_capable = mode is not None
         profiles: Tuple[GpuProfile, ...] = ()
         if mig_capable:
-            # R550+ answers profile queries with MIG off; older drivers say NOT_SUPPORTED until MIG is enabled.
-            profiles = tuple(self._read_profiles(i, h))
+            # R550+ answers profile queries with MIG off; older drivers say NOT_SUPPORTED until MIG is enabled: the
+            # cache is keyed by the mode too, so it never answers for the other one.
+            key = (uuid, int(pci.pciDeviceId), bool(mode[0]))
+            cached = self._cache.get(self.driver_version(), *key) if self._cache is not None else None
+            if cached is not None:
+                profiles = cached
+            else:
+                profiles = tuple(self._read_profiles(i, h))
+                if self._cache is not None:
+                    self._cache.put(self.driver_version(), *key, profiles)
         slices = max((p.slices for p in profiles), default=0)
         slots = max((p.placements[0].start + p.placements[0].size for p in profiles if p.placements), default=0)
         return GpuInfo(index=i, uuid=uuid, name=name, pci_bus_id=bus_id,
