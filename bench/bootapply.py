@@ -52,7 +52,8 @@ for lib in libs:
     for name, n in lib.calls.items():
         calls[name] = calls.get(name, 0) + n
 print(json.dumps({{"rc": rc, "calls": calls, "latency_s": sum(lib.latency_spent for lib in libs),
-                  "mutating_s": sum(lib.mutating_spent for lib in libs)}}))
+                  "mutating_s": sum(lib.mutating_spent for lib in libs),
+                  "call_s": sum(lib.call_spent for lib in libs)}}))
 """
 # Read latencies measured on an H200 (issue 12: reads ~0.5 ms, a process's first handle ~7 ms, nvmlInit ~12 ms);
 # mutating calls' latencies are unknown here and left at 0, so the figure is "everything but mutating calls".
@@ -145,10 +146,12 @@ def report(table: Table, section: str, runs: int, imp_runs: int, installed: Inst
     counted = run_counting(installed, args, lat_env)
     wall = cold["installed"].median
     nvml_s = float(counted.get("latency_s", 0.0)) - float(counted.get("mutating_s", 0.0))
-    own = wall - float(counted.get("mutating_s", 0.0))
+    # The simulator's own Python per call is not on a real GPU (there the measured latency is the whole call):
+    # left out, with the mutating calls.
+    sim_s = max(float(counted.get("call_s", 0.0)) - float(counted.get("latency_s", 0.0)), 0.0)
+    own = wall - float(counted.get("mutating_s", 0.0)) - sim_s
     table.row(section, f"  with simulated read latencies ({latency_spec(latency)}), mutating calls 0",
-              ms(own), f"interpreter {ms(cold['base_is'].median)}, NVML reads {ms(nvml_s)}",
-              f"goal <= {GOAL_OWN_MS} ms")
+              ms(own), f"process {ms(wall)} - simulator's own work {ms(sim_s)}", f"goal <= {GOAL_OWN_MS} ms")
     rest = max(own - cold["base_is"].median - nvml_s - total, 0.0)
     table.row(section, "    split: interpreter | imports | NVML reads | migd's own work",
               f"{ms(cold['base_is'].median)} | {ms(total)} | {ms(nvml_s)} | {ms(rest)}", "imports: an import-only process",

@@ -14,7 +14,8 @@ Latency (MIGD_SIM_LATENCY, e.g. `reads=0.5ms,first_handle=7ms,init=12ms,create=0
 sleeps that long, so a benchmark sees NVML's share of a run. `init` (nvmlInit), `first_handle` (a process's first
 nvmlDeviceGetHandleByIndex of a GPU), `reads` (every other getter, failed probes included), `create`, `destroy`,
 `mode` (SetMigMode), `persistence` (SetPersistenceMode), `shutdown`. Read latencies were measured on an H200 (R580);
-mutating ones are unknown here: parameters, 0 unless given. `latency_spent` / `mutating_spent` add up the sleeps.
+mutating ones are unknown here: parameters, 0 unless given. `latency_spent` / `mutating_spent` add up the sleeps,
+`call_spent` all time inside simulated calls (so a benchmark can leave out the simulator's own work).
 
 Trace: while the host state holds a "trace" list, every mutation appends [pid, call, gpu, time] to it, under the
 state file's lock: the order in which processes sharing a state file changed the GPUs.
@@ -165,6 +166,7 @@ class FakeNvmlLib:
         self.latency = parse_latency(os.environ.get("MIGD_SIM_LATENCY", ""))
         self.latency_spent = 0.0  # seconds slept in simulated calls (MIGD_SIM_LATENCY)
         self.mutating_spent = 0.0  # of which in mutating ones
+        self.call_spent = 0.0  # all time inside simulated calls: the latencies plus the simulator's own work
         self._handled: set = set()  # GPU indices whose handle this process asked for (first_handle)
 
     def __getattr__(self, name: str) -> Callable:
@@ -173,6 +175,7 @@ class FakeNvmlLib:
             raise AttributeError(name)  # pynvml turns this into FUNCTION_NOT_FOUND, like a missing symbol
 
         def call(*args):
+            start = time.perf_counter()
             try:
                 self._refresh()
                 self._current = (name, self._gpu_of(args))
@@ -187,6 +190,8 @@ class FakeNvmlLib:
                 if e.code == E.GPU_IS_LOST:
                     self._mark_lost(args)
                 return e.code
+            finally:
+                self.call_spent += time.perf_counter() - start
 
         return call
 
