@@ -17,7 +17,7 @@ _REMEDY = {
     "state (mode, instances, MIG devices)": "fewer reads per instance (the MIG-device walk: 4 per instance)",
     "report": "the report itself",
     "nvmlShutdown": "the library's shutdown",
-    "exit": "interpreter teardown and library unload",
+    "exit": "the rest: interpreter teardown, library unload, what the phases do not cover",
 }
 
 
@@ -61,6 +61,8 @@ def summary(results: Dict[str, Any], only: Sequence[str], gpu: bool) -> None:
         reads_s = ph.get("GPUs + profiles + placements", 0.0) + ph.get("state (mode, instances, MIG devices)", 0.0)
         why = [f"split of `status` ({ph.get('calls', '?')} NVML calls): {_split_of(shares, status)}"] + [
             f"{k}: {_REMEDY[k]}" for k, _ in sorted(shares.items(), key=lambda kv: -kv[1])[:2]]
+        if not ph:
+            why = ["the in-process split of `status` failed: see section 1's notes"]
         rows.append(("`migd status --json` vs the 3 nvidia-smi commands, cold", f"{_ms(status)} vs {_ms(smi)} "
                      f"({status / smi:.2f}x)", "<= 1.0x", status / smi <= 1.0, why))
         rows.append(("migd total [installed] vs nvidia-smi total (status+profiles+plan)",
