@@ -126,7 +126,12 @@ def report(table: Table, section: str, runs: int, imp_runs: int, installed: Inst
                   f"reads per GPU {per_gpu:.0f}, minimum {sum(floor.values())}", "")
         table.note("minimum per GPU: " + ", ".join(f"{k} {v}" for k, v in floor.items()))
         table.note("most frequent reads: " + ", ".join(f"{name} ×{n}" for n, name in top))
-        out.update(reads_per_gpu=per_gpu, reads_minimum=sum(floor.values()), reads_floor=floor,
+        table_reads = sum(n for name, n in calls.items()
+                          if name.startswith(("nvmlDeviceGetGpuInstanceProfileInfo", "nvmlDeviceGetGpuInstancePossible")))
+        table.note(f"of which the profile table: {table_reads / 8:.0f} per GPU (read from the per-boot cache by "
+                   f"every later run of the boot: {(reads - table_reads) / 8:.0f} per GPU)")
+        out.update(reads_cached=(reads - table_reads) / 8, reads_per_gpu=per_gpu, reads_minimum=sum(floor.values()),
+                   reads_floor=floor,
                    top_reads=[(name, n) for n, name in top])
         if nvml_call_s:
             table.row(section, f"  projected read time on {gpu or 'the GPU'}", ms(reads * nvml_call_s),

@@ -87,7 +87,8 @@ def summary(results: Dict[str, Any], only: Sequence[str], gpu: bool) -> None:
                "removes it: the profile table from the per-boot cache (a later apply, check, watchdog round); "
                "a fresh boot has no cache"]
         rows.append(("NVML reads per GPU, fresh-boot apply of 7 × 1g (simulated dgx-a100)",
-                     f"{per_gpu:.0f} (minimum {r3['reads_minimum']})", "<= 80", per_gpu <= 80, why))
+                     f"{per_gpu:.0f} (minimum {r3['reads_minimum']}; {r3['reads_cached']:.0f} with the cache)", "<= 80",
+                     per_gpu <= 80, why))
     else:
         rows.append(("NVML reads per GPU, fresh-boot apply of 7 × 1g (simulated)", "section 3 not run", "<= 80",
                      None, []))
