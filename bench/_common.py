@@ -18,6 +18,20 @@ import tempfile
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+def require_dependencies() -> None:
+    """Stop at once, in one line, when this interpreter cannot run migd (instead of timing crashing processes)."""
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+    if src not in sys.path:
+        sys.path.insert(0, src)
+    needed = ("pynvml", "structlog", "sdnotify") + (("tomli",) if sys.version_info < (3, 11) else ())
+    missing = [m for m in needed if importlib.util.find_spec(m) is None]
+    if sys.version_info < (3, 9) or missing:
+        lacks = f"lacks {', '.join(missing)}" if missing else "is older than 3.9"
+        sys.exit(f"bench: {sys.executable} {lacks} (migd's dependencies); run it with the project's venv: "
+                 f".venv/bin/python bench/{os.path.basename(sys.argv[0]) or 'run.py'} (on the GPU machine: "
+                 f"PYTHONPATH=src:.devicelib python3 bench/run.py)")
+
+
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 SRC = os.path.join(ROOT, "src")
@@ -250,7 +264,7 @@ def gpu_available() -> Tuple[bool, str]:
 class Table:
     """Rows of (section, what, figure, baseline, ratio). Printed as they come (long runs show progress)."""
 
-    WIDTHS = (3, 58, 26, 36, 10)
+    WIDTHS = (3, 58, 26, 38, 10)
 
     def __init__(self, stream=None):
         self.stream = stream or sys.stdout
@@ -270,6 +284,12 @@ class Table:
         print(f"{'':{self.WIDTHS[0]}}  {text}", file=self.stream, flush=True)
 
     def _line(self, cells: Tuple[str, ...]) -> None:
+        """A cell longer than its column goes on a line of its own (the label) or pushes only the cells after it
+        on that line; the values of a row always start in their columns."""
+        cells = tuple(cells)
+        if len(cells) > 1 and len(cells[1]) > self.WIDTHS[1] and any(cells[2:]):
+            print(f"{cells[0]:<{self.WIDTHS[0]}} {cells[1]}", file=self.stream, flush=True)
+            cells = (cells[0], "") + cells[2:]
         parts = []
         for cell, width in zip(cells, self.WIDTHS):
             parts.append(f"{cell:<{width}}")
@@ -287,6 +307,7 @@ def run_installed_section(doc: str, report: Callable[..., object], section: str)
     ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=10)
     args = ap.parse_args()
+    require_dependencies()
     installed, raw = Installed(), Installed(compiled=False)
     try:
         table = Table()

@@ -22,7 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (Installed, Table, child_env, gpu_available, machine_line, ms, ratio,  # noqa: E402
@@ -104,7 +104,8 @@ def phases(lib: Optional[str] = None) -> int:
     from migd.backend import make_backend
     from migd.model import Gpu
 
-    backend = make_backend(simulate=os.environ.get("BENCH_SIMULATE") or None, read_only=True)  # (testing only)
+    backend = make_backend(simulate=os.environ.get("BENCH_SIMULATE") or None, read_only=True,  # (testing only)
+                           cache_dir=os.environ.get("MIGD_RUN_DIR"))  # the profile cache primed by report()
     backend.open()  # pynvml loads libnvidia-ml here; wrap it after
     t3 = time.perf_counter()
     pynvml.nvmlLib = Counting(pynvml.nvmlLib)
@@ -119,7 +120,7 @@ def phases(lib: Optional[str] = None) -> int:
     backend.close()
     t7 = time.perf_counter()
     print(json.dumps({
-        "import migd (cli, report, service)": t1 - t0, "import pynvml": t2 - t1, "nvmlInit": t3 - t2,
+        "import migd (cli, report, engine, schema)": t1 - t0, "import pynvml": t2 - t1, "nvmlInit": t3 - t2,
         "GPUs + profiles + placements": t4 - t3, "state (mode, instances, MIG devices)": t5 - t4,
         "report": t6 - t5, "nvmlShutdown": t7 - t6, "calls": sum(calls.values()),
         "nvml_seconds": sum(spent.values()),
@@ -128,6 +129,27 @@ def phases(lib: Optional[str] = None) -> int:
         "top_calls": sorted(calls.items(), key=lambda kv: -kv[1])[:6],
     }))
     return 0
+
+
+_PRIME = """
+import sys
+from migd.backend import make_backend
+b = make_backend(read_only=True, cache_dir=sys.argv[1], cache_write=True)
+b.open()
+try:
+    print(len(b.gpus()))
+finally:
+    b.close()
+"""
+
+
+def prime_cache(env: Dict[str, str]) -> str:
+    """Write the profile cache into the bench's run dir (read-only NVML, like a check). Returns what happened."""
+    r = subprocess.run([sys.executable, "-c", _PRIME, env["MIGD_RUN_DIR"]], env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        return "not written: " + ((r.stderr.strip().splitlines() or ["failed"])[-1])[:60]
+    path = os.path.join(env["MIGD_RUN_DIR"], "profiles.json")
+    return f"{r.stdout.strip()} GPU(s), {os.path.getsize(path)} bytes" if os.path.exists(path) else "not written"
 
 
 def run_phases(env: Dict[str, str], runs: int = 3, installed: Optional[Installed] = None) -> Optional[dict]:
@@ -150,7 +172,7 @@ def run_phases(env: Dict[str, str], runs: int = 3, installed: Optional[Installed
 
 # --- the table -------------------------------------------------------------------------------------------------
 
-def report(table: Table, section: str, runs: int, installed: Installed, gpu_label: str = "") -> Dict[str, float]:
+def report(table: Table, section: str, runs: int, installed: Installed, gpu_label: str = "") -> Dict[str, Any]:
     env = child_env(MIGD_READ_ONLY="1")
     tmp = tempfile.mkdtemp(prefix="migd-bench-read-")
     config = os.path.join(tmp, "migd.toml")
@@ -170,9 +192,16 @@ def report(table: Table, section: str, runs: int, installed: Installed, gpu_labe
     for label, args in verbs.items():
         cmds[f"{label} [plain]"] = [py, "-m", "migd.cli", *args]
         cmds[f"{label} [installed]"] = installed.argv(*args)
+    # The per-boot profile cache as migd.service leaves it in /run/migd (here: the bench's run dir), written by a
+    # read-only backend; and `status` without it (an empty run dir) to show what it saves.
+    primed = prime_cache(env)
+    empty = tempfile.mkdtemp(prefix="migd-bench-nocache-")
+    cmds["migd status --json [installed, no profile cache]"] = ["env", f"MIGD_RUN_DIR={empty}",
+                                                                 *installed.argv("status", "--json")]
     samples = time_interleaved(cmds, runs, env, cwd=tmp)
     if gpu_label:
         table.row(section, f"read path on {gpu_label}", f"median of {runs}", "", "")
+    table.row(section, "  profile cache (as migd.service leaves it)", primed, "", "")
     third = "nvidia-smi -q -d MIG"
     if samples[third].rc != 0:
         third = "nvidia-smi --query-gpu=...mig.mode... (csv)"
@@ -180,7 +209,7 @@ def report(table: Table, section: str, runs: int, installed: Installed, gpu_labe
     smi_total = sum(samples[k].median for k in smi_keys)
     lenient = samples["nvidia-smi mig -lgip"].median + samples["nvidia-smi mig -lgipp"].median + \
         samples["nvidia-smi -q (full query)"].median
-    totals = {"smi": smi_total}
+    totals: Dict[str, Any] = {"smi": smi_total}
     for key in ("python -c pass", "python -I -S -c pass"):
         table.row(section, f"  {key}", ms(samples[key].median), "", "")
     for key in list(SMI) + list(SMI_EXTRA):
@@ -199,6 +228,10 @@ def report(table: Table, section: str, runs: int, installed: Installed, gpu_labe
             table.row(section, f"  {label} [{way}]", ms(s.median), f"interpreter alone {ms(base)}",
                       ratio(s.median, base) + (f" exit {s.rc}" if s.rc else ""))
         totals[way] = total
+    nc = samples["migd status --json [installed, no profile cache]"]
+    table.row(section, "  migd status --json [installed, no profile cache]", ms(nc.median),
+              f"with it {ms(samples['migd status --json [installed]'].median)}",
+              ratio(samples["migd status --json [installed]"].median, nc.median))
     table.row(section, "  nvidia-smi total (3 commands)", ms(smi_total), "lgip + lgipp + " + third.split(" (")[0][11:],
               "")
     for way in ("plain", "installed"):
@@ -207,6 +240,10 @@ def report(table: Table, section: str, runs: int, installed: Installed, gpu_labe
     table.row(section, "  migd total [installed] vs lenient nvidia-smi total", ms(totals["installed"]),
               f"lgip + lgipp + -q {ms(lenient)}", ratio(totals["installed"], lenient))
     totals["lenient"] = lenient
+    totals["status"] = samples["migd status --json [installed]"].median
+    totals["base"] = samples["python -I -S -c pass"].median
+    totals["floor"] = samples[floor].median
+    totals["smi_names"] = " + ".join(smi_keys)
     for way, inst in (("plain", None), ("installed", installed)):
         ph = run_phases(env, installed=inst)
         if ph and "error" in ph:
@@ -214,7 +251,7 @@ def report(table: Table, section: str, runs: int, installed: Installed, gpu_labe
             continue
         table.row(section, f"  in-process `status` [{way}] on {ph['gpu_count']} GPU(s): {ph['calls']} NVML calls",
                   "", "median of 3", "")
-        for key in ("import migd (cli, report, service)", "import pynvml", "nvmlInit", "GPUs + profiles + placements",
+        for key in ("import migd (cli, report, engine, schema)", "import pynvml", "nvmlInit", "GPUs + profiles + placements",
                     "state (mode, instances, MIG devices)", "report", "nvmlShutdown"):
             table.row(section, f"    {key}", ms(ph[key]), "", "")
         if inst is not None:
@@ -224,7 +261,10 @@ def report(table: Table, section: str, runs: int, installed: Installed, gpu_labe
             table.note("most frequent NVML calls: " + ", ".join(
                 f"{n} ×{c} ({ph['per_call_us'][n]:.0f} µs)" for n, c in ph["top_calls"]))
             totals["nvml_call_s"] = mean
+            totals["phases"] = {k: v for k, v in ph.items() if isinstance(v, float)}
+            totals["phases"]["calls"] = ph["calls"]
     shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(empty, ignore_errors=True)
     return totals
 
 
@@ -236,6 +276,9 @@ def main() -> int:
     args = ap.parse_args()
     if args.phases:
         return phases(args.lib)
+    from _common import require_dependencies
+
+    require_dependencies()
     os.environ["MIGD_READ_ONLY"] = "1"
     ok, what = gpu_available()
     if not ok:

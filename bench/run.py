@@ -23,9 +23,10 @@ import os
 import subprocess
 import sys
 import time
+from typing import Any, Dict
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import ROOT, Installed, Table, gpu_available, machine_line  # noqa: E402
+from _common import ROOT, Installed, Table, gpu_available, machine_line, require_dependencies  # noqa: E402
 
 SECTIONS = ("1", "1b", "2", "3", "4", "5")
 
@@ -48,6 +49,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, help="cold-process repetitions (default 5 quick, 15 full)")
     ap.add_argument("--only", help="comma-separated sections, e.g. 2,4")
     args = ap.parse_args()
+    require_dependencies()
     runs = args.runs or (5 if args.quick else 15)
     imp_runs = 2 if args.quick else 5
     reps = 3 if args.quick else 7
@@ -72,13 +74,15 @@ def main() -> int:
     print()
     table = Table()
     table.header()
+    results: Dict[str, Any] = {}
     try:
         nvml_call_s = None
         if "1" in only:
             if ok:
                 import readpath
 
-                nvml_call_s = readpath.report(table, "1", runs, installed, gpu).get("nvml_call_s")
+                results["1"] = readpath.report(table, "1", runs, installed, gpu)
+                nvml_call_s = results["1"].get("nvml_call_s")
             else:
                 table.row("1", "read path on a real GPU vs nvidia-smi", "skipped (no GPU)", "", "")
         if "1b" in only:
@@ -94,7 +98,7 @@ def main() -> int:
         if "3" in only:
             import bootapply
 
-            bootapply.report(table, "3", runs, imp_runs, installed, raw, nvml_call_s, gpu if ok else "")
+            results["3"] = bootapply.report(table, "3", runs, imp_runs, installed, raw, nvml_call_s, gpu if ok else "")
         if "4" in only:
             import planner
 
@@ -103,16 +107,20 @@ def main() -> int:
             import watchdog
 
             watchdog.report(table, "5", checks)
-            watchdog.report(table, "5", checks, installed=installed,
-                            label="simulated dgx-h100, installed (-I -S)")
+            results["5sim"] = watchdog.report(table, "5", checks, installed=installed,
+                                              label="simulated dgx-h100, installed (-I -S)")
             if ok:
-                watchdog.report(table, "5", checks, real=True, label=f"real GPU, read-only: {gpu}")
+                results["5"] = watchdog.report(table, "5", checks, real=True, label=f"real GPU, read-only: {gpu}")
             else:
                 table.row("5", "watchdog on a real GPU, read-only", "skipped (no GPU)", "", "")
     finally:
         installed.cleanup()
         raw.cleanup()
     failures += [r[1] for r in table.rows if len(r) == 2 and r[1].startswith(("WARNING", "migd FAILED"))]
+    print()
+    import goals
+
+    goals.summary(results, only, ok)
     print()
     print(f"done in {time.perf_counter() - started:.0f} s" + (f"; {len(failures)} check(s) failed" if failures else ""))
     for f in failures:

@@ -17,10 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -44,20 +41,69 @@ mig = true
 instances = { "1g" = 7 }
 """
 
+def rss_split() -> dict:
+    """VmRSS of this process by what holds it (KiB), from /proc/self/smaps: libnvidia-ml (the driver library,
+    mapped once), the interpreter (python binary, libpython), other shared libraries (ctypes, _ssl, ...), Python's
+    heap and other anonymous memory (objects, ctypes buffers, arenas), everything else (stack, vdso, files)."""
+    out = {"libnvidia-ml": 0, "interpreter": 0, "other libraries": 0, "heap + anonymous (Python objects)": 0,
+           "other": 0}
+    try:
+        with open("/proc/self/smaps", encoding="utf-8", errors="replace") as f:
+            path = ""
+            for line in f:
+                head = line.split(None, 6)
+                if len(head) >= 5 and "-" in head[0] and not head[0].endswith(":"):
+                    path = head[5].strip() if len(head) > 5 else ""
+                elif line.startswith("Rss:"):
+                    kib = int(line.split()[1])
+                    name = os.path.basename(path)
+                    if "libnvidia-ml" in name:
+                        key = "libnvidia-ml"
+                    elif name.startswith(("python", "libpython")):
+                        key = "interpreter"
+                    elif ".so" in name:
+                        key = "other libraries"
+                    elif not path or path == "[heap]":
+                        key = "heap + anonymous (Python objects)"
+                    else:
+                        key = "other"
+                    out[key] += kib
+    except OSError:
+        pass
+    return out
+
+
 IDLE = ("import sys\nfor l in open('/proc/self/status'):\n    l.startswith('VmRSS:') and print(l.split()[1])")
 
 
-def child(args) -> int:
-    """The measuring process: prints one JSON object."""
-    from _common import rss_kib
+def _median(values):
+    v = sorted(values)
+    return (v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2
 
-    rss_idle = rss_kib()
+
+def _rss_kib() -> int:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def child(args) -> int:
+    """The measuring process: prints one JSON object. Imports in stages, RSS after each (what holds it); nothing
+    from bench's own helpers is imported, so the stages are the watchdog's."""
+    stages = [("interpreter", _rss_kib())]
     if args.lib:
         sys.path.insert(0, args.lib)
     else:
-        from _common import ensure_src_on_path
-
-        ensure_src_on_path()
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
+    import migd.watch  # noqa: F401  (migd's modules, without structlog: log.py loads it at the first event)
+    stages.append(("migd modules", _rss_kib()))
+    import pynvml  # noqa: F401
+    stages.append(("pynvml", _rss_kib()))
+    import structlog  # noqa: F401
+    stages.append(("structlog (+ what it imports: asyncio, ssl, logging)", _rss_kib()))
+    rss_idle = stages[0][1]
     import migd.log
     from migd.watch import Watcher
 
@@ -66,7 +112,9 @@ def child(args) -> int:
         w = Watcher(args.config)
     else:
         w = Watcher(args.config, simulate=args.simulate, sim_state=args.sim_state)
-    rss_import = rss_kib()
+    rss_import = _rss_kib()
+    split_import = rss_split()
+    split_first: dict = {}
     cpu, wall, statuses = [], [], []
     rss_first = 0
     for n in range(args.checks):
@@ -76,14 +124,18 @@ def child(args) -> int:
         wall.append(time.perf_counter() - t)
         statuses.append(sorted(set(result.values())))
         if n == 0:
-            rss_first = rss_kib()
+            rss_first = _rss_kib()
+            stages.append(("first check (NVML library, profile table, log pipeline)", rss_first))
+            split_first = rss_split()
     import resource
 
     out = {
-        "rss_idle": rss_idle, "rss_import": rss_import, "rss_first": rss_first, "rss_last": rss_kib(),
+        "rss_idle": rss_idle, "rss_import": rss_import, "rss_first": rss_first, "rss_last": _rss_kib(),
+        "stages": stages + [(f"{args.checks - 1} more checks", _rss_kib())],
+        "split_import": split_import, "split_first": split_first, "split_last": rss_split(),
         "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         "cpu_first": cpu[0], "wall_first": wall[0],
-        "cpu": statistics.median(cpu[1:] or cpu), "wall": statistics.median(wall[1:] or wall),
+        "cpu": _median(cpu[1:] or cpu), "wall": _median(wall[1:] or wall),
         "checks": args.checks, "statuses": sorted({s for st in statuses for s in st}),
         "gpus": len(w.last),
     }
@@ -92,6 +144,8 @@ def child(args) -> int:
 
 
 def _run_child(argv, env, interpreter) -> dict:
+    import subprocess
+
     r = subprocess.run(interpreter + [os.path.abspath(__file__), "--child"] + argv, env=env, capture_output=True,
                        text=True, timeout=600)
     if r.returncode != 0 or not r.stdout.strip():
@@ -100,6 +154,9 @@ def _run_child(argv, env, interpreter) -> dict:
 
 
 def _idle_rss(env, interpreter) -> int:
+    import statistics
+    import subprocess
+
     values = []
     for _ in range(3):
         r = subprocess.run(interpreter + ["-c", IDLE], env=env, capture_output=True, text=True, check=True)
@@ -108,6 +165,9 @@ def _idle_rss(env, interpreter) -> int:
 
 
 def measure(checks: int, real: bool = False, installed=None) -> dict:
+    import subprocess
+    import tempfile
+
     from _common import child_env
 
     env = child_env(simulated=not real)  # simulated: every migd call passes --simulate/--sim-state
@@ -142,6 +202,12 @@ def report(table, section: str, checks: int, real: bool = False, label: str = ""
     what = label or ("real GPU, read-only" if real else "simulated dgx-h100 (8 GPUs, state file)")
     idle = r["idle_process"]
     table.row(section, f"{what}: {r['checks']} checks, {r['gpus']} GPUs, status {'/'.join(r['statuses'])}")
+    stages = r["stages"]
+    table.note("RSS added by: " + ", ".join(
+        f"{name} {(kib - (stages[n - 1][1] if n else 0)) / 1024:+.1f} MiB" for n, (name, kib) in enumerate(stages)))
+    split = r["split_last"]
+    table.note(f"RSS after {r['checks']} checks by mapping: " + ", ".join(
+        f"{k} {v / 1024:.1f} MiB" for k, v in sorted(split.items(), key=lambda kv: -kv[1])))
     table.row(section, "  RSS after the first check", f"{r['rss_first'] / 1024:.1f} MiB",
               f"idle python {idle / 1024:.1f} MiB", f"{r['rss_first'] / idle:.2f}x")
     growth = r["rss_last"] - r["rss_first"]
@@ -166,6 +232,9 @@ def main() -> int:
     args = ap.parse_args()
     if args.child:
         return child(args)
+    from _common import require_dependencies
+
+    require_dependencies()
     from _common import Table, gpu_available
 
     if args.real:

@@ -323,9 +323,9 @@ def test_state_is_cached_until_this_backend_mutates_or_fresh_is_asked(sim_backen
 
 
 def test_mode_change_keeps_the_profile_table_and_rereads_it_only_where_empty(sim_backend):
-    import dataclasses
-
     import pynvml
+
+    from migd._record import replace
 
     backend = sim_backend("h100-80gb:2")
     before = backend.gpus()[0]
@@ -334,6 +334,6 @@ def test_mode_change_keeps_the_profile_table_and_rereads_it_only_where_empty(sim
     assert backend.gpus()[0] is before  # the table does not change with the mode: no ~40 calls per GPU at boot
     assert pynvml.nvmlLib.calls.get("nvmlDeviceGetGpuInstanceProfileInfoV") == calls.get(
         "nvmlDeviceGetGpuInstanceProfileInfoV")
-    backend._infos[1] = dataclasses.replace(backend.gpus()[1], profiles=())  # as a pre-R550 driver with MIG off
+    backend._infos[1] = replace(backend.gpus()[1], profiles=())  # as a pre-R550 driver with MIG off
     backend.set_mig_mode(1, True)
     assert backend.gpus()[1].profiles  # read again now that MIG is on

@@ -98,12 +98,12 @@ def test_profiles_through_nvml_equal_the_simulated_model():
     if not twins:
         pytest.skip(f"no simulated model with PCI device ID {device_id:#010X} ({info.name})")
     model = twins[0]
-    code = ("import sys, json, dataclasses; from migd.backend import make_backend; b = make_backend(simulate=sys.argv[1]);"
-            "b.open(); print(json.dumps([dataclasses.asdict(p) for p in b.gpus()[0].profiles]))")
+    code = ("import sys, json; from migd._record import asdict; from migd.backend import make_backend; "
+            "b = make_backend(simulate=sys.argv[1]); b.open(); print(json.dumps([asdict(p) for p in b.gpus()[0].profiles]))")
     sim = subprocess.run([sys.executable, "-c", code, model.key], capture_output=True, text=True, check=True)
-    import dataclasses
+    from migd._record import asdict
 
-    real_profiles = json.loads(json.dumps([dataclasses.asdict(p) for p in info.profiles]))
+    real_profiles = json.loads(json.dumps([asdict(p) for p in info.profiles]))
     assert info.name == model.name
     assert real_profiles == json.loads(sim.stdout)
     print(f"\n{info.name} ({device_id:#010X}) = simulated {model.key}: {len(info.profiles)} profiles equal: "

@@ -178,7 +178,8 @@ def test_run_dir_files_have_exact_modes_whatever_the_umask(host):
     run = Path(host["run"])
     assert stat.S_IMODE(run.stat().st_mode) == 0o755 and run.stat().st_uid == os.geteuid()
     me = os.geteuid()
-    assert _modes(run) == {"state.json": (0o644, me, True), "devices.env": (0o644, me, True), "lock": (0o600, me, True)}
+    assert _modes(run) == {"state.json": (0o644, me, True), "devices.env": (0o644, me, True), "lock": (0o600, me, True),
+                           "profiles.json": (0o644, me, True)}  # the per-boot profile cache
     for p in [run, *run.iterdir()]:
         assert not p.lstat().st_mode & 0o002, f"{p} is world-writable"
 

@@ -146,9 +146,17 @@ def _run_dir(args: argparse.Namespace) -> Optional[str]:
 def _backend(args: argparse.Namespace, read_only: bool) -> "Backend":
     from .backend import make_backend
 
-    backend = make_backend(simulate=args.simulate, sim_state=args.sim_state, read_only=read_only)
+    backend = make_backend(simulate=args.simulate, sim_state=args.sim_state, read_only=read_only,
+                           cache_dir=_cache_dir(args), cache_write=not read_only)
     backend.open()
     return backend
+
+
+def _cache_dir(args: argparse.Namespace) -> str:
+    """The per-boot profile cache lives in the run directory (simulated GPUs: theirs, never /run/migd)."""
+    from . import runstate
+
+    return runstate.cache_dir(_run_dir(args))
 
 
 def _engine(args: argparse.Namespace, backend: "Backend", cfg: "Optional[Config]",
@@ -347,8 +355,9 @@ def cmd_boot(args: argparse.Namespace, read_only: bool) -> int:
         log.info("boot_nothing", msg=f"{cfg.path} selects no GPU on this host: nothing to do")
         return E.EXIT_OK
     try:
-        backend = wait_for_driver(lambda: make_backend(simulate=args.simulate, sim_state=args.sim_state),
-                                  cfg.daemon.driver_wait_timeout, _driver_files(args))
+        backend = wait_for_driver(
+            lambda: make_backend(simulate=args.simulate, sim_state=args.sim_state, cache_dir=_cache_dir(args),
+                                 cache_write=True), cfg.daemon.driver_wait_timeout, _driver_files(args))
     except NoDriverInstalled as e:
         return _no_driver(e, mine)
     try:

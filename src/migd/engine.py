@@ -15,11 +15,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from dataclasses import dataclass, field
+from ._record import dataclass, field
 from enum import Enum
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 
-from . import clients, layout, report, runstate, schema
+from . import layout, report, runstate, schema
 from . import errors as E
 from .backend import Backend
 from .errors import DriverError, LockBusy
@@ -161,8 +161,17 @@ class Engine:
         self.host = host  # whose view of a fleet file (None: this machine's)
         self.run_dir = run_dir
         self.simulated = simulated
-        self.systemctl = systemctl or clients.systemctl
+        self._systemctl = systemctl
         self._infos: Optional[List[GpuInfo]] = None
+
+    @property
+    def systemctl(self) -> Callable[[str, Sequence[str]], None]:
+        """`systemctl ACTION UNIT...` (only apply --stop-clients runs it: read verbs never import clients)."""
+        if self._systemctl is None:
+            from . import clients
+
+            self._systemctl = clients.systemctl
+        return self._systemctl
 
     @property
     def config(self) -> Config:
@@ -202,6 +211,8 @@ class Engine:
             results.update(self._run(targets, desired))
             blocked = [i for i, r in results.items() if r.outcome in (Outcome.PENDING, Outcome.REFUSED)]
             if stop_clients and blocked:
+                from . import clients
+
                 stopped = clients.stop_holding_units(self.backend, blocked, self.config.daemon.stop_clients,
                                                      self.systemctl)
                 if stopped:
@@ -403,8 +414,8 @@ def apply_gpu(backend: Backend, info: GpuInfo, desired: DesiredGpu, persistence:
 def _set_mode(backend: Backend, g: int, enabled: bool) -> Optional[int]:
     """Set MIG mode; None when it took effect, else the activation status that left it pending."""
     status = backend.set_mig_mode(g, enabled)
-    state = backend.state(g)
-    if state.mig_current == enabled:
+    current, _ = backend.mig_mode(g)  # the mode alone: the instances are read by the verify that follows
+    if current == enabled:
         return None
     return status if status != E.SUCCESS else E.RESET_REQUIRED
 

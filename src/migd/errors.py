@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from ._record import dataclass
 from typing import List, Optional
 
 # Exit codes: distinct so scripts and systemd can tell outcomes apart (documented in README and migd(8)).

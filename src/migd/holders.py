@@ -7,7 +7,7 @@ This is what `fuser -v /dev/nvidia*` shows in the runbook, plus the unit name, s
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from ._record import dataclass
 from typing import Iterable, List, Optional
 
 PROC = "/proc"

@@ -13,8 +13,7 @@ network may not be up, and migd runs without network access.
 from __future__ import annotations
 
 import re
-import socket
-from dataclasses import dataclass
+from ._record import dataclass
 from functools import lru_cache
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -123,6 +122,8 @@ def names_of(host: str) -> Tuple[str, ...]:
 
 
 def this_host() -> str:
+    import socket  # here: most runs never ask, and socket costs ~2 ms to import
+
     return socket.gethostname()
 
 

@@ -8,7 +8,7 @@ counts only on the hosts it names. GPUs no entry matches are left alone.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from ._record import dataclass
 from fnmatch import fnmatchcase
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 

@@ -6,7 +6,7 @@ reports) can be tested without a GPU.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from ._record import dataclass, field
 from typing import Dict, Optional, Tuple
 
 

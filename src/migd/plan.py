@@ -10,7 +10,7 @@ Deterministic: ties go to the lowest slots in config order, so the same input gi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from ._record import dataclass
 from enum import Enum
 from functools import lru_cache
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple

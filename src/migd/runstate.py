@@ -60,6 +60,13 @@ def sim_run_dir(sim_state: Optional[str]) -> str:
     return os.path.join(tempfile.gettempdir(), f"migd-sim-{os.geteuid()}")
 
 
+def cache_dir(directory: Optional[str] = None) -> str:
+    """Where the per-boot profile cache is (backend/profile_cache.py): the run directory (`directory`, given for
+    simulated GPUs; else $MIGD_RUN_DIR), and for real GPUs /run/migd whoever asks - migd.service wrote it there, and
+    a user's `migd status` may read root's file (never write it)."""
+    return directory or os.environ.get("MIGD_RUN_DIR") or RUN_DIR
+
+
 def ensure_run_dir(directory: Optional[str] = None) -> str:
     """Create the run directory (0755), or check the one that is there: a directory (not a symlink) owned by us and
     writable by nobody else, so no one can plant files or links where migd writes as root."""

@@ -21,7 +21,7 @@ Everything here but read_mig_minors() is pure: model types in, text out.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from ._record import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .errors import MigdError

@@ -272,7 +272,10 @@ class Watcher:
     def _engine(self, read_only: bool) -> Engine:
         from .backend import make_backend
 
-        backend = make_backend(simulate=self.simulate, sim_state=self.sim_state, read_only=read_only)
+        # The service writes the per-boot profile cache (if boot did not), so each later round reads identity,
+        # mode and instances only.
+        backend = make_backend(simulate=self.simulate, sim_state=self.sim_state, read_only=read_only,
+                               cache_dir=runstate.cache_dir(self.run_dir), cache_write=True)
         return Engine(backend, self.cfg, run_dir=self.run_dir, simulated=backend.simulated)
 
     def _track(self, gpu: int) -> GpuTrack:

@@ -9,7 +9,7 @@ never leave backend/nvml.py.
 from __future__ import annotations
 
 import os
-from typing import List, Optional, Protocol
+from typing import List, Optional, Protocol, Tuple
 
 from ..model import GpuInfo, GpuState, Placement
 
@@ -27,6 +27,7 @@ class Backend(Protocol):
     def driver_version(self) -> str: ...
     def gpus(self) -> List[GpuInfo]: ...
     def state(self, gpu: int, fresh: bool = False) -> GpuState: ...
+    def mig_mode(self, gpu: int) -> Tuple[bool, bool]: ...
     def device_nodes(self, gpu: int) -> List[str]: ...
     def minor_number(self, gpu: int) -> int: ...
     def set_mig_mode(self, gpu: int, enabled: bool) -> int: ...
@@ -41,13 +42,18 @@ def read_only_forced() -> bool:
     return os.environ.get("MIGD_READ_ONLY", "") not in ("", "0", "false", "no")
 
 
-def make_backend(simulate: Optional[str] = None, sim_state: Optional[str] = None, read_only: bool = False) -> Backend:
+def make_backend(simulate: Optional[str] = None, sim_state: Optional[str] = None, read_only: bool = False,
+                 cache_dir: Optional[str] = None, cache_write: bool = False) -> Backend:
     """The nvml backend over the real driver, or over simulated GPUs when `simulate` or `sim_state` is given.
 
     MIGD_READ_ONLY=1 forces the read-only guard on whatever the caller asked. `--sim-state` of a host built from
     one spec with `--simulate` of another is an error (ValueError), never a silent switch to the file's GPUs.
+
+    cache_dir: where the per-boot profile cache is (the run directory: see profile_cache.py), None for none;
+    cache_write: this run may write it (apply, boot, watch; read verbs only read it).
     """
     from .nvml import NvmlBackend
+    from .profile_cache import ProfileCache, boot_id
 
     read_only = read_only or read_only_forced()
     if simulate is not None and not simulate.strip():
@@ -64,8 +70,15 @@ def make_backend(simulate: Optional[str] = None, sim_state: Optional[str] = None
                 raise ValueError(f"--simulate {simulate} but {sim_state} holds a simulated {host.state.get('spec')} "
                                  "host: drop --simulate to use that file, or give another --sim-state")
         sim.install(host)
+        cache = None
+        if cache_dir and sim_state:  # an in-memory host is a fresh boot in every process: nothing to share
+            # The simulated host's boot, and its driver's v3 support (tests switch it), stand in for the boot_id.
+            boot = f"sim:{os.path.abspath(sim_state)}:{host.state.get('boot')}:{host.state.get('profile_info_v3', True)}"
+            cache = ProfileCache(cache_dir, boot, write=cache_write)
         label = f"simulated {host.state['spec']}" + (f" ({sim_state})" if sim_state else "")
         # The simulated device nodes are plain files under the state's device_dir, named like /dev/nvidia<minor>.
         return NvmlBackend(read_only=read_only, description=label, device_dir=host.state.get("device_dir"),
-                           simulated=True)
-    return NvmlBackend(read_only=read_only, description="nvml")
+                           simulated=True, profile_cache=cache)
+    this_boot = boot_id() if cache_dir else None
+    return NvmlBackend(read_only=read_only, description="nvml", profile_cache=ProfileCache(
+        cache_dir, this_boot, write=cache_write) if cache_dir and this_boot else None)

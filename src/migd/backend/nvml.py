@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from ..errors import DriverError, ReadOnlyViolation, code_name
 from ..model import ComputeProfile, GpuInfo, GpuProfile, GpuState, LiveComputeInstance, LiveGpuInstance, Placement
 from ..profiles import derive_compute_profiles, strip_mig
+from .profile_cache import ProfileCache
 
 _READ_ONLY_CALLS = re.compile(
     r"^nvml(Init\w*|Shutdown|SystemGet\w+|DeviceGet\w+|DeviceIsMigDeviceHandle|GpuInstanceGet\w+"
@@ -28,8 +29,12 @@ _ARCH_NAMES = {2: "kepler", 3: "maxwell", 4: "pascal", 5: "volta", 6: "turing", 
                9: "hopper", 10: "blackwell"}
 _PROFILE_INDEX_LIMIT = 64  # the driver answers INVALID_ARGUMENT well before this (0x11 on R580)
 _CI_INDEX_SKIP = 7  # NVML_COMPUTE_INSTANCE_PROFILE_1_SLICE_REV1 aliases 1-slice CIs: listing it doubles them
+# NVML_COMPUTE_INSTANCE_PROFILE_<N>_SLICE[_REV1] index -> N (nvml.h). Indices not listed here (newer drivers') are
+# always asked.
+_CI_INDEX_SLICES = {0: 1, 1: 2, 2: 3, 3: 4, 4: 7, 5: 8, 6: 6, 7: 1, 8: 2}
 _ID_ANY = 0xFFFFFFFF
 _FUNCTION_NOT_FOUND, _VERSION_MISMATCH = 13, 25
+_PLACEMENT_MAX = 64  # placement array size (see _placements)
 _CAPS_GFX = 0x2  # NVML_GPU_INSTANCE_PROFILE_CAPS_GFX (nvml.h); nvidia-ml-py 13.615 has no constant for it
 
 
@@ -49,7 +54,7 @@ class _GpuInstanceProfileInfoV3(ctypes.Structure):
 
 class NvmlBackend:
     def __init__(self, read_only: bool = False, description: str = "nvml", device_dir: Optional[str] = "/dev",
-                 simulated: bool = False):
+                 simulated: bool = False, profile_cache: Optional[ProfileCache] = None):
         import pynvml  # imported here so pure commands (validate) never load it
 
         self._n = pynvml
@@ -61,6 +66,10 @@ class NvmlBackend:
         self._ci_cache: Dict[Tuple[int, int], List[Any]] = {}  # (gpu, GI profile id) -> CI profile infos
         self._states: Dict[int, GpuState] = {}
         self._infos: Optional[List[Optional[GpuInfo]]] = None  # per GPU; None: (re)read on next use
+        self._gi_handles: Dict[Tuple[int, int], Any] = {}  # (gpu, GI id) -> handle, from this backend's creates
+        self._profile_v3 = True  # the driver answers the v3 profile-info struct (R545+); see _profile_info
+        self._cache = profile_cache  # per-boot profile tables (profile_cache.py); None: always read live
+        self._driver: Optional[str] = None
         self._open = False
 
     # --- plumbing -------------------------------------------------------------------------------------------
@@ -92,11 +101,15 @@ class NvmlBackend:
 
     def close(self) -> None:
         if self._open:
+            if self._cache is not None:
+                self._cache.flush()  # tables read one GPU at a time (after a mode change)
             self._open = False
             self._handles.clear()
+            self._gi_handles.clear()
             self._ci_cache.clear()
             self._states.clear()
             self._infos = None
+            self._driver = None
             try:
                 self._call("nvmlShutdown")
             except DriverError:
@@ -110,7 +123,9 @@ class NvmlBackend:
         self.close()
 
     def driver_version(self) -> str:
-        return str(self._call("nvmlSystemGetDriverVersion"))
+        if self._driver is None:
+            self._driver = str(self._call("nvmlSystemGetDriverVersion"))
+        return self._driver
 
     def _handle(self, gpu: int) -> Any:
         h = self._handles.get(gpu)
@@ -121,7 +136,10 @@ class NvmlBackend:
     # --- identity and capabilities ---------------------------------------------------------------------------
 
     def gpus(self) -> List[GpuInfo]:
-        return [self._info(i) for i in range(len(self._info_slots()))]
+        infos = [self._info(i) for i in range(len(self._info_slots()))]
+        if self._cache is not None:
+            self._cache.flush()
+        return infos
 
     def _info_slots(self) -> List[Optional[GpuInfo]]:
         if self._infos is None:
@@ -152,11 +170,20 @@ class NvmlBackend:
         pci = self._call("nvmlDeviceGetPciInfo", h, gpu=i)
         bus_id = pci.busId.decode() if isinstance(pci.busId, bytes) else str(pci.busId)
         arch = self._try("nvmlDeviceGetArchitecture", h, gpu=i, ok_codes=(3,))
-        mig_capable = self._try("nvmlDeviceGetMigMode", h, gpu=i, ok_codes=(3,)) is not None
+        mode = self._try("nvmlDeviceGetMigMode", h, gpu=i, ok_codes=(3,))
+        mig_capable = mode is not None
         profiles: Tuple[GpuProfile, ...] = ()
         if mig_capable:
-            # R550+ answers profile queries with MIG off; older drivers say NOT_SUPPORTED until MIG is enabled.
-            profiles = tuple(self._read_profiles(i, h))
+            # R550+ answers profile queries with MIG off; older drivers say NOT_SUPPORTED until MIG is enabled: the
+            # cache is keyed by the mode too, so it never answers for the other one.
+            key = (uuid, int(pci.pciDeviceId), bool(mode[0]))
+            cached = self._cache.get(self.driver_version(), *key) if self._cache is not None else None
+            if cached is not None:
+                profiles = cached
+            else:
+                profiles = tuple(self._read_profiles(i, h))
+                if self._cache is not None:
+                    self._cache.put(self.driver_version(), *key, profiles)
         slices = max((p.slices for p in profiles), default=0)
         slots = max((p.placements[0].start + p.placements[0].size for p in profiles if p.placements), default=0)
         return GpuInfo(index=i, uuid=uuid, name=name, pci_bus_id=bus_id,
@@ -167,7 +194,7 @@ class NvmlBackend:
         profiles = []
         for index in range(_PROFILE_INDEX_LIMIT):
             try:
-                info = self._call("nvmlDeviceGetGpuInstanceProfileInfo", h, index, gpu=i)
+                info, caps = self._profile_info(i, h, index)
             except DriverError as e:
                 if e.code == 2:  # INVALID_ARGUMENT: past the driver's last index
                     break
@@ -177,7 +204,6 @@ class NvmlBackend:
             placements = self._placements("nvmlDeviceGetGpuInstancePossiblePlacements", h, info.id, i,
                                           self._n.c_nvmlGpuInstancePlacement_t)
             name = strip_mig(_text(info.name))
-            caps = self._profile_capabilities(i, h, index)
             gp = GpuProfile(
                 index=index, id=info.id, name=name, slices=info.sliceCount,
                 instance_count=info.instanceCount, memory_mb=info.memorySizeMB,
@@ -189,29 +215,35 @@ class NvmlBackend:
             profiles.append(_with_compute(gp, derive_compute_profiles(gp)))
         return profiles
 
-    def _profile_capabilities(self, i: int, h: Any, index: int) -> Optional[int]:
-        """The v3 profile-info `capabilities` bits (P2P, GFX), which nvidia-ml-py does not expose: our own struct
-        through the same C function. None where the driver has no v3 (FUNCTION_NOT_FOUND, VERSION_MISMATCH)."""
-        name = "nvmlDeviceGetGpuInstanceProfileInfoV"
-        if not _READ_ONLY_CALLS.fullmatch(name):  # a getter: the guard allows it; kept explicit for the reader
-            raise ReadOnlyViolation(name)
-        info = _GpuInstanceProfileInfoV3()
-        try:
-            fn = self._n._nvmlGetFunctionPointer(name)
-            self._n._nvmlCheckReturn(fn(h, ctypes.c_uint(index), ctypes.byref(info)))
-        except self._n.NVMLError as e:
-            if e.value in (_FUNCTION_NOT_FOUND, _VERSION_MISMATCH):
-                return None
-            raise DriverError(e.value, name, i) from None
-        return int(info.capabilities)
+    def _profile_info(self, i: int, h: Any, index: int) -> Tuple[Any, Optional[int]]:
+        """(profile info, capability bits or None). One call per index: the v3 struct carries every field migd
+        reads plus `capabilities` (P2P, GFX), which nvidia-ml-py does not expose, so it goes through our own struct
+        to the same C function. A driver without v3 (FUNCTION_NOT_FOUND, VERSION_MISMATCH) gets pynvml's v2 call
+        from then on, and no capability bits."""
+        if self._profile_v3:
+            name = "nvmlDeviceGetGpuInstanceProfileInfoV"
+            if not _READ_ONLY_CALLS.fullmatch(name):  # a getter: the guard allows it; kept explicit for the reader
+                raise ReadOnlyViolation(name)
+            info = _GpuInstanceProfileInfoV3()
+            try:
+                fn = self._n._nvmlGetFunctionPointer(name)
+                self._n._nvmlCheckReturn(fn(h, ctypes.c_uint(index), ctypes.byref(info)))
+                return info, int(info.capabilities)
+            except self._n.NVMLError as e:
+                if e.value not in (_FUNCTION_NOT_FOUND, _VERSION_MISMATCH):
+                    raise DriverError(e.value, name, i) from None
+                self._profile_v3 = False
+        return self._call("nvmlDeviceGetGpuInstanceProfileInfo", h, index, gpu=i), None
 
     def _placements(self, call: str, handle: Any, profile_id: int, gpu: int, struct: Any) -> List[Placement]:
+        # One call: nvml.h says the array "must be large enough to accommodate the placements supported by the
+        # profile" (the count is output-only, so a short array would be overrun). Placements start at distinct
+        # memory slots (8 at most on any MIG GPU) or compute slices; _PLACEMENT_MAX leaves a wide margin.
         count = ctypes.c_uint(0)
-        self._call(call, handle, profile_id, None, ctypes.byref(count), gpu=gpu)  # the count is output-only
-        if not count.value:
-            return []
-        array = (struct * count.value)()
+        array = (struct * _PLACEMENT_MAX)()
         self._call(call, handle, profile_id, array, ctypes.byref(count), gpu=gpu)
+        if count.value > _PLACEMENT_MAX:  # cannot happen with the margin above; never read past the array
+            raise DriverError(7, call, gpu)  # INSUFFICIENT_SIZE
         return [Placement(p.start, p.size) for p in array[:count.value]]
 
     def minor_number(self, gpu: int) -> int:
@@ -249,13 +281,27 @@ class NvmlBackend:
         if not current:
             procs, unreadable = self._processes(h, gpu)
             return GpuState(current, pending, persistence, (), tuple(p.pid for p in procs), unreadable)
-        uuids, pids_by_ci = self._mig_devices(h, gpu)
-        instances = []
+        # GPU instances, profile by profile. Instances never share a memory slot (the driver refuses overlap), so
+        # once the slots found taken block every placement of a profile, it cannot have one: not asked (7 × 1g
+        # reads one profile, not seven).
+        taken = 0
+        gis = []
         for profile in info.profiles:
+            if profile.placements and all(p.mask & taken for p in profile.placements):
+                continue
             for gi in self._gpu_instances(h, gpu, profile):
-                instances.append(self._read_gi(gpu, gi, uuids, pids_by_ci))
+                gi_info = self._call("nvmlGpuInstanceGetInfo", gi, gpu=gpu)
+                taken |= Placement(gi_info.placement.start, gi_info.placement.size).mask
+                gis.append((gi_info, self._compute_instances(gpu, gi, gi_info.profileId)))
+        uuids, pids_by_ci = self._mig_devices(h, gpu, sum(len(cis) for _, cis in gis))
+        instances = [_live_gi(gi_info, cis, uuids, pids_by_ci) for gi_info, cis in gis]
         instances.sort(key=lambda x: x.placement.start)
         return GpuState(current, pending, persistence, tuple(instances))
+
+    def mig_mode(self, gpu: int) -> Tuple[bool, bool]:
+        """(current, pending), read now: what a mode change needs to know, without walking the instances."""
+        mode = self._call("nvmlDeviceGetMigMode", self._handle(gpu), gpu=gpu)
+        return bool(mode[0]), bool(mode[1])
 
     def _gpu_instances(self, h: Any, gpu: int, profile: GpuProfile) -> List[Any]:
         count = ctypes.c_uint(profile.instance_count)
@@ -265,25 +311,15 @@ class NvmlBackend:
         self._call("nvmlDeviceGetGpuInstances", h, profile.id, array, ctypes.byref(count), gpu=gpu)
         return list(array[:count.value])
 
-    def _read_gi(self, gpu: int, gi: Any, uuids: Dict[Any, str], pids_by_ci: Dict[Any, Any]) -> LiveGpuInstance:
-        info = self._call("nvmlGpuInstanceGetInfo", gi, gpu=gpu)
-        compute = []
-        for _, cp in self._ci_profiles(gpu, gi, info.profileId):
+    def _compute_instances(self, gpu: int, gi: Any, gi_profile_id: int) -> List[Any]:
+        """The CI infos (id, profile, placement) of one GPU instance."""
+        out = []
+        for _, cp in self._ci_profiles(gpu, gi, gi_profile_id):
             count = ctypes.c_uint(cp.instanceCount)
             array = (self._n.c_nvmlComputeInstance_t * max(cp.instanceCount, 1))()
             self._call("nvmlGpuInstanceGetComputeInstances", gi, cp.id, array, ctypes.byref(count), gpu=gpu)
-            for ci in array[:count.value]:
-                ci_info = self._call("nvmlComputeInstanceGetInfo", ci, gpu=gpu)
-                key = (info.id, ci_info.id)
-                compute.append(LiveComputeInstance(
-                    id=ci_info.id, profile_id=ci_info.profileId,
-                    placement=Placement(ci_info.placement.start, ci_info.placement.size),
-                    uuid=uuids.get(key, ""), pids=tuple(pids_by_ci.get(key, ((), ""))[0]),
-                    pids_unreadable=pids_by_ci.get(key, ((), ""))[1]))
-        compute.sort(key=lambda c: c.placement.start)
-        return LiveGpuInstance(id=info.id, profile_id=info.profileId,
-                               placement=Placement(info.placement.start, info.placement.size),
-                               compute=tuple(compute))
+            out += [self._call("nvmlComputeInstanceGetInfo", ci, gpu=gpu) for ci in array[:count.value]]
+        return out
 
     def _ci_profiles(self, gpu: int, gi: Any, gi_profile_id: int) -> List[Any]:
         """(CI index, CI profile info) of a GI profile: the same for every GI of that profile, so read once per GPU
@@ -292,10 +328,14 @@ class NvmlBackend:
         cached = self._ci_cache.get(key)
         if cached is not None:
             return cached
+        gi_profile = self._info(gpu).profile_by_id(gi_profile_id)
+        slices = gi_profile.slices if gi_profile is not None else None
         table = []
         for index in range(_PROFILE_INDEX_LIMIT):
             if index == _CI_INDEX_SKIP:
                 continue
+            if slices is not None and _CI_INDEX_SLICES.get(index, 0) > slices:
+                continue  # a compute instance never has more slices than its GPU instance: NOT_SUPPORTED, unasked
             try:
                 cp = self._call("nvmlGpuInstanceGetComputeInstanceProfileInfo", gi, index,
                                 self._n.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED, gpu=gpu)
@@ -309,11 +349,14 @@ class NvmlBackend:
         self._ci_cache[key] = table
         return table
 
-    def _mig_devices(self, h: Any, gpu: int) -> Tuple[Dict[Any, Any], Dict[Any, Any]]:
+    def _mig_devices(self, h: Any, gpu: int, expected: int) -> Tuple[Dict[Any, Any], Dict[Any, Any]]:
         """(GI id, CI id) -> MIG UUID, and -> (PIDs, why they are unknown or ""). NVML has no direct lookup: walk
-        MIG device indices."""
+        MIG device indices, until the `expected` compute instances just read are all found (every compute
+        instance is one MIG device; a walk that finds fewer goes to the end)."""
         uuids: Dict[Tuple[int, int], str] = {}
         pids: Dict[Tuple[int, int], Tuple[List[int], str]] = {}
+        if not expected:
+            return uuids, pids
         for n in range(self._call("nvmlDeviceGetMaxMigDeviceCount", h, gpu=gpu)):
             mig = self._try("nvmlDeviceGetMigDeviceHandleByIndex", h, n, gpu=gpu, ok_codes=(2, 6))
             if mig is None:
@@ -323,6 +366,8 @@ class NvmlBackend:
             uuids[key] = str(self._call("nvmlDeviceGetUUID", mig, gpu=gpu))
             procs, unreadable = self._processes(mig, gpu, graphics=False)  # MIG has no graphics contexts
             pids[key] = ([p.pid for p in procs], unreadable)
+            if len(uuids) >= expected:
+                break
         return uuids, pids
 
     def _processes(self, h: Any, gpu: int, graphics: bool = True) -> Tuple[List[Any], str]:
@@ -352,6 +397,7 @@ class NvmlBackend:
         # does not change with the mode; re-read this GPU's info only where it had none (drivers before R550 list
         # profiles only with MIG on) - on the boot path every Hopper GPU changes mode, and a re-read is ~40 calls.
         self._handles.clear()
+        self._gi_handles.clear()
         self._ci_cache = {k: v for k, v in self._ci_cache.items() if k[0] != gpu}
         known = self._infos[gpu] if self._infos is not None else None
         if self._infos is not None and known is not None and not known.profiles:
@@ -366,7 +412,17 @@ class NvmlBackend:
         p.start, p.size = placement.start, placement.size
         gi = self._call("nvmlDeviceCreateGpuInstanceWithPlacement", self._handle(gpu), profile_id,
                         ctypes.byref(p), gpu=gpu)
-        return int(self._call("nvmlGpuInstanceGetInfo", gi, gpu=gpu).id)
+        gi_id = int(self._call("nvmlGpuInstanceGetInfo", gi, gpu=gpu).id)
+        self._gi_handles[(gpu, gi_id)] = gi  # its compute instances come next: no lookup by ID for them
+        return gi_id
+
+    def _gi_handle(self, gpu: int, gi_id: int) -> Any:
+        """A GI's handle: the one its create returned (valid until it is destroyed, which drops it here, or the
+        mode changes), else looked up by ID."""
+        gi = self._gi_handles.get((gpu, gi_id))
+        if gi is None:
+            gi = self._call("nvmlDeviceGetGpuInstanceById", self._handle(gpu), gi_id, gpu=gpu)
+        return gi
 
     def compute_profiles_of(self, gpu: int, gi_id: int) -> Tuple[ComputeProfile, ...]:
         """The CI profiles an existing GI really offers (the planner's table is derived; this is the driver's)."""
@@ -382,7 +438,7 @@ class NvmlBackend:
         return tuple(out)
 
     def create_compute_instance(self, gpu: int, gi_id: int, ci_profile_id: int, placement: Placement) -> int:
-        gi = self._call("nvmlDeviceGetGpuInstanceById", self._handle(gpu), gi_id, gpu=gpu)
+        gi = self._gi_handle(gpu, gi_id)
         p = self._n.c_nvmlComputeInstancePlacement_t()
         p.start, p.size = placement.start, placement.size
         ci = self._call("nvmlGpuInstanceCreateComputeInstanceWithPlacement", gi, ci_profile_id, ctypes.byref(p),
@@ -395,12 +451,26 @@ class NvmlBackend:
         self._call("nvmlComputeInstanceDestroy", ci, gpu=gpu)
 
     def destroy_gpu_instance(self, gpu: int, gi_id: int) -> None:
+        self._gi_handles.pop((gpu, gi_id), None)
         gi = self._call("nvmlDeviceGetGpuInstanceById", self._handle(gpu), gi_id, gpu=gpu)
         self._call("nvmlGpuInstanceDestroy", gi, gpu=gpu)
 
 
+def _live_gi(info: Any, cis: List[Any], uuids: Dict[Any, str], pids_by_ci: Dict[Any, Any]) -> LiveGpuInstance:
+    compute = []
+    for ci in cis:
+        key = (info.id, ci.id)
+        pids, unreadable = pids_by_ci.get(key, ((), ""))
+        compute.append(LiveComputeInstance(
+            id=ci.id, profile_id=ci.profileId, placement=Placement(ci.placement.start, ci.placement.size),
+            uuid=uuids.get(key, ""), pids=tuple(pids), pids_unreadable=unreadable))
+    compute.sort(key=lambda c: c.placement.start)
+    return LiveGpuInstance(id=info.id, profile_id=info.profileId,
+                           placement=Placement(info.placement.start, info.placement.size), compute=tuple(compute))
+
+
 def _with_compute(gp: GpuProfile, compute: Tuple[ComputeProfile, ...]) -> GpuProfile:
-    from dataclasses import replace
+    from .._record import replace
 
     return replace(gp, compute_profiles=compute)
 

@@ -7,7 +7,7 @@ is keyed by its NVML *profile index*, as the driver is; the profile *ID* is a fi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from .._record import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 ARCH_AMPERE = 7  # NVML_DEVICE_ARCH_AMPERE

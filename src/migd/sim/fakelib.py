@@ -10,6 +10,13 @@ the N-th call of C function CALL (every call if no N) return CODE, hang when COD
 as "sim: CALL hangs", so a test knows when to SIGKILL), or take 50 ms longer and then succeed when CODE is `slow`
 (to make concurrent runs overlap).
 
+Latency (MIGD_SIM_LATENCY, e.g. `reads=0.5ms,first_handle=7ms,init=12ms,create=0,mode=0`): each simulated call
+sleeps that long, so a benchmark sees NVML's share of a run. `init` (nvmlInit), `first_handle` (a process's first
+nvmlDeviceGetHandleByIndex of a GPU), `reads` (every other getter, failed probes included), `create`, `destroy`,
+`mode` (SetMigMode), `persistence` (SetPersistenceMode), `shutdown`. Read latencies were measured on an H200 (R580);
+mutating ones are unknown here: parameters, 0 unless given. `latency_spent` / `mutating_spent` add up the sleeps,
+`call_spent` all time inside simulated calls (so a benchmark can leave out the simulator's own work).
+
 Trace: while the host state holds a "trace" list, every mutation appends [pid, call, gpu, time] to it, under the
 state file's lock: the order in which processes sharing a state file changed the GPUs.
 """
@@ -32,6 +39,45 @@ GI_PROFILE_INFO_V3 = 0x03000098
 _ID_ANY = 0xFFFFFFFF
 _CI_ENGINE_SHARED = 0
 SLOW_S = 0.05  # how much longer a `slow` fault makes a call
+
+
+LATENCY_KEYS = ("init", "shutdown", "first_handle", "reads", "create", "destroy", "mode", "persistence")
+_UNITS = {"us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def parse_latency(text: str) -> Dict[str, float]:
+    """`reads=0.5ms,first_handle=7ms` -> {"reads": 0.0005, "first_handle": 0.007}. Raises ValueError."""
+    out: Dict[str, float] = {}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        unit = next((u for u in ("us", "µs", "ms", "s") if value.endswith(u)), "")
+        number = value[:len(value) - len(unit)] if unit else value
+        try:
+            seconds = float(number) * _UNITS.get(unit, 1.0)
+        except ValueError:
+            seconds = -1.0
+        if not sep or key not in LATENCY_KEYS or not (0 <= seconds < 60):
+            raise ValueError(f"MIGD_SIM_LATENCY: bad item {item!r}: expected KEY=TIME with KEY one of "
+                             f"{', '.join(LATENCY_KEYS)} and TIME like 0.5ms, 500us or 0 (seconds without a unit)")
+        out[key] = seconds
+    return out
+
+
+def _latency_kind(name: str) -> str:
+    if name.startswith("nvmlInit"):
+        return "init"
+    if name == "nvmlShutdown":
+        return "shutdown"
+    if "Create" in name:
+        return "create"
+    if "Destroy" in name:
+        return "destroy"
+    if name.startswith("nvmlDeviceSetMigMode"):
+        return "mode"
+    if name.startswith("nvmlDeviceSetPersistenceMode"):
+        return "persistence"
+    return "reads"
 
 
 def parse_faults(text: str) -> List[dict]:
@@ -117,6 +163,11 @@ class FakeNvmlLib:
         self.initialized = 0
         self._stat: Optional[Tuple[int, int]] = None
         self._current: Tuple[str, Optional[int]] = ("", None)  # the call in progress, for the mutation trace
+        self.latency = parse_latency(os.environ.get("MIGD_SIM_LATENCY", ""))
+        self.latency_spent = 0.0  # seconds slept in simulated calls (MIGD_SIM_LATENCY)
+        self.mutating_spent = 0.0  # of which in mutating ones
+        self.call_spent = 0.0  # all time inside simulated calls: the latencies plus the simulator's own work
+        self._handled: set = set()  # GPU indices whose handle this process asked for (first_handle)
 
     def __getattr__(self, name: str) -> Callable:
         impl = getattr(type(self), "_" + name, None)
@@ -124,10 +175,13 @@ class FakeNvmlLib:
             raise AttributeError(name)  # pynvml turns this into FUNCTION_NOT_FOUND, like a missing symbol
 
         def call(*args):
+            start = time.perf_counter()
             try:
                 self._refresh()
                 self._current = (name, self._gpu_of(args))
                 self._inject(name, args)
+                if self.latency:
+                    self._sleep(name, args)
                 if name not in ("nvmlInitWithFlags", "nvmlInit_v2") and not self.initialized:
                     return E.CODE_BY_NAME["UNINITIALIZED"]
                 result = impl(self, *args)
@@ -136,10 +190,32 @@ class FakeNvmlLib:
                 if e.code == E.GPU_IS_LOST:
                     self._mark_lost(args)
                 return e.code
+            finally:
+                self.call_spent += time.perf_counter() - start
 
         return call
 
     # --- plumbing -------------------------------------------------------------------------------------------
+
+    def _sleep(self, name: str, args: tuple) -> None:
+        kind = _latency_kind(name)
+        if name.startswith("nvmlDeviceGetHandleByIndex") and args:
+            index = _int(args[0])
+            if index not in self._handled:
+                self._handled.add(index)
+                kind = "first_handle" if "first_handle" in self.latency else kind
+        seconds = self.latency.get(kind, 0.0)
+        if seconds:
+            start = time.perf_counter()
+            deadline = start + seconds
+            if seconds > 0.002:
+                time.sleep(seconds - 0.001)
+            while time.perf_counter() < deadline:  # sub-ms sleeps overshoot by 20-50 %: wait the rest exactly
+                pass
+            spent = time.perf_counter() - start
+            self.latency_spent += spent
+            if kind not in ("init", "shutdown", "first_handle", "reads"):
+                self.mutating_spent += spent
 
     def _refresh(self) -> None:
         """See changes other processes made to a shared state file (the driver is live, not a snapshot)."""
