@@ -165,7 +165,7 @@ class Engine:
         self._infos: Optional[List[GpuInfo]] = None
 
     @property
-    def systemctl(self) -> Callable[[str, Sequence[str]], None]:
+    def systemctl(self) -> Callable[[str, Sequence[str]], object]:
         """`systemctl ACTION UNIT...` (only apply --stop-clients runs it: read verbs never import clients)."""
         if self._systemctl is None:
             from . import clients
