@@ -192,6 +192,8 @@ class DaemonSettings:
     persistence_mode: bool = True
     stop_clients: Tuple[str, ...] = ()
     lock_timeout: float = 30.0
+    cdi_refresh: str = "auto"  # "auto": re-run nvidia-cdi-refresh.service after a change, when it exists | "off"
+    metrics_file: Optional[str] = None  # None: the node_exporter textfile dir's migd.prom when it exists; "": off
 
 
 @dataclass(frozen=True)

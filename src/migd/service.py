@@ -10,7 +10,7 @@ from typing import Callable, Dict, List, Sequence
 
 from . import apply as engine
 from . import errors as E
-from . import report, runstate
+from . import publish, report, runstate
 from .errors import DriverError
 from .holders import describe, pids_holding, unit_of
 from .log import get_logger
@@ -50,6 +50,7 @@ def wait_for_driver(make: Callable[[], object], timeout: float):
 
 def apply_all(backend, cfg: Config, desired: Dict[int, object], stop_clients: bool = False) -> int:
     """Apply every selected GPU under the lock; returns the exit code. The caller opened the backend."""
+    started = time.monotonic()
     infos = backend.gpus()
     persistence = cfg.daemon.persistence_mode or None
 
@@ -84,6 +85,7 @@ def apply_all(backend, cfg: Config, desired: Dict[int, object], stop_clients: bo
                     _systemctl("start", stopped)
                     log.info("clients_restarted", msg=f"restarted {', '.join(stopped)}", units=stopped)
         record(backend, cfg, desired, results, infos)
+        publish.after_apply(backend, cfg, desired, results, started)  # CDI refresh, metrics file (under the lock)
     for r in results.values():
         print(r.message)
     return engine.exit_code(list(results.values()))

@@ -21,7 +21,7 @@ from typing import Dict, Optional, Tuple
 
 from . import config as config_mod
 from . import errors as E
-from . import report, runstate
+from . import publish, report, runstate
 from .errors import ConfigError, DriverError, LockBusy
 from .log import get_logger
 from .plan import plan_gpu
@@ -181,6 +181,7 @@ class Watcher:
         except DriverError as e:
             self._report(-1, "error", "", str(e))
         finally:
+            publish.after_check(self.cfg, backend, statuses)  # metrics file, under the check's shared lock
             backend.close()
         return statuses, reapply
 
@@ -211,12 +212,15 @@ class Watcher:
                 backend = make_backend(simulate=self.simulate, sim_state=self.sim_state)
                 backend.open()
                 try:
+                    started, results = time.monotonic(), {}
                     infos = backend.gpus()
                     desired = layout.desired_for(self.cfg, infos)
                     for i in gpus:
-                        r = engine.apply_gpu(backend, infos[i], desired[i], self.cfg.daemon.persistence_mode or None)
+                        r = results[i] = engine.apply_gpu(backend, infos[i], desired[i],
+                                                          self.cfg.daemon.persistence_mode or None)
                         log.info("drift_reapplied", msg=f"GPU {i}: re-applied after drift: {r.outcome}", gpu=i,
                                  outcome=r.outcome)
+                    publish.after_apply(backend, self.cfg, desired, results, started)  # CDI refresh, metrics
                 finally:
                     backend.close()
         except (LockBusy, DriverError) as e:

@@ -1,0 +1,79 @@
+"""Keep the NVIDIA Container Toolkit's CDI spec (/var/run/cdi/nvidia.yaml) in step with the MIG layout.
+
+The toolkit's nvidia-cdi-refresh.service regenerates the spec, but only on module load and toolkit upgrades: after
+migd changes a GPU (boot, `migd apply`, a watchdog re-apply) the spec names MIG devices that no longer exist, and
+containers fail with "unresolvable CDI devices". So after any apply that changed a GPU, migd queues a re-run.
+
+Verb: `restart`, because the toolkit's unit is Type=oneshot with RemainAfterExit=yes: once it ran, `start` is a
+no-op, and while it runs `start` merges into the running job, which may have read the layout before our change.
+`restart` always queues a run that starts after this call.
+
+Never a blocking job (`--no-block`): at boot migd.service runs inside the boot transaction, ordered Before=
+nvidia-cdi-refresh.service, and the toolkit's unit is After=multi-user.target, which waits for migd.service. A
+synchronous `systemctl restart` from inside migd would wait for a job that waits for migd: a deadlock until the
+start timeout (NVIDIA/mig-parted PRs #432/#449 hit exactly this with their hooks). With --no-block the job is only
+queued; at boot it merges with the pending start job and runs once migd has exited with the new layout in place.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from typing import Iterable, Optional, Sequence
+
+from .log import get_logger
+
+log = get_logger()
+
+UNIT = "nvidia-cdi-refresh.service"
+AUTO, OFF = "auto", "off"
+_TIMEOUT = 10.0  # both calls only talk to PID 1 (a property read, a job enqueue): never wait on a job
+
+
+def changed_gpus(results: Iterable) -> list:
+    """The GPUs whose MIG devices an apply changed: any action done but persistence mode (which no CDI spec
+    reflects). A rolled-back or lost GPU counts too: its instances were re-created (new UUIDs) or partly changed."""
+    return sorted(r.gpu for r in results if any(a.kind != "set_persistence" for a in r.done))
+
+
+def decide(setting: str, changed: Sequence[int], load_state: Optional[str]) -> bool:
+    """Pure: refresh when the setting allows it, a GPU changed, and systemd has the unit (LoadState "loaded";
+    "not-found" when the toolkit is not installed, "masked" when the admin said no)."""
+    return setting == AUTO and bool(changed) and load_state == "loaded"
+
+
+def load_state(unit: str = UNIT) -> Optional[str]:
+    """systemd's LoadState of the unit, or None when systemctl cannot say (not booted with systemd, no systemctl)."""
+    try:
+        r = subprocess.run(["systemctl", "show", "--property=LoadState", "--value", "--", unit],
+                           capture_output=True, text=True, timeout=_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        log.debug("cdi_refresh_unknown", msg=f"cannot ask systemd about {unit}: {e}")
+        return None
+    if r.returncode:
+        log.debug("cdi_refresh_unknown", msg=f"systemctl show {unit}: {r.stderr.strip()}")
+        return None
+    return r.stdout.strip()
+
+
+def refresh_after(setting: str, changed: Sequence[int], unit: str = UNIT) -> bool:
+    """Queue a re-run of the CDI refresh when `decide` says so; returns whether it was queued. Never raises: the
+    layout is applied either way, a stale spec is a warning."""
+    if setting != AUTO or not changed:
+        return False
+    state = load_state(unit)
+    if not decide(setting, changed, state):
+        log.debug("cdi_refresh_skipped", msg=f"{unit}: {state or 'unknown'}: no CDI refresh", load_state=state)
+        return False
+    cmd = ["systemctl", "--no-block", "restart", "--", unit]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=_TIMEOUT, check=False)
+        error = (r.stderr.strip() or f"exit {r.returncode}") if r.returncode else ""
+    except (OSError, subprocess.TimeoutExpired) as e:
+        error = str(e)
+    if error:
+        log.warning("cdi_refresh_failed", msg=f"cannot queue {unit} after the MIG change (CDI spec may be stale: "
+                                              f"run `systemctl restart {unit}`): {error}", unit=unit, gpus=list(changed))
+        return False
+    log.info("cdi_refresh", msg=f"queued {unit} to regenerate the CDI spec for GPU(s) "
+                                f"{', '.join(map(str, changed))}", unit=unit, gpus=list(changed))
+    return True

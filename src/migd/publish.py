@@ -1,0 +1,96 @@
+"""After an apply or a watchdog check: tell the world around the GPUs (CDI spec refresh, Prometheus metrics).
+
+The two hooks the apply paths and migd-watch call; both run under /run/migd/lock (which keeps metrics writers
+apart) and never raise: the GPUs are applied or checked either way, a failure here is a logged warning.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Dict, List, Mapping, Optional
+
+from . import cdi, metrics
+from .errors import DriverError, MigdError
+from .log import get_logger
+from .model import Config
+
+log = get_logger()
+
+
+def after_apply(backend, cfg: Config, desired: Mapping[int, object], results: Mapping[int, object],
+                started: float) -> None:
+    """After any apply (boot, `migd apply`, a watchdog re-apply); `started`: time.monotonic() at its start."""
+    from . import apply as engine
+
+    duration = time.monotonic() - started
+    cdi.refresh_after(cfg.daemon.cdi_refresh, cdi.changed_gpus(results.values()))
+    path = metrics.resolve_path(cfg.daemon.metrics_file)
+    if not path:
+        return
+    views = observe(backend, desired)
+    ok = engine.exit_code(list(results.values())) == 0  # type: ignore[arg-type]
+    # GPUs that cannot be listed: their series are dropped, never carried over stale
+    _write(path, lambda prev: metrics.apply_samples(views or [], ok, time.time(), duration), metrics.APPLY_FAMILIES)
+
+
+def after_check(cfg: Config, backend, statuses: Mapping[int, str]) -> None:
+    """After each migd-watch check, with its (still open, maybe never opened) backend. `statuses` is what the check
+    found; the GPUs are looked at again here from the backend's cache, so no extra NVML reads."""
+    path = metrics.resolve_path(cfg.daemon.metrics_file)
+    if not path:
+        return
+    from . import layout
+
+    views: Optional[List[metrics.GpuView]] = None
+    try:
+        views = observe(backend, layout.desired_for(cfg, backend.gpus()))
+    except (DriverError, MigdError, ValueError, RuntimeError) as e:
+        log.debug("metrics_check_partial", msg=f"check metrics without GPU series: {e}")
+    success = views is not None and not any(v.unreadable or v.lost for v in views) and -1 not in statuses
+    _write(path, lambda prev: metrics.check_samples(views or [], success, time.time(), prev), metrics.CHECK_FAMILIES)
+
+
+def observe(backend, desired: Mapping[int, object]) -> Optional[List[metrics.GpuView]]:
+    """Every GPU as the metrics show it, from the backend (cached reads); None when the GPU list cannot be read."""
+    from .plan import plan_gpu
+    from .report import layout_matches
+
+    try:
+        infos = backend.gpus()
+    except DriverError:
+        return None
+    views = []
+    for info in infos:
+        view = metrics.GpuView(info.index, info.uuid, lost=bool(info.lost))
+        views.append(view)
+        if info.lost:
+            continue
+        d = desired.get(info.index)
+        try:
+            state = backend.state(info.index)
+        except DriverError:
+            view.unreadable = True
+            continue
+        view.mig_current, view.mig_pending = state.mig_current, state.mig_pending
+        counts: Dict[str, int] = {}
+        for gi in state.instances:
+            profile = info.profile_by_id(gi.profile_id)
+            name = profile.name if profile else str(gi.profile_id)
+            counts[name] = counts.get(name, 0) + 1
+        view.instances = counts
+        if d is not None:
+            want: Dict[str, int] = {}
+            for inst in d.instances:  # type: ignore[attr-defined]
+                want[inst.profile.name] = want.get(inst.profile.name, 0) + 1
+            view.desired = want
+            view.match = layout_matches(plan_gpu(info, d, state))  # type: ignore[arg-type]
+    return views
+
+
+def _write(path: str, build, owned) -> None:
+    try:
+        previous = metrics.read_samples(path)
+        metrics.write(path, build(previous), owned, previous)
+    except OSError as e:
+        log.warning("metrics_write_failed", msg=f"cannot write the metrics file {path}: {e.strerror or e} "
+                                                "([daemon] metrics_file)", path=path)
