@@ -117,13 +117,16 @@ def test_decide(setting, changed, state, expected):
     assert cdi.decide(setting, changed, state) is expected
 
 
-def test_persistence_only_is_no_change():
+def test_persistence_and_pending_mode_are_no_change():
     from migd.apply import GpuResult
     from migd.plan import Action
 
     persist = GpuResult(0, "applied", done=[Action(kind="set_persistence", gpu=0, enabled=True)])
-    mode = GpuResult(1, "pending", done=[Action(kind="set_mig_mode", gpu=1, enabled=True)])
-    assert cdi.changed_gpus([persist, mode]) == [1]
+    pending = GpuResult(1, "pending", done=[Action(kind="set_mig_mode", gpu=1, enabled=True)])
+    mode = GpuResult(2, "applied", done=[Action(kind="set_mig_mode", gpu=2, enabled=True)])
+    gone = GpuResult(3, "pending", done=[Action(kind="destroy_gi", gpu=3, gi_id=1),
+                                         Action(kind="set_mig_mode", gpu=3, enabled=False)])
+    assert cdi.changed_gpus([persist, pending, mode, gone]) == [2, 3]
 
 
 @pytest.mark.parametrize("value,ok", [('"auto"', True), ('"off"', True), ('"on"', False), ("true", False)])

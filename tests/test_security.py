@@ -308,10 +308,15 @@ def _calls_in(path: Path):
 
 
 def test_the_only_process_migd_starts_is_systemctl():
-    """Static: in all of src/migd (but the simulator), one call site starts a process: service._systemctl."""
+    """Static: in all of src/migd (but the simulator), the call sites that start a process: service._systemctl and
+    cdi.py's two (systemctl show / --no-block restart of the one CDI refresh unit)."""
     src = R.ROOT / "src" / "migd"
     sites = [c for p in sorted(src.rglob("*.py")) if "sim" not in p.relative_to(src).parts for c in _calls_in(p)]
-    assert [(f, call) for f, _, call in sites] == [("service.py", "subprocess.run")], sites
+    assert [(f, call) for f, _, call in sites] == [("cdi.py", "subprocess.run")] * 2 + [("service.py", "subprocess.run")], \
+        sites
+    cdi = (src / "cdi.py").read_text()
+    assert '["systemctl", "show", "--property=LoadState", "--value", "--", unit]' in cdi
+    assert '["systemctl", "--no-block", "restart", "--", unit]' in cdi and 'UNIT = "nvidia-cdi-refresh.service"' in cdi
     text = (src / "service.py").read_text()
     assert 'subprocess.run(["systemctl", verb, "--", *units]' in text  # an argv, never a shell; units after --
     assert "shell=True" not in "".join(p.read_text() for p in src.rglob("*.py"))
@@ -352,7 +357,9 @@ def test_stop_clients_runs_systemctl_only_for_configured_units_holding_the_gpu(h
 
     r = _migd(host, "apply", "--stop-clients", config=conf)
     assert ran == [["systemctl", "stop", "--", "nvidia-dcgm.service"],
-                   ["systemctl", "start", "--", "nvidia-dcgm.service"]], ran
+                   ["systemctl", "start", "--", "nvidia-dcgm.service"],
+                   # the layout changed: is there a CDI refresh unit to re-run? (the spy says no: "")
+                   ["systemctl", "show", "--property=LoadState", "--value", "--", "nvidia-cdi-refresh.service"]], ran
     assert r.named("clients_not_stopped") and "gdm.service" in r.named("clients_not_stopped")[0]["msg"]
     monkeypatch.setattr(sp, "run", real_run)
 
@@ -396,7 +403,8 @@ def test_unit_is_hardened(name):
     assert d[("[Service]", "SystemCallFilter")] == ["@system-service", "~@resources"]
     assert sorted(d[("[Service]", "DeviceAllow")]) == sorted(
         f"char-{n} rwm" for n in ("nvidia", "nvidia-frontend", "nvidiactl", "nvidia-caps"))
-    assert ("[Service]", "ReadWritePaths") not in d, "migd writes only its RuntimeDirectory"
+    # migd writes only its RuntimeDirectory and the metrics file in node_exporter's textfile directory
+    assert d.get(("[Service]", "ReadWritePaths")) == ["-/var/lib/prometheus/node-exporter"]
     assert ("[Service]", "User") not in d  # root: see README "Hardening"
 
 

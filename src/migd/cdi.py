@@ -31,8 +31,12 @@ _TIMEOUT = 10.0  # both calls only talk to PID 1 (a property read, a job enqueue
 
 def changed_gpus(results: Iterable) -> list:
     """The GPUs whose MIG devices an apply changed: any action done but persistence mode (which no CDI spec
-    reflects). A rolled-back or lost GPU counts too: its instances were re-created (new UUIDs) or partly changed."""
-    return sorted(r.gpu for r in results if any(a.kind != "set_persistence" for a in r.done))
+    reflects) and a MIG mode change left pending (nothing visible changed yet). A rolled-back or lost GPU counts
+    too: its instances were re-created (new UUIDs) or partly changed."""
+    def visible(r, a) -> bool:
+        return a.kind != "set_persistence" and not (a.kind == "set_mig_mode" and r.outcome == "pending")
+
+    return sorted(r.gpu for r in results if any(visible(r, a) for a in r.done))
 
 
 def decide(setting: str, changed: Sequence[int], load_state: Optional[str]) -> bool:
