@@ -49,8 +49,9 @@ STUB_UNIT = textwrap.dedent("""\
 
 SCENARIO = textwrap.dedent("""\
     #!/usr/bin/python3
-    import json, subprocess, sys, time, urllib.request
-    SIM, MIGD, RUNS = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
+    # One phase per call (the harness gives each command 30 s); prints what it saw as JSON.
+    import json, re, subprocess, sys, time, urllib.request
+    PHASE, SIM, MIGD, RUNS, GI = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4], sys.argv[5]
     out = {"steps": []}
 
     def migd_lines():
@@ -60,8 +61,7 @@ SCENARIO = textwrap.dedent("""\
             return ["# scrape failed: %s" % e]
         return [l for l in text.splitlines() if l.startswith(("migd_", "node_textfile_scrape_error"))]
 
-    def wait_metrics(pattern, timeout=20):
-        import re
+    def wait_metrics(pattern, timeout=15):
         deadline = time.monotonic() + timeout
         while True:
             lines = migd_lines()
@@ -75,38 +75,40 @@ SCENARIO = textwrap.dedent("""\
         except FileNotFoundError:
             return []
 
-    def wait_runs(n, timeout=20):
+    def wait_new_run(before, timeout=10):
         deadline = time.monotonic() + timeout
-        while len(runs()) < n and time.monotonic() < deadline:
+        while len(runs()) <= before and time.monotonic() < deadline:
             time.sleep(0.2)
-        return runs()
+        return runs()[before:]
 
     def run(*argv):
-        r = subprocess.run(list(argv), capture_output=True, text=True)
+        r = subprocess.run(list(argv), capture_output=True, text=True, timeout=20)
         out["steps"].append({"argv": argv, "rc": r.returncode, "out": r.stdout[-2000:], "err": r.stderr[-2000:]})
         return r.returncode
 
-    out["boot_runs"] = wait_runs(1)
-    out["boot_scrape"] = wait_metrics(r"^migd_last_check_timestamp_seconds ")
-    # 1. an instance destroyed behind migd's back: migd-watch (drift_policy = "log") sees it
-    out["t_destroy"] = time.monotonic()
-    run(*SIM, "destroy-gi", "0", sys.argv[4])
-    out["drift_scrape"] = wait_metrics(r'^migd_gpu_layout_match\\{gpu="0".* 0$')
-    # 2. the admin repairs it
-    out["t_apply"] = time.monotonic()
-    out["apply_rc"] = run(*MIGD, "apply")
-    out["apply_runs"] = wait_runs(len(out["boot_runs"]) + 1)
-    out["applied_scrape"] = wait_metrics(r'^migd_gpu_layout_match\\{gpu="0".* 1$')
-    # 3. migd-watch re-applies by itself
-    with open("/etc/migd.toml", "a") as f:
-        f.write('drift_policy = "reapply"\\n')
-    # SIGHUP, what `systemctl reload` sends through the unit's /bin/kill (procps: not in this minimal rootfs)
-    run("systemctl", "kill", "--kill-whom=main", "--signal=HUP", "migd-watch.service")
-    time.sleep(2)
-    out["t_reapply"] = time.monotonic()
-    run(*SIM, "destroy-gi", "0", sys.argv[4])
-    out["reapply_runs"] = wait_runs(len(out["apply_runs"]) + 1)
-    out["final_scrape"] = migd_lines()
+    if PHASE == "1-boot":
+        out["boot_runs"] = wait_new_run(0)
+        out["boot_scrape"] = wait_metrics(r"^migd_last_check_timestamp_seconds ")
+    elif PHASE == "2-drift":  # an instance destroyed behind migd's back: migd-watch (drift_policy = "log") sees it
+        run(*SIM, "destroy-gi", "0", GI)
+        out["drift_scrape"] = wait_metrics(r'^migd_gpu_layout_match\\{gpu="0".* 0$')
+    elif PHASE == "3-apply":  # the admin repairs it
+        before = len(runs())
+        out["t_apply"] = time.monotonic()
+        out["apply_rc"] = run(*MIGD, "apply")
+        out["apply_runs"] = wait_new_run(before)
+        out["applied_scrape"] = wait_metrics(r'^migd_gpu_layout_match\\{gpu="0".* 1$')
+    elif PHASE == "4-reapply":  # migd-watch re-applies by itself
+        with open("/etc/migd.toml", "a") as f:
+            f.write('drift_policy = "reapply"\\n')
+        # SIGHUP, what `systemctl reload` sends through the unit's /bin/kill (procps: not in this minimal rootfs)
+        run("systemctl", "kill", "--kill-whom=main", "--signal=HUP", "migd-watch.service")
+        time.sleep(2)
+        before = len(runs())
+        out["t_reapply"] = time.monotonic()
+        run(*SIM, "destroy-gi", "0", GI)
+        out["reapply_runs"] = wait_new_run(before)
+        out["final_scrape"] = migd_lines()
     print(json.dumps(out))
     """)
 
@@ -133,14 +135,19 @@ def test_cdi_refresh_and_node_exporter_metrics_under_real_systemd(boot_base, boo
     enable_units(root, "prometheus-node-exporter.service")
     assert (root / "var/lib/prometheus/node-exporter").is_dir()  # Debian's textfile directory: migd's default
 
-    scenario = ["/usr/local/bin/ecosys-scenario", json.dumps(_sim()), json.dumps(_migd()), RUNS, str(NOTEBOOK_GI)]
+    args = [json.dumps(_sim()), json.dumps(_migd()), RUNS, str(NOTEBOOK_GI)]
+    phases = ("1-boot", "2-drift", "3-apply", "4-reapply")
     r = boot_vm(units=[*UNITS, "nvidia-cdi-refresh.service", "prometheus-node-exporter.service"], timeout=150,
-                commands={"scenario": scenario}).check()
+                commands={p: ["/usr/local/bin/ecosys-scenario", p, *args] for p in phases}).check()
     migd = r.unit("migd.service")
     assert migd["Result"] == "success", r.describe()
-    cmd = r.command("scenario")
-    assert cmd["rc"] == 0, cmd
-    out = json.loads(cmd["stdout"])
+    out: dict = {"steps": []}
+    for phase in phases:
+        cmd = r.command(phase)
+        assert cmd["rc"] == 0, (phase, cmd)
+        part = json.loads(cmd["stdout"])
+        out["steps"] += part.pop("steps")
+        out.update(part)
     assert all(s["rc"] == 0 for s in out["steps"]), json.dumps(out["steps"], indent=1)
 
     # --- CDI: at boot, queued by migd (never waited for: migd.service finished) and run after migd's change ------
@@ -154,12 +161,12 @@ def test_cdi_refresh_and_node_exporter_metrics_under_real_systemd(boot_base, boo
 
     # ... after `migd apply` repaired a hand-made drift ...
     assert out["apply_rc"] == 0
-    new = out["apply_runs"][len(out["boot_runs"]):]
-    assert len(new) == 1 and new[0]["t"] > out["t_apply"] and new[0]["gis"] == [3, 3], out["apply_runs"]
+    new = out["apply_runs"]
+    assert len(new) == 1 and new[0]["t"] > out["t_apply"] and new[0]["gis"] == [3, 3], new
 
     # ... and after migd-watch re-applied one by itself
-    new = out["reapply_runs"][len(out["apply_runs"]):]
-    assert len(new) == 1 and new[0]["t"] > out["t_reapply"] and new[0]["gis"] == [3, 3], out["reapply_runs"]
+    new = out["reapply_runs"]
+    assert len(new) == 1 and new[0]["t"] > out["t_reapply"] and new[0]["gis"] == [3, 3], new
     assert _events(r, "migd-watch.service", "drift_reapplied", MIGD_GPU="0")
     assert len(_events(r, "migd-watch.service", "cdi_refresh")) == 1
 
