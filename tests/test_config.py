@@ -209,7 +209,7 @@ def test_unknown_keys_at_every_level():
         (1, "colour"), (14, "extra"), (12, "daemon.watch"), (6, "gpu[0].flavour"), (8, "gpu[0].instances[0].nmae")]
     messages = dict(((line, key), msg) for line, key, msg in found)
     assert "[[gpu]] tables and one [daemon] table" in messages[(1, "colour")]
-    assert "[daemon] accepts drift_policy, driver_wait_timeout, lock_timeout" in messages[(12, "daemon.watch")]
+    assert "[daemon] accepts cdi_refresh, drift_policy, driver_wait_timeout, lock_timeout, metrics_file" in messages[(12, "daemon.watch")]
     assert "accepts instances, mig, select" in messages[(6, "gpu[0].flavour")]
     assert "accepts compute, name, profile" in messages[(8, "gpu[0].instances[0].nmae")]
 

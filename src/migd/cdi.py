@@ -76,7 +76,8 @@ def refresh_after(setting: str, changed: Sequence[int], unit: str = UNIT) -> boo
         error = str(e)
     if error:
         log.warning("cdi_refresh_failed", msg=f"cannot queue {unit} after the MIG change (CDI spec may be stale: "
-                                              f"run `systemctl restart {unit}`): {error}", unit=unit, gpus=list(changed))
+                                              f"run `systemctl restart {unit}`): {error}", unit=unit,
+                    gpus=list(changed))
         return False
     log.info("cdi_refresh", msg=f"queued {unit} to regenerate the CDI spec for GPU(s) "
                                 f"{', '.join(map(str, changed))}", unit=unit, gpus=list(changed))

@@ -20,6 +20,23 @@ log = get_logger()
 def after_apply(backend, cfg: Config, desired: Mapping[int, object], results: Mapping[int, object],
                 started: float) -> None:
     """After any apply (boot, `migd apply`, a watchdog re-apply); `started`: time.monotonic() at its start."""
+    try:
+        _after_apply(backend, cfg, desired, results, started)
+    except Exception as e:  # the GPUs are applied whatever happens here
+        log.error("publish_failed", msg=f"after the apply: {type(e).__name__}: {e}", exc_info=True)
+
+
+def after_check(cfg: Config, backend) -> None:
+    """After each migd-watch check, with its (still open, maybe never opened) backend: the GPUs are looked at again
+    from the backend's cache, so no extra NVML reads."""
+    try:
+        _after_check(cfg, backend)
+    except Exception as e:  # never break the watchdog's loop
+        log.error("publish_failed", msg=f"after the check: {type(e).__name__}: {e}", exc_info=True)
+
+
+def _after_apply(backend, cfg: Config, desired: Mapping[int, object], results: Mapping[int, object],
+                 started: float) -> None:
     from . import apply as engine
 
     duration = time.monotonic() - started
@@ -33,9 +50,7 @@ def after_apply(backend, cfg: Config, desired: Mapping[int, object], results: Ma
     _write(path, lambda prev: metrics.apply_samples(views or [], ok, time.time(), duration), metrics.APPLY_FAMILIES)
 
 
-def after_check(cfg: Config, backend, statuses: Mapping[int, str]) -> None:
-    """After each migd-watch check, with its (still open, maybe never opened) backend. `statuses` is what the check
-    found; the GPUs are looked at again here from the backend's cache, so no extra NVML reads."""
+def _after_check(cfg: Config, backend) -> None:
     path = metrics.resolve_path(cfg.daemon.metrics_file)
     if not path:
         return
@@ -46,7 +61,7 @@ def after_check(cfg: Config, backend, statuses: Mapping[int, str]) -> None:
         views = observe(backend, layout.desired_for(cfg, backend.gpus()))
     except (DriverError, MigdError, ValueError, RuntimeError) as e:
         log.debug("metrics_check_partial", msg=f"check metrics without GPU series: {e}")
-    success = views is not None and not any(v.unreadable or v.lost for v in views) and -1 not in statuses
+    success = views is not None and not any(v.unreadable or v.lost for v in views)
     _write(path, lambda prev: metrics.check_samples(views or [], success, time.time(), prev), metrics.CHECK_FAMILIES)
 
 

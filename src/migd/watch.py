@@ -181,7 +181,7 @@ class Watcher:
         except DriverError as e:
             self._report(-1, "error", "", str(e))
         finally:
-            publish.after_check(self.cfg, backend, statuses)  # metrics file, under the check's shared lock
+            publish.after_check(self.cfg, backend)  # metrics file, under the check's shared lock
             backend.close()
         return statuses, reapply
 

@@ -20,8 +20,17 @@ import textwrap
 import pytest
 
 from .rootfs import enable_units, install_file
-from .test_migd_boot import NOTEBOOK_GI, SIM_STATE, UNITS, _events, _install_migd, _migd, _sim, _ts
-from .test_migd_boot import migd_deb  # noqa: F401  (fixture)
+from .test_migd_boot import (
+    NOTEBOOK_GI,
+    SIM_STATE,
+    UNITS,
+    _events,
+    _install_migd,
+    _migd,
+    _sim,
+    _ts,
+    migd_deb,  # noqa: F401  (fixture)
+)
 
 pytestmark = pytest.mark.boot
 
