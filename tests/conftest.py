@@ -62,6 +62,8 @@ def _isolated_env(request, monkeypatch):
         return
     for var in ("MIGD_READ_ONLY", "MIGD_SIM_FAULTS", "MIGD_SIMULATE", "MIGD_SIM_STATE", "MIGD_CONFIG"):
         monkeypatch.delenv(var, raising=False)
+    # never write this machine's node_exporter textfile directory (default metrics_file) from a test
+    monkeypatch.setenv("MIGD_TEXTFILE_DIR", "/nonexistent/migd-test-textfile")
     yield
 
 
@@ -142,6 +144,7 @@ def python_env() -> dict:
     """Environment for child Python processes: migd importable from the source tree, nothing inherited."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MIGD_")}
     env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
+    env["MIGD_TEXTFILE_DIR"] = "/nonexistent/migd-test-textfile"  # see _isolated_env
     return env
 
 

@@ -99,6 +99,10 @@ def test_config_man_page_documents_every_key_and_default():
     daemon = page.split("DAEMON SETTINGS", 1)[1].split("ERRORS", 1)[0]
     for key, value in vars(DaemonSettings()).items():
         shown = {True: "true", False: "false"}.get(value) if isinstance(value, bool) else None
+        if value is None:  # decided at run time: metrics_file is the textfile directory's file where it exists
+            from migd.metrics import DEFAULT_FILE
+
+            shown = {"metrics_file": DEFAULT_FILE}[key]
         if shown is None:
             shown = json.dumps(list(value)) if isinstance(value, tuple) else (
                 f'"{value}"' if isinstance(value, str) else f"{value:g}")

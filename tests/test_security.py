@@ -309,13 +309,18 @@ def _calls_in(path: Path):
 
 
 def test_the_only_process_migd_starts_is_systemctl():
-    """Static: in all of src/migd (but the simulator), one call site starts a process: clients.systemctl."""
+    """Static: in all of src/migd (but the simulator), the call sites that start a process are clients.systemctl and
+    clients.load_state (systemctl show of one unit's LoadState, for the CDI refresh)."""
     src = R.ROOT / "src" / "migd"
     sites = [c for p in sorted(src.rglob("*.py")) if "sim" not in p.relative_to(src).parts for c in _calls_in(p)]
-    assert [(f, call) for f, _, call in sites] == [("clients.py", "subprocess.run")], sites
+    assert [(f, call) for f, _, call in sites] == [("clients.py", "subprocess.run")] * 2, sites
     text = (src / "clients.py").read_text()
     # an argv, never a shell; units after --
     assert 'subprocess.run(["systemctl", *(["--no-block"] if no_block else []), verb, "--", *units]' in text
+    assert 'subprocess.run(["systemctl", "show", "--property=LoadState", "--value", "--", unit]' in text
+    cdi = (src / "cdi.py").read_text()
+    assert 'clients.systemctl("restart", [unit], no_block=True, quiet=True)' in cdi
+    assert 'UNIT = "nvidia-cdi-refresh.service"' in cdi
     assert "shell=True" not in "".join(p.read_text() for p in src.rglob("*.py"))
     calls = re.findall(r'\brun\("(\w+)"', text) + re.findall(r'systemctl\("(\w+)"', (src / "engine.py").read_text())
     assert set(calls) == {"stop", "start"}, calls
@@ -358,7 +363,7 @@ def test_stop_clients_runs_systemctl_only_for_configured_units_holding_the_gpu(h
 
     r = _migd(host, "apply", "--stop-clients", config=conf)
     assert ran == [["systemctl", "stop", "--", "nvidia-dcgm.service"],
-                   ["systemctl", "start", "--", "nvidia-dcgm.service"]], ran
+                   ["systemctl", "start", "--", "nvidia-dcgm.service"]], ran  # still pending: no CDI refresh
     assert r.named("clients_not_stopped") and "gdm.service" in r.named("clients_not_stopped")[0]["msg"]
     monkeypatch.setattr(sp, "run", real_run)
 
@@ -402,7 +407,8 @@ def test_unit_is_hardened(name):
     assert d[("[Service]", "SystemCallFilter")] == ["@system-service", "~@resources"]
     assert sorted(d[("[Service]", "DeviceAllow")]) == sorted(
         f"char-{n} rwm" for n in ("nvidia", "nvidia-frontend", "nvidiactl", "nvidia-caps"))
-    assert ("[Service]", "ReadWritePaths") not in d, "migd writes only its RuntimeDirectory"
+    # migd writes only its RuntimeDirectory and the metrics file in node_exporter's textfile directory
+    assert d.get(("[Service]", "ReadWritePaths")) == ["-/var/lib/prometheus/node-exporter"]
     assert ("[Service]", "User") not in d  # root: see README "Hardening"
 
 

@@ -1,7 +1,8 @@
 """`apply --stop-clients`: stop the configured client units that hold a GPU, so a mode change can take effect.
 
-The only place migd starts a process: `systemctl stop|start -- UNIT…` (and `systemctl --no-block reboot` for
-on_pending = "reboot-once"), an argv, never a shell.
+The only place migd starts a process: `systemctl stop|start -- UNIT…`, `systemctl --no-block reboot` for
+on_pending = "reboot-once", and for the CDI refresh (cdi.py) `systemctl show --property=LoadState` and
+`systemctl --no-block restart` of nvidia-cdi-refresh.service; an argv, never a shell.
 """
 
 from __future__ import annotations
@@ -17,16 +18,37 @@ from .log import get_logger
 log = get_logger()
 
 
-def systemctl(verb: str, units: Sequence[str], no_block: bool = False) -> Optional[str]:
-    """Returns None, or systemctl's complaint (logged). no_block: queue the job, do not wait for it."""
-    r = subprocess.run(["systemctl", *(["--no-block"] if no_block else []), verb, "--", *units],
-                       capture_output=True, text=True, check=False)
-    if r.returncode:
-        why = r.stderr.strip() or f"exit {r.returncode}"
+_TIMEOUT = 30.0  # a --no-block job or a property read only talks to PID 1; a blocking stop/start has no limit
+
+
+def systemctl(verb: str, units: Sequence[str], no_block: bool = False, quiet: bool = False) -> Optional[str]:
+    """Returns None, or systemctl's complaint (logged unless `quiet`: the caller words it). no_block: queue the job,
+    do not wait for it."""
+    try:
+        r = subprocess.run(["systemctl", *(["--no-block"] if no_block else []), verb, "--", *units],
+                           capture_output=True, text=True, check=False, timeout=_TIMEOUT if no_block else None)
+        why = (r.stderr.strip() or f"exit {r.returncode}") if r.returncode else None
+    except (OSError, subprocess.TimeoutExpired) as e:
+        why = str(e)
+    if why and not quiet:
         log.error("systemctl_failed", msg=f"systemctl {verb} {' '.join(units)}: {why}", verb=verb,
                   units=list(units))
-        return why
-    return None
+    return why
+
+
+def load_state(unit: str) -> Optional[str]:
+    """systemd's LoadState of a unit ("loaded", "not-found", "masked"), or None when systemctl cannot say (not
+    booted with systemd, no systemctl)."""
+    try:
+        r = subprocess.run(["systemctl", "show", "--property=LoadState", "--value", "--", unit],
+                           capture_output=True, text=True, timeout=_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        log.debug("load_state_unknown", msg=f"cannot ask systemd about {unit}: {e}")
+        return None
+    if r.returncode:
+        log.debug("load_state_unknown", msg=f"systemctl show {unit}: {r.stderr.strip()}")
+        return None
+    return r.stdout.strip()
 
 
 def stop_holding_units(backend: Backend, gpus: Sequence[int], allowed: Sequence[str],

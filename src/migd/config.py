@@ -32,7 +32,7 @@ MAX_INSTANCES = 64
 _GPU_KEYS = {"select", "hosts", "mig", "instances"}
 _INSTANCE_KEYS = {"profile", "name", "compute"}
 _DAEMON_KEYS = {"watch_interval", "drift_policy", "driver_wait_timeout", "persistence_mode", "stop_clients",
-                "lock_timeout", "on_pending"}
+                "lock_timeout", "on_pending", "cdi_refresh", "metrics_file"}
 _PROFILE_RE = re.compile(r"^(mig )?([1-8]g(\.\d{1,4}gb)?([+-][a-z.]{1,8})*|\d{1,3})\Z", re.I)
 _COMPUTE_RE = re.compile(
     r"^(mig )?([1-8]c(\.[1-8]g\.\d{1,4}gb([+-][a-z.]{1,8})*)?|[1-8]g\.\d{1,4}gb([+-][a-z.]{1,8})*|\d{1,2})\Z", re.I)
@@ -544,6 +544,20 @@ class _Parser:
                              'must be a list of systemd unit names, e.g. ["nvidia-dcgm.service", "nvsm.service"]')
             else:
                 values["stop_clients"] = tuple(units)
+        if "cdi_refresh" in d:
+            if d["cdi_refresh"] not in ("auto", "off"):
+                self.problem(["daemon", "cdi_refresh"], f'must be "auto" or "off", got {_show(d["cdi_refresh"])}')
+            else:
+                values["cdi_refresh"] = d["cdi_refresh"]
+        if "metrics_file" in d:
+            v = d["metrics_file"]
+            # node_exporter's textfile collector reads only *.prom: any other name would never be scraped
+            absolute_prom = isinstance(v, str) and v.startswith("/") and v.endswith(".prom")
+            if not isinstance(v, str) or (v and not (absolute_prom and "\n" not in v and "\0" not in v)):
+                self.problem(["daemon", "metrics_file"], 'must be an absolute path ending in ".prom" (node_exporter\'s'
+                             f' textfile collector reads only *.prom), or "" for no metrics, got {_show(v)}')
+            else:
+                values["metrics_file"] = v
         self.daemon_values = values
         return DaemonSettings(**{**defaults.__dict__, **values})
 

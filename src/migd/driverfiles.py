@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
-from dataclasses import dataclass
+from ._record import dataclass
 from typing import Callable, List, Mapping, Optional, Sequence
 
 LIBRARY = "libnvidia-ml.so.1"

@@ -13,9 +13,9 @@ Results are typed (dataclasses, enums); the exit-code policy for every verb live
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
-from ._record import dataclass, field
+import time
+from ._record import dataclass, field, replace
 from enum import Enum
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 
@@ -201,6 +201,7 @@ class Engine:
     def apply(self, desired: Dict[int, DesiredGpu], gpus: Optional[Sequence[int]] = None,
               stop_clients: bool = False) -> ApplyResult:
         """Apply `gpus` (default: every selected one) under the exclusive lock, then record every selected GPU."""
+        started = time.monotonic()
         infos = self.infos()
         targets = sorted(desired) if gpus is None else sorted(gpus)
         with runstate.locked(self.config.daemon.lock_timeout, directory=self.run_dir):
@@ -223,6 +224,12 @@ class Engine:
                         log.info("clients_restarted", msg=f"restarted {', '.join(stopped)}", units=stopped)
             outcome = ApplyResult(dict(sorted(results.items())))
             outcome.record_error = self.record(desired, outcome.gpus)
+            # CDI refresh and the metrics file, under the lock (which keeps metrics writers apart); never raises.
+            # Imported here: read verbs never load it.
+            from . import publish
+
+            publish.after_apply(self.backend, self.config, desired, outcome.gpus, outcome.exit_code == E.EXIT_OK,
+                                started)
         return outcome
 
     def _holders(self, i: int) -> List[str]:
@@ -398,7 +405,7 @@ def apply_gpu(backend: Backend, info: GpuInfo, desired: DesiredGpu, persistence:
             result.done.append(action)
             shown = action
             if action.kind in (ActionKind.CREATE_GI, ActionKind.CREATE_CI):  # the log names the GI the driver made
-                shown = dataclasses.replace(action, gi_id=slot_gi[action.slot])  # type: ignore[index]
+                shown = replace(action, gi_id=slot_gi[action.slot])  # type: ignore[index]
             glog.info(action.kind.value, msg=str(shown), **_fields(shown))
         # Verify: re-read and re-plan. A read that fails here comes after changes: a failure like any other.
         after = backend.state(g)

@@ -219,6 +219,8 @@ class DaemonSettings:
     stop_clients: Tuple[str, ...] = ()
     lock_timeout: float = 30.0
     on_pending: str = "fail"  # "fail" | "reboot-once": what boot does about a MIG mode change left pending
+    cdi_refresh: str = "auto"  # "auto": re-run nvidia-cdi-refresh.service after a change, when it exists | "off"
+    metrics_file: Optional[str] = None  # None: the node_exporter textfile dir's migd.prom when it exists; "": off
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from ._record import dataclass
 from typing import Callable, Dict, Optional, Sequence
 
 from . import runstate

@@ -28,8 +28,9 @@ from typing import Dict, List, Optional, Tuple
 
 from . import config as config_mod
 from . import errors as E
-from . import layout, runstate
+from . import layout, publish, runstate
 from .engine import ApplyResult, CheckStatus, Engine, GpuResult, Outcome
+from .layout import DesiredGpu
 from .errors import ConfigError, DriverError, LockBusy
 from .log import get_logger
 from .model import GpuState
@@ -286,6 +287,7 @@ class Watcher:
         engine = self._engine(read_only=True)
         statuses: Dict[int, str] = {}
         reapply = []
+        desired: Optional[Dict[int, DesiredGpu]] = None
         try:
             engine.backend.open()
             infos = engine.infos()
@@ -293,7 +295,8 @@ class Watcher:
                 if info.lost:  # once per change, like drift
                     self._report(info.index, "error", "", "lost (fell off the bus); see dmesg for Xid errors")
                     statuses[info.index] = CheckStatus.LOST
-            for i, d in engine.desired().items():
+            desired = engine.desired()
+            for i, d in desired.items():
                 state = engine.backend.state(i)
                 row = engine.compare_gpu(infos[i], d, state)
                 self._report(i, row.status, row.expected, row.found, row.diff)
@@ -301,6 +304,7 @@ class Watcher:
                 if self._wants_reapply(i, row.status, row.found, state):
                     reapply.append(i)
         finally:
+            publish.after_check(self.cfg, engine.backend, desired)  # metrics file, under the check's shared lock
             engine.backend.close()
         return statuses, reapply
 

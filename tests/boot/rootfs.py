@@ -47,8 +47,9 @@ SUITE = "bookworm"
 VARIANT = "essential"
 # systemd: PID 1, systemctl, journalctl, journald.  systemd-sysv: /sbin/init.
 # dbus: a real system bus like production.  python3: system python (3.11 on
-# bookworm) for the collector and for the product.
-DEFAULT_PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3")
+# bookworm) for the collector and for the product. prometheus-node-exporter: Debian's node_exporter, whose textfile
+# collector serves migd's metrics file (tests/boot/test_ecosys_boot.py scrapes it).
+DEFAULT_PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "prometheus-node-exporter")
 DEFAULT_MIRRORS = (
     "deb http://deb.debian.org/debian {suite} main",
     "deb http://deb.debian.org/debian {suite}-updates main",

@@ -1,0 +1,115 @@
+"""After an apply or a watchdog check: tell the world around the GPUs (CDI spec refresh, Prometheus metrics).
+
+The two hooks the apply paths and migd-watch call; both run under /run/migd/lock (which keeps metrics writers
+apart) and never raise: the GPUs are applied or checked either way, a failure here is a logged warning.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Sequence
+
+from . import cdi, metrics
+from .errors import DriverError, MigdError
+from .log import get_logger
+from .model import Config
+
+if TYPE_CHECKING:
+    from .backend import Backend
+    from .cdi import AppliedGpu
+    from .layout import DesiredGpu
+
+log = get_logger()
+
+
+def after_apply(backend: "Backend", cfg: Config, desired: Mapping[int, "DesiredGpu"],
+                results: Mapping[int, "AppliedGpu"], ok: bool,
+                started: float) -> None:
+    """After any apply (boot, `migd apply`, a watchdog re-apply: Engine.apply); `ok`: the apply's exit code was 0;
+    `started`: time.monotonic() at its start."""
+    try:
+        _after_apply(backend, cfg, desired, results, ok, started)
+    except Exception as e:  # the GPUs are applied whatever happens here
+        log.error("publish_failed", msg=f"after the apply: {type(e).__name__}: {e}", exc_info=True)
+
+
+def after_check(cfg: Config, backend: "Backend", desired: Optional[Mapping[int, "DesiredGpu"]]) -> None:
+    """After each migd-watch check, with its (still open, maybe never opened) backend and the desired layouts the
+    check compared against (None: the check failed before it had them): the GPUs are looked at again from the
+    backend's cache, so no extra NVML reads."""
+    try:
+        _after_check(cfg, backend, desired)
+    except Exception as e:  # never break the watchdog's loop
+        log.error("publish_failed", msg=f"after the check: {type(e).__name__}: {e}", exc_info=True)
+
+
+def _after_apply(backend: "Backend", cfg: Config, desired: Mapping[int, "DesiredGpu"],
+                 results: Mapping[int, "AppliedGpu"], ok: bool,
+                 started: float) -> None:
+    duration = time.monotonic() - started
+    cdi.refresh_after(cfg.daemon.cdi_refresh, cdi.changed_gpus(results.values()))
+    path = metrics.resolve_path(cfg.daemon.metrics_file)
+    if not path:
+        return
+    views = observe(backend, desired)
+    # GPUs that cannot be listed: their series are dropped, never carried over stale
+    _write(path, lambda prev: metrics.apply_samples(views or [], ok, time.time(), duration), metrics.APPLY_FAMILIES)
+
+
+def _after_check(cfg: Config, backend: "Backend", desired: Optional[Mapping[int, "DesiredGpu"]]) -> None:
+    path = metrics.resolve_path(cfg.daemon.metrics_file)
+    if not path:
+        return
+    views: Optional[List[metrics.GpuView]] = None
+    try:
+        views = observe(backend, desired or {})
+    except (DriverError, MigdError, ValueError, RuntimeError) as e:
+        log.debug("metrics_check_partial", msg=f"check metrics without GPU series: {e}")
+    success = desired is not None and views is not None and not any(v.unreadable or v.lost for v in views)
+    _write(path, lambda prev: metrics.check_samples(views or [], success, time.time(), prev), metrics.CHECK_FAMILIES)
+
+
+def observe(backend: "Backend", desired: Mapping[int, "DesiredGpu"]) -> Optional[List[metrics.GpuView]]:
+    """Every GPU as the metrics show it, from the backend (cached reads); None when the GPU list cannot be read."""
+    from .plan import plan_gpu
+    from .report import layout_matches
+
+    try:
+        infos = backend.gpus()
+    except DriverError:
+        return None
+    views = []
+    for info in infos:
+        view = metrics.GpuView(info.index, info.uuid, lost=bool(info.lost))
+        views.append(view)
+        if info.lost:
+            continue
+        d = desired.get(info.index)
+        try:
+            state = backend.state(info.index)
+        except DriverError:
+            view.unreadable = True
+            continue
+        view.mig_current, view.mig_pending = state.mig_current, state.mig_pending
+        counts: Dict[str, int] = {}
+        for gi in state.instances:
+            profile = info.profile_by_id(gi.profile_id)
+            name = profile.name if profile else str(gi.profile_id)
+            counts[name] = counts.get(name, 0) + 1
+        view.instances = counts
+        if d is not None:
+            want: Dict[str, int] = {}
+            for inst in d.instances:
+                want[inst.profile.name] = want.get(inst.profile.name, 0) + 1
+            view.desired = want
+            view.match = layout_matches(plan_gpu(info, d, state))
+    return views
+
+
+def _write(path: str, build: Callable[[List[metrics.Sample]], List[metrics.Sample]], owned: Sequence[str]) -> None:
+    try:
+        previous = metrics.read_samples(path)
+        metrics.write(path, build(previous), owned, previous)
+    except OSError as e:
+        log.warning("metrics_write_failed", msg=f"cannot write the metrics file {path}: {e.strerror or e} "
+                                                "([daemon] metrics_file)", path=path)
