@@ -338,7 +338,7 @@ def _measure(model_key: str, sample: int, rule: str, with_migd: bool) -> Dict[st
                 del recorder.calls[:]
                 result = engine.apply_gpu(backend, info, desired)
                 migd_t.add(recorder.tally())
-                if result.outcome != engine.APPLIED or len(host.gpus[0]["gis"]) != len(layout):
+                if result.outcome != engine.Outcome.APPLIED or len(host.gpus[0]["gis"]) != len(layout):
                     migd_failures.append(f"{_names(info, layout)}: {result.outcome} {result.message}")
 
             _reset_gpu(host)

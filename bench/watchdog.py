@@ -137,7 +137,7 @@ def child(args) -> int:
         "cpu_first": cpu[0], "wall_first": wall[0],
         "cpu": _median(cpu[1:] or cpu), "wall": _median(wall[1:] or wall),
         "checks": args.checks, "statuses": sorted({s for st in statuses for s in st}),
-        "gpus": len(w.last),
+        "gpus": len(w.gpus),
     }
     print(json.dumps(out))
     return 0

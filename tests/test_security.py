@@ -504,7 +504,8 @@ def test_exposure_and_run_dir_in_a_booted_container(boot_base, boot_rootfs, boot
         assert float(score) <= TARGET, (name, score)
     modes = {line.split()[-1]: line.split()[:2] for line in r.command("run_dir")["stdout"].splitlines()}
     assert modes == {"/run/migd": ["755", "root"], "/run/migd/state.json": ["644", "root"],
-                     "/run/migd/devices.env": ["644", "root"], "/run/migd/lock": ["600", "root"]}, modes
+                     "/run/migd/devices.env": ["644", "root"], "/run/migd/lock": ["600", "root"],
+                     "/run/migd/profiles.json": ["644", "root"]}, modes
     status = json.loads(r.command("status")["stdout"])
     assert [i["placement"]["start"] for i in status["gpus"][0]["instances"]] == [0, 4, 6]
     sandbox = r.command("sandbox")["stdout"].split()
