@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence, Tuple
 
 from . import __version__
 from . import errors as E
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from .backend import Backend
     from .boot import NoDriverInstalled
     from .driverfiles import DriverFiles
-    from .engine import ApplyResult, Engine
+    from .engine import ApplyResult, Engine, StatusView
     from .layout import DesiredGpu
     from .model import Config, GpuEntry
     from .plan import Action
@@ -166,6 +166,23 @@ def _engine(args: argparse.Namespace, backend: "Backend", cfg: "Optional[Config]
     return Engine(backend, cfg, run_dir=_run_dir(args), simulated=backend.simulated, host=host)
 
 
+def _live_view(args: argparse.Namespace, backend: "Backend") -> "Tuple[Engine, StatusView]":
+    """The live layout, with instance names and "matches/drift" where a valid config selects the GPU: status and
+    export work without a (valid) config, they only lose the names."""
+    try:
+        cfg: Optional[Config] = _load_config(args)
+    except ConfigError:
+        cfg = None
+    engine = _engine(args, backend, cfg)
+    desired = None
+    if cfg is not None:
+        try:
+            desired = engine.desired()
+        except ConfigError:
+            pass
+    return engine, engine.status(desired)
+
+
 def _load_config(args: argparse.Namespace, privileged: bool = False) -> "Config":
     """privileged: the verb may change GPUs, so as root the file must be one only root can change (sshd-style)."""
     from . import config
@@ -181,18 +198,7 @@ def cmd_status(args: argparse.Namespace, read_only: bool) -> int:
 
     backend = _backend(args, True)
     try:
-        try:
-            cfg: Optional[Config] = _load_config(args)
-        except ConfigError:
-            cfg = None  # status works without a (valid) config: it only loses instance names
-        engine = _engine(args, backend, cfg)
-        desired = None
-        if cfg is not None:
-            try:
-                desired = engine.desired()
-            except ConfigError:
-                pass
-        view = engine.status(desired)
+        engine, view = _live_view(args, backend)
         if args.json:
             print(schema.dumps(engine.status_doc(view, backend.description)))
         else:
@@ -307,18 +313,7 @@ def cmd_export(args: argparse.Namespace, read_only: bool) -> int:
             desired = _engine(args, backend, cfg).desired() if cfg is not None else None
             print(slurm.export(backend, desired, cfg.path if cfg is not None else None), end="")
             return E.EXIT_OK
-        try:
-            cfg = _load_config(args)
-        except ConfigError:
-            cfg = None  # names come from the config; without one, the layout alone
-        engine = _engine(args, backend, cfg)
-        desired = None
-        if cfg is not None:
-            try:
-                desired = engine.desired()
-            except ConfigError:
-                pass
-        view = engine.status(desired)
+        _, view = _live_view(args, backend)
         print(report.export_toml(view.gpus, view.names), end="")
         return E.EXIT_OK
     finally:
