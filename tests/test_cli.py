@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -262,3 +264,25 @@ def test_profiles_lists_the_model_table_as_text_and_json(capsys, host):
     # A30: the plain 1g is profile ID 14 (ID 19 on A100/H100), 4 memory slots (reference §2.2)
     assert table["1g.6gb"]["id"] == 14 and table["4g.24gb"]["placements"] == [{"start": 0, "size": 4}]
     assert table["2g.12gb+me"]["instance_count"] == 1
+
+
+def test_the_entry_point_delivers_all_output_and_quits_quietly_on_a_closed_pipe(tmp_path):
+    """`run()` ends the process with os._exit after flushing: everything printed still arrives, whole, and a
+    reader that stops early (`| head`) gets no traceback and exit 0."""
+    import contextlib
+    import io
+
+    from migd.cli import main
+
+    argv = ["--simulate", "dgx-a100", "profiles", "--json"]
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(argv) == 0
+    entry = [sys.executable, "-c", "import sys; from migd.cli import run; sys.argv[0] = 'migd'; run()"]
+    full = subprocess.run(entry + argv, capture_output=True, text=True, check=False)
+    assert full.returncode == 0 and full.stdout == buf.getvalue() and len(full.stdout) > 40000, full.stderr
+    head = subprocess.run(f"{shlex.join(entry + argv)} | head -c 100 >/dev/null; echo ${{PIPESTATUS[0]}}",
+                          shell=True, executable="/bin/bash", capture_output=True, text=True, check=False)
+    assert head.stdout.strip() == "0" and "Traceback" not in head.stderr and "Exception" not in head.stderr, head
+    launcher = (Path(__file__).resolve().parent.parent / "packaging" / "bin" / "migd").read_text()
+    assert "from migd.cli import run" in launcher and launcher.rstrip().endswith("run()")
