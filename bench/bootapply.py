@@ -70,7 +70,9 @@ def minimum_reads(model_key: str = "a100-40gb", count: int = 7) -> Dict[str, int
     return {
         "identity + mode": 6,  # handle, name, UUID, PCI info, architecture, MIG mode
         "persistence + processes before any change": 3,  # MIG off: compute + graphics process lists
-        "profile table": PROFILE_INDEX_END + 1 + supported,  # every index (NOT_SUPPORTED too) + end, placements
+        # every index (NOT_SUPPORTED too) + the end through v2, then v3's capability bits and the placements of each
+        # profile the GPU has (v3 alone is not enough: R580 leaves its name empty, measured on an H200)
+        "profile table": PROFILE_INDEX_END + 1 + 2 * supported,
         "mode after the change": 1,
         "creates' results (GI and CI ids)": 2 * count,
         "verification (mode, persistence, instances, CIs)": 2 + 1 + count + 2 + 2 * count,

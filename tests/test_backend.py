@@ -337,3 +337,24 @@ def test_mode_change_keeps_the_profile_table_and_rereads_it_only_where_empty(sim
     backend._infos[1] = replace(backend.gpus()[1], profiles=())  # as a pre-R550 driver with MIG off
     backend.set_mig_mode(1, True)
     assert backend.gpus()[1].profiles  # read again now that MIG is on
+
+
+def test_profile_names_come_from_v2_because_the_driver_garbles_them_in_v3(sim_backend):
+    """Measured on an H200 with R580 (bytes dumped on the real GPU): the v3 profile-info call fills every number but
+    leaves `name` empty and writes a mis-formatted one ("MIG 7g.0gb" for a 1g profile) 8 bytes further on. The
+    simulator does the same, so a backend that took names (or anything but the capability bits) from v3 shows here;
+    the H100/H200 field-for-field checks against the recordings would fail too."""
+    import ctypes
+
+    import pynvml as N
+
+    from migd.backend.nvml import _GpuInstanceProfileInfoV3
+
+    backend = sim_backend("h200")
+    names = [p.name for p in backend.gpus()[0].profiles]
+    assert names[:5] == ["1g.18gb", "2g.35gb", "3g.71gb", "4g.71gb", "7g.141gb"], names
+    info = _GpuInstanceProfileInfoV3()
+    fn = N._nvmlGetFunctionPointer("nvmlDeviceGetGpuInstanceProfileInfoV")
+    assert fn(N.nvmlDeviceGetHandleByIndex(0), ctypes.c_uint(0), ctypes.byref(info)) == 0
+    assert info.id == 19 and info.memorySizeMB == 16384 and info.name == b""
+    assert bytes(info)[56:66] == b"MIG 7g.0gb"

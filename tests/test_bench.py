@@ -6,6 +6,7 @@ the GPU machine where they are run for real."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -22,7 +23,9 @@ def test_bench_quick_runs_every_simulated_section_and_prints_the_issue_table(tmp
         assert section in r.stdout, (section, r.stdout[-2000:])
     table = r.stdout[r.stdout.index("Issue 12: figure / now / goal"):]
     assert "NVML reads per GPU, fresh-boot apply of 7 × 1g" in table
-    assert "(minimum 111" in table  # the floor bench computes from the same apply's reads
+    # reads per GPU beside the floor bench computes for the same apply: at most a few above it
+    reads, minimum = map(int, re.search(r"\n\s+(\d+) \(minimum (\d+);", table).groups())
+    assert minimum <= reads <= minimum + 3, (reads, minimum)
     assert "watchdog RSS" in table and "section 1 not run" not in table.split("watchdog RSS")[1]
 
 

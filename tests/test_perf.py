@@ -19,7 +19,7 @@ from migd.model import Placement
 
 MUTATING = re.compile(r"Create|Destroy|Set")
 # What a fresh boot apply of 7 × 1g must read per GPU, and the pin (bench section 3 prints both).
-READS_PER_GPU = 114
+READS_PER_GPU = 121  # v2 for the profile fields + v3 for their capability bits: see nvml._profile_info
 
 SEVEN_1G = """
 [[gpu]]

@@ -216,24 +216,31 @@ class NvmlBackend:
         return profiles
 
     def _profile_info(self, i: int, h: Any, index: int) -> Tuple[Any, Optional[int]]:
-        """(profile info, capability bits or None). One call per index: the v3 struct carries every field migd
-        reads plus `capabilities` (P2P, GFX), which nvidia-ml-py does not expose, so it goes through our own struct
-        to the same C function. A driver without v3 (FUNCTION_NOT_FOUND, VERSION_MISMATCH) gets pynvml's v2 call
-        from then on, and no capability bits."""
-        if self._profile_v3:
-            name = "nvmlDeviceGetGpuInstanceProfileInfoV"
-            if not _READ_ONLY_CALLS.fullmatch(name):  # a getter: the guard allows it; kept explicit for the reader
-                raise ReadOnlyViolation(name)
-            info = _GpuInstanceProfileInfoV3()
-            try:
-                fn = self._n._nvmlGetFunctionPointer(name)
-                self._n._nvmlCheckReturn(fn(h, ctypes.c_uint(index), ctypes.byref(info)))
-                return info, int(info.capabilities)
-            except self._n.NVMLError as e:
-                if e.value not in (_FUNCTION_NOT_FOUND, _VERSION_MISMATCH):
-                    raise DriverError(e.value, name, i) from None
-                self._profile_v3 = False
-        return self._call("nvmlDeviceGetGpuInstanceProfileInfo", h, index, gpu=i), None
+        """(profile info, capability bits or None). The fields and the name come from the v2 struct (pynvml's
+        call); the v3 struct is read for its `capabilities` (P2P, GFX) alone, which nvidia-ml-py does not expose.
+        Not v3 for everything: R580 on an H200 (measured, issue 10) fills v3's numbers but leaves its name empty
+        (the driver writes a mis-formatted name 8 bytes further on, at v2's offset)."""
+        info = self._call("nvmlDeviceGetGpuInstanceProfileInfo", h, index, gpu=i)
+        return info, self._profile_capabilities(i, h, index)
+
+    def _profile_capabilities(self, i: int, h: Any, index: int) -> Optional[int]:
+        """v3's capability bits through our own struct and the same C function; None where the driver has no v3
+        (FUNCTION_NOT_FOUND, VERSION_MISMATCH: drivers before R545), and v3 is not asked again."""
+        if not self._profile_v3:
+            return None
+        name = "nvmlDeviceGetGpuInstanceProfileInfoV"
+        if not _READ_ONLY_CALLS.fullmatch(name):  # a getter: the guard allows it; kept explicit for the reader
+            raise ReadOnlyViolation(name)
+        info = _GpuInstanceProfileInfoV3()
+        try:
+            fn = self._n._nvmlGetFunctionPointer(name)
+            self._n._nvmlCheckReturn(fn(h, ctypes.c_uint(index), ctypes.byref(info)))
+            return int(info.capabilities)
+        except self._n.NVMLError as e:
+            if e.value not in (_FUNCTION_NOT_FOUND, _VERSION_MISMATCH):
+                raise DriverError(e.value, name, i) from None
+            self._profile_v3 = False
+            return None
 
     def _placements(self, call: str, handle: Any, profile_id: int, gpu: int, struct: Any) -> List[Placement]:
         # One call: nvml.h says the array "must be large enough to accommodate the placements supported by the

@@ -434,7 +434,10 @@ class FakeNvmlLib:
         info = self._profile_by_index(handle, index)
         for field, value in info.items():
             if field == "name":
-                out.name = value.encode()
+                if version == GI_PROFILE_INFO_V2:
+                    out.name = value.encode()
+                else:  # measured (R580, H200): v3's name stays empty; the driver writes one at v2's offset
+                    _v3_misplaced_name(out, info)
             elif field == "capabilities":
                 if version == GI_PROFILE_INFO_V3:
                     out.capabilities = value
@@ -658,3 +661,11 @@ class FakeNvmlLib:
             slot.gpuInstanceId = _ID_ANY if p["gi"] is None else p["gi"]
             slot.computeInstanceId = _ID_ANY if p["ci"] is None else p["ci"]
         count.value = len(procs)
+
+
+def _v3_misplaced_name(out, info: dict) -> None:
+    """What R580 did with a v3 profile-info struct on an H200 (tests/data/h200-141gb.json's driver; the bytes were
+    dumped on the real GPU): every number at its v3 offset, `name` (offset 48) left empty, and a name formatted
+    from the v2 layout's offsets (instanceCount read as slices, memory as 0) written at v2's name offset, 56."""
+    name = f"MIG {info.get('instanceCount', 0)}g.0gb".encode()
+    ctypes.memmove(ctypes.addressof(out) + 56, name, len(name))
