@@ -201,6 +201,18 @@ def test_drop_ins_are_read_after_the_main_file_in_lexical_order(tmp_path):
     assert [gi["size"] for gi in gpus[1]["gis"]] == [4, 4]  # this machine is no node01: entry #1's two 3g
 
 
+def test_a_drop_in_cannot_reuse_an_instance_name_of_the_main_file_as_a_devices_env_variable(tmp_path):
+    """devices.env is one namespace for the main file and every drop-in: "train" there and "Train" in a drop-in
+    would both write MIGD_TRAIN. Refused at the drop-in's line, naming the main file's."""
+    conf = write(tmp_path / "migd.toml", '[[gpu]]\nselect = 0\nmig = true\ninstances = [{ profile = "3g", name = "train" }]\n')
+    dropin = write(tmp_path / "migd.d" / "10-gpu1.toml",
+                   '[[gpu]]\nselect = 1\nmig = true\ninstances = [{ profile = "3g", name = "Train" }]\n')
+    r = validate(conf)
+    assert r.code == 2, r.out + r.err
+    assert f"{dropin}:4: [[gpu]] #1 instances #1 name: instance name 'Train' and 'train' ({conf}:4) are one " \
+           "devices.env variable" in r.err, r.err
+
+
 def test_drop_in_daemon_keys_override_key_by_key(tmp_path):
     conf = write(tmp_path / "migd.toml", '[daemon]\nwatch_interval = 30\ndrift_policy = "reapply"\n')
     write(tmp_path / "migd.d" / "50-watch.toml", "[daemon]\nwatch_interval = 10\n")

@@ -56,7 +56,8 @@ def load(path: str = DEFAULT_PATH, owner: Optional[int] = None) -> Config:
     drop-in and the drop-in directory too (each drop-in's check covers the directories above it)."""
     files = [(path, _read(path, owner))]
     files += [(p, _read(p, owner, dropin=True)) for p in dropin_paths(path)]
-    return _merge([_parse_file(text, p) for p, text in files])
+    names: Dict[str, Tuple[str, str]] = {}  # one devices.env namespace for the main file and every drop-in
+    return _merge([_parse_file(text, p, names) for p, text in files])
 
 
 DROPIN_DIR = "migd.d"
@@ -183,9 +184,10 @@ def parse(text: str, path: str = "<config>") -> Config:
     return _merge([_parse_file(text, path)])
 
 
-def _parse_file(text: str, path: str) -> "_Parser":
-    """One file parsed; its problems are collected (in p.problems), so every file's can be reported at once."""
-    p = _Parser(path, text if "\x00" not in text else "")
+def _parse_file(text: str, path: str, names: Optional[Dict[str, Tuple[str, str]]] = None) -> "_Parser":
+    """One file parsed; its problems are collected (in p.problems), so every file's can be reported at once.
+    `names`: the devices.env variables earlier files' instance names took (shared, so a drop-in cannot reuse one)."""
+    p = _Parser(path, text if "\x00" not in text else "", names)
     if "\x00" in text:
         p.problems.append(Problem("binary data (NUL byte): not a TOML file", path,
                                   text[:text.index("\x00")].count("\n") + 1))
@@ -464,11 +466,12 @@ def _key_path(path: Sequence[Any]) -> str:
 
 
 class _Parser:
-    def __init__(self, path: str, text: str):
+    def __init__(self, path: str, text: str, name_vars: Optional[Dict[str, Tuple[str, str]]] = None):
         self.path = path
         self.locate = _Locator(text)
         self.problems: List[Problem] = []
-        self.name_vars: Dict[str, Tuple[str, str]] = {}  # devices.env variable -> (name as written, where)
+        # devices.env variable -> (name as written, where), across the main file and its drop-ins
+        self.name_vars: Dict[str, Tuple[str, str]] = {} if name_vars is None else name_vars
         self.entries: List[GpuEntry] = []
         self.daemon_values: Dict[str, Any] = {}  # the [daemon] keys this file sets
 
