@@ -367,6 +367,38 @@ def test_failing_reapply_backs_off_exponentially_and_logs_once(env, monkeypatch)
     assert len(events.named("drift_cleared")) == 1 and w.gpus[0].failures == 0
 
 
+def test_reapply_that_cannot_start_is_logged_once_per_reason(env, monkeypatch):
+    """The re-apply's own NVML session cannot open (the driver went away between the check and the re-apply, or
+    the lock is busy): nothing changed, the next round decides again; one warning per reason, not one per round."""
+    from migd.errors import DriverError, LockBusy
+
+    with open(env["config"], "a") as f:
+        f.write('drift_policy = "reapply"\n')
+    assert apply(env) == 0
+    _missing_instance(env)
+    events = Events(monkeypatch)
+    w = _watcher(env, [0.0])
+    reasons = [DriverError(9, "nvmlInit")] * 3 + [LockBusy("another migd holds the lock")] * 2
+    real_engine = w._engine
+
+    def engine(read_only):
+        e = real_engine(read_only)
+        if not read_only:
+            reason = reasons.pop(0)
+
+            def refuse():
+                raise reason
+            e.backend.open = refuse
+        return e
+
+    monkeypatch.setattr(w, "_engine", engine)
+    for _ in range(5):
+        assert w.check_once()[0] == "drift"
+    skipped = [e["msg"] for e in events.named("reapply_skipped")]
+    assert len(skipped) == 2 and "DRIVER_NOT_LOADED" in skipped[0] and "holds the lock" in skipped[1], skipped
+    assert not reasons
+
+
 def w_result(gpu):
     from migd.engine import GpuResult, Outcome
 

@@ -99,6 +99,7 @@ class Watcher:
         self.gpus: Dict[int, GpuTrack] = {}
         self.problem: Optional[Tuple[str, str]] = None  # (event, text) of the round-level failure being reported
         self.reload_error = ""  # the last SIGHUP found the config invalid (the previous one is kept)
+        self.reapply_skip = ""  # why the last re-apply could not start (lock busy, driver): logged once per change
         self.checks = 0
         self.summary = "starting"
         self.clock = time.monotonic  # re-apply backoff; tests step it
@@ -362,8 +363,14 @@ class Watcher:
             finally:
                 engine.backend.close()
         except (LockBusy, DriverError, ConfigError) as e:  # nothing changed; the next round decides again
-            log.warning("reapply_skipped", msg=f"not re-applying now: {e}")
+            why = str(e)
+            if why != self.reapply_skip:
+                log.warning("reapply_skipped", msg=f"not re-applying now: {why}")
+            else:
+                log.debug("reapply_skipped_again", msg=f"not re-applying now: {why}")
+            self.reapply_skip = why
             return
+        self.reapply_skip = ""
         for i in gpus:
             if i in result.gpus:
                 self._reapply_done(i, result.gpus[i])
