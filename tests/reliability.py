@@ -274,6 +274,21 @@ class Prepared:
         return layouts(load_state(self.state))
 
 
+def watch_site(tmp_path: Path, monkeypatch, config: str, spec: str = "h100-80gb:2") -> Dict[str, str]:
+    """A config file and a state-file host in tmp_path, the run dir there too, and none of the caller's migd,
+    systemd-notify or watchdog variables: what the watch, drift and metrics tests start from."""
+    monkeypatch.setenv("MIGD_RUN_DIR", str(tmp_path / "run"))
+    for var in ("MIGD_SIMULATE", "MIGD_SIM_STATE", "MIGD_READ_ONLY", "MIGD_SIM_FAULTS", "NOTIFY_SOCKET",
+                "WATCHDOG_USEC"):
+        monkeypatch.delenv(var, raising=False)
+    conf = tmp_path / "migd.toml"
+    conf.write_text(config)
+    state = tmp_path / "sim" / "state.json"
+    state.parent.mkdir()
+    SimHost.create(spec, str(state))
+    return {"config": str(conf), "state": str(state)}
+
+
 def write_config(path: Path, text: str) -> str:
     path.write_text(text)
     os.chmod(path, 0o644)

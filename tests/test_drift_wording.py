@@ -7,6 +7,7 @@ import textwrap
 
 import pytest
 
+import reliability as R
 from migd import cli, sim
 from migd.sim.host import SimHost
 from migd.watch import Watcher
@@ -26,16 +27,7 @@ CONFIG = textwrap.dedent("""
 
 @pytest.fixture
 def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("MIGD_RUN_DIR", str(tmp_path / "run"))
-    for var in ("MIGD_SIMULATE", "MIGD_SIM_STATE", "MIGD_READ_ONLY", "MIGD_SIM_FAULTS", "NOTIFY_SOCKET",
-                "WATCHDOG_USEC"):
-        monkeypatch.delenv(var, raising=False)
-    conf = tmp_path / "migd.toml"
-    conf.write_text(CONFIG)
-    state = tmp_path / "sim" / "state.json"
-    state.parent.mkdir()
-    SimHost.create("h100-80gb:2", str(state))
-    yield {"config": str(conf), "state": str(state)}
+    yield R.watch_site(tmp_path, monkeypatch, CONFIG)
     sim.uninstall()
 
 

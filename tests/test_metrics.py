@@ -12,6 +12,7 @@ import textwrap
 
 import pytest
 
+import reliability as R
 from migd import cli, metrics, sim
 from migd.sim.host import SimHost
 from migd.watch import Watcher
@@ -32,17 +33,9 @@ PROMTOOL = shutil.which("promtool") or ("/usr/bin/promtool" if os.path.exists("/
 
 @pytest.fixture
 def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("MIGD_RUN_DIR", str(tmp_path / "run"))
-    for var in ("NOTIFY_SOCKET", "WATCHDOG_USEC"):
-        monkeypatch.delenv(var, raising=False)
     prom = tmp_path / "textfile" / "migd.prom"
     prom.parent.mkdir()
-    conf = tmp_path / "migd.toml"
-    conf.write_text(CONFIG.format(path=prom))
-    state = tmp_path / "sim" / "state.json"
-    state.parent.mkdir()
-    SimHost.create("h100-80gb:2", str(state))
-    yield {"config": str(conf), "state": str(state), "prom": prom}
+    yield dict(R.watch_site(tmp_path, monkeypatch, CONFIG.format(path=prom)), prom=prom)
     sim.uninstall()
 
 

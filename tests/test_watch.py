@@ -30,16 +30,7 @@ CONFIG = textwrap.dedent("""
 
 @pytest.fixture
 def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("MIGD_RUN_DIR", str(tmp_path / "run"))
-    for var in ("MIGD_SIMULATE", "MIGD_SIM_STATE", "MIGD_READ_ONLY", "MIGD_SIM_FAULTS", "NOTIFY_SOCKET",
-                "WATCHDOG_USEC"):
-        monkeypatch.delenv(var, raising=False)
-    conf = tmp_path / "migd.toml"
-    conf.write_text(CONFIG)
-    state = tmp_path / "sim" / "state.json"
-    state.parent.mkdir()
-    SimHost.create("h100-80gb:2", str(state))
-    yield {"config": str(conf), "state": str(state), "tmp": tmp_path}
+    yield dict(R.watch_site(tmp_path, monkeypatch, CONFIG), tmp=tmp_path)
     sim.uninstall()
     while _open_captures:
         _open_captures.pop().__exit__(None, None, None)
