@@ -8,7 +8,7 @@ not loaded yet (udev/modules-load still busy: wait up to driver_wait_timeout). `
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from . import driverfiles
 from . import errors as E
@@ -16,6 +16,10 @@ from .backend import Backend
 from .driverfiles import DriverFiles
 from .errors import DriverError, MigdError
 from .log import get_logger
+from .model import Config, GpuEntry
+
+if TYPE_CHECKING:
+    from .engine import Engine
 
 log = get_logger()
 
@@ -81,3 +85,50 @@ def not_loaded_message(found: DriverFiles, timeout: float) -> str:
         return (f"{driverfiles.LIBRARY} installed but no nvidia kernel module for this kernel, none loaded {after}: "
                 f"{found.describe()}; rebuild or reinstall the driver for the running kernel (`dkms status`)")
     return f"NVIDIA driver loaded but NVML not ready {after}: {found.describe()}; see `dmesg` and `nvidia-smi`"
+
+
+def run(cfg: Config, open_backend: Callable[[], Backend], files: Callable[[], DriverFiles],
+        make_engine: Callable[[Backend], "Engine"]) -> int:
+    """What migd.service does: nothing for a host no entry is for; else wait for the driver, apply every selected
+    GPU through the engine, and with on_pending = "reboot-once" reboot once for a mode change left pending. Returns
+    the exit code. Failures fail the unit, never the boot (nothing Requires= migd.service)."""
+    from . import layout, rebootonce
+    from .engine import Outcome
+
+    mine = layout.for_host(cfg)
+    if not mine:  # no entry at all, or none for this host in a fleet file
+        log.info("boot_nothing", msg=f"{cfg.path} selects no GPU on this host: nothing to do")
+        return E.EXIT_OK
+    try:
+        backend = wait_for_driver(open_backend, cfg.daemon.driver_wait_timeout, files)
+    except NoDriverInstalled as e:
+        return _no_driver(e, mine)
+    try:
+        engine = make_engine(backend)
+        desired = engine.desired()
+        log.info("boot_apply", msg=f"applying {cfg.path} to {len(desired)} GPU(s)", gpus=sorted(desired))
+        result = engine.apply(desired)  # every outcome and a record error are logged: nothing printed twice
+        code = result.exit_code
+        uuids = {info.index: info.uuid for info in engine.infos()}
+        pending = [rebootonce.Pending(i, uuids.get(i, "")) for i, r in result.gpus.items()
+                   if r.outcome == Outcome.PENDING]
+        if rebootonce.after_boot_apply(cfg, pending, code):
+            return E.EXIT_OK  # the reboot is queued: the change takes effect then
+        level = log.info if code == E.EXIT_OK else log.error
+        level("boot_done", msg=f"boot apply finished: exit {code}", exit=code)
+        return code
+    finally:
+        backend.close()
+
+
+def _no_driver(e: NoDriverInstalled, entries: Sequence[GpuEntry]) -> int:
+    """No driver installed: nothing to do for a fleet file's "all"/glob entries (they fit GPU-less hosts); an
+    error when an entry names a GPU by index, UUID or PCI id (the admin expects that GPU here)."""
+    named = [entry for entry in entries if entry.selector.kind in ("index", "uuid", "pci")]
+    if not named:
+        log.info("no_driver", msg=f"{e}: nothing to do", library="", module="")
+        return E.EXIT_OK
+    first = named[0]
+    log.error("no_driver", msg=f"{e}, but {first.label} ({first.where}) selects GPU {first.selector}: "
+                               "install the NVIDIA driver", exit=E.EXIT_FAILURE)
+    return E.EXIT_FAILURE

@@ -17,11 +17,10 @@ from .errors import ConfigError, MigdError
 
 if TYPE_CHECKING:
     from .backend import Backend
-    from .boot import NoDriverInstalled
     from .driverfiles import DriverFiles
     from .engine import ApplyResult, Engine, StatusView
     from .layout import DesiredGpu
-    from .model import Config, GpuEntry
+    from .model import Config
     from .plan import Action
 
 READ_VERBS = ("status", "profiles", "validate", "plan", "check", "export")
@@ -336,41 +335,14 @@ def cmd_apply(args: argparse.Namespace, read_only: bool) -> int:
 
 
 def cmd_boot(args: argparse.Namespace, read_only: bool) -> int:
-    """migd.service: wait for the driver, then apply. Failures fail the unit (exit != 0), never the boot."""
-    from . import layout, rebootonce
+    """migd.service (boot.run): wait for the driver, then apply. Failures fail the unit (exit != 0), never the boot."""
+    from . import boot
     from .backend import make_backend
-    from .boot import NoDriverInstalled, wait_for_driver
-    from .engine import Outcome
-    from .log import get_logger
 
-    log = get_logger()
     cfg = _load_config(args, privileged=True)
-    mine = layout.for_host(cfg)
-    if not mine:  # no entry at all, or none for this host in a fleet file
-        log.info("boot_nothing", msg=f"{cfg.path} selects no GPU on this host: nothing to do")
-        return E.EXIT_OK
-    try:
-        backend = wait_for_driver(
-            lambda: make_backend(simulate=args.simulate, sim_state=args.sim_state, cache_dir=_cache_dir(args),
-                                 cache_write=True), cfg.daemon.driver_wait_timeout, _driver_files(args))
-    except NoDriverInstalled as e:
-        return _no_driver(e, mine)
-    try:
-        engine = _engine(args, backend, cfg)
-        desired = engine.desired()
-        log.info("boot_apply", msg=f"applying {cfg.path} to {len(desired)} GPU(s)", gpus=sorted(desired))
-        result = engine.apply(desired)  # every outcome and a record error are logged: nothing printed twice
-        code = result.exit_code
-        uuids = {info.index: info.uuid for info in engine.infos()}
-        pending = [rebootonce.Pending(i, uuids.get(i, "")) for i, r in result.gpus.items()
-                   if r.outcome == Outcome.PENDING]
-        if rebootonce.after_boot_apply(cfg, pending, code):
-            return E.EXIT_OK  # the reboot is queued: the change takes effect then
-        level = log.info if code == E.EXIT_OK else log.error
-        level("boot_done", msg=f"boot apply finished: exit {code}", exit=code)
-        return code
-    finally:
-        backend.close()
+    return boot.run(cfg, lambda: make_backend(simulate=args.simulate, sim_state=args.sim_state,
+                                              cache_dir=_cache_dir(args), cache_write=True),
+                    _driver_files(args), lambda backend: _engine(args, backend, cfg))
 
 
 def _driver_files(args: argparse.Namespace) -> "Callable[[], DriverFiles]":
@@ -386,21 +358,6 @@ def _driver_files(args: argparse.Namespace) -> "Callable[[], DriverFiles]":
         return SimHost.create(args.simulate or "dgx-a100", args.sim_state).driver_files()
 
     return simulated
-
-
-def _no_driver(e: "NoDriverInstalled", entries: "Sequence[GpuEntry]") -> int:
-    """No driver installed: nothing to do for a fleet file's "all"/glob entries (they fit GPU-less hosts); an
-    error when an entry names a GPU by index, UUID or PCI id (the admin expects that GPU here)."""
-    from .log import get_logger
-
-    named = [entry for entry in entries if entry.selector.kind in ("index", "uuid", "pci")]
-    if not named:
-        get_logger().info("no_driver", msg=f"{e}: nothing to do", library="", module="")
-        return E.EXIT_OK
-    first = named[0]
-    get_logger().error("no_driver", msg=f"{e}, but {first.label} ({first.where}) selects GPU {first.selector}: "
-                                        "install the NVIDIA driver", exit=E.EXIT_FAILURE)
-    return E.EXIT_FAILURE
 
 
 def cmd_watch(args: argparse.Namespace, read_only: bool) -> int:
