@@ -105,7 +105,8 @@ def test_every_verb_and_state_json_follow_the_one_schema(host):
     # the same GPU reads the same in status and state.json (but for this apply's outcome)
     status_gpu0 = docs["status"][1]["gpus"][0]
     state_gpu0 = dict(docs["state.json"][1]["gpus"][0])
-    assert (state_gpu0.pop("outcome"), state_gpu0.pop("message")) == ("applied", "GPU 0: applied 9 changes")
+    assert (state_gpu0.pop("outcome"), state_gpu0.pop("message")) == (
+        "applied", "GPU 0: applied 9 changes (MIG mode on, 3 GPU instances created)")
     assert state_gpu0 == status_gpu0
     assert sorted(filter(None, (i["name"] for i in status_gpu0["instances"]))) == ["train"]
     assert [g["status"] for g in docs["check"][1]["gpus"]] == ["ok", "lost", "ok"]

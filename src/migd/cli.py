@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from .engine import ApplyResult, Engine, StatusView
     from .layout import DesiredGpu
     from .model import Config
-    from .plan import Action
 
 READ_VERBS = ("status", "profiles", "validate", "plan", "check", "export")
 SERVICE_IDENTIFIERS = {"watch": "migd-watch"}  # verb -> SyslogIdentifier= of its unit (migd.service's is "migd")
@@ -373,7 +372,7 @@ def _print_apply(engine: "Engine", result: "ApplyResult", desired: "Dict[int, De
     from . import report
 
     for r in result.gpus.values():
-        print(r.message + _what_changed(r.done) if r.message.endswith(("change", "changes")) else r.message)
+        print(r.message)
     if result.record_error:
         print(f"migd: {result.record_error}", file=sys.stderr)
     engine.current_infos()
@@ -382,24 +381,6 @@ def _print_apply(engine: "Engine", result: "ApplyResult", desired: "Dict[int, De
         print(report.status_text(view.gpus, view.names, view.managed))
     else:
         print(report.layout_table(view.gpus, view.names, view.managed))
-
-
-def _what_changed(done: "Sequence[Action]") -> str:
-    """" (MIG mode on, 4 GPU instances created)" from the actions apply took."""
-    from .plan import ActionKind
-
-    counts: Dict[str, int] = {}
-    parts = []
-    for a in done:
-        if a.kind == ActionKind.SET_MIG_MODE:
-            parts.append(f"MIG mode {'on' if a.enabled else 'off'}")
-        elif a.kind in (ActionKind.CREATE_GI, ActionKind.DESTROY_GI):
-            counts[a.kind] = counts.get(a.kind, 0) + 1
-    for kind, verb in ((ActionKind.DESTROY_GI, "destroyed"), (ActionKind.CREATE_GI, "created")):
-        n = counts.get(kind, 0)
-        if n:
-            parts.append(f"{n} GPU instance{'s' if n != 1 else ''} {verb}")
-    return f" ({', '.join(parts)})" if parts else ""
 
 
 VERBS: Dict[str, Callable[[argparse.Namespace, bool], int]] = {

@@ -413,7 +413,8 @@ def apply_gpu(backend: Backend, info: GpuInfo, desired: DesiredGpu, persistence:
             raise DriverError(E.UNKNOWN, "verify", g, "live layout differs from the plan after apply")
     except DriverError as e:
         return _fail(backend, info, before, result, e)
-    result.message = f"GPU {g}: applied {len(result.done)} change{'s' if len(result.done) != 1 else ''}"
+    result.message = (f"GPU {g}: applied {len(result.done)} change{'s' if len(result.done) != 1 else ''}"
+                      + report.changes_summary(result.done))
     glog.info("gpu_applied", msg=result.message, changes=len(result.done))
     return result
 

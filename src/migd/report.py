@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from .model import Gpu, GpuInfo, GpuState, Placement
 from .layout import DesiredGpu
-from .plan import GpuPlan, plan_gpu
+from .plan import Action, ActionKind, GpuPlan, plan_gpu
 
 # --- status -------------------------------------------------------------------------------------------------------
 
@@ -304,3 +304,13 @@ def _export_entry(gpu: Gpu, names: Dict[int, str]) -> Tuple[Tuple[object, ...], 
             compute = ", ".join(json.dumps(cps.get(x, str(x))) for x in cis)
             items.append("{ " + ", ".join(fields + [f"compute = [{compute}]"]) + " }")
     return (True, info.name) + tuple(items), ["mig = true", f"instances = [{', '.join(items)}]"]
+
+
+def changes_summary(done: Sequence[Action]) -> str:
+    """" (MIG mode on, 4 GPU instances created)": what an apply's actions did, in words an admin reads first."""
+    parts = [f"MIG mode {'on' if a.enabled else 'off'}" for a in done if a.kind == ActionKind.SET_MIG_MODE]
+    for kind, verb in ((ActionKind.DESTROY_GI, "destroyed"), (ActionKind.CREATE_GI, "created")):
+        n = sum(1 for a in done if a.kind == kind)
+        if n:
+            parts.append(f"{n} GPU instance{'s' if n != 1 else ''} {verb}")
+    return f" ({', '.join(parts)})" if parts else ""
