@@ -298,3 +298,33 @@ def test_no_import_cycles():
     for n in graph:
         if n not in state:
             visit(n, [n])
+
+
+# The layers, bottom to top: a module never imports one above it. drift holds the rules (engine decides with it),
+# report and picture only render drift's records (neither imports the engine).
+_ABOVE = {
+    "migd.config": ("migd.layout", "migd.plan", "migd.drift", "migd.engine", "migd.report", "migd.picture"),
+    "migd.layout": ("migd.plan", "migd.drift", "migd.engine", "migd.report", "migd.picture"),
+    "migd.plan": ("migd.drift", "migd.engine", "migd.report", "migd.picture"),
+    "migd.drift": ("migd.engine", "migd.report", "migd.picture", "migd.schema", "migd.cli"),
+    "migd.report": ("migd.engine", "migd.picture", "migd.cli", "migd.publish", "migd.watch"),
+    "migd.picture": ("migd.engine", "migd.cli", "migd.publish", "migd.watch"),
+    "migd.schema": ("migd.engine", "migd.report", "migd.drift", "migd.plan"),
+}
+
+
+def test_imports_go_one_way_config_layout_plan_drift_then_renderers():
+    graph = _imports(R.ROOT / "src" / "migd")
+
+    def reach(n, seen):
+        for d in graph.get(n, ()):
+            if d not in seen:
+                seen.add(d)
+                reach(d, seen)
+        return seen
+
+    for module, above in _ABOVE.items():
+        if module in graph:
+            assert not reach(module, set()) & set(above), (module, reach(module, set()) & set(above))
+    for user in ("migd.engine", "migd.publish"):  # the rules come from drift, not from the text layer
+        assert "migd.drift" in reach(user, set())
