@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import drift
 from .drift import Comparison, ComputeDrift, ComputeRecord, Drift, InstanceRecord, Layout, ModeDrift
@@ -13,75 +13,22 @@ from .plan import Action, ActionKind
 # --- status -------------------------------------------------------------------------------------------------------
 
 
-def status_text(gpus: Sequence[Gpu], names: Dict[int, Dict[int, str]], managed: Dict[int, str]) -> str:
-    out = []
-    for gpu in gpus:
-        info, state = gpu.info, gpu.state
-        out.append(f"GPU {info.index}: {info.name}  {info.pci_bus_id}  {info.uuid}")
-        if info.lost:
-            out.append("  LOST: fell off the bus (see `dmesg` for Xid errors); not configured")
-            continue
-        if not info.mig_capable:
-            out.append("  MIG not supported")
-            continue
-        mode = "on" if state.mig_current else "off"
-        if state.mode_change_pending:
-            mode += f" (pending: {'on' if state.mig_pending else 'off'})"
-        pm = {None: "unknown", True: "on", False: "off"}[state.persistence]
-        out.append(f"  MIG {mode}, persistence {pm}, config: {managed.get(info.index, 'not managed')}")
-        gi_names = names.get(info.index, {})
-        for gi in state.instances:
-            profile = info.profile_by_id(gi.profile_id)
-            pname = profile.name if profile else f"profile {gi.profile_id}"
-            cps = {c.id: c.name for c in profile.compute_profiles} if profile else {}
-            label = f"  [{gi_names[gi.id]}]" if gi.id in gi_names else ""
-            out.append(f"  GI {gi.id:>2}  {pname:<14} at {str(gi.placement):<4}{label}")
-            for ci in gi.compute:
-                pids = f"  pids {','.join(map(str, ci.pids))}" if ci.pids else ""
-                out.append(f"      CI {ci.id}  {cps.get(ci.profile_id, ci.profile_id)!s:<14} {ci.uuid}{pids}")
-        if state.mig_current and not state.instances:
-            out.append("  no MIG instances")
-    return "\n".join(out)
-
-
-def layout_table(gpus: Sequence[Gpu], names: Dict[int, Dict[int, str]], managed: Dict[int, str]) -> str:
-    """`apply`'s short view: one row per group of GPUs with the same model and layout, each GPU instance as
-    "GI <driver's id> <profile>@<start>:<size>" and its configured name. `status` (or apply -v) has the details:
-    compute instances, MIG UUIDs, processes."""
-    rows: Dict[Tuple[str, str], List[int]] = {}
-    for gpu in gpus:
-        info, state = gpu.info, gpu.state
-        if info.lost or not info.mig_capable or not state.mig_current:
-            what = "lost" if info.lost else ("MIG not supported" if not info.mig_capable else "MIG off") + (
-                " (pending on)" if state.mig_pending and not state.mig_current else "")
-        else:
-            gi_names = names.get(info.index, {})
-            items = []
-            for gi in sorted(state.instances, key=lambda g: g.placement.start):
-                p = info.profile_by_id(gi.profile_id)
-                label = f" [{gi_names[gi.id]}]" if gi.id in gi_names else ""
-                items.append(f"GI {gi.id} {p.name if p else gi.profile_id}@{gi.placement}{label}")
-            what = "MIG on: " + (", ".join(items) if items else "no instances")
-        if managed.get(info.index, "").endswith("(drift)"):
-            what += "  (drift: does not match its config, see migd check)"
-        rows.setdefault((info.model, what), []).append(info.index)
-    width = max((len(_index_ranges(v)) for v in rows.values()), default=1)
-    return "\n".join(f"GPU {_index_ranges(indices):<{width}}  {model}  {what}" for (model, what), indices in rows.items())
-
-
 # --- profiles -----------------------------------------------------------------------------------------------------
 
 
-def profiles_text(infos: Sequence[GpuInfo]) -> str:
+def profiles_text(infos: Sequence[GpuInfo], after: Optional[Callable[[GpuInfo], List[str]]] = None) -> str:
     """Like `nvidia-smi mig -lgip` and `-lgipp` together; GPUs with the same name and the same table are shown
-    once ("GPU 0-7: NVIDIA A100-SXM4-40GB"), so a DGX prints one table, not eight identical ones."""
-    groups: Dict[Tuple[str, Tuple[str, ...]], List[int]] = {}  # insertion order: by first GPU index
+    once ("GPU 0-7: NVIDIA A100-SXM4-40GB"), so a DGX prints one table, not eight identical ones. after: lines
+    to add under each table (the placements drawn on the slot grid), from the group's first GPU."""
+    groups: Dict[Tuple[str, Tuple[str, ...]], List[GpuInfo]] = {}  # insertion order: by first GPU index
     for info in infos:
-        groups.setdefault((info.name, tuple(_profile_table(info))), []).append(info.index)
+        groups.setdefault((info.name, tuple(_profile_table(info))), []).append(info)
     out = []
-    for (name, table), indices in groups.items():
-        out.append(f"GPU {_index_ranges(indices)}: {name}")
+    for (name, table), members in groups.items():
+        out.append(f"GPU {_index_ranges([i.index for i in members])}: {name}")
         out += table
+        if after is not None and members[0].profiles:
+            out += after(members[0])
     return "\n".join(out)
 
 
