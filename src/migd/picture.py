@@ -194,7 +194,7 @@ def live_boxes(info: GpuInfo, state: GpuState, names: Mapping[int, str],
         cps = {c.id: c.name for c in p.compute_profiles} if p else {}
         lines = [pname, f"GI {gi.id}"] + ([names[gi.id]] if gi.id in names else [])
         if compute:
-            for ci in gi.compute:
+            for ci in sorted(gi.compute, key=lambda c: (c.placement.start, c.id)):
                 what = "" if full is not None and ci.profile_id == full.id else \
                     f" {cps.get(ci.profile_id, ci.profile_id)}"
                 lines.append(f"CI {ci.id}{what}")
@@ -344,11 +344,14 @@ def drift_picture(info: GpuInfo, c: Comparison, style: Style, indent: int = 2) -
     moved_to = {m.gi_id: m for m in d.moved}
     extra = {r.gi_id for r in d.extra}
     changed = {x.gi_id for x in d.compute}
+    changed_at = {(x.instance.profile, x.instance.placement) for x in d.compute}
     expected = []
     for r in c.expected.instances:
         m = moved_from.get((r.profile, r.placement))
         if (r.profile, r.placement) in missing:
             expected.append(_record_box(r, Mark.MISSING))
+        elif (r.profile, r.placement) in changed_at:
+            expected.append(_record_box(r, Mark.CHANGED))
         elif m is not None:
             expected.append(_record_box(r, Mark.MOVED, [f"to {m.found}"]))
         else:
