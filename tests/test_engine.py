@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -182,7 +183,7 @@ def test_export_then_plan_says_nothing_to_do_and_check_ok(host):
     check = migd(host, "check", config=str(exported))
     assert check.code == 0 and check.out.count(": ok:") == 2, check.out
     status = migd(host, "status", config=str(exported))
-    assert "[train]" in status.out and "[infer]" in status.out
+    assert re.search(r"[|│]train +[|│]", status.out) and re.search(r"[|│]infer +[|│]", status.out), status.out
     # every GPU with persistence on: the export turns it on (and plan still says nothing to do)
     s = SimHost.create("", host["state"])
     s.gpus[1]["persistence"] = 1
@@ -216,7 +217,7 @@ def test_check_prints_the_expected_layout_never_a_refusal(host):
     # the refused apply's status says the GPU does not match
     r = migd(host, "apply", config=str(other))
     assert r.code == 1 and "4242" in r.out
-    assert "(drift: does not match its config" in r.out, r.out
+    assert "drift: does not match its config, see `migd check`" in r.out, r.out
 
 
 def test_no_message_repeats_the_gpu_prefix(host):

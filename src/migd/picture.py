@@ -221,6 +221,8 @@ def gpu_picture(gpu: Gpu, names: Mapping[int, str], managed: Optional[str], styl
     """One GPU's mode line and slot grid (none when MIG is off), without its index: what groups compare."""
     info, state = gpu.info, gpu.state
     lines = [info.name, "  " + _mode_line(info, state, managed)]
+    if managed is not None and managed.endswith("(drift)"):
+        lines.append("  drift: does not match its config, see `migd check`")
     if info.mig_capable and not info.lost and state.mig_current:
         lines += grid(slot_count(info), live_boxes(info, state, names, compute=compute), style)
     return tuple(lines)
