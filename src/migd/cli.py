@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sim-state", metavar="PATH", default=os.environ.get("MIGD_SIM_STATE") or None,
                    help="share simulated GPUs between processes through this state file, created from --simulate "
                         "when absent (env MIGD_SIM_STATE)")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="debug logging; plan lists the driver calls, apply the MIG UUIDs")
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     sub = p.add_subparsers(dest="verb", metavar="VERB", prog="migd")  # prog: no terminal-size probe at start
     sub.required = True
