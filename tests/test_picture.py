@@ -280,3 +280,25 @@ def test_readme_console_blocks_of_simulated_migd_are_its_real_output(tmp_path):
     for command, shown in blocks:
         r = migd(tmp_path, *command.split()[1:])
         assert r.stdout.decode() == shown, f"{command}:\n{r.stdout.decode()}"
+
+
+# --- the grid's own rules -------------------------------------------------------------------------------------------
+
+
+def test_slots_come_from_the_placement_data_and_untrusted_text_is_escaped():
+    from migd.model import GpuInfo, GpuProfile, Placement
+    from migd.picture import Box, Style, escape, grid, slot_count
+
+    def profile(name, size, starts):
+        return GpuProfile(0, 1, name, size, 1, 1024, 1, 1, 0, 0, 0, 0, tuple(Placement(s, size) for s in starts))
+
+    # a GPU whose placements span 6 slots is drawn with 6, whatever its memory-slot count says
+    info = GpuInfo(0, "GPU-x", "NVIDIA Test", "0", "test", True, (profile("1g.1gb", 1, range(6)),),
+                   total_memory_slots=8)
+    assert slot_count(info) == 6
+    assert escape("ok\x1b[31m\u00e9") == "ok\\x1b[31m\\xe9"
+    lines = grid(6, [Box(Placement(0, 2), ("\x1b[2Jevil",)), Box(Placement(1, 1), ("overlap",))], Style(False))
+    text = "\n".join(lines)
+    assert "\x1b" not in text and "\\x1b[2Jevil" in text, text
+    assert "not drawn, overlaps or outside the grid: overlap at 1:1" in text, text  # said, never silently dropped
+    assert lines[0].split() == ["0", "1", "2", "3", "4", "5"]

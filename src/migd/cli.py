@@ -311,7 +311,8 @@ def cmd_check(args: argparse.Namespace, read_only: bool) -> int:
     cfg = _load_config(args)
     backend = _backend(args, True)
     try:
-        result = _engine(args, backend, cfg).check()
+        engine = _engine(args, backend, cfg)
+        result = engine.check()
         if args.json:
             rows = [{"index": r.gpu, "status": r.status.value, "expected": r.expected, "found": r.found,
                      "diff": r.diff} for r in result.gpus]
@@ -320,7 +321,7 @@ def cmd_check(args: argparse.Namespace, read_only: bool) -> int:
             from . import picture
 
             style = _style()
-            infos = {info.index: info for info in backend.gpus()}
+            infos = {info.index: info for info in engine.infos()}
             for r in result.gpus:
                 # what differs, not two whole layouts (`--json` has both); then drawn on the grid
                 print(f"GPU {r.gpu}: {r.status.value}: {r.diff or r.found}")
