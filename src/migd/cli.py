@@ -26,6 +26,39 @@ READ_VERBS = ("status", "profiles", "validate", "plan", "check", "export")
 SERVICE_IDENTIFIERS = {"watch": "migd-watch"}  # verb -> SyslogIdentifier= of its unit (migd.service's is "migd")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with "did you mean …" for a mistyped verb, choice or option (suggest.py)."""
+
+    def _check_value(self, action: argparse.Action, value: object) -> None:
+        if action.choices is not None and value not in action.choices:
+            from .suggest import did_you_mean
+
+            hint = did_you_mean(str(value), [str(c) for c in action.choices])
+            choices = ", ".join(repr(c) for c in action.choices)
+            raise argparse.ArgumentError(action, f"invalid choice: {value!r}"
+                                         + (f"; {hint}" if hint else f" (choose from {choices})"))
+
+    def parse_args(self, args: Optional[Sequence[str]] = None,  # type: ignore[override]
+                   namespace: Optional[argparse.Namespace] = None) -> argparse.Namespace:
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            from .suggest import did_you_mean
+
+            verb = self._verbs().get(getattr(parsed, "verb", None) or "")
+            options = [o for parser in (self, verb) if parser is not None
+                       for a in parser._actions for o in a.option_strings if a.help != argparse.SUPPRESS]
+            hints = [did_you_mean(x.split("=", 1)[0], options) for x in extras if x.startswith("-")]
+            shown = "; ".join(h for h in hints if h)
+            self.error(f"unrecognized arguments: {' '.join(extras)}" + (f" ({shown})" if shown else ""))
+        return parsed
+
+    def _verbs(self) -> "Dict[str, argparse.ArgumentParser]":
+        for a in self._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                return dict(a.choices)
+        return {}
+
+
 def _simulate_help() -> str:
     from .sim.catalog import HOSTS, MODELS  # plain tables: no NVML is loaded
 
@@ -34,21 +67,16 @@ def _simulate_help() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="migd", description="Put NVIDIA GPUs into the MIG layout declared in /etc/migd.toml.",
         epilog="Exit codes: 0 ok, 1 failure, 2 bad config or usage, 3 drift (check), 4 MIG mode change pending "
                "(needs idle GPU + reset, or reboot), 5 busy (lock held).")
     p.add_argument("--version", action="version", version=f"migd {__version__}")
-    p.add_argument("-c", "--config", default=os.environ.get("MIGD_CONFIG", "/etc/migd.toml"),
-                   help="layout file (default /etc/migd.toml; env MIGD_CONFIG)")
-    p.add_argument("--simulate", metavar="SPEC", default=os.environ.get("MIGD_SIMULATE") or None,
-                   help=_simulate_help())
-    p.add_argument("--sim-state", metavar="PATH", default=os.environ.get("MIGD_SIM_STATE") or None,
-                   help="share simulated GPUs between processes through this state file, created from --simulate "
-                        "when absent (env MIGD_SIM_STATE)")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
-    sub = p.add_subparsers(dest="verb", metavar="VERB", prog="migd")  # prog: no terminal-size probe at start
+    _global_options(p, {"config": os.environ.get("MIGD_CONFIG", "/etc/migd.toml"),
+                        "simulate": os.environ.get("MIGD_SIMULATE") or None,
+                        "sim_state": os.environ.get("MIGD_SIM_STATE") or None, "verbose": False, "quiet": False})
+    sub = p.add_subparsers(dest="verb", metavar="VERB", prog="migd",  # prog: no terminal-size probe at start
+                           parser_class=_Parser)
     sub.required = True
     s = sub.add_parser("status", help="GPUs, MIG mode, instances with placements and UUIDs")
     s.add_argument("--json", action="store_true", help="stable JSON (see README)")
@@ -71,7 +99,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="toml (default): a migd.toml; slurm: the node's Gres= for slurm.conf and gres.conf lines")
     s.add_argument("--declared", action="store_true",
                    help="with --format slurm: the layout the config declares for this host's GPUs, not the live one")
+    for verb_parser in sub.choices.values():
+        # after the verb too (`migd apply -v`); SUPPRESS: an option given before the verb is not reset to its default
+        _global_options(verb_parser, None)
     return p
+
+
+def _global_options(p: argparse.ArgumentParser, defaults: Optional[Dict[str, object]]) -> None:
+    """-c, --simulate, --sim-state, -v, -q: on the main parser with their defaults, on each verb's without any."""
+    def default(dest: str) -> object:
+        return argparse.SUPPRESS if defaults is None else defaults[dest]
+
+    p.add_argument("-c", "--config", default=default("config"),
+                   help="layout file (default /etc/migd.toml; env MIGD_CONFIG)")
+    p.add_argument("--simulate", metavar="SPEC", default=default("simulate"), help=_simulate_help())
+    p.add_argument("--sim-state", metavar="PATH", default=default("sim_state"),
+                   help="share simulated GPUs between processes through this state file, created from --simulate "
+                        "when absent (env MIGD_SIM_STATE)")
+    p.add_argument("-v", "--verbose", action="store_true", default=default("verbose"), help="debug logging")
+    p.add_argument("-q", "--quiet", action="store_true", default=default("quiet"),
+                   help="log warnings and errors only")
 
 
 def _host_name(text: str) -> str:
