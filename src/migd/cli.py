@@ -368,15 +368,21 @@ def cmd_export(args: argparse.Namespace, read_only: bool) -> int:
 def cmd_apply(args: argparse.Namespace, read_only: bool) -> int:
     if args.dry_run:
         return cmd_plan(args, True)
+    from .progress import Progress
+
     cfg = _load_config(args, privileged=True)  # invalid config: exit 2 before the driver is even opened
     backend = _backend(args, False)
+    # each GPU's result as soon as it is final; on a TTY, a driver call that takes over a second is named on stderr
+    progress = Progress(sys.stdout, sys.stderr if sys.stderr.isatty() else None)
     try:
-        engine = _engine(args, backend, cfg)
+        engine = _engine(args, progress.watch(backend), cfg)
         desired = engine.desired()
-        result = engine.apply(desired, stop_clients=bool(args.stop_clients))
+        result = engine.apply(desired, stop_clients=bool(args.stop_clients), on_gpu_done=progress.gpu_done)
+        progress.close()
         _print_apply(engine, result, desired, args.verbose)
         return result.exit_code
     finally:
+        progress.close()
         backend.close()
 
 
@@ -414,12 +420,10 @@ def cmd_watch(args: argparse.Namespace, read_only: bool) -> int:
 
 def _print_apply(engine: "Engine", result: "ApplyResult", desired: "Dict[int, DesiredGpu]",
                  verbose: bool = False) -> None:
-    """One line per GPU saying what apply did, then the applied GPUs' layout: a compact table (identical GPUs on
-    one row), or with -v as `status` shows them (a GPU lost meanwhile is left out)."""
+    """After the lines per GPU (printed as each was done), the applied GPUs' layout: a compact table (identical GPUs
+    on one row), or with -v as `status` shows them (a GPU lost meanwhile is left out)."""
     from . import report
 
-    for r in result.gpus.values():
-        print(r.message)
     if result.record_error:
         print(f"migd: {result.record_error}", file=sys.stderr)
     engine.current_infos()
