@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import __version__
 from . import errors as E
@@ -20,9 +20,9 @@ if TYPE_CHECKING:
     from .driverfiles import DriverFiles
     from .engine import ApplyResult, Engine, StatusView
     from .layout import DesiredGpu
-    from .model import Config
+    from .model import Config, GpuInfo
 
-READ_VERBS = ("status", "profiles", "validate", "plan", "check", "export")
+READ_VERBS = ("status", "profiles", "validate", "plan", "check", "export", "completion")
 SERVICE_IDENTIFIERS = {"watch": "migd-watch"}  # verb -> SyslogIdentifier= of its unit (migd.service's is "migd")
 
 
@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="stable JSON (see README)")
     s = sub.add_parser("profiles", help="MIG profiles and placements per GPU (nvidia-smi mig -lgip + -lgipp)")
     s.add_argument("--json", action="store_true")
+    s.add_argument("profile", nargs="*", metavar="PROFILE", help="only these profiles (e.g. 3g.40gb, 1g, 19)")
     s = sub.add_parser("validate", help="check the config; with --simulate or GPUs, which entry each GPU gets")
     s.add_argument("--host", metavar="NAME", type=_host_name,
                    help="check a fleet file as host NAME sees it ([[gpu]] hosts = ...; default: this host)")
@@ -99,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="toml (default): a migd.toml; slurm: the node's Gres= for slurm.conf and gres.conf lines")
     s.add_argument("--declared", action="store_true",
                    help="with --format slurm: the layout the config declares for this host's GPUs, not the live one")
+    # hidden (no help): `migd completion bash|zsh|fish` writes the shell's completion script, from this parser;
+    # `completion profiles` lists the --simulate model's profile names for those scripts
+    s = sub.add_parser("completion", description="shell completion, generated from this parser")
+    s.add_argument("shell", choices=("bash", "zsh", "fish", "profiles"))
     for verb_parser in sub.choices.values():
         # after the verb too (`migd apply -v`); SUPPRESS: an option given before the verb is not reset to its default
         _global_options(verb_parser, None)
@@ -258,11 +263,45 @@ def cmd_profiles(args: argparse.Namespace, read_only: bool) -> int:
 
     backend = _backend(args, True)
     try:
-        infos = backend.gpus()
+        infos = _only_profiles(backend.gpus(), args.profile)
         print(schema.dumps(schema.profiles(infos, backend.simulated)) if args.json else report.profiles_text(infos))
         return E.EXIT_OK
     finally:
         backend.close()
+
+
+def _only_profiles(infos: "List[GpuInfo]", spellings: Sequence[str]) -> "List[GpuInfo]":
+    """`migd profiles 3g 1g.10gb`: each GPU's table with only these profiles; one that no GPU has is an error."""
+    if not spellings:
+        return infos
+    from ._record import replace
+    from .profiles import resolve_gpu_profile
+
+    out = []
+    found = set()
+    for info in infos:
+        keep = []
+        for spelling in spellings:
+            profile, _ = resolve_gpu_profile(spelling, info)
+            if profile is not None and profile not in keep:
+                keep.append(profile)
+                found.add(spelling)
+        out.append(replace(info, profiles=tuple(p for p in info.profiles if p in keep)))
+    for spelling in spellings:
+        if spelling not in found:
+            reasons = {resolve_gpu_profile(spelling, info)[1] for info in infos if info.mig_capable}
+            raise ValueError("; ".join(sorted(reasons)) or f"no GPU here has a profile {spelling!r}")
+    return out
+
+
+def cmd_completion(args: argparse.Namespace, read_only: bool) -> int:
+    from . import completion
+
+    if args.shell == "profiles":
+        print("\n".join(completion.profile_names(args.simulate)))
+    else:
+        print(completion.script(build_parser(), args.shell), end="")
+    return E.EXIT_OK
 
 
 def cmd_validate(args: argparse.Namespace, read_only: bool) -> int:
@@ -436,7 +475,7 @@ def _print_apply(engine: "Engine", result: "ApplyResult", desired: "Dict[int, De
 
 VERBS: Dict[str, Callable[[argparse.Namespace, bool], int]] = {
     "status": cmd_status, "profiles": cmd_profiles, "validate": cmd_validate, "plan": cmd_plan, "apply": cmd_apply,
-    "check": cmd_check, "export": cmd_export, "boot": cmd_boot, "watch": cmd_watch}
+    "check": cmd_check, "export": cmd_export, "boot": cmd_boot, "watch": cmd_watch, "completion": cmd_completion}
 
 
 def run() -> None:
