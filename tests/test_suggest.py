@@ -140,3 +140,11 @@ def test_apply_v_after_the_verb_logs_each_driver_call(tmp_path):
         """)
     assert r.returncode == 0, r.stderr
     assert "create_gi" in r.stderr or "create GPU instance" in r.stderr, r.stderr
+
+
+def test_profiles_takes_profile_names_and_suggests_for_a_typo(tmp_path):
+    r = run(tmp_path, "--simulate", "h100-80gb", "profiles", "3g", "1g.20gb")
+    assert r.returncode == 0, r.stderr
+    assert "3g.40gb" in r.stdout and "1g.20gb" in r.stdout and "7g.80gb" not in r.stdout, r.stdout
+    r = run(tmp_path, "--simulate", "h100-80gb", "profiles", "3g.40bg")
+    assert r.returncode == 2 and 'has no profile \'3g.40bg\'; did you mean "3g.40gb"?' in r.stderr, r.stderr
