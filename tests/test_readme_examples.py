@@ -25,10 +25,15 @@ README = ROOT / "README.md"
 FENCE = re.compile(r"^```(\S*)([^\n]*)\n(.*?)^```\s*$", re.S | re.M)
 
 
+CHECKED_BY = re.compile(r"<!-- checked by (tests/\S+\.py)[^>]*-->\n$")  # a block another test runs
+
+
 def _blocks() -> List[Tuple[int, str, str]]:
-    """(line, language and attributes, body) of every fenced block."""
+    """(line, language and attributes, body) of every fenced block; "checked" as its language where the line before
+    it says which test checks it instead."""
     text = README.read_text()
-    return [(text.count("\n", 0, m.start()) + 1, (m.group(1) + m.group(2)).strip(), m.group(3))
+    return [(text.count("\n", 0, m.start()) + 1,
+             "checked" if CHECKED_BY.search(text[:m.start()]) else (m.group(1) + m.group(2)).strip(), m.group(3))
             for m in FENCE.finditer(text)]
 
 
@@ -92,6 +97,13 @@ def test_readme_example_prints_what_the_readme_shows(line, body, workdir, tmp_pa
         assert _pattern(expected).fullmatch(out), (
             f"README.md:{line}: `{command}` printed (exit {r.returncode}):\n{out}\nthe README shows:\n"
             + "\n".join(expected))
+
+
+def test_an_example_checked_elsewhere_names_a_test_that_reads_the_readme():
+    named = set(re.findall(r"<!-- checked by (tests/\S+\.py)", README.read_text()))
+    assert named == {"tests/test_slurm.py"}  # only the live Slurm export, which needs the simulated driver files
+    for name in named:
+        assert "README.md" in (ROOT / name).read_text(), name
 
 
 def test_dots_stand_for_elided_lines_only():

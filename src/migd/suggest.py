@@ -6,7 +6,6 @@ Pure: callers pass the words that are valid where the typo was made.
 
 from __future__ import annotations
 
-import difflib
 from typing import Dict, Iterable, Optional
 
 CUTOFF = 0.6  # difflib's default: "stauts"/"status" 0.83, "al"/"all" 0.8, "a100"/"all" 0.29
@@ -14,6 +13,8 @@ CUTOFF = 0.6  # difflib's default: "stauts"/"status" 0.83, "al"/"all" 0.8, "a100
 
 def closest(word: str, candidates: Iterable[str], cutoff: float = CUTOFF) -> Optional[str]:
     """The candidate closest to `word` (as the candidate spells it), or None when none is close enough."""
+    import difflib  # only when there is a typo: a valid config never pays for it
+
     by_folded: Dict[str, str] = {}
     for c in candidates:
         by_folded.setdefault(str(c).lower(), str(c))
