@@ -20,7 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "packaging" / "completion"
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
-VERBS = {"status", "profiles", "validate", "plan", "apply", "check", "export", "boot", "watch"}
+def _verbs() -> Set[str]:
+    sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
+    return set(sub.choices) - set(completion.HIDDEN_VERBS)
+
+
+VERBS = _verbs()
 
 # (words typed, what the shell must offer): the same cases for every shell
 CASES = [
@@ -81,7 +86,7 @@ def test_every_verb_option_and_simulated_name_is_in_every_script():
     from migd.sim import catalog
 
     sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
-    assert set(sub.choices) - set(completion.HIDDEN_VERBS) == VERBS
+    assert {"status", "profiles", "validate", "plan", "apply", "check", "export", "boot", "watch"} <= VERBS
     for name in completion.FILES.values():
         text = (SCRIPTS / name).read_text()
         missing = [w for w in sorted(VERBS) + list(catalog.MODELS) + list(catalog.HOSTS) if w not in text]
