@@ -79,7 +79,7 @@ fi
 cp "$PKG/systemd/migd.service" "$PKG/systemd/migd-watch.service" "$PKG/systemd/50-migd.preset" "$STAGE/systemd/"
 cp "$REPO/etc/migd.toml" "$STAGE/etc/"
 cp "$REPO"/etc/examples/*.toml "$STAGE/examples/"
-cp "$PKG/completion/migd.bash" "$STAGE/completion/"
+cp "$PKG/completion/migd.bash" "$PKG/completion/_migd" "$PKG/completion/migd.fish" "$STAGE/completion/"
 cp "$PKG/LICENSE" "$PKG/debian/copyright" "$PKG/vendor.txt" "$STAGE/"
 cp -r "$PKG/debian" "$STAGE/debian"
 if [ "$VERSION" != "$UPSTREAM" ]; then  # a test build: its own changelog entry on top

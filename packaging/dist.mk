@@ -15,6 +15,8 @@ PRESETDIR     ?=
 MANDIR        ?= $(PREFIX)/share/man
 DOCDIR        ?= $(PREFIX)/share/doc/migd
 COMPLETIONDIR ?= $(PREFIX)/share/bash-completion/completions
+ZSHCOMPDIR    ?= $(PREFIX)/share/zsh/vendor-completions
+FISHCOMPDIR   ?= $(PREFIX)/share/fish/vendor_completions.d
 RST2MAN       ?= rst2man
 INSTALL       ?= install
 
@@ -30,7 +32,8 @@ man/%: man/%.rst
 
 install: $(MANPAGES)
 	$(INSTALL) -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR) \
-	    $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(DOCDIR)/examples $(DESTDIR)$(COMPLETIONDIR)
+	    $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(DOCDIR)/examples $(DESTDIR)$(COMPLETIONDIR) \
+	    $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR)
 	$(INSTALL) -m 0755 bin/migd $(DESTDIR)$(BINDIR)/migd
 	cd lib && find . -type f -name '*.py' | LC_ALL=C sort | while read -r f; do \
 	    $(INSTALL) -D -m 0644 "$$f" "$(DESTDIR)$(LIBDIR)/$$f" || exit 1; done
@@ -40,6 +43,8 @@ install: $(MANPAGES)
 	$(INSTALL) -m 0644 man/migd.toml.5 $(DESTDIR)$(MANDIR)/man5/migd.toml.5
 	$(INSTALL) -m 0644 examples/*.toml $(DESTDIR)$(DOCDIR)/examples/
 	$(INSTALL) -m 0644 completion/migd.bash $(DESTDIR)$(COMPLETIONDIR)/migd
+	$(INSTALL) -m 0644 completion/_migd $(DESTDIR)$(ZSHCOMPDIR)/_migd
+	$(INSTALL) -m 0644 completion/migd.fish $(DESTDIR)$(FISHCOMPDIR)/migd.fish
 	if [ -n "$(PRESETDIR)" ]; then \
 	    $(INSTALL) -D -m 0644 systemd/50-migd.preset $(DESTDIR)$(PRESETDIR)/50-migd.preset; fi
 

@@ -112,51 +112,7 @@ def test_config_man_page_documents_every_key_and_default():
     assert not missing, f"packaging/man/migd.toml.5.rst does not document: {missing}"
 
 
-def test_bash_completion_knows_every_verb_option_and_simulated_model():
-    text = (PKG / "completion/migd.bash").read_text()
-    parser, verbs = _parser()
-
-    def words(var: str) -> set:
-        return set(re.search(rf'local {var}="([^"]*)"', text).group(1).split())
-
-    assert words("verbs") == set(verbs)
-    assert words("global_opts") == set(_options(parser))
-    from migd.sim import catalog
-
-    assert words("sims") == set(catalog.MODELS) | set(catalog.HOSTS)
-    for verb, sub in verbs.items():
-        extra = set(_options(sub)) - {"-h", "--help"}
-        for opt in extra:
-            assert re.search(rf"\b{verb}\b[^\n]*\)[^\n]*{re.escape(opt)}", text), (verb, opt)
-
-
-COMPLETE = r"""
-source /usr/share/bash-completion/bash_completion
-source "$1"; shift
-COMP_WORDS=("$@"); COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 )); COMP_LINE="${COMP_WORDS[*]}"; COMP_POINT=${#COMP_LINE}
-_migd migd "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"
-printf '%s\n' "${COMPREPLY[@]}"
-"""
-
-
-@pytest.mark.parametrize("words, expected", [
-    (["migd", ""], {"status", "profiles", "validate", "plan", "apply", "check", "export", "boot", "watch"}),
-    (["migd", "ap"], {"apply"}),
-    (["migd", "-c", "x.toml", "--simulate", "dgx-a100", "pl"], {"plan"}),
-    (["migd", "apply", "--"], {"--dry-run", "--stop-clients", "--help"}),
-    (["migd", "status", "--j"], {"--json"}),
-    (["migd", "export", "--"], {"--format", "--declared", "--help"}),
-    (["migd", "export", "--format", ""], {"toml", "slurm"}),
-    (["migd", "--simulate", "a30,h1"], {"a30,h100-80gb", "a30,h100-94gb"}),
-])
-def test_bash_completion_completes(words, expected, tmp_path):
-    if not Path("/usr/share/bash-completion/bash_completion").exists():
-        pytest.skip("bash-completion not installed")
-    script = tmp_path / "complete.sh"
-    script.write_text(COMPLETE)
-    r = run(["bash", str(script), str(PKG / "completion/migd.bash"), *words])
-    assert r.returncode == 0, r.stderr
-    assert set(r.stdout.split()) == expected
+# the completion scripts: tests/test_completion.py (generated from the parser, driven in bash, zsh and fish)
 
 
 def _pins() -> Dict[str, str]:
@@ -288,12 +244,13 @@ def _deb_files(deb: Path) -> Dict[str, str]:
     return out
 
 
-def _common_layout(files: Dict[str, str], unitdir: str) -> None:
+def _common_layout(files: Dict[str, str], unitdir: str, zsh_dir: str) -> None:
     expect = ["/usr/bin/migd", "/etc/migd.toml", f"{unitdir}/migd.service", f"{unitdir}/migd-watch.service",
               "/usr/lib/migd/migd/__init__.py", "/usr/lib/migd/migd/cli.py", "/usr/lib/migd/migd/sim/tool.py",
               "/usr/lib/migd/pynvml.py", "/usr/lib/migd/structlog/__init__.py", "/usr/lib/migd/sdnotify/__init__.py",
               "/usr/lib/migd/tomli/__init__.py", "/usr/lib/migd/typing_extensions.py",
-              "/usr/share/bash-completion/completions/migd",
+              "/usr/share/bash-completion/completions/migd", f"{zsh_dir}/_migd",
+              "/usr/share/fish/vendor_completions.d/migd.fish",
               "/usr/share/doc/migd/examples/dgx-a100-mixed.toml"]
     missing = [p for p in expect if p not in files]
     assert not missing, missing
@@ -319,7 +276,7 @@ def test_deb_contents_and_relations(built):
     assert _deb_field(deb, "Conflicts") == "nvidia-mig-manager"
     assert not _deb_field(deb, "Recommends")
     files = _deb_files(deb)
-    _common_layout(files, "/usr/lib/systemd/system")
+    _common_layout(files, "/usr/lib/systemd/system", "/usr/share/zsh/vendor-completions")
     assert files["/usr/bin/migd"].startswith("-rwxr-xr-x")
     assert "/usr/share/doc/migd/copyright" in files and "/usr/share/doc/migd/changelog.gz" in files
     conffiles = run(["dpkg-deb", "--info", str(deb), "conffiles"]).stdout.split()
@@ -356,7 +313,7 @@ def test_rpm_files_and_relations(built):
     need("rpm")
     rpm = str(built["rpm"])
     files = {p: "" for p in _rpm("-qlp", rpm).split()}
-    _common_layout(files, "/usr/lib/systemd/system")
+    _common_layout(files, "/usr/lib/systemd/system", "/usr/share/zsh/site-functions")
     assert "/usr/lib/systemd/system-preset/50-migd.preset" in files
     flags = dict(line.rsplit(" ", 1) for line in _rpm("-qp", "--qf", "[%{FILENAMES} %{FILEFLAGS:fflags}\n]",
                                                        rpm).splitlines())

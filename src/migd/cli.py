@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import __version__
 from . import errors as E
@@ -20,11 +20,44 @@ if TYPE_CHECKING:
     from .driverfiles import DriverFiles
     from .engine import ApplyResult, Engine, StatusView
     from .layout import DesiredGpu
-    from .model import Config
+    from .model import Config, GpuInfo
     from .picture import Style
 
-READ_VERBS = ("status", "profiles", "validate", "plan", "check", "export")
+READ_VERBS = ("status", "profiles", "validate", "plan", "check", "export", "completion")
 SERVICE_IDENTIFIERS = {"watch": "migd-watch"}  # verb -> SyslogIdentifier= of its unit (migd.service's is "migd")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with "did you mean …" for a mistyped verb, choice or option (suggest.py)."""
+
+    def _check_value(self, action: argparse.Action, value: object) -> None:
+        if action.choices is not None and value not in action.choices:
+            from .suggest import did_you_mean
+
+            hint = did_you_mean(str(value), [str(c) for c in action.choices])
+            choices = ", ".join(repr(c) for c in action.choices)
+            raise argparse.ArgumentError(action, f"invalid choice: {value!r}"
+                                         + (f"; {hint}" if hint else f" (choose from {choices})"))
+
+    def parse_args(self, args: Optional[Sequence[str]] = None,  # type: ignore[override]
+                   namespace: Optional[argparse.Namespace] = None) -> argparse.Namespace:
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            from .suggest import did_you_mean
+
+            verb = self._verbs().get(getattr(parsed, "verb", None) or "")
+            options = [o for parser in (self, verb) if parser is not None
+                       for a in parser._actions for o in a.option_strings if a.help != argparse.SUPPRESS]
+            hints = [did_you_mean(x.split("=", 1)[0], options) for x in extras if x.startswith("-")]
+            shown = "; ".join(h for h in hints if h)
+            self.error(f"unrecognized arguments: {' '.join(extras)}" + (f" ({shown})" if shown else ""))
+        return parsed
+
+    def _verbs(self) -> "Dict[str, argparse.ArgumentParser]":
+        for a in self._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                return dict(a.choices)
+        return {}
 
 
 def _simulate_help() -> str:
@@ -35,27 +68,22 @@ def _simulate_help() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="migd", description="Put NVIDIA GPUs into the MIG layout declared in /etc/migd.toml.",
         epilog="Exit codes: 0 ok, 1 failure, 2 bad config or usage, 3 drift (check), 4 MIG mode change pending "
                "(needs idle GPU + reset, or reboot), 5 busy (lock held).")
     p.add_argument("--version", action="version", version=f"migd {__version__}")
-    p.add_argument("-c", "--config", default=os.environ.get("MIGD_CONFIG", "/etc/migd.toml"),
-                   help="layout file (default /etc/migd.toml; env MIGD_CONFIG)")
-    p.add_argument("--simulate", metavar="SPEC", default=os.environ.get("MIGD_SIMULATE") or None,
-                   help=_simulate_help())
-    p.add_argument("--sim-state", metavar="PATH", default=os.environ.get("MIGD_SIM_STATE") or None,
-                   help="share simulated GPUs between processes through this state file, created from --simulate "
-                        "when absent (env MIGD_SIM_STATE)")
-    p.add_argument("-v", "--verbose", action="store_true",
-                   help="debug logging; plan lists the driver calls, apply the MIG UUIDs")
-    p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
-    sub = p.add_subparsers(dest="verb", metavar="VERB", prog="migd")  # prog: no terminal-size probe at start
+    _global_options(p, {"config": os.environ.get("MIGD_CONFIG", "/etc/migd.toml"),
+                        "simulate": os.environ.get("MIGD_SIMULATE") or None,
+                        "sim_state": os.environ.get("MIGD_SIM_STATE") or None, "verbose": False, "quiet": False})
+    sub = p.add_subparsers(dest="verb", metavar="VERB", prog="migd",  # prog: no terminal-size probe at start
+                           parser_class=_Parser)
     sub.required = True
     s = sub.add_parser("status", help="GPUs, MIG mode, instances with placements and UUIDs")
     s.add_argument("--json", action="store_true", help="stable JSON (see README)")
     s = sub.add_parser("profiles", help="MIG profiles and placements per GPU (nvidia-smi mig -lgip + -lgipp)")
     s.add_argument("--json", action="store_true")
+    s.add_argument("profile", nargs="*", metavar="PROFILE", help="only these profiles (e.g. 3g.40gb, 1g, 19)")
     s = sub.add_parser("validate", help="check the config; with --simulate or GPUs, which entry each GPU gets")
     s.add_argument("--host", metavar="NAME", type=_host_name,
                    help="check a fleet file as host NAME sees it ([[gpu]] hosts = ...; default: this host)")
@@ -73,7 +101,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="toml (default): a migd.toml; slurm: the node's Gres= for slurm.conf and gres.conf lines")
     s.add_argument("--declared", action="store_true",
                    help="with --format slurm: the layout the config declares for this host's GPUs, not the live one")
+    # hidden (no help): `migd completion bash|zsh|fish` writes the shell's completion script, from this parser;
+    # `completion profiles` lists the --simulate model's profile names for those scripts
+    s = sub.add_parser("completion", description="shell completion, generated from this parser")
+    s.add_argument("shell", choices=("bash", "zsh", "fish", "profiles"))
+    for verb_parser in sub.choices.values():
+        # after the verb too (`migd apply -v`); SUPPRESS: an option given before the verb is not reset to its default
+        _global_options(verb_parser, None)
     return p
+
+
+def _global_options(p: argparse.ArgumentParser, defaults: Optional[Dict[str, object]]) -> None:
+    """-c, --simulate, --sim-state, -v, -q: on the main parser with their defaults, on each verb's without any."""
+    def default(dest: str) -> object:
+        return argparse.SUPPRESS if defaults is None else defaults[dest]
+
+    p.add_argument("-c", "--config", default=default("config"),
+                   help="layout file (default /etc/migd.toml; env MIGD_CONFIG)")
+    p.add_argument("--simulate", metavar="SPEC", default=default("simulate"), help=_simulate_help())
+    p.add_argument("--sim-state", metavar="PATH", default=default("sim_state"),
+                   help="share simulated GPUs between processes through this state file, created from --simulate "
+                        "when absent (env MIGD_SIM_STATE)")
+    p.add_argument("-v", "--verbose", action="store_true", default=default("verbose"),
+                   help="debug logging; plan lists the driver calls, apply the MIG UUIDs")
+    p.add_argument("-q", "--quiet", action="store_true", default=default("quiet"),
+                   help="log warnings and errors only")
 
 
 def _host_name(text: str) -> str:
@@ -220,13 +272,47 @@ def cmd_profiles(args: argparse.Namespace, read_only: bool) -> int:
 
     backend = _backend(args, True)
     try:
-        infos = backend.gpus()
+        infos = _only_profiles(backend.gpus(), args.profile)
         style = _style()
         print(schema.dumps(schema.profiles(infos, backend.simulated)) if args.json else
               report.profiles_text(infos, after=lambda info: picture.placements(info, style)))
         return E.EXIT_OK
     finally:
         backend.close()
+
+
+def _only_profiles(infos: "List[GpuInfo]", spellings: Sequence[str]) -> "List[GpuInfo]":
+    """`migd profiles 3g 1g.10gb`: each GPU's table with only these profiles; one that no GPU has is an error."""
+    if not spellings:
+        return infos
+    from ._record import replace
+    from .profiles import resolve_gpu_profile
+
+    out = []
+    found = set()
+    for info in infos:
+        keep = []
+        for spelling in spellings:
+            profile, _ = resolve_gpu_profile(spelling, info)
+            if profile is not None and profile not in keep:
+                keep.append(profile)
+                found.add(spelling)
+        out.append(replace(info, profiles=tuple(p for p in info.profiles if p in keep)))
+    for spelling in spellings:
+        if spelling not in found:
+            reasons = {resolve_gpu_profile(spelling, info)[1] for info in infos if info.mig_capable}
+            raise ValueError("; ".join(sorted(reasons)) or f"no GPU here has a profile {spelling!r}")
+    return out
+
+
+def cmd_completion(args: argparse.Namespace, read_only: bool) -> int:
+    from . import completion
+
+    if args.shell == "profiles":
+        print("\n".join(completion.profile_names(args.simulate)))
+    else:
+        print(completion.script(build_parser(), args.shell), end="")
+    return E.EXIT_OK
 
 
 def cmd_validate(args: argparse.Namespace, read_only: bool) -> int:
@@ -357,15 +443,21 @@ def cmd_export(args: argparse.Namespace, read_only: bool) -> int:
 def cmd_apply(args: argparse.Namespace, read_only: bool) -> int:
     if args.dry_run:
         return cmd_plan(args, True)
+    from .progress import Progress
+
     cfg = _load_config(args, privileged=True)  # invalid config: exit 2 before the driver is even opened
     backend = _backend(args, False)
+    # each GPU's result as soon as it is final; on a TTY, a driver call that takes over a second is named on stderr
+    progress = Progress(sys.stdout, sys.stderr if sys.stderr.isatty() else None)
     try:
-        engine = _engine(args, backend, cfg)
+        engine = _engine(args, progress.watch(backend), cfg)
         desired = engine.desired()
-        result = engine.apply(desired, stop_clients=bool(args.stop_clients))
+        result = engine.apply(desired, stop_clients=bool(args.stop_clients), on_gpu_done=progress.gpu_done)
+        progress.close()
         _print_apply(engine, result, desired, args.verbose)
         return result.exit_code
     finally:
+        progress.close()
         backend.close()
 
 
@@ -403,12 +495,10 @@ def cmd_watch(args: argparse.Namespace, read_only: bool) -> int:
 
 def _print_apply(engine: "Engine", result: "ApplyResult", desired: "Dict[int, DesiredGpu]",
                  verbose: bool = False) -> None:
-    """One line per GPU saying what apply did, then the applied GPUs' slot grids (identical GPUs drawn once), with
-    -v as `status` shows them, compute instance UUIDs included (a GPU lost meanwhile is left out)."""
+    """After the lines per GPU (printed as each was done), the applied GPUs' slot grids (identical GPUs drawn once),
+    with -v as `status` shows them, compute instance UUIDs included (a GPU lost meanwhile is left out)."""
     from . import picture
 
-    for r in result.gpus.values():
-        print(r.message)
     if result.record_error:
         print(f"migd: {result.record_error}", file=sys.stderr)
     engine.current_infos()
@@ -418,7 +508,7 @@ def _print_apply(engine: "Engine", result: "ApplyResult", desired: "Dict[int, De
 
 VERBS: Dict[str, Callable[[argparse.Namespace, bool], int]] = {
     "status": cmd_status, "profiles": cmd_profiles, "validate": cmd_validate, "plan": cmd_plan, "apply": cmd_apply,
-    "check": cmd_check, "export": cmd_export, "boot": cmd_boot, "watch": cmd_watch}
+    "check": cmd_check, "export": cmd_export, "boot": cmd_boot, "watch": cmd_watch, "completion": cmd_completion}
 
 
 def run() -> None:

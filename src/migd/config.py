@@ -14,11 +14,13 @@ import re
 import shlex
 import stat
 import sys
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from . import hostnames
 from .errors import ConfigError, Problem
 from .model import Config, DaemonSettings, GpuEntry, GpuSelector, InstanceSpec, entry_label, name_variable
+from .profiles import strip_mig
+from .suggest import did_you_mean
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -444,6 +446,25 @@ class _Locator:
                 self._i += 1
 
 
+def _unknown_key(key: Any, accepted: Iterable[str], what: str) -> str:
+    hint = did_you_mean(str(key), accepted)
+    return f"unknown key; {hint} ({what})" if hint else f"unknown key; {what}"
+
+
+def _one_of(allowed: Sequence[str], got: Any) -> str:
+    hint = did_you_mean(got, allowed) if isinstance(got, str) else ""
+    return f"must be {' or '.join(json.dumps(a) for a in allowed)}, got {_show(got)}" + (f"; {hint}" if hint else "")
+
+
+def _known_profile_names() -> List[str]:
+    """Every profile name of every GPU model migd knows (before the GPUs are read, the model is not known yet),
+    and the model-independent spellings."""
+    from .sim.catalog import MODELS  # plain tables: the recorded and documented profile names
+
+    names = {strip_mig(p["name"]) for m in MODELS.values() for p in m.gi_profiles.values()}
+    return sorted(names) + [f"{n}g" for n in (1, 2, 3, 4, 7)]
+
+
 def _key_path(path: Sequence[Any]) -> str:
     """("gpu", 1, "instances", 0, "name") -> '[[gpu]] #2 instances #1 name': positions 1-based everywhere, as an
     admin counts entries and list items; keys as TOML writes them (instances."1g.10gb" for a quoted key)."""
@@ -489,7 +510,8 @@ class _Parser:
     def config(self, doc: Dict[str, Any]) -> Config:
         for key in doc:
             if key not in ("gpu", "daemon"):
-                self.problem([key], "unknown key; a migd config has [[gpu]] tables and one [daemon] table")
+                self.problem([key], _unknown_key(key, ("gpu", "daemon"),
+                                                 "a migd config has [[gpu]] tables and one [daemon] table"))
         daemon = self.daemon(doc.get("daemon", {}))
         gpus = doc.get("gpu", [])
         entries: List[GpuEntry] = []
@@ -511,7 +533,8 @@ class _Parser:
             return DaemonSettings()
         for key in d:
             if key not in _DAEMON_KEYS:
-                self.problem(["daemon", key], f"unknown key; [daemon] accepts {', '.join(sorted(_DAEMON_KEYS))}")
+                self.problem(["daemon", key], _unknown_key(key, _DAEMON_KEYS,
+                                                           f"[daemon] accepts {', '.join(sorted(_DAEMON_KEYS))}"))
         defaults = DaemonSettings()
         values: Dict[str, Any] = {}
         for key, lo, hi in (("watch_interval", 1, 86400), ("driver_wait_timeout", 0, 3600), ("lock_timeout", 0, 3600)):
@@ -525,13 +548,13 @@ class _Parser:
         if "drift_policy" in d:
             if d["drift_policy"] not in ("log", "reapply"):
                 self.problem(["daemon", "drift_policy"],
-                             f'must be "log" or "reapply", got {_show(d["drift_policy"])}')
+                             _one_of(("log", "reapply"), d["drift_policy"]))
             else:
                 values["drift_policy"] = d["drift_policy"]
         if "on_pending" in d:
             if d["on_pending"] not in ("fail", "reboot-once"):
                 self.problem(["daemon", "on_pending"],
-                             f'must be "fail" or "reboot-once", got {_show(d["on_pending"])}')
+                             _one_of(("fail", "reboot-once"), d["on_pending"]))
             else:
                 values["on_pending"] = d["on_pending"]
         if "persistence_mode" in d:
@@ -549,7 +572,7 @@ class _Parser:
                 values["stop_clients"] = tuple(units)
         if "cdi_refresh" in d:
             if d["cdi_refresh"] not in ("auto", "off"):
-                self.problem(["daemon", "cdi_refresh"], f'must be "auto" or "off", got {_show(d["cdi_refresh"])}')
+                self.problem(["daemon", "cdi_refresh"], _one_of(("auto", "off"), d["cdi_refresh"]))
             else:
                 values["cdi_refresh"] = d["cdi_refresh"]
         if "metrics_file" in d:
@@ -571,7 +594,8 @@ class _Parser:
         before = len(self.problems)
         for key in g:
             if key not in _GPU_KEYS:
-                self.problem(base + [key], f"unknown key; a [[gpu]] entry accepts {', '.join(sorted(_GPU_KEYS))}")
+                self.problem(base + [key], _unknown_key(key, _GPU_KEYS,
+                                                        f"a [[gpu]] entry accepts {', '.join(sorted(_GPU_KEYS))}"))
         if "select" not in g:
             self.problem(base, 'missing "select": which GPUs this entry is for ("all", 0, [0, 1], "GPU-…", '
                                '"00000000:07:00.0" or a model glob like "*H100*")')
@@ -620,6 +644,10 @@ class _Parser:
             s = v.strip()  # one rule for every string selector: surrounding spaces do not count, nor case
             if s.lower() == "all":
                 return GpuSelector("all")
+            if not any(c in s for c in "*?[") and did_you_mean(s, ["all"]):  # "al": no model is named like that
+                self.problem(key, f'{_show(v)} selects no GPU (a glob without wildcards is a whole model name); '
+                                  f'{did_you_mean(s, ["all"])}')
+                return None
             if _UUID_RE.match(s):
                 return GpuSelector("uuid", ("GPU-" + s[4:].lower(),))
             if s.isdigit():
@@ -692,7 +720,8 @@ class _Parser:
         ok = True
         for k in item:
             if k not in _INSTANCE_KEYS:
-                self.problem(key + [k], f"unknown key; an instance accepts {', '.join(sorted(_INSTANCE_KEYS))}")
+                self.problem(key + [k], _unknown_key(k, _INSTANCE_KEYS,
+                                                     f"an instance accepts {', '.join(sorted(_INSTANCE_KEYS))}"))
                 ok = False
         profile = item.get("profile")
         if profile is None:
@@ -739,7 +768,8 @@ class _Parser:
 
     def profile_ok(self, key: List[Any], profile: Any) -> bool:
         if isinstance(profile, bool) or not isinstance(profile, (str, int)) or not _PROFILE_RE.match(str(profile).strip()):
-            self.problem(key, f'not a GPU instance profile: {_show(profile)} (e.g. "1g.10gb", "MIG 1g.10gb", '
-                              '"1g.10gb+me", 19, or "1g"…"7g")')
+            hint = did_you_mean(strip_mig(str(profile)), _known_profile_names()) if isinstance(profile, str) else ""
+            self.problem(key, f'not a GPU instance profile: {_show(profile)}' + (f"; {hint}" if hint else "")
+                         + ' (e.g. "1g.10gb", "MIG 1g.10gb", "1g.10gb+me", 19, or "1g"…"7g")')
             return False
         return True

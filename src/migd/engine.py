@@ -200,9 +200,19 @@ class Engine:
     # --- apply ----------------------------------------------------------------------------------------------
 
     def apply(self, desired: Dict[int, DesiredGpu], gpus: Optional[Sequence[int]] = None,
-              stop_clients: bool = False) -> ApplyResult:
-        """Apply `gpus` (default: every selected one) under the exclusive lock, then record every selected GPU."""
+              stop_clients: bool = False, on_gpu_done: Optional[Callable[[GpuResult], None]] = None) -> ApplyResult:
+        """Apply `gpus` (default: every selected one) under the exclusive lock, then record every selected GPU.
+        on_gpu_done(result) is called once per GPU as soon as its result is final (from the thread that applied it),
+        before the apply as a whole ends: a terminal shows each GPU's result while the others are still applied."""
         started = time.monotonic()
+        told: Dict[int, GpuResult] = {}
+
+        def final(result: GpuResult, retry_possible: bool = False) -> None:
+            # --stop-clients may run a pending or refused GPU again: its first result is not final then
+            if on_gpu_done is not None and not retry_possible and result.gpu not in told:
+                told[result.gpu] = result
+                on_gpu_done(result)
+
         infos = self.infos()
         targets = sorted(desired) if gpus is None else sorted(gpus)
         with runstate.locked(self.config.daemon.lock_timeout, directory=self.run_dir):
@@ -210,7 +220,10 @@ class Engine:
             if gpus is None:
                 unmatched = layout.unmatched_while_lost(self.config, infos, self.host)
                 results.update({info.index: _lost_at_start(info, unmatched) for info in infos if info.lost})
-            results.update(self._run(targets, desired))
+                for lost in results.values():
+                    final(lost)
+            results.update(self._run(targets, desired, lambda r: final(
+                r, stop_clients and r.outcome in (Outcome.PENDING, Outcome.REFUSED))))
             blocked = [i for i, r in results.items() if r.outcome in (Outcome.PENDING, Outcome.REFUSED)]
             if stop_clients and blocked:
                 from . import clients
@@ -219,10 +232,12 @@ class Engine:
                                                      self.systemctl)
                 if stopped:
                     try:
-                        results.update(self._run(blocked, desired))
+                        results.update(self._run(blocked, desired, final))
                     finally:
                         self.systemctl("start", stopped)
                         log.info("clients_restarted", msg=f"restarted {', '.join(stopped)}", units=stopped)
+            for i in sorted(results):
+                final(results[i])  # pending or refused, and not run again
             outcome = ApplyResult(dict(sorted(results.items())))
             outcome.record_error = self.record(desired, outcome.gpus)
             # CDI refresh and the metrics file, under the lock (which keeps metrics writers apart); never raises.
@@ -236,7 +251,8 @@ class Engine:
     def _holders(self, i: int) -> List[str]:
         return [str(h) for h in describe(pids_holding(self.backend.device_nodes(i))) if h.pid != os.getpid()]
 
-    def _run(self, indices: Sequence[int], desired: Dict[int, DesiredGpu]) -> Dict[int, GpuResult]:
+    def _run(self, indices: Sequence[int], desired: Dict[int, DesiredGpu],
+             done: Optional[Callable[[GpuResult], None]] = None) -> Dict[int, GpuResult]:
         infos = self.infos()
         out = {}
         for i in indices:
@@ -252,6 +268,8 @@ class Engine:
                     msg = f"GPU {i}: cannot read it, nothing changed: {e.reason}"
                     log.error("gpu_unreadable", msg=msg, gpu=i, code=E.code_name(e.code))
                     out[i] = GpuResult(i, Outcome.FAILED, msg)
+            if done is not None:
+                done(out[i])
         return out
 
     def current_infos(self) -> List[GpuInfo]:

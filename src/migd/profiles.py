@@ -9,6 +9,7 @@ import re
 from typing import Dict, Optional, Sequence, Tuple
 
 from .model import ComputeProfile, GpuInfo, GpuProfile, Placement
+from .suggest import did_you_mean
 
 # The model-independent spellings "1g" ... "7g" mean the plain profile of that size: the one at NVML's
 # NVML_GPU_INSTANCE_PROFILE_<N>_SLICE index (ID 19/14/9/5/0 on A100/H100, 14/5/-/0 on A30).
@@ -54,7 +55,10 @@ def resolve_gpu_profile(spelling: str, gpu: GpuInfo) -> Tuple[Optional[GpuProfil
                   else f"write {drifted.name!r} (or its profile ID {drifted.id})")
         return None, (f"{gpu.model} has no profile {text!r}, but this driver offers {drifted.name} (ID {drifted.id}): "
                       f"the same size and attributes under the name this driver version gives it; {advice}")
-    return None, f"{gpu.model} has no profile {text!r}; {_known(gpu)}"
+    size = re.match(r"([1-8])g", text.lower())  # a typo rarely changes the size: suggest that size first
+    same_size = [p for p in gpu.profiles if size and p.slices == int(size.group(1))]
+    hint = did_you_mean(text, [strip_mig(p.name) for p in same_size or gpu.profiles])
+    return None, f"{gpu.model} has no profile {text!r}; " + (f"{hint} ({_known(gpu)})" if hint else _known(gpu))
 
 
 def _attributes(name: str) -> str:

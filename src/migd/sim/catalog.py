@@ -302,8 +302,11 @@ def parse_host_spec(spec: str) -> List[SimModel]:
         part = part.strip()
         key, _, count = part.partition(":")
         if key not in MODELS:
-            raise ValueError(
-                f"unknown simulated GPU model {key!r}; known: {', '.join(MODELS)}; hosts: {', '.join(HOSTS)}")
+            from ..suggest import did_you_mean
+
+            hint = did_you_mean(key, list(HOSTS) + list(MODELS))
+            raise ValueError(f"unknown simulated GPU model {key!r}; " + (f"{hint} (known: " if hint else "known: ")
+                             + f"{', '.join(MODELS)}; hosts: {', '.join(HOSTS)}" + (")" if hint else ""))
         try:
             n = int(count) if count else 1
         except ValueError:
