@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from .layout import DesiredGpu
     from .model import Config
 
-READ_VERBS = ("status", "profiles", "validate", "plan", "check", "export")
+READ_VERBS = ("status", "profiles", "validate", "plan", "check", "export", "import")
 SERVICE_IDENTIFIERS = {"watch": "migd-watch"}  # verb -> SyslogIdentifier= of its unit (migd.service's is "migd")
 
 
@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="toml (default): a migd.toml; slurm: the node's Gres= for slurm.conf and gres.conf lines")
     s.add_argument("--declared", action="store_true",
                    help="with --format slurm: the layout the config declares for this host's GPUs, not the live one")
+    s = sub.add_parser("import", help="print a migd.toml made from another tool's config (mig-parted's config.yaml)")
+    s.add_argument("--from", dest="source", choices=("mig-parted",), required=True, help="the config's tool")
+    s.add_argument("file", metavar="FILE", help="mig-parted config.yaml")
+    s.add_argument("--name", metavar="CONFIG", help="which named config (needed when the file has several)")
     return p
 
 
@@ -365,6 +369,13 @@ def cmd_watch(args: argparse.Namespace, read_only: bool) -> int:
     return Watcher(args.config, simulate=args.simulate, sim_state=args.sim_state, run_dir=_run_dir(args)).run()
 
 
+def cmd_import(args: argparse.Namespace, read_only: bool) -> int:
+    from . import migparted
+
+    print(migparted.convert(migparted.read(args.file), args.file, args.name), end="")
+    return E.EXIT_OK
+
+
 def _print_apply(engine: "Engine", result: "ApplyResult", desired: "Dict[int, DesiredGpu]",
                  verbose: bool = False) -> None:
     """One line per GPU saying what apply did, then the applied GPUs' layout: a compact table (identical GPUs on
@@ -385,7 +396,8 @@ def _print_apply(engine: "Engine", result: "ApplyResult", desired: "Dict[int, De
 
 VERBS: Dict[str, Callable[[argparse.Namespace, bool], int]] = {
     "status": cmd_status, "profiles": cmd_profiles, "validate": cmd_validate, "plan": cmd_plan, "apply": cmd_apply,
-    "check": cmd_check, "export": cmd_export, "boot": cmd_boot, "watch": cmd_watch}
+    "check": cmd_check, "export": cmd_export, "boot": cmd_boot, "watch": cmd_watch,
+    "import": cmd_import}
 
 
 def run() -> None:

@@ -40,6 +40,8 @@ _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}\Z")
 _UUID_RE = re.compile(r"^GPU-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z", re.I)
 _PCI_RE = re.compile(r"^(?:([0-9a-fA-F]{1,8}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])\Z")
 _RESERVED_VAR_RE = re.compile(r"GPU[0-9]+(_.*)?|.*_CI[0-9]+")
+# A PCI device ID as NVML and mig-parted pack it (device << 16 | vendor), optionally with the subsystem ID
+_DEVICE_ID_RE = re.compile(r"^0x([0-9a-fA-F]{8})(?::0x([0-9a-fA-F]{8}))?\Z")
 _UNIT_RE = re.compile(r"^[A-Za-z0-9:_.@\\-]{1,255}\.(service|socket|target|scope)\Z")
 
 
@@ -178,6 +180,14 @@ def _untrusted_path(path: str, st: os.stat_result, owners: Set[int]) -> Optional
             done = os.path.dirname(done)
         elif name != ".":
             done = os.path.join(done, name)
+
+
+def _device_id(text: str) -> str:
+    """ "0x233010de" -> "0x233010DE" (and ":0x…" subsystem ID), the form GpuSelector keeps; "" if not one."""
+    m = _DEVICE_ID_RE.match(text.strip())
+    if not m:
+        return ""
+    return f"0x{m.group(1).upper()}" + (f":0x{m.group(2).upper()}" if m.group(2) else "")
 
 
 def parse(text: str, path: str = "<config>") -> Config:
@@ -597,7 +607,8 @@ class _Parser:
 
     def selector(self, key: List[Any], v: Any) -> Optional[GpuSelector]:
         accepted = ('"all", a GPU index (0), a list of indices ([0, 1]), a GPU UUID ("GPU-…"), a PCI bus id '
-                    '("00000000:07:00.0") or a model-name glob ("*H100*")')
+                    '("00000000:07:00.0"), PCI device IDs ("0x233010DE", ["0x233010DE", "0x233110DE"]) or a '
+                    'model-name glob ("*H100*")')
         if v is None:
             return None
         if isinstance(v, bool):
@@ -608,6 +619,13 @@ class _Parser:
                 self.problem(key, f"GPU index {_show(v)} is out of range (0 to 63)")
                 return None
             return GpuSelector("index", (v,))
+        if isinstance(v, list) and v and all(isinstance(x, str) for x in v):  # PCI device IDs
+            ids = [_device_id(x) for x in v]
+            if not all(ids):
+                self.problem(key, 'a list of PCI device IDs holds strings like "0x233010DE" (device and vendor, as '
+                                  f'NVML packs them) or "0x233010DE:0x16C110DE" (with the subsystem ID), got {_show(v)}')
+                return None
+            return GpuSelector("device", tuple(ids))
         if isinstance(v, list):
             if not v or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 64 for x in v):
                 self.problem(key, "a list of GPU indices must hold integers from 0 to 63, e.g. [0, 1]")
@@ -622,6 +640,9 @@ class _Parser:
                 return GpuSelector("all")
             if _UUID_RE.match(s):
                 return GpuSelector("uuid", ("GPU-" + s[4:].lower(),))
+            device = _device_id(s)
+            if device:
+                return GpuSelector("device", (device,))
             if s.isdigit():
                 self.problem(key, f"a GPU index is a number: write select = {s} without quotes")
                 return None

@@ -52,10 +52,18 @@ def matches(selector: GpuSelector, gpu: GpuInfo) -> bool:
         return gpu.uuid.lower() == str(selector.values[0]).lower()
     if selector.kind == "pci":
         return _norm_pci(gpu.pci_bus_id) == selector.values[0]
+    if selector.kind == "device":
+        return any(_device_matches(str(v), gpu) for v in selector.values)
     if selector.kind == "glob":
         pattern = str(selector.values[0]).lower()
         return fnmatchcase(gpu.name.lower(), pattern) or fnmatchcase(gpu.model.lower(), pattern)
     return False
+
+
+def _device_matches(device_id: str, gpu: GpuInfo) -> bool:
+    """"0x233010DE" or "0x233010DE:0x16C110DE" (config's normal form) against the GPU's PCI IDs."""
+    device, _, subsystem = device_id.partition(":")
+    return int(device, 16) == gpu.pci_device_id and (not subsystem or int(subsystem, 16) == gpu.pci_subsystem_id)
 
 
 def _norm_pci(bus_id: str) -> str:

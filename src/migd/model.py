@@ -85,6 +85,8 @@ class GpuInfo:
     total_slices: int = 0  # compute slices (7, or 4 on A30)
     total_memory_slots: int = 0  # memory slots (8, or 4 on A30)
     lost: bool = False  # fell off the bus before it could be read: identity unknown, never selected
+    pci_device_id: int = 0  # NVML's pciDeviceId: device << 16 | vendor (0x233010DE), as mig-parted's filters
+    pci_subsystem_id: int = 0  # NVML's pciSubSystemId: subsystem device << 16 | subsystem vendor
 
     def profile_by_id(self, profile_id: int) -> Optional[GpuProfile]:
         for p in self.profiles:
@@ -176,13 +178,13 @@ class InstanceSpec:
 
 @dataclass(frozen=True)
 class GpuSelector:
-    kind: str  # "all", "index", "uuid", "pci", "glob"
+    kind: str  # "all", "index", "uuid", "pci", "glob", "device" (PCI device IDs: "0x233010DE[:0xSUBSYSID]")
     values: Tuple[object, ...] = ()
 
     def __str__(self) -> str:
         if self.kind == "all":
             return "all"
-        if self.kind == "index":
+        if self.kind in ("index", "device"):
             return ",".join(str(v) for v in self.values)
         return str(self.values[0])
 
