@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("validate", help="check the config; with --simulate or GPUs, which entry each GPU gets")
     s.add_argument("--host", metavar="NAME", type=_host_name,
                    help="check a fleet file as host NAME sees it ([[gpu]] hosts = ...; default: this host)")
-    sub.add_parser("plan", help="the actions apply would take; changes nothing")
+    s = sub.add_parser("plan", help="the actions apply would take; changes nothing")
+    s.add_argument("--host", metavar="NAME", type=_host_name, help="plan as host NAME (a fleet file's hosts = ...)")
     s = sub.add_parser("apply", help="make the GPUs match the config")
     s.add_argument("--dry-run", action="store_true", help="same as plan")
     s.add_argument("--stop-clients", action="store_true",
@@ -223,7 +224,7 @@ def cmd_profiles(args: argparse.Namespace, read_only: bool) -> int:
 
 
 def cmd_validate(args: argparse.Namespace, read_only: bool) -> int:
-    from . import hostnames, layout
+    from . import hostnames, layout, preview
 
     cfg = _load_config(args)
     n = len(cfg.entries)
@@ -235,7 +236,9 @@ def cmd_validate(args: argparse.Namespace, read_only: bool) -> int:
         print(f"as host {host}{'' if args.host else ' (this host; --host NAME for another)'}: "
               f"{len(mine)} of {n} GPU entr{'y' if n == 1 else 'ies'} apply"
               + "".join(f"\n  {e.label} ({e.where})" for e in mine))
+    print("\n".join(preview.daemon_lines(cfg)))
     if not (args.simulate or args.sim_state or os.path.exists("/dev/nvidiactl")):
+        layout.desired_for(cfg, [], host=host)  # a model glob that matches no GPU model migd knows: an error
         print("no GPUs to check against (no driver; use --simulate SPEC to check a model)")
         return E.EXIT_OK
 
@@ -243,13 +246,9 @@ def cmd_validate(args: argparse.Namespace, read_only: bool) -> int:
     try:
         engine = _engine(args, backend, cfg, host)
         infos = engine.infos()
-        chosen, _ = layout.select(cfg, infos, host)
-        for info in infos:
-            entry = chosen.get(info.index)
-            hosts = f", hosts = {', '.join(entry.hosts)}" if entry and entry.hosts else ""
-            what = "not managed (no entry matches)" if entry is None else \
-                f"{entry.label} ({entry.where}, select = {entry.selector}{hosts})"
-            print(f"GPU {info.index} {info.name}: {what}")
+        print("\n".join(preview.gpu_lines(cfg, infos, host)))
+        for line in layout.unmatched_entries(cfg, infos, host):
+            print(line)
         engine.desired()
         print("layout fits every selected GPU")
         return E.EXIT_OK
@@ -261,8 +260,9 @@ def cmd_plan(args: argparse.Namespace, read_only: bool) -> int:
     cfg = _load_config(args)
     backend = _backend(args, True)
     try:
-        engine = _engine(args, backend, cfg)
+        engine = _engine(args, backend, cfg, getattr(args, "host", None))
         plans = engine.plans(engine.desired())
+        _print_unmatched(engine)
         code = E.EXIT_OK
         for info in engine.infos():
             plan = plans.get(info.index)
@@ -331,6 +331,7 @@ def cmd_apply(args: argparse.Namespace, read_only: bool) -> int:
         engine = _engine(args, backend, cfg)
         desired = engine.desired()
         result = engine.apply(desired, stop_clients=bool(args.stop_clients))
+        _print_unmatched(engine)
         _print_apply(engine, result, desired, args.verbose)
         return result.exit_code
     finally:
@@ -376,12 +377,24 @@ def cmd_import(args: argparse.Namespace, read_only: bool) -> int:
     return E.EXIT_OK
 
 
+def _print_unmatched(engine: "Engine") -> None:
+    """An entry that selects no GPU here is legal in a fleet file, and said (never a silent no-op)."""
+    from . import layout
+
+    if engine.config is not None:
+        for line in layout.unmatched_entries(engine.config, engine.infos(), engine.host):
+            print(line)
+
+
 def _print_apply(engine: "Engine", result: "ApplyResult", desired: "Dict[int, DesiredGpu]",
                  verbose: bool = False) -> None:
     """One line per GPU saying what apply did, then the applied GPUs' layout: a compact table (identical GPUs on
     one row), or with -v as `status` shows them (a GPU lost meanwhile is left out)."""
     from . import report
 
+    if not desired:
+        print("nothing to apply: no entry selects a GPU on this host")
+        return
     for r in result.gpus.values():
         print(r.message)
     if result.record_error:

@@ -226,11 +226,13 @@ def _merge(files: Sequence["_Parser"]) -> Config:
     if problems:
         raise ConfigError(problems)
     values: Dict[str, Any] = {}
+    sources: Dict[str, str] = {}  # [daemon] key -> "file:line" of the setting that holds (validate shows it)
     for f in files:
         values.update(f.daemon_values)
+        sources.update({key: f.where(["daemon", key]) for key in f.daemon_values})
     return Config(path=files[0].path, entries=tuple(e for f in files for e in f.entries),
                   daemon=DaemonSettings(**{**DaemonSettings().__dict__, **values}),
-                  files=tuple(f.path for f in files))
+                  files=tuple(f.path for f in files), daemon_sources=tuple(sorted(sources.items())))
 
 
 def in_line_order(problems: Sequence[Problem]) -> List[Problem]:
@@ -603,7 +605,8 @@ class _Parser:
             return None
         return GpuEntry(number=i + 1, selector=selector, mig=mig, instances=instances, hosts=hosts,
                         where=self.where(base),
-                        mig_where=self.where_key(base + ["mig"]), instances_where=self.where_key(base + ["instances"]))
+                        mig_where=self.where_key(base + ["mig"]), select_where=self.where_key(base + ["select"]),
+                        instances_where=self.where_key(base + ["instances"]))
 
     def selector(self, key: List[Any], v: Any) -> Optional[GpuSelector]:
         accepted = ('"all", a GPU index (0), a list of indices ([0, 1]), a GPU UUID ("GPU-…"), a PCI bus id '

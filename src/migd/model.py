@@ -205,6 +205,7 @@ class GpuEntry:
     hosts: Tuple[str, ...] = ()  # host-name patterns (lower case); empty: every host
     where: str = ""  # "file:line" of the [[gpu]] header
     mig_where: str = ""  # "file:line: [[gpu]] #n mig", for problems found against a GPU
+    select_where: str = ""  # "file:line: [[gpu]] #n select"
     instances_where: str = ""  # "file:line: [[gpu]] #n instances"
 
     @property
@@ -231,3 +232,4 @@ class Config:
     entries: Tuple[GpuEntry, ...] = ()  # the main file's, then each drop-in's, in the order read
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     files: Tuple[str, ...] = ()  # the files read: the main one, then its drop-ins
+    daemon_sources: Tuple[Tuple[str, str], ...] = ()  # ([daemon] key, "file:line") for each key a file sets
