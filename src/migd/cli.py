@@ -313,7 +313,12 @@ def cmd_export(args: argparse.Namespace, read_only: bool) -> int:
             from . import slurm
 
             desired = _engine(args, backend, cfg).desired() if cfg is not None else None
-            print(slurm.export(backend, desired, cfg.path if cfg is not None else None), end="")
+            minors = None
+            if _simulated(args) and not args.declared:  # the simulated host's /proc file, never the machine's
+                from .sim import SimHost
+
+                minors = SimHost.create(args.simulate or "dgx-a100", args.sim_state).mig_minors_path()
+            print(slurm.export(backend, desired, cfg.path if cfg is not None else None, mig_minors=minors), end="")
             return E.EXIT_OK
         _, view = _live_view(args, backend)
         print(report.export_toml(view.gpus, view.names), end="")
