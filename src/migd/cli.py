@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from .layout import DesiredGpu
     from .model import Config
 
-READ_VERBS = ("status", "profiles", "validate", "plan", "check", "export", "import")
+READ_VERBS = ("status", "profiles", "validate", "plan", "check", "export", "import", "init")
 SERVICE_IDENTIFIERS = {"watch": "migd-watch"}  # verb -> SyslogIdentifier= of its unit (migd.service's is "migd")
 
 
@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="toml (default): a migd.toml; slurm: the node's Gres= for slurm.conf and gres.conf lines")
     s.add_argument("--declared", action="store_true",
                    help="with --format slurm: the layout the config declares for this host's GPUs, not the live one")
+    s = sub.add_parser("init", help="print (or write with -o, never over a file) a commented migd.toml for these GPUs")
+    s.add_argument("-o", "--output", metavar="FILE", help="write FILE (refused if it exists) instead of stdout")
     s = sub.add_parser("import", help="print a migd.toml made from another tool's config (mig-parted's config.yaml)")
     s.add_argument("--from", dest="source", choices=("mig-parted",), required=True, help="the config's tool")
     s.add_argument("file", metavar="FILE", help="mig-parted config.yaml")
@@ -375,6 +377,30 @@ def cmd_watch(args: argparse.Namespace, read_only: bool) -> int:
     return Watcher(args.config, simulate=args.simulate, sim_state=args.sim_state, run_dir=_run_dir(args)).run()
 
 
+def cmd_init(args: argparse.Namespace, read_only: bool) -> int:
+    from . import hostnames, starter
+    from .model import Gpu
+
+    backend = _backend(args, True)
+    try:
+        gpus = [Gpu(info, backend.state(info.index)) for info in backend.gpus() if not info.lost]
+    finally:
+        backend.close()
+    text = starter.starter_toml(gpus, hostnames.this_host())
+    if not args.output:
+        print(text, end="")
+        return E.EXIT_OK
+    try:  # O_EXCL: an admin's existing file is never replaced
+        fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    except FileExistsError:
+        return _fail(False, "usage", f"{args.output}: exists; migd init never overwrites a file (remove it or give "
+                                     "another -o FILE)", E.EXIT_USAGE)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    print(f"wrote {args.output}: check it with `migd -c {args.output} validate` and `migd -c {args.output} plan`")
+    return E.EXIT_OK
+
+
 def cmd_import(args: argparse.Namespace, read_only: bool) -> int:
     from . import migparted
 
@@ -415,7 +441,7 @@ def _print_apply(engine: "Engine", result: "ApplyResult", desired: "Dict[int, De
 VERBS: Dict[str, Callable[[argparse.Namespace, bool], int]] = {
     "status": cmd_status, "profiles": cmd_profiles, "validate": cmd_validate, "plan": cmd_plan, "apply": cmd_apply,
     "check": cmd_check, "export": cmd_export, "boot": cmd_boot, "watch": cmd_watch,
-    "import": cmd_import}
+    "import": cmd_import, "init": cmd_init}
 
 
 def run() -> None:
