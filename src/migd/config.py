@@ -596,6 +596,10 @@ class _Parser:
             if "instances" in g:  # still check them, but "instances need mig = true" would only repeat the above
                 self.instances(base + ["instances"], g["instances"])
             mig = False
+        elif g.get("instances") == "unmanaged":
+            if not mig:
+                self.problem(base + ["instances"], 'instances = "unmanaged" needs mig = true: migd keeps MIG mode on '
+                                                   "and leaves the instances to another tool")
         elif "instances" in g:
             if not mig:
                 self.problem(base + ["instances"], "instances need mig = true (with mig = false, drop instances)")
@@ -604,6 +608,7 @@ class _Parser:
         if len(self.problems) > before or selector is None:
             return None
         return GpuEntry(number=i + 1, selector=selector, mig=mig, instances=instances, hosts=hosts,
+                        unmanaged=g.get("instances") == "unmanaged",
                         where=self.where(base),
                         mig_where=self.where_key(base + ["mig"]), select_where=self.where_key(base + ["select"]),
                         instances_where=self.where_key(base + ["instances"]))
@@ -697,7 +702,8 @@ class _Parser:
                 if spec:
                     out.append(spec)
         else:
-            self.problem(key, 'must be a list (["3g.40gb", "1g.10gb"]) or a count table ({ "1g.10gb" = 7 })')
+            self.problem(key, 'must be a list (["3g.40gb", "1g.10gb"]), a count table ({ "1g.10gb" = 7 }) or '
+                              '"unmanaged" (MIG mode only; another tool creates the instances)')
         if len(out) > MAX_INSTANCES:
             self.problem(key, f"{len(out)} instances: no GPU has more than {MAX_INSTANCES // 8} slots per slice")
             return ()

@@ -38,6 +38,7 @@ class DesiredGpu:
     entry: GpuEntry
     mig: bool
     instances: Tuple[DesiredInstance, ...] = ()
+    unmanaged: bool = False  # MIG mode only: the instances are another tool's (GpuEntry.unmanaged)
 
 
 class LayoutError(Exception):
@@ -185,6 +186,8 @@ def resolve(entry: GpuEntry, gpu: GpuInfo) -> DesiredGpu:
         return DesiredGpu(entry, False)
     if not gpu.mig_capable:
         raise LayoutError(f"{entry.mig_where or entry.where}: GPU {gpu.index} ({gpu.model}) does not support MIG")
+    if entry.unmanaged:
+        return DesiredGpu(entry, True, unmanaged=True)
     if not gpu.profiles:
         raise LayoutError(f"{entry.mig_where or entry.where}: GPU {gpu.index} ({gpu.model}) reports no MIG profiles "
                           "(drivers before R550 list them only once MIG mode is on)")

@@ -203,6 +203,9 @@ class GpuEntry:
     mig: bool
     instances: Tuple[InstanceSpec, ...] = ()
     hosts: Tuple[str, ...] = ()  # host-name patterns (lower case); empty: every host
+    # instances = "unmanaged": migd owns the MIG mode (and persistence) only; another tool (Kubernetes' DRA driver
+    # with dynamic MIG) creates and destroys the instances, which migd never touches nor counts as drift
+    unmanaged: bool = False
     where: str = ""  # "file:line" of the [[gpu]] header
     mig_where: str = ""  # "file:line: [[gpu]] #n mig", for problems found against a GPU
     select_where: str = ""  # "file:line: [[gpu]] #n select"

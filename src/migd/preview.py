@@ -11,7 +11,7 @@ from typing import List, Optional, Sequence
 from . import layout
 from .model import Config, DaemonSettings, GpuEntry, GpuInfo, GpuState
 from .plan import plan_gpu
-from .report import desired_layout
+from .report import UNMANAGED, desired_layout
 
 
 def gpu_lines(cfg: Config, infos: Sequence[GpuInfo], host: Optional[str] = None) -> List[str]:
@@ -39,6 +39,8 @@ def _layout(entry: GpuEntry, info: GpuInfo) -> str:
         desired = layout.resolve(entry, info)
     except layout.LayoutError:
         return ""
+    if desired.unmanaged:
+        return f"{UNMANAGED} (another tool creates and destroys them; migd sets the mode only)"
     plan = plan_gpu(info, desired, GpuState(mig_current=True, mig_pending=True, persistence=None))
     return desired_layout(plan, desired.mig) if plan.ok else ""
 

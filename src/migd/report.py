@@ -193,9 +193,12 @@ def compare(info: GpuInfo, desired: DesiredGpu, state: GpuState, plan: GpuPlan) 
         status = "drift"
     if not plan.ok:
         plan = plan_gpu(info, desired, GpuState(mig_current=True, mig_pending=True, persistence=None))
-    expected = desired_layout(plan, desired.mig)
+    expected = UNMANAGED if desired.unmanaged else desired_layout(plan, desired.mig)
     diff = "" if status == "ok" else differences(info, desired.mig, plan, state)
     return status, expected, found, diff
+
+
+UNMANAGED = "MIG on, instances unmanaged"  # instances = "unmanaged": the layout migd expects
 
 
 def desired_layout(plan: GpuPlan, mig: bool) -> str:
