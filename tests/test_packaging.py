@@ -140,7 +140,9 @@ printf '%s\n' "${COMPREPLY[@]}"
 
 
 @pytest.mark.parametrize("words, expected", [
-    (["migd", ""], {"status", "profiles", "validate", "plan", "apply", "check", "export", "boot", "watch"}),
+    (["migd", ""], {"status", "profiles", "validate", "plan", "apply", "check", "export", "boot", "watch", "import",
+                    "init"}),
+    (["migd", "import", "--from", ""], {"mig-parted"}),
     (["migd", "ap"], {"apply"}),
     (["migd", "-c", "x.toml", "--simulate", "dgx-a100", "pl"], {"plan"}),
     (["migd", "apply", "--"], {"--dry-run", "--stop-clients", "--help"}),

@@ -6,7 +6,7 @@ _migd()
     local cur prev words cword split
     _init_completion -s || return
 
-    local verbs="status profiles validate plan apply check export boot watch"
+    local verbs="status profiles validate plan apply check export boot watch import init"
     local global_opts="-c --config --simulate --sim-state -v --verbose -q --quiet --version -h --help"
     local sims="dgx-a100 dgx-h100 dgx-h200 dgx-b200 hgx-b300 gb200-tray rtx-pro-server a100-40gb a100-80gb a30 h100-80gb h100-94gb h200 h200-nvl h800 h20 gh200-96gb gh200-144gb b200 gb200 b300 gb300 a800-80gb a800-40gb rtx-pro-6000"
 
@@ -33,6 +33,17 @@ _migd()
             ;;
         --host)
             _known_hosts_real -- "$cur"
+            return
+            ;;
+        --from)
+            COMPREPLY=($(compgen -W "mig-parted" -- "$cur"))
+            return
+            ;;
+        -o | --output)
+            _filedir toml
+            return
+            ;;
+        --name)
             return
             ;;
         --version | -h | --help)
@@ -69,7 +80,9 @@ _migd()
         status | profiles | check) opts+=" --json" ;;
         apply) opts+=" --dry-run --stop-clients" ;;
         export) opts+=" --format --declared" ;;
-        validate) opts+=" --host" ;;
+        validate | plan) opts+=" --host" ;;
+        import) opts+=" --from --name" ;;
+        init) opts+=" -o --output" ;;
     esac
     [[ $cur == -* || -z $cur ]] && COMPREPLY=($(compgen -W "$opts" -- "$cur"))
 } &&
