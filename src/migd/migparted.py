@@ -85,7 +85,7 @@ def convert(text: str, path: str, name: Optional[str] = None) -> str:
             "# same result. Placements are migd's own (exact, the same at every boot): see `migd plan`.",
             "# A GPU no entry selects is left alone; a profile a GPU does not offer is an error (migd validate).",
             ""]
-    return "\n".join(head) + "\n".join(blocks)
+    return "\n".join(head) + "\n" + "\n".join(blocks)
 
 
 def _parse(text: str, path: str) -> miniyaml.Document:
