@@ -127,3 +127,8 @@ def test_unmanaged_spelling_errors(tmp_path, capsys, entry, says):
     code = cli.main(["--simulate", "h100-80gb", "-c", str(cfg), "validate"])
     err = capsys.readouterr().err
     assert code == 2 and f"{cfg}:4: [[gpu]] #1 instances: " in err and says in err, err
+
+
+def test_declared_slurm_export_refuses_unmanaged_gpus(site, capsys):
+    code, out, err = migd(site, capsys, "export", "--format", "slurm", "--declared")
+    assert code == 1 and out == "" and 'GPU 0: instances = "unmanaged"' in err and "export the live layout" in err

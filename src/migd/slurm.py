@@ -194,6 +194,9 @@ def export(backend: Any, desired: Optional[Dict[int, DesiredGpu]] = None, source
     for info in infos:
         gpu_minor = backend.minor_number(info.index)
         d = desired.get(info.index)
+        if d is not None and d.unmanaged:
+            raise MigdError(f"GPU {info.index}: instances = \"unmanaged\" ({d.entry.where}): its MIG devices are "
+                            "another tool's, so the config declares none; export the live layout instead")
         if d is not None:
             empty = GpuState(mig_current=True, mig_pending=True, persistence=None)
             devices += declared_devices(info, d.mig, plan_gpu(info, d, empty), gpu_minor)
