@@ -27,7 +27,7 @@ mig-configs:
     - devices: [0, 1]
       mig-enabled: true
       mig-devices: {"1g.10gb": 7}
-    - device-filter: "0x20b010de"      # lower case, one string
+    - device-filter: 0x20b010de        # lower case, one ID, unquoted (mig-parted reads it as text too)
       devices: all
       mig-enabled: false
 """

@@ -38,7 +38,6 @@ class Document:
 
 _Line = Tuple[int, int, str]  # (line number, indent, text without comment)
 _INT = re.compile(r"[-+]?[0-9]+\Z")
-_HEX = re.compile(r"0x[0-9a-fA-F]+\Z")
 _PLAIN_BAD = ("&", "*", "!", "|", ">", "%", "@", "`")
 
 
@@ -205,9 +204,7 @@ def _plain(word: str) -> Any:
         return None
     if _INT.match(word):
         return int(word)
-    if _HEX.match(word):  # YAML 1.1 reads 0x… as a number; mig-parted quotes its device IDs
-        return int(word, 16)
-    return word
+    return word  # 0x… stays text: mig-parted reads device-filter entries into strings, quoted or not
 
 
 def _flow_list(text: str, i: int, number: int) -> Tuple[Any, int]:
