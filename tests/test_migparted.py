@@ -190,3 +190,39 @@ def test_device_id_selectors():
     assert not layout.matches(sel, gpu(0x233110DE))
     with pytest.raises(config.ConfigError, match=r"<config>:2: \[\[gpu\]\] #1 select: a list of PCI device IDs"):
         config.parse('[[gpu]]\nselect = ["0x2330"]\nmig = false\n')
+
+
+def test_mangled_yaml_is_an_error_never_a_traceback():
+    """Mutations of NVIDIA's file (deleted, repeated and inserted characters and lines): each converts or is refused
+    with a ConfigError naming the file, never another exception. Seeded: the same cases every run."""
+    import random
+
+    from migd import migparted
+    from migd.errors import ConfigError
+
+    text = DEFAULT.read_text()[:3000]  # the first configs: every construct of the file
+    rng = random.Random(18)
+    nasty = ["\t", " ", "-", ":", "[", "]", "{", "}", ",", "#", '"', "'", "&a", "*a", "!t", "|", ">", "---", "\n",
+             "0x", "1c.3g.40gb", "mig-devices:", "  - ", "\x00", "é"]
+    refused = converted = 0
+    for _ in range(400):
+        t = text
+        for _ in range(rng.randint(1, 4)):
+            i = rng.randrange(len(t))
+            op = rng.random()
+            if op < 0.4:
+                t = t[:i] + t[i + rng.randint(1, 8):]
+            elif op < 0.8:
+                t = t[:i] + rng.choice(nasty) + t[i:]
+            else:
+                lines = t.split("\n")
+                j = rng.randrange(len(lines))
+                lines.insert(j, lines[rng.randrange(len(lines))])
+                t = "\n".join(lines)
+        try:
+            migparted.convert(t, "config.yaml", "all-1g.5gb")
+            converted += 1
+        except ConfigError as e:
+            assert all(p.path == "config.yaml" for p in e.problems), e
+            refused += 1
+    assert refused > 100 and converted > 10, (refused, converted)
