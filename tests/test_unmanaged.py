@@ -132,3 +132,19 @@ def test_unmanaged_spelling_errors(tmp_path, capsys, entry, says):
 def test_declared_slurm_export_refuses_unmanaged_gpus(site, capsys):
     code, out, err = migd(site, capsys, "export", "--format", "slurm", "--declared")
     assert code == 1 and out == "" and 'GPU 0: instances = "unmanaged"' in err and "export the live layout" in err
+
+
+def test_boot_sets_the_mode_and_leaves_instances_alone(site, capsys):
+    """At every boot (Hopper loses MIG mode at a reboot) migd.service's `migd boot` turns the mode on again; a
+    second boot with the other tool's instances present changes nothing."""
+    host = SimHost.create("", site["state"])
+    host.reboot()
+    host.save()
+    assert load_state(site["state"])["gpus"][0]["mig"][0] == 0
+    code, out, err = migd(site, capsys, "boot")
+    assert code == 0, out + err
+    assert [g["mig"][0] for g in load_state(site["state"])["gpus"]] == [1, 1]
+    other_tool_creates(site, 0, 19, 0)
+    before = load_state(site["state"])["gpus"]
+    assert migd(site, capsys, "boot")[0] == 0
+    assert load_state(site["state"])["gpus"] == before
