@@ -67,7 +67,9 @@ def test_check_says_what_differs_and_json_keeps_both_layouts(env, capsys):
     by_hand(env, _drift)
     code, out = migd(env, capsys, "check")
     assert code == 3
-    assert out.splitlines() == [f"GPU 0: drift: {GPU0}", f"GPU 1: drift: {GPU1}"], out
+    # today's wording, one line per GPU, each drift then drawn on the grid (tests/test_picture.py reads those)
+    assert [line for line in out.splitlines() if line.startswith("GPU ")] == [f"GPU 0: drift: {GPU0}",
+                                                                             f"GPU 1: drift: {GPU1}"], out
     doc = json.loads(migd(env, capsys, "check", "--json")[1])
     g0, g1 = doc["gpus"]
     assert g0["diff"] == GPU0 and g0["expected"] == "MIG on: 4g.40gb@0:4 2g.20gb@4:2 1g.10gb@6:1"
@@ -107,3 +109,33 @@ def test_missing_extra_and_mode_wording(env, capsys):
     by_hand(env, lambda host: host.gpus[0].update(mig=[0, 0], gis=[]))
     code, out = migd(env, capsys, "check")
     assert out.splitlines()[0] == "GPU 0: drift: MIG off, expected on", out
+
+
+def test_drift_is_typed_records_that_check_words(env, capsys):
+    """The rules return records (drift.Drift: missing / extra / moved GPU instances, compute drift per GPU
+    instance); check's wording is report's rendering of them."""
+    from migd import backend as B, config, report
+    from migd.drift import ComputeRecord, Match, Moved
+    from migd.engine import Engine
+    from migd.model import Placement
+
+    assert migd(env, capsys, "apply")[0] == 0
+    by_hand(env, _drift)
+    be = B.make_backend(sim_state=env["state"], read_only=True)
+    be.open()
+    try:
+        engine = Engine(be, config.load(env["config"]))
+        rows = engine.compare(engine.desired()).gpus
+    finally:
+        be.close()
+    c0, c1 = rows[0].comparison, rows[1].comparison
+    assert c0.match == Match.DRIFT and c1.match == Match.DRIFT
+    assert [(g.profile, g.placement) for g in c0.drift.missing] == [("4g.40gb", Placement(0, 4)),
+                                                                    ("1g.10gb", Placement(6, 1))]
+    assert c0.drift.extra == () and len(c0.drift.moved) == 1
+    m = c0.drift.moved[0]
+    assert (m.profile, m.expected, m.found) == ("2g.20gb", Placement(4, 2), Placement(0, 2)) and m.gi_id is not None
+    (cd,) = c1.drift.compute
+    assert cd.moved == (Moved("1c.3g.40gb", Placement(0, 1), Placement(1, 1)),) and not cd.missing and not cd.extra
+    assert cd.instance.compute == (ComputeRecord("1c.3g.40gb", Placement(0, 1)),)
+    assert report.drift_text(c0.drift) == GPU0 and report.drift_text(c1.drift) == GPU1

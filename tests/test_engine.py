@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -182,7 +183,7 @@ def test_export_then_plan_says_nothing_to_do_and_check_ok(host):
     check = migd(host, "check", config=str(exported))
     assert check.code == 0 and check.out.count(": ok:") == 2, check.out
     status = migd(host, "status", config=str(exported))
-    assert "[train]" in status.out and "[infer]" in status.out
+    assert re.search(r"[|│]train +[|│]", status.out) and re.search(r"[|│]infer +[|│]", status.out), status.out
     # every GPU with persistence on: the export turns it on (and plan still says nothing to do)
     s = SimHost.create("", host["state"])
     s.gpus[1]["persistence"] = 1
@@ -216,7 +217,7 @@ def test_check_prints_the_expected_layout_never_a_refusal(host):
     # the refused apply's status says the GPU does not match
     r = migd(host, "apply", config=str(other))
     assert r.code == 1 and "4242" in r.out
-    assert "(drift: does not match its config" in r.out, r.out
+    assert "drift: does not match its config, see `migd check`" in r.out, r.out
 
 
 def test_no_message_repeats_the_gpu_prefix(host):
@@ -298,3 +299,33 @@ def test_no_import_cycles():
     for n in graph:
         if n not in state:
             visit(n, [n])
+
+
+# The layers, bottom to top: a module never imports one above it. drift holds the rules (engine decides with it),
+# report and picture only render drift's records (neither imports the engine).
+_ABOVE = {
+    "migd.config": ("migd.layout", "migd.plan", "migd.drift", "migd.engine", "migd.report", "migd.picture"),
+    "migd.layout": ("migd.plan", "migd.drift", "migd.engine", "migd.report", "migd.picture"),
+    "migd.plan": ("migd.drift", "migd.engine", "migd.report", "migd.picture"),
+    "migd.drift": ("migd.engine", "migd.report", "migd.picture", "migd.schema", "migd.cli"),
+    "migd.report": ("migd.engine", "migd.picture", "migd.cli", "migd.publish", "migd.watch"),
+    "migd.picture": ("migd.engine", "migd.cli", "migd.publish", "migd.watch"),
+    "migd.schema": ("migd.engine", "migd.report", "migd.drift", "migd.plan"),
+}
+
+
+def test_imports_go_one_way_config_layout_plan_drift_then_renderers():
+    graph = _imports(R.ROOT / "src" / "migd")
+
+    def reach(n, seen):
+        for d in graph.get(n, ()):
+            if d not in seen:
+                seen.add(d)
+                reach(d, seen)
+        return seen
+
+    for module, above in _ABOVE.items():
+        if module in graph:
+            assert not reach(module, set()) & set(above), (module, reach(module, set()) & set(above))
+    for user in ("migd.engine", "migd.publish"):  # the rules come from drift, not from the text layer
+        assert "migd.drift" in reach(user, set())

@@ -125,7 +125,7 @@ def test_plan_and_validate_against_the_real_gpu(seven_instance_config):
     v = migd("validate", config=seven_instance_config)
     assert v.returncode == 0, v.stdout + v.stderr
     assert "GPU 0" in v.stdout and "[[gpu]] #1" in v.stdout
-    p = migd("plan", config=seven_instance_config)
+    p = migd("-v", "plan", config=seven_instance_config)  # -v: the driver calls
     assert p.returncode == 0, p.stdout + p.stderr
     creates = [line for line in p.stdout.splitlines() if "create GPU instance" in line]
     assert len(creates) == 7

@@ -66,7 +66,7 @@ def test_example_validates_plans_and_applies_on_its_host(capsys, tmp_path, examp
     (tmp_path / "sim").mkdir()
     code, out, err = run(capsys, "--simulate", host, "-c", conf, "validate")
     assert code == 0 and "layout fits every selected GPU" in out, out + err
-    code, out, err = run(capsys, "--simulate", host, "-c", conf, "plan")
+    code, out, err = run(capsys, "--simulate", host, "-c", conf, "-v", "plan")
     assert code == 0 and "create GPU instance" in out, out + err
     code, out, err = run(capsys, "--simulate", host, "--sim-state", state, "-c", conf, "apply")
     assert code == 0, out + err
@@ -92,7 +92,7 @@ def test_profiles_shows_the_universal_mig_table(capsys):
     assert {p["name"] for p in profiles if p["graphics"]} == {"1g.24gb+gfx", "2g.48gb+gfx", "4g.96gb+gfx"}
     code, out, _ = run(capsys, "--simulate", "rtx-pro-6000", "profiles")
     assert "GFX" in out.splitlines()[1]
-    gfx_lines = [line for line in out.splitlines() if "+gfx" in line and "compute:" not in line]
+    gfx_lines = [line for line in out.splitlines() if "+gfx" in line and "compute:" not in line and "{" in line]
     assert len(gfx_lines) == 3 and all(" yes " in line for line in gfx_lines)
     code, out, _ = run(capsys, "--simulate", "h100-80gb", "profiles", "--json")
     assert not any(p["graphics"] for p in json.loads(out)["gpus"][0]["profiles"])

@@ -77,9 +77,9 @@ def test_validate_host_shows_entry_override_layout_and_daemon_sources(fleet, cap
 
 
 def test_plan_as_another_host(fleet, capsys):
-    code, out, _ = run(capsys, "--simulate", "h100-80gb", "-c", fleet, "plan", "--host", "infer001")
+    code, out, _ = run(capsys, "--simulate", "h100-80gb", "-c", fleet, "-v", "plan", "--host", "infer001")
     assert code == 0 and out.count("create GPU instance 1g.10gb") == 7
-    code, out, _ = run(capsys, "--simulate", "h100-80gb", "-c", fleet, "plan", "--host", "login1")
+    code, out, _ = run(capsys, "--simulate", "h100-80gb", "-c", fleet, "-v", "plan", "--host", "login1")
     assert code == 0 and out.count("create GPU instance 3g.40gb") == 2
 
 

@@ -310,14 +310,16 @@ def _calls_in(path: Path):
 
 def test_the_only_process_migd_starts_is_systemctl():
     """Static: in all of src/migd (but the simulator), the call sites that start a process are clients.systemctl and
-    clients.load_state (systemctl show of one unit's LoadState, for the CDI refresh)."""
+    clients.load_state (systemctl show of one unit's LoadState, for the CDI refresh) and clients.system_state
+    (`systemctl is-system-running`: is the system still booting, the only time migd may reboot it)."""
     src = R.ROOT / "src" / "migd"
     sites = [c for p in sorted(src.rglob("*.py")) if "sim" not in p.relative_to(src).parts for c in _calls_in(p)]
-    assert [(f, call) for f, _, call in sites] == [("clients.py", "subprocess.run")] * 2, sites
+    assert [(f, call) for f, _, call in sites] == [("clients.py", "subprocess.run")] * 3, sites
     text = (src / "clients.py").read_text()
     # an argv, never a shell; units after --
     assert 'subprocess.run(["systemctl", *(["--no-block"] if no_block else []), verb, "--", *units]' in text
     assert 'subprocess.run(["systemctl", "show", "--property=LoadState", "--value", "--", unit]' in text
+    assert 'subprocess.run(["systemctl", "is-system-running"]' in text
     cdi = (src / "cdi.py").read_text()
     assert 'clients.systemctl("restart", [unit], no_block=True, quiet=True)' in cdi
     assert 'UNIT = "nvidia-cdi-refresh.service"' in cdi

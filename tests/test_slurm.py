@@ -9,6 +9,8 @@ from real files (the guide; nvidia-container-toolkit's internal/nvcaps comment).
 
 from __future__ import annotations
 
+import re
+
 import socket
 import textwrap
 from pathlib import Path
@@ -118,7 +120,10 @@ def test_export_slurm_lists_the_live_layout_with_autodetect_names_and_cap_files(
     code, out, err = migd(capsys, host, "apply")
     assert code == 0, out + err
     code, out, err = migd(capsys, host, "status")
-    assert "GI  3  2g.10gb" in out and "GI  1  4g.20gb" in out  # the GI ids the expected minors use
+    lines = out.splitlines()  # the GI ids the expected minors use: under each profile in its grid box
+    for profile, gi in (("2g.10gb", "GI 3"), ("4g.20gb", "GI 1")):
+        row = next(i for i, line in enumerate(lines) if re.search(rf"[|│]{profile} ", line))
+        assert lines[row + 1][lines[row].index(profile):].startswith(gi), out
     code, out, err = migd(capsys, host, "export", "--format", "slurm")
     assert (code, err) == (0, "")
     assert out == _expected_live()

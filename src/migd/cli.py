@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .engine import ApplyResult, Engine, StatusView
     from .layout import DesiredGpu
     from .model import Config
+    from .picture import Style
 
 READ_VERBS = ("status", "profiles", "validate", "plan", "check", "export", "import", "init")
 SERVICE_IDENTIFIERS = {"watch": "migd-watch"}  # verb -> SyslogIdentifier= of its unit (migd.service's is "migd")
@@ -46,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sim-state", metavar="PATH", default=os.environ.get("MIGD_SIM_STATE") or None,
                    help="share simulated GPUs between processes through this state file, created from --simulate "
                         "when absent (env MIGD_SIM_STATE)")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="debug logging; plan lists the driver calls, apply the MIG UUIDs")
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     sub = p.add_subparsers(dest="verb", metavar="VERB", prog="migd")  # prog: no terminal-size probe at start
     sub.required = True
@@ -198,8 +200,15 @@ def _load_config(args: argparse.Namespace, privileged: bool = False) -> "Config"
 # --- verbs --------------------------------------------------------------------------------------------------------
 
 
+def _style() -> "Style":
+    """How pictures are drawn on this stdout: box characters when it is UTF-8, colour on a terminal only."""
+    from .picture import style_for
+
+    return style_for(getattr(sys.stdout, "encoding", None), sys.stdout.isatty(), os.environ)
+
+
 def cmd_status(args: argparse.Namespace, read_only: bool) -> int:
-    from . import report, schema
+    from . import picture, schema
 
     backend = _backend(args, True)
     try:
@@ -207,19 +216,21 @@ def cmd_status(args: argparse.Namespace, read_only: bool) -> int:
         if args.json:
             print(schema.dumps(engine.status_doc(view, backend.description)))
         else:
-            print(report.status_text(view.gpus, view.names, view.managed))
+            print(picture.status(view.gpus, view.names, view.managed, _style()))
         return E.EXIT_OK
     finally:
         backend.close()
 
 
 def cmd_profiles(args: argparse.Namespace, read_only: bool) -> int:
-    from . import report, schema
+    from . import picture, report, schema
 
     backend = _backend(args, True)
     try:
         infos = backend.gpus()
-        print(schema.dumps(schema.profiles(infos, backend.simulated)) if args.json else report.profiles_text(infos))
+        style = _style()
+        print(schema.dumps(schema.profiles(infos, backend.simulated)) if args.json else
+              report.profiles_text(infos, after=lambda info: picture.placements(info, style)))
         return E.EXIT_OK
     finally:
         backend.close()
@@ -259,13 +270,20 @@ def cmd_validate(args: argparse.Namespace, read_only: bool) -> int:
 
 
 def cmd_plan(args: argparse.Namespace, read_only: bool) -> int:
+    """Per GPU with something to do, its grid now and after (identical GPUs drawn once) and a one-line summary;
+    with -v, the driver calls apply would make."""
+    from . import picture
+
     cfg = _load_config(args)
     backend = _backend(args, True)
     try:
         engine = _engine(args, backend, cfg, getattr(args, "host", None))
-        plans = engine.plans(engine.desired())
+        desired = engine.desired()
+        plans = engine.plans(desired)
         _print_unmatched(engine)
         code = E.EXIT_OK
+        pictures, calls = [], []
+        style = _style()
         for info in engine.infos():
             plan = plans.get(info.index)
             if plan is None:
@@ -276,8 +294,18 @@ def cmd_plan(args: argparse.Namespace, read_only: bool) -> int:
             elif plan.noop:
                 print(f"GPU {info.index}: nothing to do")
             else:
-                for action in plan.actions:
-                    print(action)
+                d = desired[info.index]
+                pictures.append((info.index, picture.plan_picture(info, backend.state(info.index), plan, d.mig,
+                                                                  f"{d.entry.label} ({d.entry.where})", style)))
+                calls += [str(action) for action in plan.actions]
+        for line in picture.plans(pictures):
+            print(line)
+        if args.verbose and calls:
+            print("driver calls:")
+            for call in calls:
+                print(f"  {call}")
+        elif calls:
+            print("(`migd -v plan` lists the driver calls)")
         return code
     finally:
         backend.close()
@@ -289,15 +317,23 @@ def cmd_check(args: argparse.Namespace, read_only: bool) -> int:
     cfg = _load_config(args)
     backend = _backend(args, True)
     try:
-        result = _engine(args, backend, cfg).check()
+        engine = _engine(args, backend, cfg)
+        result = engine.check()
         if args.json:
             rows = [{"index": r.gpu, "status": r.status.value, "expected": r.expected, "found": r.found,
                      "diff": r.diff} for r in result.gpus]
             print(schema.dumps(schema.check(result.status.value, rows, backend.simulated)))
         else:
+            from . import picture
+
+            style = _style()
+            infos = {info.index: info for info in engine.infos()}
             for r in result.gpus:
-                # what differs, not two whole layouts (`--json` has both)
+                # what differs, not two whole layouts (`--json` has both); then drawn on the grid
                 print(f"GPU {r.gpu}: {r.status.value}: {r.diff or r.found}")
+                if r.comparison is not None:
+                    for line in picture.drift_picture(infos[r.gpu], r.comparison, style):
+                        print(line)
         return result.exit_code
     finally:
         backend.close()
@@ -419,9 +455,9 @@ def _print_unmatched(engine: "Engine") -> None:
 
 def _print_apply(engine: "Engine", result: "ApplyResult", desired: "Dict[int, DesiredGpu]",
                  verbose: bool = False) -> None:
-    """One line per GPU saying what apply did, then the applied GPUs' layout: a compact table (identical GPUs on
-    one row), or with -v as `status` shows them (a GPU lost meanwhile is left out)."""
-    from . import report
+    """One line per GPU saying what apply did, then the applied GPUs' slot grids (identical GPUs drawn once), with
+    -v as `status` shows them, compute instance UUIDs included (a GPU lost meanwhile is left out)."""
+    from . import picture
 
     if not desired:
         print("nothing to apply: no entry selects a GPU on this host")
@@ -432,10 +468,7 @@ def _print_apply(engine: "Engine", result: "ApplyResult", desired: "Dict[int, De
         print(f"migd: {result.record_error}", file=sys.stderr)
     engine.current_infos()
     view = engine.status(desired, only=sorted(desired))
-    if verbose:
-        print(report.status_text(view.gpus, view.names, view.managed))
-    else:
-        print(report.layout_table(view.gpus, view.names, view.managed))
+    print(picture.status(view.gpus, view.names, view.managed, _style(), details=verbose))
 
 
 VERBS: Dict[str, Callable[[argparse.Namespace, bool], int]] = {

@@ -51,6 +51,18 @@ def load_state(unit: str) -> Optional[str]:
     return r.stdout.strip()
 
 
+def system_state() -> Optional[str]:
+    """systemd's manager state (`systemctl is-system-running`: initializing, starting, running, degraded, ...), or
+    None when systemctl cannot say."""
+    try:
+        r = subprocess.run(["systemctl", "is-system-running"], capture_output=True, text=True, timeout=_TIMEOUT,
+                           check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        log.debug("system_state_unknown", msg=f"cannot ask systemd for its state: {e}")
+        return None
+    return r.stdout.strip() or None
+
+
 def stop_holding_units(backend: Backend, gpus: Sequence[int], allowed: Sequence[str],
                        run: Callable[[str, Sequence[str]], object] = systemctl) -> List[str]:
     """Stop the configured client units that hold these GPUs (device node open, or processes on instances);

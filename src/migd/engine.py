@@ -19,7 +19,7 @@ from ._record import dataclass, field, replace
 from enum import Enum
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 
-from . import layout, report, runstate, schema
+from . import drift, layout, report, runstate, schema
 from . import errors as E
 from .backend import Backend
 from .errors import DriverError, LockBusy
@@ -121,7 +121,8 @@ class GpuCheck:
     status: CheckStatus
     expected: str
     found: str
-    diff: str = ""  # what differs, in report.differences' wording ("" when ok)
+    diff: str = ""  # what differs, in report.drift_text's wording ("" when ok)
+    comparison: Optional[drift.Comparison] = None  # the typed records the three strings above word (lost: None)
 
 
 @dataclass
@@ -277,7 +278,7 @@ class Engine:
             if i in desired and not infos[i].lost:
                 try:
                     state = self.backend.state(i)
-                    names = report.names_by_gi(plan_gpu(infos[i], desired[i], state))
+                    names = drift.names_by_gi(plan_gpu(infos[i], desired[i], state))
                 except DriverError:
                     state = None
             doc = schema.gpu(infos[i], state, names)
@@ -324,8 +325,9 @@ class Engine:
 
     def compare_gpu(self, info: GpuInfo, desired: DesiredGpu, state: Optional[GpuState] = None) -> GpuCheck:
         state = state if state is not None else self.backend.state(info.index)
-        status, expected, found, diff = report.compare(info, desired, state, plan_gpu(info, desired, state))
-        return GpuCheck(info.index, CheckStatus(status), expected, found, diff)
+        compared = drift.compare(info, desired, state)
+        expected, found, diff = report.comparison_texts(compared)
+        return GpuCheck(info.index, CheckStatus(compared.match.value), expected, found, diff, compared)
 
     # --- status ---------------------------------------------------------------------------------------------
 
@@ -349,8 +351,8 @@ class Engine:
             gpus.append(Gpu(info, state))
             if desired and info.index in desired:
                 plan = plan_gpu(info, desired[info.index], state, self.persistence)
-                names[info.index] = report.names_by_gi(plan)
-                matches = report.layout_matches(plan)
+                names[info.index] = drift.names_by_gi(plan)
+                matches = drift.layout_matches(plan)
                 managed[info.index] = desired[info.index].entry.where + (" (matches)" if matches else " (drift)")
         return StatusView(gpus, names, managed)
 

@@ -11,7 +11,8 @@ from typing import List, Optional, Sequence
 from . import layout
 from .model import Config, DaemonSettings, GpuEntry, GpuInfo, GpuState
 from .plan import plan_gpu
-from .report import UNMANAGED, desired_layout
+from .drift import planned_layout
+from .report import UNMANAGED, layout_text
 
 
 def gpu_lines(cfg: Config, infos: Sequence[GpuInfo], host: Optional[str] = None) -> List[str]:
@@ -42,7 +43,7 @@ def _layout(entry: GpuEntry, info: GpuInfo) -> str:
     if desired.unmanaged:
         return f"{UNMANAGED} (another tool creates and destroys them; migd sets the mode only)"
     plan = plan_gpu(info, desired, GpuState(mig_current=True, mig_pending=True, persistence=None))
-    return desired_layout(plan, desired.mig) if plan.ok else ""
+    return layout_text(planned_layout(plan, desired.mig)) if plan.ok else ""
 
 
 def daemon_lines(cfg: Config) -> List[str]:

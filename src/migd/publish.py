@@ -72,7 +72,7 @@ def _after_check(cfg: Config, backend: "Backend", desired: Optional[Mapping[int,
 def observe(backend: "Backend", desired: Mapping[int, "DesiredGpu"]) -> Optional[List[metrics.GpuView]]:
     """Every GPU as the metrics show it, from the backend (cached reads); None when the GPU list cannot be read."""
     from .plan import plan_gpu
-    from .report import layout_matches
+    from .drift import layout_matches
 
     try:
         infos = backend.gpus()

@@ -349,7 +349,7 @@ class Watcher:
         elif status == "error":
             log.error("check_error", msg=f"{where}: cannot check: {found}", gpu=gpu, error=found)
         else:
-            # what differs, worded like `migd check` (report.differences); both layouts in the fields
+            # what differs, worded like `migd check` (report.drift_text); both layouts in the fields
             log.warning("drift", msg=f"{where}: {status}: {diff or found}", gpu=gpu, status=status,
                         expected=expected, found=found, diff=diff)
 
