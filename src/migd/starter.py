@@ -1,7 +1,7 @@
 """`migd init`: a commented starter migd.toml for the GPUs of this host (or a simulated one). Pure: GPUs in, text out.
 
 One entry per GPU model (selected by its exact name), holding the live layout when MIG is on (what `migd export`
-would write, so applying the starter changes nothing), else MIG off; a GPU whose live layout differs from the rest
+would write, so applying the starter changes no instance), else MIG off; a GPU whose live layout differs from the rest
 of its model gets its own entry by index. Above each entry, as comments, the model's profiles and the common
 layouts that fit it, spelled as this driver names them, so an admin edits rather than writes. mig-parted
 regenerates its config from the hardware at every boot; this file is generated once and then the admin's.
