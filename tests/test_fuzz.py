@@ -139,20 +139,20 @@ def test_special_files_as_config(tmp_path):
 
 
 def test_selectors_and_profiles_matching_nothing_or_several(sim_host):
-    """An explicit selector that matches no GPU and a profile a GPU's model lacks: exit 2, nothing touched. A glob
-    matching nothing is fine (one fleet file for hosts with different GPUs); several entries matching one GPU:
-    the last one wins."""
+    """An explicit selector that matches no GPU, a glob that matches no GPU model migd knows ("al") and a profile
+    a GPU's model lacks: exit 2, nothing touched. A glob of a known model matching nothing here is fine (one fleet
+    file for hosts with different GPUs), and said; several entries matching one GPU: the last one wins."""
     Path(sim_host["state"]).write_bytes(sim_host["bytes"])
     d = sim_host["dir"]
     for name in ("layout-no-such-index.toml", "layout-no-such-uuid.toml", "layout-no-such-pci.toml",
-                 "layout-wrong-model-profile.toml"):
+                 "layout-wrong-model-profile.toml", "layout-glob-typo.toml"):
         r = R.run_cli(["--sim-state", sim_host["state"], "--config", str(CORPUS / "bad" / name), "apply"],
                       {"MIGD_RUN_DIR": sim_host["run"]})
         check_refused(r, str(CORPUS / "bad" / name))
     assert Path(sim_host["state"]).read_bytes() == sim_host["bytes"]
     r = R.run_cli(["--sim-state", sim_host["state"], "--config", str(CORPUS / "ok" / "glob-matches-nothing.toml"),
                    "apply"], {"MIGD_RUN_DIR": sim_host["run"]})
-    assert r.code == 0 and "not managed" not in r.err
+    assert r.code == 0 and "not managed" not in r.err and "select = *B200*): selects no GPU on this host" in r.out
     assert Path(sim_host["state"]).read_bytes() == sim_host["bytes"]
     r = R.run_cli(["--sim-state", sim_host["state"], "--config", str(CORPUS / "ok" / "glob-matches-several.toml"),
                    "validate"], {"MIGD_RUN_DIR": sim_host["run"]})

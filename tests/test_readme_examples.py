@@ -101,7 +101,8 @@ def test_readme_example_prints_what_the_readme_shows(line, body, workdir, tmp_pa
 
 def test_an_example_checked_elsewhere_names_a_test_that_reads_the_readme():
     named = set(re.findall(r"<!-- checked by (tests/\S+\.py)", README.read_text()))
-    assert named == {"tests/test_slurm.py"}  # only the live Slurm export, which needs the simulated driver files
+    # the live Slurm export (simulated driver files), and the adoption examples, which need their input files
+    assert named == {"tests/test_slurm.py", "tests/test_readme_adoption.py"}
     for name in named:
         assert "README.md" in (ROOT / name).read_text(), name
 

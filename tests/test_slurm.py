@@ -202,3 +202,16 @@ def test_readme_slurm_example_is_what_migd_prints(capsys, host, monkeypatch):
                      "export", "--format", "slurm"])
     out = capsys.readouterr().out.splitlines()
     assert code == 0 and shown == out[:len(shown)], (shown, out)
+
+
+def test_export_slurm_on_a_simulated_host_reads_its_own_mig_minors(capsys, host, monkeypatch):
+    """Under --simulate the simulated host provides /proc/driver/nvidia-caps/mig-minors, laid out as the driver
+    writes it: for 8 GPUs byte for byte the real file in tests/data."""
+    monkeypatch.delenv("MIGD_MIG_MINORS")
+    assert migd(capsys, host, "apply")[0] == 0
+    code, out, err = migd(capsys, host, "export", "--format", "slurm")
+    assert code == 0, err
+    assert "MultipleFiles=/dev/nvidia0,/dev/nvidia-caps/nvidia-cap" in out
+    simulated = sim.SimHost.create("dgx-a100", host["state"]).mig_minors_path()
+    assert Path(simulated).read_text() == MINORS.read_text()
+    assert not simulated.startswith("/proc")

@@ -7,7 +7,7 @@ _migd()
     local cur prev words cword split
     _init_completion -s || return
 
-    local verbs="status profiles validate plan apply boot watch check export"
+    local verbs="status profiles validate plan apply boot watch check export init import"
     local global_opts="-h --help --version -c --config --simulate --sim-state -v --verbose -q --quiet"
     local sims="dgx-a100 dgx-h100 dgx-h200 dgx-b200 hgx-b300 gb200-tray rtx-pro-server a100-40gb a100-80gb a30 h100-80gb h100-94gb h200 h200-nvl h800 h20 gh200-96gb gh200-144gb b200 gb200 b300 gb300 a800-80gb a800-40gb rtx-pro-6000"
 
@@ -35,6 +35,18 @@ _migd()
             COMPREPLY=($(compgen -W "toml slurm" -- "$cur"))
             return
             ;;
+        -o | --output)
+            :
+            return
+            ;;
+        --from)
+            COMPREPLY=($(compgen -W "mig-parted" -- "$cur"))
+            return
+            ;;
+        --name)
+            :
+            return
+            ;;
     esac
     $split && return
 
@@ -44,7 +56,7 @@ _migd()
         case ${words[i]} in
             --simulate) sim=${words[i + 1]}; ((i++)) ;;
             --simulate=*) sim=${words[i]#*=} ;;
-            -c | --config | --simulate | --sim-state | --host | --format) ((i++)) ;;
+            -c | --config | --simulate | --sim-state | --host | --format | -o | --output | --from | --name) ((i++)) ;;
             -*) ;;
             *) [[ -z $verb ]] && verb=${words[i]} ;;
         esac
@@ -64,12 +76,14 @@ _migd()
         status) opts="-h --help --json -c --config --simulate --sim-state -v --verbose -q --quiet"; profiles=0 ;;
         profiles) opts="-h --help --json -c --config --simulate --sim-state -v --verbose -q --quiet"; profiles=1 ;;
         validate) opts="-h --help --host -c --config --simulate --sim-state -v --verbose -q --quiet"; profiles=0 ;;
-        plan) opts="-h --help -c --config --simulate --sim-state -v --verbose -q --quiet"; profiles=0 ;;
+        plan) opts="-h --help --host -c --config --simulate --sim-state -v --verbose -q --quiet"; profiles=0 ;;
         apply) opts="-h --help --dry-run --stop-clients -c --config --simulate --sim-state -v --verbose -q --quiet"; profiles=0 ;;
         boot) opts="-h --help -c --config --simulate --sim-state -v --verbose -q --quiet"; profiles=0 ;;
         watch) opts="-h --help -c --config --simulate --sim-state -v --verbose -q --quiet"; profiles=0 ;;
         check) opts="-h --help --json -c --config --simulate --sim-state -v --verbose -q --quiet"; profiles=0 ;;
         export) opts="-h --help --format --declared -c --config --simulate --sim-state -v --verbose -q --quiet"; profiles=0 ;;
+        init) opts="-h --help -o --output -c --config --simulate --sim-state -v --verbose -q --quiet"; profiles=0 ;;
+        import) opts="-h --help --from --name -c --config --simulate --sim-state -v --verbose -q --quiet"; profiles=0 ;;
     esac
     if [[ $cur == -* ]]; then
         COMPREPLY=($(compgen -W "$opts" -- "$cur"))

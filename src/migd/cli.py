@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from .model import Config, GpuInfo
     from .picture import Style
 
-READ_VERBS = ("status", "profiles", "validate", "plan", "check", "export", "completion")
+READ_VERBS = ("status", "profiles", "validate", "plan", "check", "export", "import", "init", "completion")
 SERVICE_IDENTIFIERS = {"watch": "migd-watch"}  # verb -> SyslogIdentifier= of its unit (migd.service's is "migd")
 
 
@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("validate", help="check the config; with --simulate or GPUs, which entry each GPU gets")
     s.add_argument("--host", metavar="NAME", type=_host_name,
                    help="check a fleet file as host NAME sees it ([[gpu]] hosts = ...; default: this host)")
-    sub.add_parser("plan", help="the actions apply would take; changes nothing")
+    s = sub.add_parser("plan", help="the actions apply would take; changes nothing")
+    s.add_argument("--host", metavar="NAME", type=_host_name, help="plan as host NAME (a fleet file's hosts = ...)")
     s = sub.add_parser("apply", help="make the GPUs match the config")
     s.add_argument("--dry-run", action="store_true", help="same as plan")
     s.add_argument("--stop-clients", action="store_true",
@@ -101,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="toml (default): a migd.toml; slurm: the node's Gres= for slurm.conf and gres.conf lines")
     s.add_argument("--declared", action="store_true",
                    help="with --format slurm: the layout the config declares for this host's GPUs, not the live one")
+    s = sub.add_parser("init", help="print (or write with -o, never over a file) a commented migd.toml for these GPUs")
+    s.add_argument("-o", "--output", metavar="FILE", help="write FILE (refused if it exists) instead of stdout")
+    s = sub.add_parser("import", help="print a migd.toml made from another tool's config (mig-parted's config.yaml)")
+    s.add_argument("--from", dest="source", choices=("mig-parted",), required=True, help="the config's tool")
+    s.add_argument("file", metavar="FILE", help="mig-parted config.yaml")
+    s.add_argument("--name", metavar="CONFIG", help="which named config (needed when the file has several)")
     # hidden (no help): `migd completion bash|zsh|fish` writes the shell's completion script, from this parser;
     # `completion profiles` lists the --simulate model's profile names for those scripts
     s = sub.add_parser("completion", description="shell completion, generated from this parser")
@@ -316,7 +323,7 @@ def cmd_completion(args: argparse.Namespace, read_only: bool) -> int:
 
 
 def cmd_validate(args: argparse.Namespace, read_only: bool) -> int:
-    from . import hostnames, layout
+    from . import hostnames, layout, preview
 
     cfg = _load_config(args)
     n = len(cfg.entries)
@@ -328,7 +335,9 @@ def cmd_validate(args: argparse.Namespace, read_only: bool) -> int:
         print(f"as host {host}{'' if args.host else ' (this host; --host NAME for another)'}: "
               f"{len(mine)} of {n} GPU entr{'y' if n == 1 else 'ies'} apply"
               + "".join(f"\n  {e.label} ({e.where})" for e in mine))
+    print("\n".join(preview.daemon_lines(cfg)))
     if not (args.simulate or args.sim_state or os.path.exists("/dev/nvidiactl")):
+        layout.desired_for(cfg, [], host=host)  # a model glob that matches no GPU model migd knows: an error
         print("no GPUs to check against (no driver; use --simulate SPEC to check a model)")
         return E.EXIT_OK
 
@@ -336,13 +345,9 @@ def cmd_validate(args: argparse.Namespace, read_only: bool) -> int:
     try:
         engine = _engine(args, backend, cfg, host)
         infos = engine.infos()
-        chosen, _ = layout.select(cfg, infos, host)
-        for info in infos:
-            entry = chosen.get(info.index)
-            hosts = f", hosts = {', '.join(entry.hosts)}" if entry and entry.hosts else ""
-            what = "not managed (no entry matches)" if entry is None else \
-                f"{entry.label} ({entry.where}, select = {entry.selector}{hosts})"
-            print(f"GPU {info.index} {info.name}: {what}")
+        print("\n".join(preview.gpu_lines(cfg, infos, host)))
+        for line in layout.unmatched_entries(cfg, infos, host):
+            print(line)
         engine.desired()
         print("layout fits every selected GPU")
         return E.EXIT_OK
@@ -358,9 +363,10 @@ def cmd_plan(args: argparse.Namespace, read_only: bool) -> int:
     cfg = _load_config(args)
     backend = _backend(args, True)
     try:
-        engine = _engine(args, backend, cfg)
+        engine = _engine(args, backend, cfg, getattr(args, "host", None))
         desired = engine.desired()
         plans = engine.plans(desired)
+        _print_unmatched(engine)
         code = E.EXIT_OK
         pictures, calls = [], []
         style = _style()
@@ -431,7 +437,12 @@ def cmd_export(args: argparse.Namespace, read_only: bool) -> int:
             from . import slurm
 
             desired = _engine(args, backend, cfg).desired() if cfg is not None else None
-            print(slurm.export(backend, desired, cfg.path if cfg is not None else None), end="")
+            minors = None
+            if _simulated(args) and not args.declared:  # the simulated host's /proc file, never the machine's
+                from .sim import SimHost
+
+                minors = SimHost.create(args.simulate or "dgx-a100", args.sim_state).mig_minors_path()
+            print(slurm.export(backend, desired, cfg.path if cfg is not None else None, mig_minors=minors), end="")
             return E.EXIT_OK
         _, view = _live_view(args, backend)
         print(report.export_toml(view.gpus, view.names), end="")
@@ -454,6 +465,7 @@ def cmd_apply(args: argparse.Namespace, read_only: bool) -> int:
         desired = engine.desired()
         result = engine.apply(desired, stop_clients=bool(args.stop_clients), on_gpu_done=progress.gpu_done)
         progress.close()
+        _print_unmatched(engine)
         _print_apply(engine, result, desired, args.verbose)
         return result.exit_code
     finally:
@@ -493,12 +505,55 @@ def cmd_watch(args: argparse.Namespace, read_only: bool) -> int:
     return Watcher(args.config, simulate=args.simulate, sim_state=args.sim_state, run_dir=_run_dir(args)).run()
 
 
+def cmd_init(args: argparse.Namespace, read_only: bool) -> int:
+    from . import hostnames, starter
+    from .model import Gpu
+
+    backend = _backend(args, True)
+    try:
+        gpus = [Gpu(info, backend.state(info.index)) for info in backend.gpus() if not info.lost]
+    finally:
+        backend.close()
+    text = starter.starter_toml(gpus, hostnames.this_host())
+    if not args.output:
+        print(text, end="")
+        return E.EXIT_OK
+    try:  # O_EXCL: an admin's existing file is never replaced
+        fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    except FileExistsError:
+        return _fail(False, "usage", f"{args.output}: exists; migd init never overwrites a file (remove it or give "
+                                     "another -o FILE)", E.EXIT_USAGE)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    print(f"wrote {args.output}: check it with `migd -c {args.output} validate` and `migd -c {args.output} plan`")
+    return E.EXIT_OK
+
+
+def cmd_import(args: argparse.Namespace, read_only: bool) -> int:
+    from . import migparted
+
+    print(migparted.convert(migparted.read(args.file), args.file, args.name), end="")
+    return E.EXIT_OK
+
+
+def _print_unmatched(engine: "Engine") -> None:
+    """An entry that selects no GPU here is legal in a fleet file, and said (never a silent no-op)."""
+    from . import layout
+
+    if engine.config is not None:
+        for line in layout.unmatched_entries(engine.config, engine.infos(), engine.host):
+            print(line)
+
+
 def _print_apply(engine: "Engine", result: "ApplyResult", desired: "Dict[int, DesiredGpu]",
                  verbose: bool = False) -> None:
     """After the lines per GPU (printed as each was done), the applied GPUs' slot grids (identical GPUs drawn once),
     with -v as `status` shows them, compute instance UUIDs included (a GPU lost meanwhile is left out)."""
     from . import picture
 
+    if not desired:
+        print("nothing to apply: no entry selects a GPU on this host")
+        return
     if result.record_error:
         print(f"migd: {result.record_error}", file=sys.stderr)
     engine.current_infos()
@@ -508,7 +563,8 @@ def _print_apply(engine: "Engine", result: "ApplyResult", desired: "Dict[int, De
 
 VERBS: Dict[str, Callable[[argparse.Namespace, bool], int]] = {
     "status": cmd_status, "profiles": cmd_profiles, "validate": cmd_validate, "plan": cmd_plan, "apply": cmd_apply,
-    "check": cmd_check, "export": cmd_export, "boot": cmd_boot, "watch": cmd_watch, "completion": cmd_completion}
+    "check": cmd_check, "export": cmd_export, "boot": cmd_boot, "watch": cmd_watch,
+    "import": cmd_import, "init": cmd_init, "completion": cmd_completion}
 
 
 def run() -> None:

@@ -42,6 +42,8 @@ _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}\Z")
 _UUID_RE = re.compile(r"^GPU-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z", re.I)
 _PCI_RE = re.compile(r"^(?:([0-9a-fA-F]{1,8}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])\Z")
 _RESERVED_VAR_RE = re.compile(r"GPU[0-9]+(_.*)?|.*_CI[0-9]+")
+# A PCI device ID as NVML and mig-parted pack it (device << 16 | vendor), optionally with the subsystem ID
+_DEVICE_ID_RE = re.compile(r"^0x([0-9a-fA-F]{8})(?::0x([0-9a-fA-F]{8}))?\Z")
 _UNIT_RE = re.compile(r"^[A-Za-z0-9:_.@\\-]{1,255}\.(service|socket|target|scope)\Z")
 
 
@@ -182,6 +184,14 @@ def _untrusted_path(path: str, st: os.stat_result, owners: Set[int]) -> Optional
             done = os.path.join(done, name)
 
 
+def _device_id(text: str) -> str:
+    """ "0x233010de" -> "0x233010DE" (and ":0x…" subsystem ID), the form GpuSelector keeps; "" if not one."""
+    m = _DEVICE_ID_RE.match(text.strip())
+    if not m:
+        return ""
+    return f"0x{m.group(1).upper()}" + (f":0x{m.group(2).upper()}" if m.group(2) else "")
+
+
 def parse(text: str, path: str = "<config>") -> Config:
     return _merge([_parse_file(text, path)])
 
@@ -218,11 +228,13 @@ def _merge(files: Sequence["_Parser"]) -> Config:
     if problems:
         raise ConfigError(problems)
     values: Dict[str, Any] = {}
+    sources: Dict[str, str] = {}  # [daemon] key -> "file:line" of the setting that holds (validate shows it)
     for f in files:
         values.update(f.daemon_values)
+        sources.update({key: f.where(["daemon", key]) for key in f.daemon_values})
     return Config(path=files[0].path, entries=tuple(e for f in files for e in f.entries),
                   daemon=DaemonSettings(**{**DaemonSettings().__dict__, **values}),
-                  files=tuple(f.path for f in files))
+                  files=tuple(f.path for f in files), daemon_sources=tuple(sorted(sources.items())))
 
 
 def in_line_order(problems: Sequence[Problem]) -> List[Problem]:
@@ -608,6 +620,10 @@ class _Parser:
             if "instances" in g:  # still check them, but "instances need mig = true" would only repeat the above
                 self.instances(base + ["instances"], g["instances"])
             mig = False
+        elif g.get("instances") == "unmanaged":
+            if not mig:
+                self.problem(base + ["instances"], 'instances = "unmanaged" needs mig = true: migd keeps MIG mode on '
+                                                   "and leaves the instances to another tool")
         elif "instances" in g:
             if not mig:
                 self.problem(base + ["instances"], "instances need mig = true (with mig = false, drop instances)")
@@ -616,12 +632,15 @@ class _Parser:
         if len(self.problems) > before or selector is None:
             return None
         return GpuEntry(number=i + 1, selector=selector, mig=mig, instances=instances, hosts=hosts,
+                        unmanaged=g.get("instances") == "unmanaged",
                         where=self.where(base),
-                        mig_where=self.where_key(base + ["mig"]), instances_where=self.where_key(base + ["instances"]))
+                        mig_where=self.where_key(base + ["mig"]), select_where=self.where_key(base + ["select"]),
+                        instances_where=self.where_key(base + ["instances"]))
 
     def selector(self, key: List[Any], v: Any) -> Optional[GpuSelector]:
         accepted = ('"all", a GPU index (0), a list of indices ([0, 1]), a GPU UUID ("GPU-…"), a PCI bus id '
-                    '("00000000:07:00.0") or a model-name glob ("*H100*")')
+                    '("00000000:07:00.0"), PCI device IDs ("0x233010DE", ["0x233010DE", "0x233110DE"]) or a '
+                    'model-name glob ("*H100*")')
         if v is None:
             return None
         if isinstance(v, bool):
@@ -632,6 +651,13 @@ class _Parser:
                 self.problem(key, f"GPU index {_show(v)} is out of range (0 to 63)")
                 return None
             return GpuSelector("index", (v,))
+        if isinstance(v, list) and v and all(isinstance(x, str) for x in v):  # PCI device IDs
+            ids = [_device_id(x) for x in v]
+            if not all(ids):
+                self.problem(key, 'a list of PCI device IDs holds strings like "0x233010DE" (device and vendor, as '
+                                  f'NVML packs them) or "0x233010DE:0x16C110DE" (with the subsystem ID), got {_show(v)}')
+                return None
+            return GpuSelector("device", tuple(ids))
         if isinstance(v, list):
             if not v or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 64 for x in v):
                 self.problem(key, "a list of GPU indices must hold integers from 0 to 63, e.g. [0, 1]")
@@ -650,6 +676,9 @@ class _Parser:
                 return None
             if _UUID_RE.match(s):
                 return GpuSelector("uuid", ("GPU-" + s[4:].lower(),))
+            device = _device_id(s)
+            if device:
+                return GpuSelector("device", (device,))
             if s.isdigit():
                 self.problem(key, f"a GPU index is a number: write select = {s} without quotes")
                 return None
@@ -701,7 +730,8 @@ class _Parser:
                 if spec:
                     out.append(spec)
         else:
-            self.problem(key, 'must be a list (["3g.40gb", "1g.10gb"]) or a count table ({ "1g.10gb" = 7 })')
+            self.problem(key, 'must be a list (["3g.40gb", "1g.10gb"]), a count table ({ "1g.10gb" = 7 }) or '
+                              '"unmanaged" (MIG mode only; another tool creates the instances)')
         if len(out) > MAX_INSTANCES:
             self.problem(key, f"{len(out)} instances: no GPU has more than {MAX_INSTANCES // 8} slots per slice")
             return ()

@@ -69,6 +69,7 @@ class Layout:
     mig: bool
     instances: Tuple[InstanceRecord, ...] = ()
     pending: bool = False
+    unmanaged: bool = False  # expected only: MIG on, the instances another tool's (instances = "unmanaged")
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,9 @@ def live_layout(info: GpuInfo, state: GpuState) -> Layout:
     return Layout(True, tuple(live_instances(info, state)), pending=state.mode_change_pending)
 
 
-def planned_layout(plan: GpuPlan, mig: bool) -> Layout:
+def planned_layout(plan: GpuPlan, mig: bool, unmanaged: bool = False) -> Layout:
+    if unmanaged:
+        return Layout(True, unmanaged=True)
     return Layout(True, tuple(planned_instances(plan))) if mig else Layout(False)
 
 
@@ -174,7 +177,7 @@ def compare(info: GpuInfo, desired: DesiredGpu, state: GpuState, plan: Optional[
         match = Match.DRIFT
     if not plan.ok:
         plan = plan_gpu(info, desired, GpuState(mig_current=True, mig_pending=True, persistence=None))
-    expected = planned_layout(plan, desired.mig)
+    expected = planned_layout(plan, desired.mig, desired.unmanaged)
     return Comparison(match, expected, found, None if match == Match.OK else differences(info, desired.mig, plan,
                                                                                            state))
 

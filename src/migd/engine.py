@@ -304,7 +304,8 @@ class Engine:
             doc["message"] = result.message if result else ""
             docs.append(doc)
         try:
-            runstate.write_results(docs, self.config.path, simulated=self.simulated, directory=self.run_dir)
+            runstate.write_results(docs, self.config.path, simulated=self.simulated, directory=self.run_dir,
+                                   unmanaged=[i for i, d in desired.items() if d.unmanaged])
         except (OSError, runstate.RunDirError) as e:
             where = runstate.run_dir(self.run_dir)
             why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)

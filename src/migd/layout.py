@@ -7,6 +7,7 @@ counts only on the hosts it names. GPUs no entry matches are left alone.
 
 from __future__ import annotations
 
+import difflib
 import re
 from ._record import dataclass
 from fnmatch import fnmatchcase
@@ -37,6 +38,7 @@ class DesiredGpu:
     entry: GpuEntry
     mig: bool
     instances: Tuple[DesiredInstance, ...] = ()
+    unmanaged: bool = False  # MIG mode only: the instances are another tool's (GpuEntry.unmanaged)
 
 
 class LayoutError(Exception):
@@ -52,10 +54,18 @@ def matches(selector: GpuSelector, gpu: GpuInfo) -> bool:
         return gpu.uuid.lower() == str(selector.values[0]).lower()
     if selector.kind == "pci":
         return _norm_pci(gpu.pci_bus_id) == selector.values[0]
+    if selector.kind == "device":
+        return any(_device_matches(str(v), gpu) for v in selector.values)
     if selector.kind == "glob":
         pattern = str(selector.values[0]).lower()
         return fnmatchcase(gpu.name.lower(), pattern) or fnmatchcase(gpu.model.lower(), pattern)
     return False
+
+
+def _device_matches(device_id: str, gpu: GpuInfo) -> bool:
+    """"0x233010DE" or "0x233010DE:0x16C110DE" (config's normal form) against the GPU's PCI IDs."""
+    device, _, subsystem = device_id.partition(":")
+    return int(device, 16) == gpu.pci_device_id and (not subsystem or int(subsystem, 16) == gpu.pci_subsystem_id)
 
 
 def _norm_pci(bus_id: str) -> str:
@@ -102,7 +112,55 @@ def _select(config: Config, gpus: Sequence[GpuInfo], host: Optional[str],
                 problems.append((n, f"{label}: no GPU with index {', '.join(map(str, missing))} ({_gpu_count(len(gpus))})"))
         elif entry.selector.kind in ("uuid", "pci") and not hits and not any(g.lost for g in gpus):
             problems.append((n, f"{label}: no GPU {entry.selector} on this host"))
+        elif entry.selector.kind == "glob" and not hits:
+            why = unknown_glob(str(entry.selector.values[0]), gpus)
+            if why:
+                problems.append((n, f"{entry.select_where or label}: {why}"))
     return chosen, problems
+
+
+def known_models() -> List[str]:
+    """GPU names migd knows (every model it can simulate): a model glob must match one of them or a GPU here."""
+    from .sim.catalog import MODELS  # plain tables, no NVML
+
+    return [m.name for m in MODELS.values()]
+
+
+def unknown_glob(pattern: str, gpus: Sequence[GpuInfo] = ()) -> Optional[str]:
+    """Why a model glob is surely a mistake (it matches no GPU model migd knows and no GPU here), with the nearest
+    spelling; None when it matches something (a fleet file may name models this host does not have)."""
+    p = pattern.lower()
+    names = known_models() + [g.name for g in gpus if not g.lost]
+    if any(fnmatchcase(n.lower(), p) or fnmatchcase(_model_of(n).lower(), p) for n in names):
+        return None
+    core = pattern.strip("*").strip()
+    words = ["all"] + sorted({_model_of(n) for n in names})
+    if core and any(core.lower() in n.lower() for n in names):  # "H100": a part of a name, without the stars
+        close = [core]
+    else:
+        close = difflib.get_close_matches(pattern, words, n=1, cutoff=0.5) or \
+            difflib.get_close_matches(core.upper(), [w.upper() for w in words], n=1, cutoff=0.4)
+    hint = ""
+    if close:
+        hint = ' (did you mean "all"?)' if close[0].lower() == "all" else f' (did you mean "*{close[0]}*"?)'
+    return (f"{pattern!r} matches no GPU model migd knows nor a GPU on this host{hint}; a model glob matches the "
+            'GPU name, e.g. "*H100*", "*A100*80GB*"')
+
+
+def _model_of(name: str) -> str:
+    return name[len("NVIDIA "):] if name.startswith("NVIDIA ") else name
+
+
+def unmatched_entries(config: Config, gpus: Sequence[GpuInfo], host: Optional[str] = None) -> List[str]:
+    """The entries for this host that select no GPU here (legal in a fleet file; said, never silent)."""
+    return [f"{e.label} ({e.where}, select = {e.selector}): selects no GPU on this host"
+            for e in for_host(config, host) if not any(not g.lost and matches(e.selector, g) for g in gpus)]
+
+
+def overridden(config: Config, gpu: GpuInfo, host: Optional[str] = None) -> List[GpuEntry]:
+    """The entries that match `gpu` but lose to a later one, in file order (the winner is not among them)."""
+    hits = [e for e in for_host(config, host) if matches(e.selector, gpu)]
+    return hits[:-1]
 
 
 def _gpu_count(n: int) -> str:
@@ -128,6 +186,8 @@ def resolve(entry: GpuEntry, gpu: GpuInfo) -> DesiredGpu:
         return DesiredGpu(entry, False)
     if not gpu.mig_capable:
         raise LayoutError(f"{entry.mig_where or entry.where}: GPU {gpu.index} ({gpu.model}) does not support MIG")
+    if entry.unmanaged:
+        return DesiredGpu(entry, True, unmanaged=True)
     if not gpu.profiles:
         raise LayoutError(f"{entry.mig_where or entry.where}: GPU {gpu.index} ({gpu.model}) reports no MIG profiles "
                           "(drivers before R550 list them only once MIG mode is on)")

@@ -85,6 +85,8 @@ class GpuInfo:
     total_slices: int = 0  # compute slices (7, or 4 on A30)
     total_memory_slots: int = 0  # memory slots (8, or 4 on A30)
     lost: bool = False  # fell off the bus before it could be read: identity unknown, never selected
+    pci_device_id: int = 0  # NVML's pciDeviceId: device << 16 | vendor (0x233010DE), as mig-parted's filters
+    pci_subsystem_id: int = 0  # NVML's pciSubSystemId: subsystem device << 16 | subsystem vendor
 
     def profile_by_id(self, profile_id: int) -> Optional[GpuProfile]:
         for p in self.profiles:
@@ -176,13 +178,13 @@ class InstanceSpec:
 
 @dataclass(frozen=True)
 class GpuSelector:
-    kind: str  # "all", "index", "uuid", "pci", "glob"
+    kind: str  # "all", "index", "uuid", "pci", "glob", "device" (PCI device IDs: "0x233010DE[:0xSUBSYSID]")
     values: Tuple[object, ...] = ()
 
     def __str__(self) -> str:
         if self.kind == "all":
             return "all"
-        if self.kind == "index":
+        if self.kind in ("index", "device"):
             return ",".join(str(v) for v in self.values)
         return str(self.values[0])
 
@@ -201,8 +203,12 @@ class GpuEntry:
     mig: bool
     instances: Tuple[InstanceSpec, ...] = ()
     hosts: Tuple[str, ...] = ()  # host-name patterns (lower case); empty: every host
+    # instances = "unmanaged": migd owns the MIG mode (and persistence) only; another tool (Kubernetes' DRA driver
+    # with dynamic MIG) creates and destroys the instances, which migd never touches nor counts as drift
+    unmanaged: bool = False
     where: str = ""  # "file:line" of the [[gpu]] header
     mig_where: str = ""  # "file:line: [[gpu]] #n mig", for problems found against a GPU
+    select_where: str = ""  # "file:line: [[gpu]] #n select"
     instances_where: str = ""  # "file:line: [[gpu]] #n instances"
 
     @property
@@ -229,3 +235,4 @@ class Config:
     entries: Tuple[GpuEntry, ...] = ()  # the main file's, then each drop-in's, in the order read
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     files: Tuple[str, ...] = ()  # the files read: the main one, then its drop-ins
+    daemon_sources: Tuple[Tuple[str, str], ...] = ()  # ([daemon] key, "file:line") for each key a file sets

@@ -133,6 +133,10 @@ def _plan(info: GpuInfo, desired: DesiredGpu, state: GpuState,
 
     if not info.mig_capable:
         raise Refusal(f"{info.model} does not support MIG")
+    if desired.unmanaged:  # the mode only: whatever instances exist are another tool's, never destroyed or made
+        if not state.mig_current or not state.mig_pending:
+            actions.append(Action(ActionKind.SET_MIG_MODE, g, enabled=True))
+        return actions, []
     items = list(desired.instances)
     _precheck(info, items)
     live = list(state.instances) if state.mig_current else []

@@ -78,9 +78,14 @@ def _ci_text(ci: ComputeRecord) -> str:
     return f"{ci.profile}@{ci.placement}"
 
 
+UNMANAGED = "MIG on, instances unmanaged"  # instances = "unmanaged": the layout migd expects
+
+
 def layout_text(layout: Layout) -> str:
     """One line: "MIG on: 2g.20gb@0:2 3g.40gb@4:4" by placement, compute instances (with their placements) in
     brackets when not the default one spanning the GI; "MIG off (pending on)"."""
+    if layout.unmanaged:
+        return UNMANAGED
     if not layout.mig:
         return "MIG off" + (" (pending on)" if layout.pending else "")
     return "MIG on: " + (" ".join(_gi_text(g) for g in layout.instances) if layout.instances else "no instances")

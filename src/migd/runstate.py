@@ -18,7 +18,7 @@ import os
 import tempfile
 import stat
 import time
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from .errors import LockBusy, MigdError
 from .model import name_variable
@@ -190,17 +190,19 @@ def atomic_write(path: str, text: str, mode: int = FILE_MODE) -> None:
 
 
 def write_results(gpus: List[Dict[str, Any]], config_path: str, simulated: bool = False,
-                  directory: Optional[str] = None) -> None:
-    """gpus: schema.gpu() objects with `outcome` and `message` (README "JSON output")."""
+                  directory: Optional[str] = None, unmanaged: Sequence[int] = ()) -> None:
+    """gpus: schema.gpu() objects with `outcome` and `message` (README "JSON output"). unmanaged: GPUs whose
+    instances another tool owns (instances = "unmanaged"): listed in state.json, named in devices.env only by a
+    comment (they come and go with that tool: a variable would go stale)."""
     from . import schema
 
     d = ensure_run_dir(directory)
     doc = schema.state_file(gpus, config_path, time.strftime("%Y-%m-%dT%H:%M:%S%z"), _boot_id(), simulated)
     atomic_write(os.path.join(d, "state.json"), schema.dumps(doc) + "\n")
-    atomic_write(os.path.join(d, "devices.env"), devices_env(gpus))
+    atomic_write(os.path.join(d, "devices.env"), devices_env(gpus, unmanaged))
 
 
-def devices_env(gpus: List[Dict[str, Any]]) -> str:
+def devices_env(gpus: List[Dict[str, Any]], unmanaged: Sequence[int] = ()) -> str:
     """MIG device UUIDs as variables. Per GPU i, MIG devices (compute instances) counted k = 0, 1, ... in MIG device
     order (GPU instances by placement, their compute instances by placement): MIGD_GPU<i>_MIG<k>. A named instance:
     MIGD_GPU<i>_<NAME> (and MIGD_<NAME> where the name is used once on the host) -> its first compute instance, and
@@ -208,6 +210,9 @@ def devices_env(gpus: List[Dict[str, Any]]) -> str:
     would be written twice with different values is left out (with a comment), never written ambiguously; config
     validation refuses the names that could cause that (see config.py)."""
     lines = ["# Written by migd at every apply: MIG device UUIDs by name. Use in docker compose as ${MIGD_<NAME>}."]
+    lines += [f"# GPU {i}: MIG mode only (instances = \"unmanaged\"): its MIG devices are another tool's, not listed"
+              for i in unmanaged]
+    gpus = [g for g in gpus if g.get("index") not in set(unmanaged)]
     counts: Dict[str, int] = {}
     for g in gpus:
         for inst in g.get("instances", []):

@@ -172,10 +172,11 @@ def render(node: str, devices: Sequence[GresDevice], declared: bool, config: Opt
 
 
 def export(backend: Any, desired: Optional[Dict[int, DesiredGpu]] = None, source: Optional[str] = None,
-           node: Optional[str] = None) -> str:
+           node: Optional[str] = None, mig_minors: Optional[str] = None) -> str:
     """The text for this host: live layout, or with `desired` (from config `source`) the layout it declares
     (planned on empty GPUs; GPUs no entry selects keep their live layout). Reads the capability minors only for the
-    live layout."""
+    live layout, from `mig_minors` (the simulated host's file), else the driver's ($MIGD_MIG_MINORS overrides
+    both, for tests)."""
     import os
     import socket
 
@@ -188,11 +189,14 @@ def export(backend: Any, desired: Optional[Dict[int, DesiredGpu]] = None, source
         raise MigdError(f"GPU {', '.join(map(str, lost))} lost (fell off the bus): the node's GRES cannot be listed")
     declared = desired is not None
     desired = desired or {}
-    minors = None if declared else read_mig_minors(os.environ.get("MIGD_MIG_MINORS") or MIG_MINORS)
+    minors = None if declared else read_mig_minors(os.environ.get("MIGD_MIG_MINORS") or mig_minors or MIG_MINORS)
     devices: List[GresDevice] = []
     for info in infos:
         gpu_minor = backend.minor_number(info.index)
         d = desired.get(info.index)
+        if d is not None and d.unmanaged:
+            raise MigdError(f"GPU {info.index}: instances = \"unmanaged\" ({d.entry.where}): its MIG devices are "
+                            "another tool's, so the config declares none; export the live layout instead")
         if d is not None:
             empty = GpuState(mig_current=True, mig_pending=True, persistence=None)
             devices += declared_devices(info, d.mig, plan_gpu(info, d, empty), gpu_minor)

@@ -188,7 +188,8 @@ class NvmlBackend:
         slots = max((p.placements[0].start + p.placements[0].size for p in profiles if p.placements), default=0)
         return GpuInfo(index=i, uuid=uuid, name=name, pci_bus_id=bus_id,
                        architecture=_ARCH_NAMES.get(arch, f"arch{arch}") if arch is not None else "unknown",
-                       mig_capable=mig_capable, profiles=profiles, total_slices=slices, total_memory_slots=slots)
+                       mig_capable=mig_capable, profiles=profiles, total_slices=slices, total_memory_slots=slots,
+                       pci_device_id=int(pci.pciDeviceId), pci_subsystem_id=int(pci.pciSubSystemId))
 
     def _read_profiles(self, i: int, h: Any) -> List[GpuProfile]:
         profiles = []

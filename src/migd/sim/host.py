@@ -150,6 +150,29 @@ class SimHost:
         d = self.state.get("device_dir")
         return os.path.join(d, f"nvidia{gpu}") if d else None
 
+    def mig_minors_path(self) -> str:
+        """The simulated host's /proc/driver/nvidia-caps/mig-minors (written on first use, under the state file's
+        directory, or a per-user temp dir for a host kept in memory): the driver's table, laid out as the driver
+        writes it (mig_minors_text)."""
+        import tempfile
+
+        base = os.path.dirname(os.path.abspath(self.path)) if self.path else \
+            os.path.join(tempfile.gettempdir(), f"migd-sim-{os.geteuid()}")
+        path = os.path.join(base, "proc", "driver", "nvidia-caps", "mig-minors")
+        text = mig_minors_text(len(self.gpus))
+        try:
+            with open(path, encoding="ascii") as f:
+                if f.read() == text:
+                    return path
+        except OSError:
+            pass
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="ascii") as f:
+            f.write(text)
+        os.replace(tmp, path)
+        return path
+
     def check_driver(self) -> None:
         driver = self.state.get("driver", "loaded")
         if driver == "no-library":
@@ -387,6 +410,25 @@ class SimHost:
         if g["mig"][0]:
             self.find_ci(gpu, gi if gi is not None else -1, ci if ci is not None else 0)
         g["processes"].append({"pid": pid, "gi": gi, "ci": ci})
+
+
+# The nvidia-caps driver numbers a capability minor for every possible GPU instance (15 per GPU) and compute
+# instance (8 per GPU instance), whether it exists or not, after "config" and "monitor": the layout of the real file
+# in tests/data/mig-minors (NVIDIA MIG user guide, "Device Nodes and Capabilities"), which lists GPUs 0-7.
+_CAPS_GIS, _CAPS_CIS, _CAPS_MIN_GPUS = 15, 8, 8
+
+
+def mig_minors_text(gpus: int) -> str:
+    lines = ["config 1", "monitor 2"]
+    minor = 3
+    for g in range(max(gpus, _CAPS_MIN_GPUS)):
+        for gi in range(_CAPS_GIS):
+            lines.append(f"gpu{g}/gi{gi}/access {minor}")
+            minor += 1
+            for ci in range(_CAPS_CIS):
+                lines.append(f"gpu{g}/gi{gi}/ci{ci}/access {minor}")
+                minor += 1
+    return "\n".join(lines) + "\n"
 
 
 def _mask(start: int, size: int) -> int:

@@ -1,0 +1,70 @@
+"""`migd init`: a commented starter migd.toml for the GPUs seen (here simulated), through the CLI: it validates as
+written and matches the live layout (`check` exits 0, `plan` creates and destroys nothing); every common layout it
+suggests in a comment validates on that model once uncommented; an existing -o FILE is never overwritten."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from migd import cli, sim
+from migd.sim.catalog import MODELS
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIGD_RUN_DIR", str(tmp_path / "run"))
+    for var in ("MIGD_SIMULATE", "MIGD_SIM_STATE", "MIGD_CONFIG", "MIGD_READ_ONLY", "MIGD_SIM_FAULTS"):
+        monkeypatch.delenv(var, raising=False)
+    yield
+    sim.uninstall()
+
+
+def run(capsys, *args):
+    code = cli.main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_init_writes_the_live_layout_and_it_validates(tmp_path, capsys):
+    state, spec = tmp_path / "s.json", "h100-80gb:2,a30"
+    live = tmp_path / "live.toml"
+    live.write_text('[[gpu]]\nselect = 1\nmig = true\ninstances = ["3g", { profile = "3g", compute = ["1c", "2c"] }]'
+                    '\n\n[[gpu]]\nselect = 2\nmig = true\ninstances = { "1g" = 4 }\n')
+    assert run(capsys, "--simulate", spec, "--sim-state", state, "-c", live, "apply")[0] == 0
+    out_file = tmp_path / "migd.toml"
+    code, out, err = run(capsys, "--sim-state", state, "init", "-o", out_file)
+    assert code == 0 and f"wrote {out_file}" in out, err
+    text = out_file.read_text()
+    assert 'select = "NVIDIA H100 80GB HBM3"\nmig = false\n' in text  # GPU 0: MIG off, the model's entry
+    assert "select = 1\nmig = true\n" in text and 'select = "NVIDIA A30"\nmig = true\n' in text
+    assert "# profiles: 1g.10gb x7, 1g.10gb+me x1, 1g.20gb x4, 2g.20gb x3, 3g.40gb x2, 4g.40gb x1, 7g.80gb x1\n" in text
+    assert '# instances = ["3g.40gb", "2g.20gb", "1g.10gb", "1g.10gb"]  # balanced\n' in text
+    code, out, err = run(capsys, "--sim-state", state, "-c", out_file, "validate")
+    assert code == 0 and out.endswith("layout fits every selected GPU\n"), out + err
+    code, out, err = run(capsys, "--sim-state", state, "-c", out_file, "check")
+    assert code == 0, out + err
+    code, out, _ = run(capsys, "--sim-state", state, "-c", out_file, "plan")
+    assert code == 0 and not re.search(r"create|destroy|MIG mode", out), out
+    # never over an existing file
+    code, out, err = run(capsys, "--sim-state", state, "init", "-o", out_file)
+    assert code == 2 and "exists; migd init never overwrites a file" in err
+    assert out_file.read_text() == text
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_every_suggested_layout_validates_on_its_model(tmp_path, capsys, model):
+    code, text, err = run(capsys, "--simulate", f"{model}:2", "init")
+    assert code == 0, err
+    suggestions = re.findall(r"^# (instances = .*?)  # (.*)$", text, re.M)
+    assert len(suggestions) >= 3, text
+    cfg = tmp_path / "migd.toml"
+    cfg.write_text(text)
+    code, out, err = run(capsys, "--simulate", f"{model}:2", "-c", cfg, "validate")
+    assert code == 0, out + err
+    for line, label in suggestions:
+        edited = text.replace("mig = false\n", f"mig = true\n{line}\n", 1)
+        cfg.write_text(edited)
+        code, out, err = run(capsys, "--simulate", f"{model}:2", "-c", cfg, "validate")
+        assert code == 0, (model, line, err)
