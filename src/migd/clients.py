@@ -51,6 +51,21 @@ def load_state(unit: str) -> Optional[str]:
     return r.stdout.strip()
 
 
+def unit_property(unit: str, name: str) -> Optional[str]:
+    """One property of a unit as systemd has it loaded (`systemctl show --property=NAME --value`: After, Before,
+    ...), or None when systemctl cannot say (not booted with systemd, no systemctl)."""
+    try:
+        r = subprocess.run(["systemctl", "show", f"--property={name}", "--value", "--", unit],
+                           capture_output=True, text=True, timeout=_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        log.debug("unit_property_unknown", msg=f"cannot ask systemd about {unit}: {e}")
+        return None
+    if r.returncode:
+        log.debug("unit_property_unknown", msg=f"systemctl show {unit}: {r.stderr.strip()}")
+        return None
+    return r.stdout.strip()
+
+
 def stop_holding_units(backend: Backend, gpus: Sequence[int], allowed: Sequence[str],
                        run: Callable[[str, Sequence[str]], object] = systemctl) -> List[str]:
     """Stop the configured client units that hold these GPUs (device node open, or processes on instances);

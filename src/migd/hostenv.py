@@ -60,6 +60,7 @@ class HostEnv:
     textfile_dir: str  # the default metrics file goes here when the directory exists
     systemctl: Systemctl  # the only way to start a process: `systemctl VERB -- UNIT...`; None or its complaint
     unit_load_state: Callable[[str], Optional[str]]  # systemd's LoadState of a unit, None when it cannot say
+    unit_property: Callable[[str, str], Optional[str]]  # one systemd property of a unit (After, Before, ...), or None
     reboot: Callable[[], Optional[str]]  # queue a reboot; None or why it was refused
     system_booting: Callable[[], bool]  # is the system still starting up (the only time migd may reboot it)
     boot_id: Callable[[], str]
@@ -109,6 +110,12 @@ def _load_state(unit: str) -> Optional[str]:
     return clients.load_state(unit)
 
 
+def _unit_property(unit: str, name: str) -> Optional[str]:
+    from . import clients
+
+    return clients.unit_property(unit, name)
+
+
 def _reboot() -> Optional[str]:
     """Queue a reboot without waiting for it: from inside migd.service's start job a blocking `systemctl reboot`
     would wait on a job that has to stop this very unit."""
@@ -124,6 +131,6 @@ def _driver_files() -> "DriverFiles":
 def real(run_dir: str = RUN_DIR, state_dir: str = STATE_DIR, textfile_dir: str = TEXTFILE_DIR) -> HostEnv:
     """The machine migd runs on."""
     return HostEnv(simulated=False, run_dir=run_dir, state_dir=state_dir, textfile_dir=textfile_dir,
-                   systemctl=_systemctl, unit_load_state=_load_state, reboot=_reboot,
+                   systemctl=_systemctl, unit_load_state=_load_state, unit_property=_unit_property, reboot=_reboot,
                    system_booting=_system_booting, boot_id=_boot_id, hostname=_hostname,
                    driver_files=_driver_files, clock=SystemClock())
