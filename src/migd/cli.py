@@ -225,6 +225,8 @@ def cmd_validate(args: argparse.Namespace, read_only: bool) -> int:
     n = len(cfg.entries)
     dropins = f", with drop-ins {', '.join(cfg.files[1:])}" if len(cfg.files) > 1 else ""
     print(f"{cfg.path}: syntax and keys OK ({n} GPU entr{'y' if n == 1 else 'ies'}{dropins})")
+    if cfg.daemon.gpu_clients:
+        _validate_gpu_clients(args, cfg)
     host = args.host or hostnames.this_host()
     if args.host or any(e.hosts for e in cfg.entries):
         mine = layout.for_host(cfg, host)
@@ -251,6 +253,17 @@ def cmd_validate(args: argparse.Namespace, read_only: bool) -> int:
         return E.EXIT_OK
     finally:
         backend.close()
+
+
+def _validate_gpu_clients(args: argparse.Namespace, cfg: Config) -> None:
+    """Which clients migd-generator orders after migd.service, and (on the real host) what systemd says of them."""
+    from . import gpuclients, hostenv
+
+    names = ", ".join(p.describe() for p in gpuclients.patterns(cfg.daemon.gpu_clients))
+    print(f"gpu_clients: {names} start after migd.service (migd-generator, at boot and daemon-reload)")
+    if not (args.simulate or args.sim_state):  # a simulated host has no units of the real one to ask about
+        for warning in gpuclients.check_units(cfg.daemon.gpu_clients, hostenv.real().unit_property):
+            print(f"warning: {warning}")
 
 
 def cmd_plan(args: argparse.Namespace, read_only: bool) -> int:
