@@ -211,3 +211,65 @@ def test_validate_lists_the_clients_it_orders(tmp_path, capsys):
     assert code == 0, out
     assert "gpu_clients: ollama.service, vllm@*.service (every instance of vllm@.service) start after " \
            "migd.service (migd-generator, at boot and daemon-reload)" in out, out
+
+
+# --- the pending message (issue 23.2) -----------------------------------------------------------------------------
+
+
+def test_unordered_asks_systemd_first_then_falls_back_to_what_migd_orders():
+    units = ["myjob.service", "docker.service", "ollama.service", "session-3.scope", "vllm@a.service"]
+    assert gpuclients.unordered(units, ["ollama.service", "vllm@*.service"], lambda u, p: None) == ["myjob.service"]
+    after = {"myjob.service": "basic.target migd.service", "docker.service": "network.target"}
+    assert gpuclients.unordered(units, ["ollama.service"], lambda u, p: after.get(u, "")) == \
+        ["docker.service", "ollama.service", "vllm@a.service"]  # systemd's word wins, e.g. before a daemon-reload
+
+
+def test_the_units_migd_service_runs_before_are_known():
+    unit = (REPO / "packaging/systemd/migd.service").read_text()
+    before = [v for line in unit.splitlines() if line.startswith("Before=") for v in line[7:].split()]
+    assert set(gpuclients.MIGD_RUNS_BEFORE) == {u for u in before if u.endswith(".service")}
+
+
+def _hold_gpu_in_unit(monkeypatch, node: str, unit: str):
+    """A process holding the simulated GPU's node, which migd sees as running in `unit` (its cgroup)."""
+    import migd.holders
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys,time; f=open(sys.argv[1]); print('ready', "
+                               "flush=True); time.sleep(60)", node], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+    real = migd.holders.unit_of
+    monkeypatch.setattr(migd.holders, "unit_of", lambda pid, proc="/proc": unit if pid == holder.pid
+                        else real(pid, proc))
+    return holder
+
+
+@pytest.mark.parametrize("clients, advice", [
+    (None, 'set in [daemon] of {conf}: gpu_clients = ["myjob.service"]'),
+    ('["ollama.service"]', 'set in [daemon] of {conf}: gpu_clients = ["ollama.service", "myjob.service"]'),
+    ('["myjob.service"]', None),
+])
+def test_pending_message_names_an_unordered_holder_unit_and_the_line_to_add(tmp_path, monkeypatch, clients, advice):
+    import reliability as R
+    from migd.sim.host import SimHost
+
+    state = str(tmp_path / "sim.json")
+    SimHost.create("h100-80gb", state)
+    conf = tmp_path / "migd.toml"
+    conf.write_text('[[gpu]]\nselect = 0\nmig = true\ninstances = ["7g"]\n'
+                    + (_daemon(clients) if clients else ""))
+    holder = _hold_gpu_in_unit(monkeypatch, os.path.join(os.path.dirname(state), "dev", "nvidia0"), "myjob.service")
+    try:
+        r = R.run_cli(["--simulate", "h100-80gb", "--sim-state", state, "--config", str(conf), "apply"],
+                      {"MIGD_RUN_DIR": str(tmp_path / "run")})
+    finally:
+        holder.kill()
+        holder.wait()
+    assert r.code == 4, r.out + r.err
+    [pending] = [fields["msg"] for _, event, fields in r.events if event == "mode_pending"]
+    assert f"held by python3 (pid {holder.pid}, myjob.service)" in pending or \
+        f"(pid {holder.pid}, myjob.service)" in pending, pending
+    if advice is None:
+        assert "gpu_clients" not in pending, pending
+    else:
+        assert pending.endswith("; myjob.service is not ordered after migd.service: to start it after the layout "
+                                "at boot, " + advice.format(conf=conf)), pending

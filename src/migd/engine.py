@@ -17,7 +17,7 @@ import os
 import time
 from ._record import dataclass, field, replace
 from enum import Enum
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from . import layout, report, runstate, schema
 from . import errors as E
@@ -232,8 +232,25 @@ class Engine:
                                 started)
         return outcome
 
-    def _holders(self, i: int) -> List[str]:
-        return [str(h) for h in describe(pids_holding(self.backend.device_nodes(i))) if h.pid != os.getpid()]
+    def _holders(self, i: int) -> Tuple[List[str], str]:
+        """Who holds GPU i, and what to add so those units start after migd at the next boot ("" if nothing)."""
+        holders = [h for h in describe(pids_holding(self.backend.device_nodes(i))) if h.pid != os.getpid()]
+        return [str(h) for h in holders], self._ordering_advice([h.unit for h in holders if h.unit])
+
+    def _ordering_advice(self, units: List[str]) -> str:
+        """For a pending mode change: the holders' units that do not start after migd.service, and the gpu_clients
+        line that would make them (issue 23)."""
+        from . import gpuclients
+
+        if not units:
+            return ""
+        unit_property: Callable[[str, str], Optional[str]] = _systemd_cannot_say
+        if not self.simulated:  # a simulated host has no units of this machine's systemd to ask about
+            from . import hostenv
+
+            unit_property = hostenv.real().unit_property
+        names = self.config.daemon.gpu_clients
+        return gpuclients.pending_advice(gpuclients.unordered(units, names, unit_property), names, self.config.path)
 
     def _run(self, indices: Sequence[int], desired: Dict[int, DesiredGpu]) -> Dict[int, GpuResult]:
         infos = self.infos()
@@ -368,11 +385,15 @@ def _fits_empty(info: GpuInfo, desired: DesiredGpu) -> Optional[str]:
     return empty.refusal.split(": ", 1)[1] if empty.refusal else None  # without the "GPU n: " prefix
 
 
+def _systemd_cannot_say(unit: str, name: str) -> Optional[str]:
+    return None
+
+
 # --- one GPU ------------------------------------------------------------------------------------------------------
 
 
 def apply_gpu(backend: Backend, info: GpuInfo, desired: DesiredGpu, persistence: Optional[bool] = None,
-              describe_holders: Optional[Callable[[int], List[str]]] = None) -> GpuResult:
+              describe_holders: Optional[Callable[[int], Tuple[List[str], str]]] = None) -> GpuResult:
     """Apply one GPU. Raises DriverError only when the first read fails (nothing changed)."""
     g = info.index
     glog = log.bind(gpu=g)
@@ -393,11 +414,11 @@ def apply_gpu(backend: Backend, info: GpuInfo, desired: DesiredGpu, persistence:
                 pending = _set_mode(backend, g, bool(action.enabled))
                 if pending is not None:
                     result.done.append(action)
-                    holders = describe_holders(g) if describe_holders else []
+                    holders, advice = describe_holders(g) if describe_holders else ([], "")
                     held = f": held by {', '.join(holders)}" if holders else ""
                     msg = (f"GPU {g}: MIG mode change to {'on' if action.enabled else 'off'} is pending "
                            f"({E.code_name(pending)}){held}; stop the GPU's clients and run migd apply again, "
-                           f"or reboot")
+                           f"or reboot{advice}")
                     glog.warning("mode_pending", msg=msg, status=E.code_name(pending), holders=holders)
                     return GpuResult(g, Outcome.PENDING, msg, result.done, holders)
             else:

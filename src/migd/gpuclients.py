@@ -28,6 +28,14 @@ SERVICE = "migd.service"
 MIGD_RUNS_AFTER = ("systemd-modules-load.service", "systemd-udev-trigger.service", "nvidia-persistenced.service",
                    "nvidia-fabricmanager.service", SERVICE)
 
+# The GPU clients the shipped migd.service names in Before= (tests/test_gpuclients.py reads the unit): ordered after
+# migd without any gpu_clients item. What systemd says wins where it can be asked (`unordered`).
+MIGD_RUNS_BEFORE = ("nvidia-dcgm.service", "dcgm.service", "nvsm.service", "dcgm-exporter.service", "gdm.service",
+                    "gdm3.service", "display-manager.service", "lightdm.service", "sddm.service", "docker.service",
+                    "containerd.service", "crio.service", "kubelet.service", "k3s.service", "k3s-agent.service",
+                    "rke2-server.service", "rke2-agent.service", "slurmd.service", "nvidia-cdi-refresh.service",
+                    "migd-watch.service")
+
 _NAME = r"[A-Za-z0-9:_.\\-]"  # systemd's unit name characters, less "@" (placed by the forms below)
 _UNIT_RE = re.compile(rf"^{_NAME}+(@{_NAME}*)?\.service\Z")
 _TEMPLATE_GLOB_RE = re.compile(rf"^({_NAME}+)@\*?\.service\Z")
@@ -137,3 +145,31 @@ def check_units(names: Sequence[str], unit_property: Callable[[str, str], Option
             warnings.append(f"gpu_clients: {p.text} is ordered before migd.service: the drop-in's "
                             "After=migd.service makes an ordering cycle, which systemd breaks by dropping a job")
     return warnings
+
+
+def unordered(units: Sequence[str], names: Sequence[str],
+              unit_property: Callable[[str, str], Optional[str]]) -> List[str]:
+    """The services among `units` (a pending GPU's holders) that are not ordered after migd.service: by systemd's
+    own After= where it answers, else by what migd orders (migd.service's Before= and gpu_clients). Scopes (a
+    login session, a container's scope) are left out: no ordering applies to them."""
+    pats = patterns(names)
+    out = []
+    for unit in dict.fromkeys(units):
+        if not unit.endswith(".service") or unit == SERVICE:
+            continue
+        after = ordered_after_migd(unit_property(unit, "After"))
+        if after is None:
+            after = unit in MIGD_RUNS_BEFORE or any(p.matches(unit) for p in pats)
+        if not after:
+            out.append(unit)
+    return out
+
+
+def pending_advice(units: Sequence[str], names: Sequence[str], config_path: str) -> str:
+    """What the pending message adds for holders not ordered after migd.service: the exact line to write."""
+    if not units:
+        return ""
+    which = ", ".join(units)
+    verb = "is" if len(units) == 1 else "are"
+    return (f"; {which} {verb} not ordered after migd.service: to start {'it' if len(units) == 1 else 'them'} after "
+            f"the layout at boot, set in [daemon] of {config_path}: {config_line(names, units)}")
