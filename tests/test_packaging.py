@@ -251,6 +251,47 @@ def test_changelog_is_at_the_package_version():
     assert head.startswith(f"migd ({VERSION}) "), f"debian/changelog starts {head!r}, __version__ is {VERSION}"
 
 
+def _words(text: str) -> str:
+    return " ".join(text.replace("`", "").split())
+
+
+def _debian_changelog() -> List[tuple]:
+    """[(version, "YYYY-MM-DD", [entry text, ...]), ...] from packaging/debian/changelog, newest first."""
+    import email.utils
+
+    out = []
+    for block in re.split(r"\n(?=\S)", (PKG / "debian/changelog").read_text().strip()):
+        lines = block.splitlines()
+        version = re.match(r"migd \(([^)]+)\) \S+; urgency=\w+$", lines[0]).group(1)
+        [trailer] = [line for line in lines if line.startswith(" -- ")]
+        when = email.utils.parsedate_to_datetime(trailer.split("  ", 1)[1])
+        items = re.split(r"\n  \* ", "\n" + "\n".join(line for line in lines[1:] if line.startswith("  ")))[1:]
+        out.append((version, when.strftime("%Y-%m-%d"), [_words(i) for i in items]))
+    return out
+
+
+def test_releases_are_in_step_in_debian_changelog_and_the_readme():
+    """Issue 16.10: every release has the same version, date and entries in debian/changelog and README "Changes"
+    (the rpm's %changelog is made from debian/changelog: test_rpm_changelog_is_the_debian_one)."""
+    debian = _debian_changelog()
+    readme = (REPO / "README.md").read_text().split("\n## Changes\n", 1)[1].split("\n## ", 1)[0]
+    sections = re.findall(r"^### (\S+) \((\d{4}-\d\d-\d\d)\)\n\n(.*?)(?=^### |\Z)", readme, re.M | re.S)
+    ours = [(v, d, [_words(i) for i in re.split(r"^- ", body.strip(), flags=re.M)[1:]]) for v, d, body in sections]
+    assert [(v, d) for v, d, _ in ours] == [(v, d) for v, d, _ in debian]
+    for (version, _, mine), (_, _, theirs) in zip(ours, debian):
+        assert mine == theirs, f"{version}: README Changes and debian/changelog differ"
+    versions = [tuple(int(x) for x in v.split(".")) for v, _, _ in debian]
+    assert versions == sorted(versions, reverse=True) and len(set(versions)) == len(versions)
+    assert [d for _, d, _ in debian] == sorted((d for _, d, _ in debian), reverse=True)
+    assert debian[0][0] == VERSION and {"0.1.0", "0.2.0", "0.3.0"} <= {v for v, _, _ in debian}
+
+
+def test_readme_installs_the_current_version():
+    readme = (REPO / "README.md").read_text()
+    assert f"sudo apt install ./migd_{VERSION}_all.deb" in readme
+    assert f"sudo dnf install ./migd-{VERSION}-1.noarch.rpm" in readme
+
+
 @pytest.mark.parametrize("path, rule", [("rpm/migd.rpmlintrc", r"^addFilter\(")])
 def test_every_lint_override_has_a_reason(path, rule):
     lines = (PKG / path).read_text().splitlines()
@@ -403,6 +444,21 @@ def _scriptlets(rpm: str) -> Dict[str, str]:
         elif name:
             out[name] += line + "\n"
     return out
+
+
+def test_rpm_changelog_is_the_debian_one(built):
+    """Same releases, dates and entries as debian/changelog (build.sh makes one from the other)."""
+    need("rpm")
+    text = _rpm("-qp", "--changelog", str(built["rpm"]))
+    heads = re.findall(r"^\* (\w{3} \w{3} \d\d \d{4}) .*? - (\S+)-1$", text, re.M)
+    import datetime
+
+    got = [(v, datetime.datetime.strptime(d, "%a %b %d %Y").strftime("%Y-%m-%d")) for d, v in heads]
+    debian = _debian_changelog()
+    assert got == [(v, d) for v, d, _ in debian]
+    items = [_words(i) for i in re.split(r"^- ", text, flags=re.M)[1:]]
+    items = [re.sub(r" \* \w{3} \w{3} \d\d \d{4} .*$", "", i) for i in items]  # up to the next release's line
+    assert items == [i for _, _, entries in debian for i in entries]
 
 
 def test_rpm_scriptlets_use_the_systemd_macros(built):
