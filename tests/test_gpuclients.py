@@ -145,9 +145,25 @@ def test_generator_that_cannot_use_the_config_writes_nothing_logs_one_line_and_e
     assert says in line, line
 
 
-def test_generator_logs_to_stderr_where_kmsg_cannot_be_written(tmp_path, capsys):
+def test_generator_logs_to_journald_where_there_is_no_kmsg(tmp_path):
+    """A container has no /dev/kmsg: from the first daemon-reload on, journald's syslog socket takes the line."""
+    import socket
+
+    path = str(tmp_path / "dev-log")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(path)
+        code = generator.main(["migd-generator", str(tmp_path / "n"), "e", "l"], config_path=str(tmp_path / "none"),
+                              kmsg=str(tmp_path / "no-kmsg"), devlog=path)
+        assert code == 0
+        sock.settimeout(5)
+        got = sock.recv(2000).decode()
+    assert got.startswith(f"<3>migd-generator[{os.getpid()}]: no GPU client ordered after migd.service: "), got
+    assert got.endswith("none: file not found (create it, or pass --config PATH)"), got
+
+
+def test_generator_logs_to_stderr_where_nothing_else_takes_it(tmp_path, capsys):
     code = generator.main(["migd-generator", str(tmp_path / "n"), "e", "l"], config_path=str(tmp_path / "none"),
-                          kmsg=str(tmp_path / "no-such-dir" / "kmsg"))
+                          kmsg=str(tmp_path / "no-kmsg"), devlog=str(tmp_path / "no-socket"))
     assert code == 0
     assert capsys.readouterr().err.startswith("migd-generator: no GPU client ordered after migd.service: ")
 
