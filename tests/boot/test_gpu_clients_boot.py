@@ -26,7 +26,7 @@ pytestmark = pytest.mark.boot
 
 SIM_STATE = "/var/lib/migd-sim/state.json"
 SIM_ENV = {"MIGD_SIMULATE": "h100-80gb", "MIGD_SIM_STATE": SIM_STATE, "MIGD_SIM_BOOT_MARKER": "/run/migd-sim/booted",
-           "MIGD_RUN_DIR": "/run/migd"}
+           "MIGD_RUN_DIR": "/run/migd", "MIGD_SIM_HOST": "real"}
 LAYOUT = '[[gpu]]\nselect = "all"\nmig = true\ninstances = ["3g", "2g", "1g"]\n\n[daemon]\ndriver_wait_timeout = 4\n'
 HOLD = "mkdir -p /var/lib/migd-sim/dev; exec 3<>/var/lib/migd-sim/dev/nvidia0; exec /usr/local/bin/myjob infinity"
 UNITS = ["migd.service", "myjob.service", "vllm@0.service", "triton-server.service", "early.service"]

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.boot
 
 UNITS = ("migd.service", "migd-watch.service")
 SIM_DROPIN = ("[Service]\nEnvironment=MIGD_SIMULATE=h100-80gb MIGD_SIM_STATE=/var/lib/migd-sim/state.json"
-              " MIGD_RUN_DIR=/run/migd\nReadWritePaths=/var/lib/migd-sim\n")
+              " MIGD_RUN_DIR=/run/migd MIGD_SIM_HOST=real\nReadWritePaths=/var/lib/migd-sim\n")
 CONFIG = '# the admin\'s layout\n[[gpu]]\nselect = "all"\nmig = true\ninstances = ["3g", "2g", "1g"]\n'
 SHOW = ["systemctl", "show", "-p", "Id", "-p", "ActiveState", "-p", "Result", "-p", "InvocationID", "-p",
         "ExecMainStartTimestamp", "-p", "MainPID", *UNITS]
