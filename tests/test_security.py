@@ -311,7 +311,8 @@ def _calls_in(path: Path):
 
 def test_the_only_process_migd_starts_is_systemctl():
     """Static: in all of src/migd (but the simulator), the call sites that start a process are clients.systemctl,
-    clients.load_state (systemctl show of one unit's LoadState, for the CDI refresh) and clients.system_state
+    clients.unit_property (systemctl show of one unit's property: LoadState for the CDI refresh, After/Before for
+    gpu_clients) and clients.system_state
     (systemctl is-system-running, for reboot-once), reached through the host environment (hostenv.real())."""
     src = R.ROOT / "src" / "migd"
     sites = [c for p in sorted(src.rglob("*.py")) if "sim" not in p.relative_to(src).parts for c in _calls_in(p)]
@@ -319,7 +320,7 @@ def test_the_only_process_migd_starts_is_systemctl():
     text = (src / "clients.py").read_text()
     # an argv, never a shell; units after --
     assert 'subprocess.run(["systemctl", *(["--no-block"] if no_block else []), verb, "--", *units]' in text
-    assert 'subprocess.run(["systemctl", "show", "--property=LoadState", "--value", "--", unit]' in text
+    assert 'subprocess.run(["systemctl", "show", f"--property={name}", "--value", "--", unit]' in text
     cdi = (src / "cdi.py").read_text()
     assert 'env.systemctl("restart", [unit], no_block=True, quiet=True)' in cdi
     assert 'subprocess.run(["systemctl", "is-system-running"]' in text

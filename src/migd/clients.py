@@ -3,8 +3,9 @@
 The only place migd starts a process: `systemctl stop|start -- UNIT…`, `systemctl --no-block reboot` for
 on_pending = "reboot-once" (with `systemctl is-system-running`: only while the system boots), and for the CDI
 refresh (cdi.py) `systemctl show --property=LoadState` and `systemctl --no-block restart` of
-nvidia-cdi-refresh.service; an argv, never a shell. Callers reach these through HostEnv (hostenv.real()), so a
-simulated host's never run.
+nvidia-cdi-refresh.service, and `systemctl show --property=After|Before|LoadState` of the units [daemon]
+gpu_clients names or that hold a GPU (gpuclients.py); an argv, never a shell. Callers reach these through
+HostEnv (hostenv.real()), so a simulated host's never run.
 """
 
 from __future__ import annotations
@@ -41,16 +42,7 @@ def systemctl(verb: str, units: Sequence[str], no_block: bool = False, quiet: bo
 def load_state(unit: str) -> Optional[str]:
     """systemd's LoadState of a unit ("loaded", "not-found", "masked"), or None when systemctl cannot say (not
     booted with systemd, no systemctl)."""
-    try:
-        r = subprocess.run(["systemctl", "show", "--property=LoadState", "--value", "--", unit],
-                           capture_output=True, text=True, timeout=_TIMEOUT, check=False)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        log.debug("load_state_unknown", msg=f"cannot ask systemd about {unit}: {e}")
-        return None
-    if r.returncode:
-        log.debug("load_state_unknown", msg=f"systemctl show {unit}: {r.stderr.strip()}")
-        return None
-    return r.stdout.strip()
+    return unit_property(unit, "LoadState")
 
 
 def unit_property(unit: str, name: str) -> Optional[str]:
