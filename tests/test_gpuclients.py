@@ -234,10 +234,22 @@ def test_validate_lists_the_clients_it_orders(tmp_path, capsys):
 
 def test_unordered_asks_systemd_first_then_falls_back_to_what_migd_orders():
     units = ["myjob.service", "docker.service", "ollama.service", "session-3.scope", "vllm@a.service"]
-    assert gpuclients.unordered(units, ["ollama.service", "vllm@*.service"], lambda u, p: None) == ["myjob.service"]
-    after = {"myjob.service": "basic.target migd.service", "docker.service": "network.target"}
-    assert gpuclients.unordered(units, ["ollama.service"], lambda u, p: after.get(u, "")) == \
-        ["docker.service", "ollama.service", "vllm@a.service"]  # systemd's word wins, e.g. before a daemon-reload
+    assert gpuclients.unordered(units, ["ollama.service", "vllm@*.service"], lambda u, p: None) == \
+        (["myjob.service"], [])
+    props = {("myjob.service", "After"): "basic.target migd.service", ("docker.service", "After"): "network.target",
+             ("migd.service", "After"): "sysinit.target vllm@a.service", ("ollama.service", "Before"): "migd.service"}
+    # systemd's word wins (e.g. before a daemon-reload); units ordered before migd.service are told apart
+    assert gpuclients.unordered(units, ["ollama.service"], lambda u, p: props.get((u, p), "")) == \
+        (["docker.service"], ["ollama.service", "vllm@a.service"])
+
+
+def test_pending_advice_for_units_ordered_before_migd_says_to_remove_that_ordering():
+    advice = gpuclients.pending_advice(["a.service"], ["b.service", "c.service"], [], "/etc/migd.toml")
+    assert advice == ('; a.service is not ordered after migd.service: to start it after the layout at boot, set in '
+                      '[daemon] of /etc/migd.toml: gpu_clients = ["a.service"]; b.service, c.service are ordered '
+                      "before migd.service (its Before= or migd.service's After=): remove that ordering so they can "
+                      "start after the layout")
+    assert gpuclients.pending_advice([], [], ["x.service"], "/etc/migd.toml") == ""
 
 
 def test_the_units_migd_service_runs_before_are_known():

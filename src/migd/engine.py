@@ -240,8 +240,8 @@ class Engine:
         if not units:
             return ""
         names = self.config.daemon.gpu_clients
-        unordered = gpuclients.unordered(units, names, self.env.unit_property)
-        return gpuclients.pending_advice(unordered, names, self.config.path)
+        add, before = gpuclients.unordered(units, names, self.env.unit_property)
+        return gpuclients.pending_advice(add, before, names, self.config.path)
 
     def _run(self, indices: Sequence[int], desired: Dict[int, DesiredGpu]) -> Dict[int, GpuResult]:
         infos = self.infos()

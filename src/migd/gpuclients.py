@@ -138,38 +138,58 @@ def check_units(names: Sequence[str], unit_property: Callable[[str, str], Option
         if state != "loaded":
             warnings.append(f"gpu_clients: {p.text} is {state} here: no such unit is loaded (a typo, or not "
                             "installed on this host)")
-            continue
-        before = (unit_property(p.text, "Before") or "").split()
-        # migd.service has default dependencies: a unit before sysinit.target or basic.target is before it too
-        if p.text in migd_after or {SERVICE, "sysinit.target", "basic.target"} & set(before):
+        elif _ordered_before_migd(p.text, unit_property, migd_after):
             warnings.append(f"gpu_clients: {p.text} is ordered before migd.service: the drop-in's "
                             "After=migd.service makes an ordering cycle, which systemd breaks by dropping a job")
     return warnings
 
 
+def _ordered_before_migd(unit: str, unit_property: Callable[[str, str], Optional[str]],
+                         migd_after: Sequence[str]) -> bool:
+    """Its Before= names migd.service (or sysinit.target/basic.target, which migd.service's default dependencies
+    order it after), or migd.service's After= names it."""
+    before = (unit_property(unit, "Before") or "").split()
+    return unit in migd_after or bool({SERVICE, "sysinit.target", "basic.target"} & set(before))
+
+
 def unordered(units: Sequence[str], names: Sequence[str],
-              unit_property: Callable[[str, str], Optional[str]]) -> List[str]:
-    """The services among `units` (a pending GPU's holders) that are not ordered after migd.service: by systemd's
-    own After= where it answers, else by what migd orders (migd.service's Before= and gpu_clients). Scopes (a
-    login session, a container's scope) are left out: no ordering applies to them."""
+              unit_property: Callable[[str, str], Optional[str]]) -> Tuple[List[str], List[str]]:
+    """The services among `units` (a pending GPU's holders) that do not start after migd.service: (those that can
+    be added to gpu_clients, those ordered before migd.service, which must lose that ordering first). By systemd's
+    own After=/Before= where it answers, else by what migd orders (migd.service's Before= and gpu_clients). Scopes
+    (a login session, a container's scope) are left out: no ordering applies to them."""
     pats = patterns(names)
-    out = []
+    migd_after: Optional[List[str]] = None
+    add: List[str] = []
+    before: List[str] = []
     for unit in dict.fromkeys(units):
         if not unit.endswith(".service") or unit == SERVICE:
             continue
         after = ordered_after_migd(unit_property(unit, "After"))
         if after is None:
-            after = unit in MIGD_RUNS_BEFORE or any(p.matches(unit) for p in pats)
-        if not after:
-            out.append(unit)
+            if not (unit in MIGD_RUNS_BEFORE or any(p.matches(unit) for p in pats)):
+                add.append(unit)
+            continue
+        if after:
+            continue
+        if migd_after is None:
+            migd_after = (unit_property(SERVICE, "After") or "").split()
+        (before if _ordered_before_migd(unit, unit_property, migd_after) else add).append(unit)
+    return add, before
+
+
+def pending_advice(add: Sequence[str], before: Sequence[str], names: Sequence[str], config_path: str) -> str:
+    """What the pending message adds for holders that do not start after migd.service: the exact line to write,
+    and which units are ordered before migd.service (that ordering goes first)."""
+    out = ""
+    if add:
+        one = len(add) == 1
+        out += (f"; {', '.join(add)} {'is' if one else 'are'} not ordered after migd.service: to start "
+                f"{'it' if one else 'them'} after the layout at boot, set in [daemon] of {config_path}: "
+                f"{config_line(names, add)}")
+    if before:
+        one = len(before) == 1
+        out += (f"; {', '.join(before)} {'is' if one else 'are'} ordered before migd.service (its Before= or "
+                f"migd.service's After=): remove that ordering so {'it' if one else 'they'} can start after the "
+                "layout")
     return out
-
-
-def pending_advice(units: Sequence[str], names: Sequence[str], config_path: str) -> str:
-    """What the pending message adds for holders not ordered after migd.service: the exact line to write."""
-    if not units:
-        return ""
-    which = ", ".join(units)
-    verb = "is" if len(units) == 1 else "are"
-    return (f"; {which} {verb} not ordered after migd.service: to start {'it' if len(units) == 1 else 'them'} after "
-            f"the layout at boot, set in [daemon] of {config_path}: {config_line(names, units)}")
