@@ -135,7 +135,7 @@ def test_generator_without_gpu_clients_writes_nothing_and_says_nothing(tmp_path)
     (None, "migd.toml: file not found"),
     (_daemon('["a*b.service"]'), "migd.toml:2: daemon.gpu_clients #1: 'a*b.service': a glob here"),
     ('[[gpu]]\nselect = "all"\nmig = "yes"\n' + _daemon('["ollama.service"]'), "migd.toml:3: [[gpu]] #1 mig"),
-    ("[daemon\n", "TOML syntax"),
+    ('[daemon]\ngpu_clients = ["ollama.service"\n', "TOML syntax"),
 ])
 def test_generator_that_cannot_use_the_config_writes_nothing_logs_one_line_and_exits_0(tmp_path, text, says):
     code, files, log = _generate(tmp_path, text)
@@ -178,21 +178,54 @@ def test_generator_survives_an_unexpected_failure(tmp_path):
     assert "no GPU client ordered after migd.service: " in kmsg.read_text()
 
 
-def test_installed_generator_imports_only_the_config_parser():
-    """A generator delays every boot: the packaged script runs with -IS and loads no NVML, logging or CLI code."""
+def test_installed_generator_imports_the_config_parser_only_when_gpu_clients_may_be_set(tmp_path):
+    """A generator delays every boot: the packaged script runs with -IS; a config without gpu_clients (the common
+    boot) loads no more than the generator itself (not even typing); one with it, the config parser and nothing of
+    NVML, logging or the CLI."""
     script = (REPO / "packaging/generator/migd-generator").read_text()
     assert script.startswith("#!/usr/bin/python3 -IS\n")
     probe = textwrap.dedent("""
         import sys
         sys.path.insert(0, sys.argv[1])
         from migd import generator
+        generator.main(["migd-generator", sys.argv[3]], config_path=sys.argv[2], kmsg="/nonexistent", devlog="/")
         print(" ".join(sorted(m for m in sys.modules if m.split(".")[0] in
-              ("migd", "pynvml", "structlog", "sdnotify", "argparse", "subprocess", "logging"))))
+              ("migd", "typing", "pynvml", "structlog", "sdnotify", "argparse", "subprocess", "logging"))))
         """)
-    r = subprocess.run([sys.executable, "-I", "-S", "-c", probe, str(REPO / "src")], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["migd", "migd._record", "migd.config", "migd.errors", "migd.generator",
-                                "migd.gpuclients", "migd.hostnames", "migd.model"], r.stdout
+    conf = tmp_path / "migd.toml"
+
+    def modules(text: str):
+        conf.write_text(text)
+        r = subprocess.run([sys.executable, "-I", "-S", "-c", probe, str(REPO / "src"), str(conf),
+                            str(tmp_path / "out")], capture_output=True, text=True)
+        assert r.returncode == 0 and r.stderr == "", r.stderr
+        return r.stdout.split()
+
+    assert modules((REPO / "etc/migd.toml").read_text()) == ["migd", "migd.generator"]
+    assert [m for m in modules(_daemon('["ollama.service"]')) if not m.startswith("typing")] == [
+        "migd", "migd._record", "migd.config", "migd.errors", "migd.generator", "migd.gpuclients", "migd.hostnames",
+        "migd.model"]
+    assert (tmp_path / "out/ollama.service.d/50-migd.conf").is_file()
+
+
+def test_generator_parses_whenever_a_file_may_set_gpu_clients(tmp_path):
+    """The quick look for the key's name must never skip a config that sets it: in a drop-in, or in a quoted key
+    spelt with a TOML escape."""
+    assert generator.DEFAULT_CONFIG == config.DEFAULT_PATH and config.DROPIN_DIR == "migd.d"
+    conf = tmp_path / "migd.toml"
+    conf.write_text((REPO / "etc/migd.toml").read_text())
+    assert not generator.may_set_gpu_clients(str(conf))
+    (tmp_path / "migd.d").mkdir()
+    (tmp_path / "migd.d" / "10-a.toml").write_text('[daemon]\n"gpu\\u005fclients" = ["ollama.service"]\n')
+    assert config.load(str(conf)).daemon.gpu_clients == ("ollama.service",)
+    assert generator.may_set_gpu_clients(str(conf))
+    code, files, log = _generate(tmp_path, None)
+    assert (code, sorted(files), log) == (0, ["ollama.service.d/50-migd.conf"], "")
+    (tmp_path / "migd.d" / "10-a.toml").write_text(_daemon('["x.service"]'))
+    assert generator.may_set_gpu_clients(str(conf))
+    (tmp_path / "migd.d" / "10-a.toml").chmod(0)
+    if os.geteuid() != 0:
+        assert generator.may_set_gpu_clients(str(conf))  # unreadable: parse, and let the parser say why
 
 
 # --- validate ---------------------------------------------------------------------------------------------------

@@ -12,22 +12,49 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import List, Optional, Sequence
-
-from . import config as config_mod
-from . import gpuclients
-from .errors import ConfigError
+TYPE_CHECKING = False  # not typing's: importing typing alone costs ~7 ms, as much as the rest of a quiet run
+if TYPE_CHECKING:
+    from typing import List, Sequence
 
 NAME = "migd-generator"
+DEFAULT_CONFIG = "/etc/migd.toml"  # config.DEFAULT_PATH (tests/test_gpuclients.py checks they agree)
 KMSG = "/dev/kmsg"
 DEVLOG = "/run/systemd/journal/dev-log"
+_KEY = b"gpu_clients"
 
 
-def generate(normal_dir: str, config_path: str = config_mod.DEFAULT_PATH) -> List[str]:
+def may_set_gpu_clients(config_path: str) -> bool:
+    """False only when neither the config nor a file in its drop-in directory can set gpu_clients: the key's name
+    (or a TOML escape that could spell it in a quoted key) appears in none. Then nothing is parsed, and the common
+    boot (no gpu_clients) costs the interpreter's start and a few reads. Anything unreadable: True, so the parser
+    reports it."""
+    paths = [config_path]
+    directory = os.path.join(os.path.dirname(config_path), "migd.d")
+    try:
+        paths += [os.path.join(directory, n) for n in sorted(os.listdir(directory)) if n.endswith(".toml")]
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return True
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                data = f.read(1 << 20)
+        except OSError:
+            return True
+        if _KEY in data or b"\\u" in data or b"\\U" in data:
+            return True
+    return False
+
+
+def generate(normal_dir: str, config_path: str = DEFAULT_CONFIG) -> "List[str]":
     """Write the drop-ins for the config's gpu_clients; returns the files written. Raises ConfigError."""
+    from . import config as config_mod
+    from . import gpuclients
+
     cfg = config_mod.load(config_path, owner=config_mod.trusted_owner())
     source = ", ".join(cfg.files)
-    written = []
+    written: "List[str]" = []
     for pattern in gpuclients.patterns(cfg.daemon.gpu_clients):
         d = os.path.join(normal_dir, pattern.dropin_dir)
         path = os.path.join(d, gpuclients.DROPIN_NAME)
@@ -66,22 +93,24 @@ def say(message: str, priority: int = 3, kmsg: str = KMSG, devlog: str = DEVLOG)
     sys.stderr.write(f"{NAME}: {message}\n")
 
 
-def main(argv: Sequence[str], config_path: str = config_mod.DEFAULT_PATH, kmsg: str = KMSG,
-         devlog: str = DEVLOG) -> int:
+def main(argv: "Sequence[str]", config_path: str = DEFAULT_CONFIG, kmsg: str = KMSG, devlog: str = DEVLOG) -> int:
     """Always 0: a generator that fails leaves the boot to go on without it anyway, and says so less clearly."""
     if len(argv) not in (2, 4):
         say("usage: migd-generator NORMAL_DIR [EARLY_DIR LATE_DIR] (systemd runs it; see systemd.generator(7))",
             kmsg=kmsg, devlog=devlog)
         return 0
-    why: Optional[str] = None
+    why = ""
     try:
-        generate(argv[1], config_path)
-    except ConfigError as e:
-        first = e.problems[0]
-        more = f" (and {len(e.problems) - 1} more)" if len(e.problems) > 1 else ""
-        why = f"{first}{more}"
+        if may_set_gpu_clients(config_path):  # the common case returns before importing the parser
+            generate(argv[1], config_path)
     except Exception as e:  # noqa: BLE001 - the boot must go on whatever happened here
-        why = f"{type(e).__name__}: {e}"
+        from .errors import ConfigError
+
+        if isinstance(e, ConfigError):
+            more = f" (and {len(e.problems) - 1} more)" if len(e.problems) > 1 else ""
+            why = f"{e.problems[0]}{more}"
+        else:
+            why = f"{type(e).__name__}: {e}"
     if why:
         say(f"no GPU client ordered after migd.service: {why}", kmsg=kmsg, devlog=devlog)
     return 0
