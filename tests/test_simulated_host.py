@@ -217,3 +217,24 @@ def test_only_the_wiring_knows_the_simulator():
             elif isinstance(node, ast.Import) and any(a.name.startswith("migd.sim") for a in node.names):
                 importers.add(str(rel))
     assert importers == {"site.py"}, importers
+
+
+def test_the_simulated_hosts_systemctl_records_and_status_shows_it(guarded, tmp_path):
+    """What `apply --stop-clients` asks of systemctl lands in the simulated host: stopped units are recorded and
+    shown by status until started again; nothing runs on this machine."""
+    from migd import site
+
+    state = str(tmp_path / "sim" / "state.json")
+    (tmp_path / "sim").mkdir()
+    env = site.build(SPEC, state, {}).env
+    assert env.systemctl("stop", ["nvidia-dcgm.service"]) is None
+    assert env.notes()[-1] == "simulated host: units stopped: nvidia-dcgm.service"
+    r = subprocess.run([sys.executable, "-m", "migd.cli", "--sim-state", state, "status"], env=guarded["env"],
+                       capture_output=True, text=True)
+    _clean(r)
+    assert "simulated host: systemctl stop nvidia-dcgm.service" in r.stdout, r.stdout
+    assert "simulated host: units stopped: nvidia-dcgm.service" in r.stdout, r.stdout
+    env.systemctl("start", ["nvidia-dcgm.service"])
+    assert not [n for n in env.notes() if "units stopped" in n]
+    assert env.unit_load_state("nvidia-cdi-refresh.service") == "loaded"
+    assert env.unit_load_state("docker.service") == "not-found"
