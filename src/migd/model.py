@@ -227,6 +227,7 @@ class DaemonSettings:
     on_pending: str = "fail"  # "fail" | "reboot-once": what boot does about a MIG mode change left pending
     cdi_refresh: str = "auto"  # "auto": re-run nvidia-cdi-refresh.service after a change, when it exists | "off"
     metrics_file: Optional[str] = None  # None: the node_exporter textfile dir's migd.prom when it exists; "": off
+    gpu_clients: Tuple[str, ...] = ()  # services (or NAME@*/PREFIX-* globs) migd-generator orders after migd.service
 
 
 @dataclass(frozen=True)
