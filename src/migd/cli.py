@@ -191,12 +191,13 @@ def _site(args: argparse.Namespace) -> "Site":
     if built is None:
         built = site_mod.build(args.simulate, args.sim_state)
         args.site = built
-        for notice in built.notices:
-            if args.verb in ("boot", "watch"):
-                from .log import get_logger
+        if built.notices and args.verb in ("boot", "watch"):  # one journal event, first
+            from .log import get_logger
 
-                get_logger().warning("simulated" if built.simulated else "environment_ignored", msg=notice)
-            else:
+            get_logger().warning("simulated" if built.simulated else "environment_ignored",
+                                 msg="; ".join(built.notices))
+        elif built.notices:
+            for notice in built.notices:
                 print(f"migd: {notice}", file=sys.stderr)
     return built
 
