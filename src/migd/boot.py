@@ -8,9 +8,9 @@ not loaded yet (udev/modules-load still busy: wait up to driver_wait_timeout). `
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence, Tuple
 
-from . import driverfiles
+from . import driverfiles, notify
 from . import errors as E
 from .backend import Backend
 from .driverfiles import DriverFiles
@@ -88,17 +88,29 @@ def not_loaded_message(found: DriverFiles, timeout: float) -> str:
 
 
 def run(cfg: Config, open_backend: Callable[[], Backend], files: Callable[[], DriverFiles],
-        make_engine: Callable[[Backend], "Engine"]) -> int:
+        make_engine: Callable[[Backend], "Engine"], status: Callable[[str], None] = lambda _: None) -> int:
     """What migd.service does: nothing for a host no entry is for; else wait for the driver, apply every selected
     GPU through the engine, and with on_pending = "reboot-once" reboot once for a mode change left pending. Returns
-    the exit code. Failures fail the unit, never the boot (nothing Requires= migd.service)."""
+    the exit code. Failures fail the unit, never the boot (nothing Requires= migd.service). `status` gets the
+    unit's STATUS= line: the exit code in words, and why (notify.exit_status)."""
+    try:
+        code, why = _run(cfg, open_backend, files, make_engine)
+    except MigdError as e:
+        status(notify.exit_status(e.exit_code, str(e)))
+        raise
+    status(notify.exit_status(code, why))
+    return code
+
+
+def _run(cfg: Config, open_backend: Callable[[], Backend], files: Callable[[], DriverFiles],
+         make_engine: Callable[[Backend], "Engine"]) -> Tuple[int, str]:
     from . import layout, rebootonce
     from .engine import Outcome
 
     mine = layout.for_host(cfg)
     if not mine:  # no entry at all, or none for this host in a fleet file
         log.info("boot_nothing", msg=f"{cfg.path} selects no GPU on this host: nothing to do")
-        return E.EXIT_OK
+        return E.EXIT_OK, f"nothing to do: {cfg.path} selects no GPU on this host"
     try:
         backend = wait_for_driver(open_backend, cfg.daemon.driver_wait_timeout, files)
     except NoDriverInstalled as e:
@@ -113,22 +125,27 @@ def run(cfg: Config, open_backend: Callable[[], Backend], files: Callable[[], Dr
         pending = [rebootonce.Pending(i, uuids.get(i, "")) for i, r in result.gpus.items()
                    if r.outcome == Outcome.PENDING]
         if rebootonce.after_boot_apply(cfg, pending, code):
-            return E.EXIT_OK  # the reboot is queued: the change takes effect then
+            # the reboot is queued: the change takes effect then
+            gpus = ", ".join(f"GPU {p.gpu}" for p in pending)
+            return E.EXIT_OK, f"rebooting once to let MIG mode take effect on {gpus}"
         level = log.info if code == E.EXIT_OK else log.error
         level("boot_done", msg=f"boot apply finished: exit {code}", exit=code)
-        return code
+        bad = [r.message for r in result.gpus.values() if r.exit_code != E.EXIT_OK]
+        why = "; ".join(bad + ([result.record_error] if result.record_error else [])) or "; ".join(
+            r.message for r in result.gpus.values())
+        return code, why
     finally:
         backend.close()
 
 
-def _no_driver(e: NoDriverInstalled, entries: Sequence[GpuEntry]) -> int:
+def _no_driver(e: NoDriverInstalled, entries: Sequence[GpuEntry]) -> Tuple[int, str]:
     """No driver installed: nothing to do for a fleet file's "all"/glob entries (they fit GPU-less hosts); an
     error when an entry names a GPU by index, UUID or PCI id (the admin expects that GPU here)."""
     named = [entry for entry in entries if entry.selector.kind in ("index", "uuid", "pci")]
     if not named:
         log.info("no_driver", msg=f"{e}: nothing to do", library="", module="")
-        return E.EXIT_OK
+        return E.EXIT_OK, f"{e}: nothing to do"
     first = named[0]
-    log.error("no_driver", msg=f"{e}, but {first.label} ({first.where}) selects GPU {first.selector}: "
-                               "install the NVIDIA driver", exit=E.EXIT_FAILURE)
-    return E.EXIT_FAILURE
+    why = f"{e}, but {first.label} ({first.where}) selects GPU {first.selector}: install the NVIDIA driver"
+    log.error("no_driver", msg=why, exit=E.EXIT_FAILURE)
+    return E.EXIT_FAILURE, why
