@@ -1,8 +1,10 @@
 """`migd boot` (migd.service): wait for the NVIDIA driver while one can still appear, then apply through the engine.
 
-nvmlInit failing at boot means one of two things: no driver is installed at all (a GPU-less host sharing a fleet
-file: nothing will appear, so no waiting that would hold every later unit), or one is installed but its module is
-not loaded yet (udev/modules-load still busy: wait up to driver_wait_timeout). `driverfiles` tells them apart.
+nvmlInit failing at boot means one of three things: no driver is installed at all (a GPU-less host sharing a fleet
+file: nothing will appear, so no waiting that would hold every later unit); one is installed but its module is not
+loaded yet, or is still being built by DKMS (udev/modules-load/dkms still busy: wait up to driver_wait_timeout); or
+the library is installed but there is no module for the running kernel and no build queued (a DKMS build that
+failed after a kernel update: fail at once, saying so). `driverfiles` tells them apart.
 """
 
 from __future__ import annotations
@@ -42,8 +44,10 @@ def wait_for_driver(make: Callable[[], Backend], timeout: float,
                     files: Callable[[], DriverFiles] = driverfiles.detect) -> Backend:
     """Open a backend, retrying with backoff while an installed NVIDIA driver is not loaded yet.
 
-    Raises NoDriverInstalled at the first failure when nothing of a driver is installed, DriverNotLoaded after
-    `timeout` seconds otherwise. Logs the wait once (info), each retry at debug, and the driver coming up."""
+    Raises NoDriverInstalled at the first failure when nothing of a driver is installed; DriverNotLoaded at once
+    when the library is but no module can appear (none for this kernel, no build queued: looked at again before each
+    retry, so a DKMS build that fails meanwhile ends the wait), after `timeout` seconds otherwise. Logs the wait
+    once (info), each retry at debug, and the driver coming up."""
     deadline = time.monotonic() + timeout
     delay, attempt = 0.25, 0
     found = None
@@ -63,17 +67,32 @@ def wait_for_driver(make: Callable[[], Backend], timeout: float,
                 found = files()
                 if not found.installed:
                     raise NoDriverInstalled(found) from None
+                if not found.module_may_appear:  # no module for this kernel and none being built: nothing to wait for
+                    raise DriverNotLoaded(no_module_message(found)) from None
                 log.info("driver_wait", msg=f"waiting up to {timeout:g} s for the NVIDIA driver to load ({code}): "
                                             f"{found.describe()}", code=code, library=found.library or "",
                          module=found.module or "")
             else:
                 log.debug("driver_retry", msg=f"NVIDIA driver not loaded yet ({code}), attempt {attempt}",
                           attempt=attempt, code=code)
+                now = files()
+                if now.installed and not now.module_may_appear:
+                    raise DriverNotLoaded(no_module_message(now)) from None
             left = deadline - time.monotonic()
             if left <= 0:
                 raise DriverNotLoaded(not_loaded_message(found, timeout)) from None
             time.sleep(min(delay, left))
             delay = min(delay * 2, 5.0)
+
+
+def no_module_message(found: DriverFiles) -> str:
+    """The library is there, but no nvidia module for the running kernel and no build queued: failed at once."""
+    if found.build is not None and found.build.failed_log:
+        fix = f"fix the build ({found.build.failed_log}) or reinstall the driver for the running kernel"
+    else:
+        fix = "rebuild or reinstall the driver for the running kernel (`dkms status`)"
+    return (f"{driverfiles.LIBRARY} installed but no nvidia kernel module for this kernel and no module build "
+            f"queued: not waiting for the driver: {found.describe()}; {fix}")
 
 
 def not_loaded_message(found: DriverFiles, timeout: float) -> str:
