@@ -4,8 +4,12 @@ migd's codes stay (scripts use them), and the unit's status line says what the e
 
 from __future__ import annotations
 
+import os
 import socket
+import sys
 import textwrap
+import threading
+import time
 
 import pytest
 
@@ -24,6 +28,45 @@ CONFIG = textwrap.dedent("""
 """)
 
 
+class FakeSystemd:
+    """systemd's end of NOTIFY_SOCKET: reads each datagram (closing fds passed with BARRIER=1, as systemd does once
+    it has processed the messages before it) in a thread, as migd sends them."""
+
+    def __init__(self, path: str):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        self.sock.settimeout(0.1)
+        self.received: list = []
+        self.barriers = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                data, anc, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(4 * 4))
+            except socket.timeout:
+                continue
+            for level, kind, fds in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    for i in range(0, len(fds) - len(fds) % 4, 4):
+                        os.close(int.from_bytes(fds[i:i + 4], sys.byteorder))
+            text = data.decode()
+            if text == "BARRIER=1":
+                self.barriers += 1
+            self.received.append(text)
+
+    def take(self) -> list:
+        out, self.received = self.received, []
+        return out
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.sock.close()
+
+
 @pytest.fixture
 def unit(tmp_path, monkeypatch):
     """A NOTIFY_SOCKET like systemd's, a simulated A100 and a config: what migd.service's `migd boot` sees."""
@@ -31,9 +74,7 @@ def unit(tmp_path, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("MIGD_RUN_DIR", str(tmp_path / "run"))
     monkeypatch.setenv("MIGD_STATE_DIR", str(tmp_path / "lib"))
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(tmp_path / "notify"))
-    sock.settimeout(0)
+    systemd = FakeSystemd(str(tmp_path / "notify"))
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
     state = tmp_path / "state.json"
     host = SimHost.create("a100-40gb", str(state))
@@ -42,17 +83,15 @@ def unit(tmp_path, monkeypatch):
 
     def boot(config: str = CONFIG):
         conf.write_text(config)
+        t0 = time.monotonic()
         code = cli.main(["--sim-state", str(state), "--config", str(conf), "boot"])
-        sent = []
-        while True:
-            try:
-                sent.append(sock.recv(4096).decode())
-            except BlockingIOError:
-                break
+        assert time.monotonic() - t0 < 4, "waited for a barrier systemd had answered"
+        sent = systemd.take()
+        assert sent[-1] == "BARRIER=1", sent  # the last STATUS= is read by systemd before migd exits
         return code, [m[len("STATUS="):] for m in sent if m.startswith("STATUS=")]
 
     yield {"boot": boot, "host": host, "state": str(state)}
-    sock.close()
+    systemd.close()
     sim.uninstall()
 
 

@@ -122,7 +122,7 @@ def _fail(service_verb: bool, event: str, text: str, code: int, status: bool = F
     if status:
         from . import notify
 
-        notify.Notifier()(f"STATUS={notify.exit_status(code, text.splitlines()[0] if text else '')}")
+        notify.Notifier()(f"STATUS={notify.exit_status(code, text.splitlines()[0] if text else '')}", barrier=True)
     if service_verb:
         from .log import get_logger
 
@@ -352,7 +352,7 @@ def cmd_boot(args: argparse.Namespace, read_only: bool) -> int:
     return boot.run(cfg, lambda: make_backend(simulate=args.simulate, sim_state=args.sim_state,
                                               cache_dir=_cache_dir(args), cache_write=True),
                     _driver_files(args), lambda backend: _engine(args, backend, cfg),
-                    status=lambda text: notifier(f"STATUS={text}"))
+                    status=lambda text: notifier(f"STATUS={text}", barrier=True))
 
 
 def _driver_files(args: argparse.Namespace) -> "Callable[[], DriverFiles]":

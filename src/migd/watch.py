@@ -269,6 +269,9 @@ class Watcher:
                 text += f"; re-apply given up on GPU {', '.join(map(str, given_up))}"
         if self.reload_error:
             text += f"; reload failed, previous config kept: {self.reload_error}"
+        trouble = publish.metrics_trouble()
+        if trouble:
+            text += f"; {trouble}"
         return f"{text} (check #{self.checks})"
 
     def _engine(self, read_only: bool) -> Engine:
