@@ -160,7 +160,9 @@ def _run(cfg: Config, open_backend: Callable[[], Backend], files: Callable[[], D
 def _no_driver(e: NoDriverInstalled, entries: Sequence[GpuEntry]) -> Tuple[int, str]:
     """No driver installed: nothing to do for a fleet file's "all"/glob entries (they fit GPU-less hosts); an
     error when an entry names a GPU by index, UUID or PCI id (the admin expects that GPU here)."""
-    named = [entry for entry in entries if entry.selector.kind in ("index", "uuid", "pci")]
+    from . import layout
+
+    named = layout.naming_a_gpu(entries)
     if not named:
         log.info("no_driver", msg=f"{e}: nothing to do", library="", module="")
         return E.EXIT_OK, f"{e}: nothing to do"

@@ -373,7 +373,8 @@ def _driver_files(args: argparse.Namespace) -> "Callable[[], DriverFiles]":
 def cmd_watch(args: argparse.Namespace, read_only: bool) -> int:
     from .watch import Watcher
 
-    return Watcher(args.config, simulate=args.simulate, sim_state=args.sim_state, run_dir=_run_dir(args)).run()
+    return Watcher(args.config, simulate=args.simulate, sim_state=args.sim_state, run_dir=_run_dir(args),
+                   driver_files=_driver_files(args)).run()
 
 
 def _print_apply(engine: "Engine", result: "ApplyResult", desired: "Dict[int, DesiredGpu]",

@@ -35,12 +35,14 @@ def after_apply(backend: "Backend", cfg: Config, desired: Mapping[int, "DesiredG
         log.error("publish_failed", msg=f"after the apply: {type(e).__name__}: {e}", exc_info=True)
 
 
-def after_check(cfg: Config, backend: "Backend", desired: Optional[Mapping[int, "DesiredGpu"]]) -> None:
+def after_check(cfg: Config, backend: "Backend", desired: Optional[Mapping[int, "DesiredGpu"]],
+                no_gpus: bool = False) -> None:
     """After each migd-watch check, with its (still open, maybe never opened) backend and the desired layouts the
     check compared against (None: the check failed before it had them): the GPUs are looked at again from the
-    backend's cache, so no extra NVML reads."""
+    backend's cache, so no extra NVML reads. no_gpus: nothing is selected on this host and there is no driver to
+    read (a GPU-less host): a successful check of no GPU."""
     try:
-        _after_check(cfg, backend, desired)
+        _after_check(cfg, backend, desired, no_gpus)
     except Exception as e:  # never break the watchdog's loop
         log.error("publish_failed", msg=f"after the check: {type(e).__name__}: {e}", exc_info=True)
 
@@ -59,17 +61,18 @@ def _after_apply(backend: "Backend", cfg: Config, desired: Mapping[int, "Desired
     _write(path, lambda prev: metrics.apply_samples(views or [], ok, time.time(), duration), metrics.APPLY_FAMILIES)
 
 
-def _after_check(cfg: Config, backend: "Backend", desired: Optional[Mapping[int, "DesiredGpu"]]) -> None:
+def _after_check(cfg: Config, backend: "Backend", desired: Optional[Mapping[int, "DesiredGpu"]],
+                 no_gpus: bool = False) -> None:
     path = metrics.resolve_path(cfg.daemon.metrics_file)
     if not path:
         _metrics_written("")
         return
     views: Optional[List[metrics.GpuView]] = None
     try:
-        views = observe(backend, desired or {})
+        views = [] if no_gpus else observe(backend, desired or {})
     except (DriverError, MigdError, ValueError, RuntimeError) as e:
         log.debug("metrics_check_partial", msg=f"check metrics without GPU series: {e}")
-    success = desired is not None and views is not None and not any(v.unreadable or v.lost for v in views)
+    success = no_gpus or (desired is not None and views is not None and not any(v.unreadable or v.lost for v in views))
     _write(path, lambda prev: metrics.check_samples(views or [], success, time.time(), prev), metrics.CHECK_FAMILIES)
 
 
