@@ -92,9 +92,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # read verbs and apply at a terminal print their result; their log lines (each driver call) only with -v
     terse = read_verb or args.verb == "apply"
     level = "debug" if args.verbose else ("warning" if args.quiet or terse else "info")
-    # Journal entries carry the identity of the unit that runs the verb (`journalctl -t migd-watch`).
-    setup(level=level, identifier=SERVICE_IDENTIFIERS.get(args.verb, "migd"))
     service_verb = args.verb in ("boot", "watch")
+    # `migd apply` from a shell: its changes also go to the journal with who ran it (the audit trail), however
+    # terse the terminal is.
+    args.actor = None
+    if args.verb == "apply" and not read_verb:
+        from . import audit
+
+        args.actor = audit.actor()
+    # Journal entries carry the identity of the unit that runs the verb (`journalctl -t migd-watch`).
+    setup(level=level, identifier=SERVICE_IDENTIFIERS.get(args.verb, "migd"), audit=args.actor,
+          audit_required=not _simulated(args))
     try:
         return VERBS[args.verb](args, read_verb)
     except ConfigError as e:
@@ -333,11 +341,36 @@ def cmd_apply(args: argparse.Namespace, read_only: bool) -> int:
     try:
         engine = _engine(args, backend, cfg)
         desired = engine.desired()
+        _audit_start(args, cfg)
         result = engine.apply(desired, stop_clients=bool(args.stop_clients))
+        _audit_end(args, result)
         _print_apply(engine, result, desired, args.verbose)
         return result.exit_code
     finally:
         backend.close()
+
+
+def _audit_start(args: argparse.Namespace, cfg: "Config") -> None:
+    """The audit trail's first line: who runs which apply of which config (the changes follow, as boot logs them)."""
+    from . import audit
+    from .log import get_logger
+
+    what = "migd apply" + (" --stop-clients" if args.stop_clients else "")
+    sim = " (simulated GPUs)" if _simulated(args) else ""
+    get_logger().info("apply_started", msg=f"{what} by {audit.describe(args.actor)}: {cfg.path}{sim}",
+                      config=cfg.path, stop_clients=bool(args.stop_clients), simulated=_simulated(args))
+
+
+def _audit_end(args: argparse.Namespace, result: "ApplyResult") -> None:
+    """The audit trail's last line: the outcome (what each GPU got, the exit code)."""
+    from . import audit
+    from .log import get_logger
+
+    code = result.exit_code
+    summary = "; ".join(result.messages + ([result.record_error] if result.record_error else []))
+    # info: each failure is its own event at its own priority already; this one must not repeat it on the terminal
+    get_logger().info("apply_finished", msg=f"migd apply by {audit.describe(args.actor)}: exit {code}: {summary}", exit=code,
+          outcomes={str(i): r.outcome.value for i, r in result.gpus.items()})
 
 
 def cmd_boot(args: argparse.Namespace, read_only: bool) -> int:
