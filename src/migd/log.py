@@ -23,7 +23,7 @@ import os
 import sys
 from typing import Any, Dict, List, MutableMapping, Optional, Tuple, Union
 
-__all__ = ["setup", "get_logger", "Logger", "LEVELS", "journal_field_name", "encode_journal"]
+__all__ = ["setup", "start_audit", "get_logger", "Logger", "LEVELS", "journal_field_name", "encode_journal"]
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}  # structlog's numbers
 PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}  # syslog's numbers
@@ -387,6 +387,13 @@ def setup(
         _output.close()
     _output = _Output(level, target, identifier, path, audit, audit_required)
     return target
+
+
+def start_audit(fields: Dict[str, str], required: bool = True) -> None:
+    """From now on, the audit trail (see setup()'s `audit`) with these fields."""
+    output = _current()
+    output.audit, output.audit_required = dict(fields), required
+    output.configured = False  # the level filter lets info through from now on
 
 
 def _current() -> _Output:
