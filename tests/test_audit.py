@@ -8,10 +8,13 @@ import os
 import shutil
 import tempfile
 import textwrap
+import threading
+import time
 
 import pytest
 
 import migd.log
+import reliability as R
 from migd import audit, cli, sim
 from migd.sim.host import SimHost
 
@@ -29,10 +32,40 @@ CONFIG = textwrap.dedent("""
 """)
 
 
+class Journald:
+    """A fake journald: a thread reads every datagram (as journald does, so a blocking sender never waits on a
+    full queue) and keeps each event's fields."""
+
+    def __init__(self, path: str):
+        self.fake = FakeJournal(path)
+        self.fake.sock.settimeout(0.1)
+        self.path = path
+        self.events: list = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        while not self.stop.is_set():
+            try:
+                data = self.fake.raw()
+            except OSError:  # socket.timeout included
+                continue
+            self.events.append({k: v.decode() for k, v in parse_native(data)})
+            for fd in self.fake.last_fds:
+                os.close(fd)
+            self.fake.last_fds = []
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.fake.close()
+
+
 @pytest.fixture
 def journal(monkeypatch):
     d = tempfile.mkdtemp(prefix="migdaudit", dir="/tmp")  # AF_UNIX names are short
-    j = FakeJournal(os.path.join(d, "socket"))
+    j = Journald(os.path.join(d, "socket"))
     monkeypatch.setenv("MIGD_JOURNAL_SOCKET", j.path)
     monkeypatch.delenv("JOURNAL_STREAM", raising=False)
     yield j
@@ -41,16 +74,9 @@ def journal(monkeypatch):
     migd.log.setup(level="critical", target="stderr")
 
 
-def drain(j: FakeJournal) -> list:
-    out = []
-    j.sock.settimeout(0.2)
-    try:
-        while True:
-            out.append({k: v.decode() for k, v in parse_native(j.raw())})
-    except OSError:
-        pass
-    finally:
-        j.sock.settimeout(5)
+def drain(j: Journald) -> list:
+    time.sleep(0.3)  # the reader thread catches up with the last datagrams
+    out, j.events = j.events, []
     return out
 
 
@@ -114,3 +140,46 @@ def test_no_journal_is_said_once_for_a_real_run_and_not_at_all_for_a_simulated_o
     log.info("create_gi", msg="GPU 0: created 1g.10gb")
     assert capsys.readouterr().err == ""
     migd.log.setup(level="critical", target="stderr")
+
+
+def test_stop_clients_apply_names_the_units_it_stopped_in_the_trail(journal, tmp_path, monkeypatch, capsys):
+    """`apply --stop-clients` stops and restarts units: the trail has both, with who ran it."""
+    import subprocess
+    import sys
+
+    from migd import clients
+
+    monkeypatch.setenv("MIGD_RUN_DIR", str(tmp_path / "run"))
+    for var in ("MIGD_SIMULATE", "MIGD_SIM_STATE", "MIGD_SIM_FAULTS", "MIGD_READ_ONLY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("SUDO_USER", "bob")
+    state = tmp_path / "state.json"
+    host = SimHost.create("h100-80gb", str(state))
+    conf = tmp_path / "migd.toml"
+    conf.write_text(CONFIG.replace('[daemon]', '[daemon]\nstop_clients = ["nvidia-dcgm.service"]'))
+    holder = subprocess.Popen([sys.executable, "-c", "import sys,time; f=open(sys.argv[1]); time.sleep(60)",
+                               host.device_node(0)])
+    R.wait_until_holding(holder, host.device_node(0))
+
+    def fake_systemctl(verb, units, **_):
+        if verb == "stop":
+            holder.kill()
+            holder.wait()
+
+    # simulated GPUs on this machine's host environment, whose systemctl is faked here (as tests/test_watch.py)
+    monkeypatch.setenv("MIGD_SIM_HOST", "real")
+    monkeypatch.setattr(clients, "systemctl", fake_systemctl)
+    monkeypatch.setattr(clients, "unit_of", lambda pid: "nvidia-dcgm.service" if pid == holder.pid else None)
+    try:
+        code = cli.main(["--sim-state", str(state), "--config", str(conf), "apply", "--stop-clients"])
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        sim.uninstall()
+    assert code == 0, capsys.readouterr().err
+    sent = drain(journal)
+    names = [e["MIGD_EVENT"] for e in sent]
+    assert names[0] == "apply_started" and names[-1] == "apply_finished", names
+    assert "clients_stopping" in names and "clients_restarted" in names, names
+    assert sent[0]["MESSAGE"].startswith("migd apply --stop-clients by uid ") and sent[0]["MIGD_STOP_CLIENTS"] == "true"
+    assert all(e["MIGD_SUDO_USER"] == "bob" for e in sent)
