@@ -52,11 +52,14 @@ def h100_reference() -> dict:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_env(request, monkeypatch):
+def _isolated_env(request, monkeypatch, tmp_path):
     """Simulated tests inherit no read-only switch, injected faults or simulation settings from the caller.
 
-    Tests marked gpu or boot are left alone: the hardware tests depend on the caller's MIGD_READ_ONLY=1.
+    Every test gets its own user state directory ($XDG_STATE_HOME, where `--simulate` keeps its hosts between
+    commands): no test writes the real home, none sees another's simulated host.
+    Tests marked gpu or boot are left alone otherwise: the hardware tests depend on the caller's MIGD_READ_ONLY=1.
     """
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
     if request.node.get_closest_marker("gpu") or request.node.get_closest_marker("boot"):
         yield
         return

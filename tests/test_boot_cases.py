@@ -268,3 +268,77 @@ def test_reboot_once_without_a_writable_marker_does_not_reboot(capsys, tmp_path,
     code, _, err = run(capsys, h, "boot")
     assert code == 4 and machine.requested == 0, err
     assert "not rebooting, a reboot loop could not be ruled out" in err, err
+
+
+# --- reboot-once only while booting, and only where its marker survives (issues 16.3, 17.11) ---------------------
+
+
+def test_reboot_once_on_a_running_system_says_a_reboot_would_apply_and_does_not_reboot(capsys, tmp_path):
+    """`systemctl restart migd` or `migd boot` by hand on a system that is up (the simulated host's default):
+    exit 4, pending, one line saying a reboot would apply the change; no marker, no reboot."""
+    h = _host(tmp_path, "a100-40gb", config=REBOOT_ONCE, reset_supported=False)
+    code, _, err = run(capsys, h, "boot")
+    assert code == 4, err
+    said = [line for line in err.splitlines() if "a reboot would apply the change" in line]
+    assert len(said) == 1 and "GPU 0: MIG mode change pending; the system is already up" in said[0], err
+    assert load_state(h["state"])["boot"] == 1 and not (tmp_path / "lib" / "reboot-once.json").exists()
+    assert "rebooting once" not in err
+
+
+def test_reboot_once_is_refused_where_its_marker_cannot_survive_a_reboot(capsys, tmp_path, monkeypatch):
+    """The state directory inside the (simulated) host's /run, which its reboot empties, like /var/lib on tmpfs:
+    no reboot, said once, with why."""
+    monkeypatch.setenv("MIGD_STATE_DIR", str(tmp_path / "run" / "lib"))
+    h = _host(tmp_path, "a100-40gb", config=REBOOT_ONCE, reset_supported=False)
+    machine = Reboots(monkeypatch, tmp_path, h)
+    code, _, err = run(capsys, h, "boot")
+    assert code == 4 and machine.requested == 0, err
+    assert err.count("the reboot-once marker would not survive the reboot") == 1, err
+    assert f"{tmp_path / 'run' / 'lib'} is on tmpfs" in err, err
+
+
+def test_volatile_state_dir_is_told_by_statfs_magic(tmp_path):
+    from migd import hostenv
+
+    if hostenv.volatile_fs("/dev/shm") is None:
+        pytest.skip("/dev/shm is not a tmpfs here")
+    assert hostenv.volatile_fs("/dev/shm") == "tmpfs"
+    assert hostenv.volatile_fs("/dev/shm/migd-does-not-exist/lib") == "tmpfs"  # its nearest existing parent
+    assert hostenv.volatile_fs("/proc") is None  # not a tmpfs: survives (and is not ours to judge)
+
+
+def test_a_dropin_regenerated_with_a_new_timestamp_does_not_reboot_again(capsys, tmp_path, monkeypatch):
+    """The marker names the parsed layout, not the files' bytes: a drop-in rewritten at every boot with a new
+    comment (and so new line numbers) is the same layout: the pending change after the reboot is not a reason to
+    reboot again. A changed layout is."""
+    h = _host(tmp_path, "h100-80gb", config="[daemon]\non_pending = \"reboot-once\"\n")
+    dropins = tmp_path / "migd.d"
+    dropins.mkdir()
+    layout = '[[gpu]]\nselect = "all"\nmig = true\ninstances = ["3g", "2g", "1g"]\n'
+
+    def regenerate(stamp: str, extra: str = "") -> None:
+        (dropins / "50-generated.toml").write_text(f"# generated {stamp}\n{extra}{layout}")
+
+    machine = Reboots(monkeypatch, tmp_path, h)
+
+    def client_starts_early():
+        host = SimHost(load_state(h["state"]), h["state"])
+        host.gpus[0]["clients"] = [os.getpid()]
+        host.save()
+
+    regenerate("2026-12-05T10:00:00")
+    client_starts_early()
+    code, _, err = run(capsys, h, "boot")
+    assert code == 0 and machine.requested == 1, err
+    machine.reboot(h)
+    regenerate("2026-12-05T10:05:00", extra="# and a second comment line\n")
+    client_starts_early()
+    code, _, err = run(capsys, h, "boot")
+    assert code == 4 and machine.requested == 1, err
+    assert "still pending after the reboot; not rebooting again" in err, err
+    # a different layout is a different config: it may reboot once for itself
+    machine.reboot(h)
+    (dropins / "50-generated.toml").write_text(layout.replace('"2g", "1g"', '"1g", "1g", "1g"'))
+    client_starts_early()
+    code, _, err = run(capsys, h, "boot")
+    assert code == 0 and machine.requested == 2, err

@@ -188,18 +188,20 @@ def test_lock_held_exits_5(capsys, host, monkeypatch):
 
 def test_cli_entry_point_as_subprocess(host):
     """What an admin types: the console script, a real process, stdout/exit code."""
-    env = dict(os.environ, MIGD_RUN_DIR=os.path.join(os.path.dirname(host["state"]), "run"))
+    env = dict(os.environ, MIGD_RUN_DIR=os.path.join(os.path.dirname(host["state"]), "run"),
+               XDG_STATE_HOME=os.path.join(os.path.dirname(host["state"]), "xdg-1"))
     r = subprocess.run([sys.executable, "-m", "migd.cli", "--simulate", "dgx-a100", "--config",
                         "etc/examples/dgx-a100-mixed.toml", "apply"], capture_output=True, text=True, env=env,
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert r.returncode == 0, r.stderr
     # the README's demo: one line per GPU saying what changed, then identical GPUs on one row (was 224 lines)
-    assert r.stderr == "" and r.stdout.splitlines() == [
+    assert r.stderr.startswith("migd: simulated dgx-a100 host created in ") and r.stdout.splitlines() == [
         *(f"GPU {i}: applied 10 changes (MIG mode on, 4 GPU instances created)" for i in range(4)),
         *(f"GPU {i}: applied 16 changes (MIG mode on, 7 GPU instances created)" for i in range(4, 8)),
         "GPU 0-3  A100-SXM4-40GB  MIG on: GI 3 2g.10gb@0:2, GI 9 1g.5gb@2:1, GI 10 1g.5gb@3:1, GI 2 3g.20gb@4:4",
         "GPU 4-7  A100-SXM4-40GB  MIG on: " + ", ".join(f"GI {7 + i} 1g.5gb@{i}:1" for i in range(7))], r.stdout
-    # -v: each driver call, naming GPU instances by the driver's GI id as status does
+    # -v: each driver call, naming GPU instances by the driver's GI id as status does (on a fresh simulated host)
+    env["XDG_STATE_HOME"] = os.path.join(os.path.dirname(host["state"]), "xdg-2")
     r = subprocess.run([sys.executable, "-m", "migd.cli", "--simulate", "dgx-a100", "--config",
                         "etc/examples/dgx-a100-mixed.toml", "-v", "apply"], capture_output=True, text=True, env=env,
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -137,12 +137,13 @@ def _site(args: argparse.Namespace) -> "Site":
     if built is None:
         built = site_mod.build(args.simulate, args.sim_state)
         args.site = built
-        for notice in built.notices:
-            if args.verb in ("boot", "watch"):
-                from .log import get_logger
+        if built.notices and args.verb in ("boot", "watch"):  # one journal event, first
+            from .log import get_logger
 
-                get_logger().warning("simulated" if built.simulated else "environment_ignored", msg=notice)
-            else:
+            get_logger().warning("simulated" if built.simulated else "environment_ignored",
+                                 msg="; ".join(built.notices))
+        elif built.notices:
+            for notice in built.notices:
                 print(f"migd: {notice}", file=sys.stderr)
     return built
 
@@ -160,21 +161,22 @@ def _engine(args: argparse.Namespace, backend: "Backend", cfg: "Optional[Config]
     return Engine(backend, cfg, _site(args).env, host=host)
 
 
-def _live_view(args: argparse.Namespace, backend: "Backend") -> "Tuple[Engine, StatusView]":
+def _live_view(args: argparse.Namespace, backend: "Backend") -> "Tuple[Engine, StatusView, Optional[str]]":
     """The live layout, with instance names and "matches/drift" where a valid config selects the GPU: status and
-    export work without a (valid) config, they only lose the names."""
+    export work without a (valid) config, they only lose the names; the third value says why they are lost."""
+    why: Optional[str] = None
     try:
         cfg: Optional[Config] = _load_config(args)
-    except ConfigError:
-        cfg = None
+    except ConfigError as e:
+        cfg, why = None, " ".join(str(e.problems[0]).split()) if e.problems else str(e)
     engine = _engine(args, backend, cfg)
     desired = None
     if cfg is not None:
         try:
             desired = engine.desired()
-        except ConfigError:
-            pass
-    return engine, engine.status(desired)
+        except ConfigError as e:
+            why = ' '.join(str(e.problems[0]).split()) if e.problems else str(e)
+    return engine, engine.status(desired), why
 
 
 def _load_config(args: argparse.Namespace, privileged: bool = False) -> "Config":
@@ -192,11 +194,13 @@ def cmd_status(args: argparse.Namespace, read_only: bool) -> int:
 
     backend = _backend(args, True)
     try:
-        engine, view = _live_view(args, backend)
+        engine, view, _ = _live_view(args, backend)
         if args.json:
             print(schema.dumps(engine.status_doc(view, backend.description)))
         else:
             print(report.status_text(view.gpus, view.names, view.managed))
+            for note in _site(args).env.notes():  # a simulated host's systemctl calls, stopped units
+                print(note)
         return E.EXIT_OK
     finally:
         backend.close()
@@ -307,7 +311,9 @@ def cmd_export(args: argparse.Namespace, read_only: bool) -> int:
             desired = _engine(args, backend, cfg).desired() if cfg is not None else None
             print(slurm.export(backend, desired, cfg.path if cfg is not None else None), end="")
             return E.EXIT_OK
-        _, view = _live_view(args, backend)
+        _, view, why = _live_view(args, backend)
+        if why:  # never silent: the names come from the config
+            print(f"migd: instance names left out (no usable config): {why}", file=sys.stderr)
         print(report.export_toml(view.gpus, view.names), end="")
         return E.EXIT_OK
     finally:

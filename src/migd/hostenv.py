@@ -50,6 +50,10 @@ class Systemctl(Protocol):
                  quiet: bool = False) -> Optional[str]: ...
 
 
+def _no_notes() -> Sequence[str]:
+    return ()
+
+
 @dataclass(frozen=True)
 class HostEnv:
     """What one run of migd may touch outside the GPU. Built once at the edge (cli, boot, watch), passed down."""
@@ -66,6 +70,10 @@ class HostEnv:
     hostname: Callable[[], str]
     driver_files: Callable[[], "DriverFiles"]  # what of an NVIDIA driver is installed
     clock: Clock
+    volatile: Callable[[str], Optional[str]]  # the file system a path is on when it does not survive a reboot
+    #                                          (tmpfs, ramfs), else None
+    notes: Callable[[], Sequence[str]]  # what `migd status` says about the host: a simulated one's systemctl calls
+    #                                     and stopped units; nothing for a real one
 
     def metrics_path(self, setting: Optional[str]) -> str:
         """[daemon] metrics_file, or (unset) migd.prom in the textfile directory when it exists; "" = none."""
@@ -110,6 +118,28 @@ def _reboot() -> Optional[str]:
     return _systemctl("reboot", (), no_block=True)
 
 
+_VOLATILE_MAGIC = {0x01021994: "tmpfs", 0x858458F6: "ramfs"}  # statfs(2) f_type, linux/magic.h
+
+
+def volatile_fs(path: str) -> Optional[str]:
+    """"tmpfs"/"ramfs" when `path` (or, while it does not exist yet, its nearest existing parent) is on a file
+    system that a reboot empties, else None (also when statfs cannot say: never refuse on a guess)."""
+    import ctypes
+
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    buf = ctypes.create_string_buffer(256)  # struct statfs: f_type (a long) comes first on every Linux ABI
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.statfs(os.fsencode(probe), buf) != 0:
+            return None
+    except (OSError, AttributeError):
+        return None
+    f_type = ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+    return _VOLATILE_MAGIC.get(f_type)
+
+
 def _driver_files() -> "DriverFiles":
     from . import driverfiles
 
@@ -121,4 +151,5 @@ def real(run_dir: str = RUN_DIR, state_dir: str = STATE_DIR, textfile_dir: str =
     return HostEnv(simulated=False, run_dir=run_dir, state_dir=state_dir, textfile_dir=textfile_dir,
                    systemctl=_systemctl, unit_load_state=_load_state, reboot=_reboot,
                    system_booting=_system_booting, boot_id=_boot_id, hostname=_hostname,
-                   driver_files=_driver_files, clock=SystemClock())
+                   driver_files=_driver_files, clock=SystemClock(), volatile=volatile_fs,
+                   notes=_no_notes)

@@ -1,7 +1,11 @@
 """`[daemon] on_pending = "reboot-once"`: a MIG mode change still pending after the boot apply reboots the host once.
 
 A pending change (an Ampere GPU that could not be reset, RESET_REQUIRED under pass-through, a client that started
-early) takes effect at the next boot. Before asking systemd for the reboot, migd writes a marker under its state
+early) takes effect at the next boot. migd reboots only as the boot's own last step: while systemd is still
+starting the system (HostEnv.system_booting). On a running system (`systemctl restart migd`, `migd boot` by hand)
+it says that a reboot would apply the change and leaves that to the admin (exit 4, pending). It never reboots when
+its state directory is on tmpfs/ramfs (the marker would not survive: every boot would reboot).
+Before asking systemd for the reboot, migd writes a marker under its state
 directory (/var/lib/migd, the unit's StateDirectory=) naming the boot, the config and the GPUs. On a later boot:
 - nothing pending: the reboot did it; logged, marker removed;
 - still pending under the same config: never a second reboot (no loop, whatever happens); logged, the boot fails
@@ -29,15 +33,13 @@ STAMP = "reboot-once.requested"  # in the run dir (/run/migd): gone after the re
 
 
 def config_digest(cfg: Config) -> str:
-    """The config as read (main file and drop-ins): a changed config may need its own reboot."""
+    """The layout the config declares, as parsed (every entry's selector, hosts, MIG mode and instances): a changed
+    layout may need its own reboot. Not the files' bytes, nor where in them an entry is: a drop-in regenerated at
+    every boot with a new timestamp comment is the same layout, and must not reboot again."""
     h = hashlib.sha256()
-    for path in cfg.files or (cfg.path,):
-        h.update(path.encode() + b"\0")
-        try:
-            with open(path, "rb") as f:
-                h.update(f.read())
-        except OSError:
-            pass
+    for e in cfg.entries:
+        instances = [(i.profile, i.name, i.compute) for i in e.instances]
+        h.update(repr((e.selector.kind, e.selector.values, e.hosts, e.mig, instances)).encode() + b"\0")
     return h.hexdigest()[:16]
 
 
@@ -95,6 +97,20 @@ def after_boot_apply(cfg: Config, pending: Sequence[Pending], exit_code: int, en
     if marker is not None and not earlier:
         log.warning("reboot_once_requested", msg="a reboot for the pending MIG mode was already requested in "
                                                  "this boot; not asking again")
+        return False
+    volatile = env.volatile(directory)
+    if volatile:
+        log.error("reboot_once_unsafe", msg=f"{_gpus(pending)}: MIG mode change pending, but not rebooting: "
+                                            f"{directory} is on {volatile}, so the reboot-once marker would not "
+                                            "survive the reboot and every boot would reboot again; put migd's "
+                                            'state directory on disk, or use on_pending = "fail"',
+                  gpus=[p.gpu for p in pending], fs=volatile)
+        return False
+    if not env.system_booting():
+        log.warning("reboot_once_not_booting", msg=f"{_gpus(pending)}: MIG mode change pending; the system is "
+                                                   "already up, so migd does not reboot it: a reboot would apply "
+                                                   'the change (on_pending = "reboot-once" reboots only while the '
+                                                   "system boots)", gpus=[p.gpu for p in pending])
         return False
     doc = {"boot_id": this_boot, "config": config_digest(cfg), "gpus": {str(p.gpu): p.uuid for p in pending}}
     try:

@@ -69,7 +69,8 @@ def build(simulate: Optional[str] = None, sim_state: Optional[str] = None,
         return _real(environ, tuple(notices))
     from . import sim
 
-    factory, env = sim.environment(simulate, sim_state, environ)
+    factory, env, created = sim.environment(simulate, sim_state, environ)
+    notices.extend(created)
     if environ.get(SIM_HOST_VARIABLE) == "real":
         # simulated GPUs, this machine's run/state directories, systemctl, reboot and clock (the boot tests)
         real = hostenv.real(run_dir=environ.get("MIGD_RUN_DIR") or hostenv.RUN_DIR,

@@ -30,9 +30,9 @@ def __getattr__(name: str) -> Any:
 
 
 def environment(spec: Optional[str], state_path: Optional[str],
-                environ: Optional[Mapping[str, str]] = None) -> "Tuple[BackendFactory, HostEnv]":
-    """The entry point for migd's wiring (migd.site): simulated GPUs' backend factory and the simulated host's
-    HostEnv (see simenv.py)."""
+                environ: Optional[Mapping[str, str]] = None) -> "Tuple[BackendFactory, HostEnv, List[str]]":
+    """The entry point for migd's wiring (migd.site): simulated GPUs' backend factory, the simulated host's
+    HostEnv, and what the run must say first (see simenv.py)."""
     from . import simenv as env
 
     return env.environment(spec, state_path, environ)

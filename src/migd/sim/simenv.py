@@ -14,7 +14,6 @@ HostEnv whose every side effect lands in the simulated host, never on the machin
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import TYPE_CHECKING, List, Mapping, Optional, Sequence, Tuple
 
 from .. import hostnames
@@ -29,11 +28,14 @@ DEFAULT_SPEC = "dgx-a100"
 # The simulated host has NVIDIA's Container Toolkit installed: its CDI refresh unit is there, so an apply's CDI
 # refresh is recorded (and seen) like on a real GPU node. Any other unit is "not-found".
 KNOWN_UNITS = ("nvidia-cdi-refresh.service",)
+EPHEMERAL = "-"  # --sim-state -: a throwaway host in memory
 _LOG_KEEP = 50  # systemctl calls kept in the host's state
+_NOTES_KEEP = 5  # ... and shown by `migd status`
 
 
 def make_backend(simulate: Optional[str] = None, sim_state: Optional[str] = None, read_only: bool = False,
-                 cache_dir: Optional[str] = None, cache_write: bool = False) -> "Backend":
+                 cache_dir: Optional[str] = None, cache_write: bool = False,
+                 host: Optional[SimHost] = None) -> "Backend":
     """The nvml backend over simulated GPUs: a host built from `simulate`, or the one shared through the state
     file `sim_state` (created from `simulate` when absent). `--sim-state` of a host built from one spec with
     `--simulate` of another is an error (ValueError), never a silent switch to the file's GPUs."""
@@ -45,7 +47,7 @@ def make_backend(simulate: Optional[str] = None, sim_state: Optional[str] = None
 
     if simulate is not None and not simulate.strip():
         raise ValueError("--simulate: empty spec; give dgx-a100, dgx-h100 or MODEL[:COUNT],...")
-    host = SimHost.create(simulate or DEFAULT_SPEC, sim_state)
+    host = host or SimHost.create(simulate or DEFAULT_SPEC, sim_state)
     if simulate and sim_state:
         wanted = [m.key for m in parse_host_spec(simulate)]
         have = [g.get("model") for g in host.gpus]
@@ -65,7 +67,8 @@ def make_backend(simulate: Optional[str] = None, sim_state: Optional[str] = None
 
 
 class SimulatedHost:
-    """The HostEnv callables of one simulated host (a state file, or one in memory shared by this process)."""
+    """The HostEnv callables of one simulated host: its state file, or (`--sim-state -`) one in this process's
+    memory, thrown away at exit."""
 
     def __init__(self, spec: Optional[str], state_path: Optional[str], run_dir: str):
         self.spec, self.state_path, self.run_dir = spec or DEFAULT_SPEC, state_path, run_dir
@@ -118,6 +121,18 @@ class SimulatedHost:
     def driver_files(self) -> "DriverFiles":
         return self.host().driver_files()
 
+    def volatile(self, path: str) -> Optional[str]:
+        """The simulated host's /run (its run directory) is emptied by its reboots; the rest of its disk is not."""
+        run, inside = os.path.abspath(self.run_dir), os.path.abspath(path)
+        return "tmpfs" if inside == run or inside.startswith(run + os.sep) else None
+
+    def notes(self) -> List[str]:
+        state = self.host().state
+        out = [f"simulated host: {call}" for call in state.get("systemctl", [])[-_NOTES_KEEP:]]
+        if state.get("stopped_units"):
+            out.append(f"simulated host: units stopped: {', '.join(state['stopped_units'])}")
+        return out
+
 
 def _empty(directory: str) -> None:
     """What a reboot does to /run: every file gone (the lock file too: nobody holds it across a reboot)."""
@@ -131,31 +146,75 @@ def _empty(directory: str) -> None:
             os.unlink(path)
 
 
-def directories(state_path: Optional[str], environ: Mapping[str, str]) -> Tuple[str, str, str]:
-    """(run, state, textfile) directories of a simulated host: beside its state file, or (a host in memory) in a
-    per-user temporary directory; the MIGD_*_DIR test hooks win."""
-    base = os.path.abspath(state_path) if state_path else \
-        os.path.join(tempfile.gettempdir(), f"migd-sim-{os.geteuid()}")
-    run = environ.get("MIGD_RUN_DIR") or (base + ".run" if state_path else base)
-    state = environ.get("MIGD_STATE_DIR") or (base + ".lib" if state_path else os.path.join(base, "lib"))
-    textfile = environ.get("MIGD_TEXTFILE_DIR") or (base + ".textfile" if state_path else
-                                                     os.path.join(base, "textfile"))
-    return run, state, textfile
+def default_state_path(spec: str, environ: Mapping[str, str]) -> str:
+    """Where `--simulate SPEC` keeps its host between commands: per user, per spec, under the user's state
+    directory ($XDG_STATE_HOME, else ~/.local/state): migd/sim/<spec>/state.json. Deleting that directory starts
+    over."""
+    base = environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    name = "".join(c if c.isalnum() or c in "._-" else "_" for c in spec.strip()) or DEFAULT_SPEC
+    return os.path.join(base, "migd", "sim", name, "state.json")
+
+
+def directories(state_path: str, environ: Mapping[str, str]) -> Tuple[str, str, str]:
+    """(run, state, textfile) directories of a simulated host, beside its state file; the MIGD_*_DIR test hooks
+    win."""
+    base = os.path.abspath(state_path)
+    return (environ.get("MIGD_RUN_DIR") or base + ".run", environ.get("MIGD_STATE_DIR") or base + ".lib",
+            environ.get("MIGD_TEXTFILE_DIR") or base + ".textfile")
 
 
 def environment(spec: Optional[str], state_path: Optional[str],
-                environ: Optional[Mapping[str, str]] = None) -> "Tuple[BackendFactory, HostEnv]":
-    """Simulated GPUs (`spec`, or the host in `state_path`) and the simulated host's HostEnv."""
+                environ: Optional[Mapping[str, str]] = None) -> "Tuple[BackendFactory, HostEnv, List[str]]":
+    """Simulated GPUs (`spec`, or the host in `state_path`), the simulated host's HostEnv, and what to say first
+    (where a host was just created). Without `state_path` the host persists in default_state_path(spec)."""
+    from .catalog import parse_host_spec
+
     environ = os.environ if environ is None else environ
     if spec is not None and not spec.strip():
         raise ValueError("--simulate: empty spec; give dgx-a100, dgx-h100 or MODEL[:COUNT],...")
+    notices: List[str] = []
+    if state_path == EPHEMERAL:
+        return _ephemeral(spec, environ)
+    if state_path is None:
+        parse_host_spec(spec or DEFAULT_SPEC)  # a bad spec is refused before anything is created
+        state_path = default_state_path(spec or DEFAULT_SPEC, environ)
+        if not os.path.exists(state_path):
+            os.makedirs(os.path.dirname(state_path), mode=0o700, exist_ok=True)
+            notices.append(f"simulated {spec or DEFAULT_SPEC} host created in {state_path} (kept between "
+                           f"commands; rm -r {os.path.dirname(state_path)} starts over)")
     run, state, textfile = directories(state_path, environ)
     sim = SimulatedHost(spec, state_path, run)
+    if not os.path.exists(state_path):
+        sim.host()  # created now (and saved), so every later call shares it
+        if textfile == os.path.abspath(state_path) + ".textfile":  # never one a test hook names
+            os.makedirs(textfile, mode=0o755, exist_ok=True)  # the simulated node_exporter's textfile directory
+    path: str = state_path
 
     def factory(read_only: bool = False, cache_write: bool = False) -> "Backend":
-        return make_backend(spec, state_path, read_only=read_only, cache_dir=run, cache_write=cache_write)
+        return make_backend(spec, path, read_only=read_only, cache_dir=run, cache_write=cache_write)
 
-    env = HostEnv(simulated=True, run_dir=run, state_dir=state, textfile_dir=textfile, systemctl=sim.systemctl,
-                  unit_load_state=sim.unit_load_state, reboot=sim.reboot, system_booting=sim.system_booting,
-                  boot_id=sim.boot_id, hostname=hostnames.this_host, driver_files=sim.driver_files, clock=SystemClock())
-    return factory, env
+    return factory, _env(sim, run, state, textfile), notices
+
+
+def _ephemeral(spec: Optional[str], environ: Mapping[str, str]) -> "Tuple[BackendFactory, HostEnv, List[str]]":
+    """`--sim-state -`: a host in memory, from MIG off at every command (benchmarks); its directories in a fresh
+    temporary directory unless the MIGD_*_DIR hooks name them."""
+    import tempfile
+
+    SimHost.create(spec or DEFAULT_SPEC)  # a bad spec is refused before anything is created
+    base = os.path.join(tempfile.mkdtemp(prefix="migd-sim-"), "host")
+    run, state, textfile = (environ.get("MIGD_RUN_DIR") or base + ".run", environ.get("MIGD_STATE_DIR") or base + ".lib",
+                            environ.get("MIGD_TEXTFILE_DIR") or base + ".textfile")
+    sim = SimulatedHost(spec, None, run)
+
+    def factory(read_only: bool = False, cache_write: bool = False) -> "Backend":
+        return make_backend(spec, None, read_only=read_only, host=sim.host())
+
+    return factory, _env(sim, run, state, textfile), []
+
+
+def _env(sim: SimulatedHost, run: str, state: str, textfile: str) -> HostEnv:
+    return HostEnv(simulated=True, run_dir=run, state_dir=state, textfile_dir=textfile, systemctl=sim.systemctl,
+                   unit_load_state=sim.unit_load_state, reboot=sim.reboot, system_booting=sim.system_booting,
+                   boot_id=sim.boot_id, hostname=hostnames.this_host, driver_files=sim.driver_files,
+                   clock=SystemClock(), volatile=sim.volatile, notes=sim.notes)
