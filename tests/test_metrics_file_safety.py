@@ -142,4 +142,7 @@ def test_directory_chain_checks(tmp_path):
                   ("migd_last_check_success",), [])
     assert metrics.read_samples(str(tmp_path / "real/migd.prom"))[0].value == 1.0
     assert metrics.read_samples(str(tmp_path / "real/absent.prom")) == []
+    (tmp_path / "var").mkdir()
+    os.symlink("../real", tmp_path / "var/run")  # a relative link with '..', like /var/run -> ../run on some hosts
+    assert metrics.read_samples(str(tmp_path / "var/run/migd.prom"))[0].value == 1.0
     assert metrics.read_samples(str(tmp_path / "nodir/migd.prom")) == []

@@ -73,8 +73,11 @@ def _walk(path: str) -> int:
             name = todo.pop()
             if name == ".":
                 continue
-            if name == "..":  # lexically, like the walk itself: never back out of a checked directory by a link
-                raise UnsafePath(f"{path}: '..' in the path")
+            if name == "..":  # the parent of the directory held (a relative link like /var/run -> ../run)
+                new = os.open("..", _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd, where = new, os.path.dirname(where) or "/"
+                continue
             st = os.stat(name, dir_fd=fd, follow_symlinks=False)
             here = os.path.join(where, name)
             if stat.S_ISLNK(st.st_mode):
