@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="migd", description="Put NVIDIA GPUs into the MIG layout declared in /etc/migd.toml.",
         epilog="Exit codes: 0 ok, 1 failure, 2 bad config or usage, 3 drift (check), 4 MIG mode change pending "
-               "(needs idle GPU + reset, or reboot), 5 busy (lock held).")
+               "(needs idle GPU + reset, or reboot), 5 busy (lock held). `systemctl status` names 3, 4 and 5 by "
+               "systemd's table (NOTIMPLEMENTED, NOPERMISSION, NOTINSTALLED); migd.service's status line says what "
+               "the exit means.")
     p.add_argument("--version", action="version", version=f"migd {__version__}")
     _global_options(p, {"config": os.environ.get("MIGD_CONFIG", "/etc/migd.toml"),
                         "simulate": None, "sim_state": None, "verbose": False, "quiet": False})
@@ -153,9 +155,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         lead = "invalid configuration, no GPU touched:"
         # Under systemd each problem is one journal line that says what happened and names file:line.
         text = "\n".join(f"{lead} {' '.join(str(p).split())}" for p in e.problems) if service_verb else f"{lead}\n{e}"
-        return _fail(service_verb, "config_invalid", text, E.EXIT_USAGE)
+        return _fail(service_verb, "config_invalid", text, E.EXIT_USAGE, status=args.verb == "boot")
     except MigdError as e:
-        return _fail(service_verb, "failed", str(e), e.exit_code)
+        return _fail(service_verb, "failed", str(e), e.exit_code)  # boot.run set STATUS= itself
     except ValueError as e:  # bad --simulate spec or state file
         return _fail(service_verb, "usage", str(e), E.EXIT_USAGE)
     except KeyboardInterrupt:
@@ -168,8 +170,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _fail(service_verb, "failed", f"{where}{e.strerror or e}", E.EXIT_FAILURE)
 
 
-def _fail(service_verb: bool, event: str, text: str, code: int) -> int:
-    """Under systemd, errors are journal events (one per line, with fields); at a terminal, plain stderr."""
+def _fail(service_verb: bool, event: str, text: str, code: int, status: bool = False) -> int:
+    """Under systemd, errors are journal events (one per line, with fields); at a terminal, plain stderr.
+    status: also the unit's STATUS= line (migd.service: what the exit code means, notify.exit_status)."""
+    if status:
+        from . import notify
+
+        notify.Notifier()(f"STATUS={notify.exit_status(code, text.splitlines()[0] if text else '')}", barrier=True)
     if service_verb:
         from .log import get_logger
 
@@ -466,8 +473,10 @@ def cmd_apply(args: argparse.Namespace, read_only: bool) -> int:
     try:
         engine = _engine(args, progress.watch(backend), cfg)
         desired = engine.desired()
+        _audit_start(args, cfg, _site(args).simulated)
         result = engine.apply(desired, stop_clients=bool(args.stop_clients), on_gpu_done=progress.gpu_done)
         progress.close()
+        _audit_end(args, result)
         _print_unmatched(engine)
         _print_apply(engine, result, desired, args.verbose)
         return result.exit_code
@@ -476,14 +485,44 @@ def cmd_apply(args: argparse.Namespace, read_only: bool) -> int:
         backend.close()
 
 
+def _audit_start(args: argparse.Namespace, cfg: "Config", simulated: bool) -> None:
+    """`migd apply` from a shell: from here on its events also go to the journal with who ran it (the audit trail),
+    however terse the terminal is; the first says who runs which apply of which config (the changes follow, under
+    the names boot logs them with). A simulated run's trail is marked so, and not missed where there is no
+    journal."""
+    from . import audit
+    from .log import get_logger, start_audit
+
+    args.actor = audit.actor()
+    start_audit(args.actor, required=not simulated)
+    what = "migd apply" + (" --stop-clients" if args.stop_clients else "")
+    sim = " (simulated GPUs)" if simulated else ""
+    get_logger().info("apply_started", msg=f"{what} by {audit.describe(args.actor)}: {cfg.path}{sim}",
+                      config=cfg.path, stop_clients=bool(args.stop_clients), simulated=simulated)
+
+
+def _audit_end(args: argparse.Namespace, result: "ApplyResult") -> None:
+    """The audit trail's last line: the outcome (what each GPU got, the exit code)."""
+    from . import audit
+    from .log import get_logger
+
+    code = result.exit_code
+    summary = "; ".join(result.messages + ([result.record_error] if result.record_error else []))
+    # info: each failure is its own event at its own priority already; this one must not repeat it on the terminal
+    get_logger().info("apply_finished", msg=f"migd apply by {audit.describe(args.actor)}: exit {code}: {summary}",
+                      exit=code, outcomes={str(i): r.outcome.value for i, r in result.gpus.items()})
+
+
 def cmd_boot(args: argparse.Namespace, read_only: bool) -> int:
     """migd.service (boot.run): wait for the driver, then apply. Failures fail the unit (exit != 0), never the boot."""
-    from . import boot
+    from . import boot, notify
 
     cfg = _load_config(args, privileged=True)
     site = _site(args)
+    notifier = notify.Notifier()
     return boot.run(cfg, lambda: site.open_backend(cache_write=True), site.env,
-                    lambda backend: _engine(args, backend, cfg))
+                    lambda backend: _engine(args, backend, cfg),
+                    status=lambda text: notifier(f"STATUS={text}", barrier=True))
 
 
 def cmd_watch(args: argparse.Namespace, read_only: bool) -> int:

@@ -82,6 +82,7 @@ class Watcher:
         self.site = site  # the backend factory and the host environment (migd.site)
         self.env = site.env
         self.run_dir = site.env.run_dir
+        self.no_driver_said = False  # "no driver installed: nothing selected here" logged once
         self.notify = notify or Notifier()
         # Invalid (or, as root, not root's alone) at start: exit 2, which migd-watch.service does not restart
         # (RestartPreventExitStatus=2): the unit fails visibly, STATUS= and the journal say why.
@@ -213,6 +214,8 @@ class Watcher:
             self.checks += 1
             try:
                 statuses, reapply = self._check()
+            except NothingHere:
+                pass  # a GPU-less host: nothing selected here, nothing to read; not a problem
             except DriverError as e:
                 problem = ("read_failed", f"cannot read GPUs: {e}")
             except ConfigError as e:  # e.g. the layout fits no GPU of a model found on this host
@@ -267,6 +270,9 @@ class Watcher:
                 text += f"; re-apply given up on GPU {', '.join(map(str, given_up))}"
         if self.reload_error:
             text += f"; reload failed, previous config kept: {self.reload_error}"
+        trouble = publish.metrics_trouble()
+        if trouble:
+            text += f"; {trouble}"
         return f"{text} (check #{self.checks})"
 
     def _engine(self, read_only: bool) -> Engine:
@@ -284,8 +290,16 @@ class Watcher:
         statuses: Dict[int, str] = {}
         reapply = []
         desired: Optional[Dict[int, DesiredGpu]] = None
+        nothing_here = False
         try:
-            engine.backend.open()
+            try:
+                engine.backend.open()
+            except DriverError as e:
+                nothing_here = self._nothing_here(e)
+                if nothing_here:
+                    raise NothingHere() from None
+                raise
+            self.no_driver_said = False
             infos = engine.infos()
             for info in infos:
                 if info.lost:  # once per change, like drift
@@ -300,9 +314,26 @@ class Watcher:
                 if self._wants_reapply(i, row.status, row.found, state):
                     reapply.append(i)
         finally:
-            publish.after_check(self.cfg, self.env, engine.backend, desired)  # metrics file, under the check's shared lock
+            # metrics file, under the check's shared lock; nothing selected here: a successful check of no GPU
+            publish.after_check(self.cfg, self.env, engine.backend, desired, no_gpus=nothing_here)
             engine.backend.close()
         return statuses, reapply
+
+    def _nothing_here(self, e: DriverError) -> bool:
+        """NVML cannot start because no NVIDIA driver is installed at all, and the entries for this host select
+        only "all" or model globs (a fleet file shared with GPU-less hosts): nothing is selected here, so there is
+        nothing to read (as `migd boot` says "nothing to do"). Said once."""
+        if e.code not in (E.LIBRARY_NOT_FOUND, E.DRIVER_NOT_LOADED) or layout.naming_a_gpu(layout.for_host(self.cfg)):
+            return False
+        found = self.env.driver_files()
+        if found.installed:
+            return False
+        if not self.no_driver_said:
+            self.no_driver_said = True
+            log.info("watch_nothing", msg=f"{self.config_path} selects no GPU on this host (no NVIDIA driver "
+                                          f"installed: {found.describe()}; its entries select only \"all\" or model "
+                                          "globs): nothing to watch", library="", module="")
+        return True
 
     def _wants_reapply(self, i: int, status: str, found: str, state: GpuState) -> bool:
         """drift_policy = "reapply": re-apply this GPU now? Each reason not to is logged once per change."""
@@ -404,6 +435,10 @@ class Watcher:
     def _reapply_recorded(self, result: ApplyResult) -> None:
         if result.record_error:
             log.error("reapply_not_recorded", msg=result.record_error)
+
+
+class NothingHere(Exception):
+    """No NVIDIA driver installed and nothing names a GPU: the check has nothing to read (Watcher._nothing_here)."""
 
 
 def _first(e: ConfigError) -> str:

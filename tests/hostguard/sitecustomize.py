@@ -12,6 +12,7 @@ PermissionError, so the test sees it even where migd handles the error.
 
 import os
 import sys
+import threading
 
 _ALLOW = tuple(os.path.realpath(p) for p in os.environ.get("MIGD_GUARD_ALLOW", "").split(":") if p)
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
@@ -19,6 +20,21 @@ _PATH_EVENTS = {"os.rename": 2, "os.replace": 2, "os.mkdir": 1, "os.rmdir": 1, "
                 "os.chown": 1, "os.link": 2, "os.symlink": 2, "os.truncate": 1, "os.utime": 1, "shutil.rmtree": 1}
 _PROCESS_EVENTS = ("subprocess.Popen", "os.exec", "os.posix_spawn", "os.spawn", "os.system", "os.fork",
                    "os.forkpty", "pty.spawn")
+
+
+_DIR_FD_ARG = {"os.rename": (2, 3), "os.replace": (2, 3), "os.mkdir": (2,), "os.rmdir": (1,), "os.remove": (1,),
+               "os.chmod": (2,), "os.chown": (3,), "os.link": (2, 3), "os.symlink": (2,), "os.utime": (4,)}
+_opening = threading.local()  # os.open's dir_fd: its audit event does not carry it
+
+
+def _under(dir_fd: object, path: object) -> object:
+    """A path relative to a directory fd, made absolute (migd writes through directory fds: safefile)."""
+    if not isinstance(dir_fd, int) or dir_fd < 0 or not isinstance(path, (str, bytes)):
+        return path
+    path = os.fsdecode(path)
+    if os.path.isabs(path):
+        return path
+    return os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), path)
 
 
 def _allowed(path: object) -> bool:
@@ -42,11 +58,12 @@ def _hook(event: str, args: tuple) -> None:
         path, mode, flags = args
         writes = (isinstance(mode, str) and any(c in mode for c in "wax+")) or \
                  (isinstance(flags, int) and flags & _WRITE_FLAGS)
-        if writes and not _allowed(path):
+        if writes and not _allowed(_under(getattr(_opening, "dir_fd", None), path)):
             _violation(event, args)
     elif event in _PATH_EVENTS:
-        for path in args[:_PATH_EVENTS[event]]:
-            if not _allowed(path):
+        fds = [args[i] if i < len(args) else None for i in _DIR_FD_ARG.get(event, ())]
+        for k, path in enumerate(args[:_PATH_EVENTS[event]]):
+            if not _allowed(_under(fds[k] if k < len(fds) else (fds[0] if fds else None), path)):
                 _violation(event, args)
     elif event in _PROCESS_EVENTS:
         _violation(event, args)
@@ -54,5 +71,14 @@ def _hook(event: str, args: tuple) -> None:
         _violation(event, args)
 
 
+def _open(path, flags, mode=0o777, *, dir_fd=None, _real=os.open):  # type: ignore[no-untyped-def]
+    _opening.dir_fd = dir_fd
+    try:
+        return _real(path, flags, mode, dir_fd=dir_fd)
+    finally:
+        _opening.dir_fd = None
+
+
 if _ALLOW:
+    os.open = _open
     sys.addaudithook(_hook)
