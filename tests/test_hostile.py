@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 import reliability as R
-from migd.sim.host import SimHost
+from migd.sim.host import SimHost, load_state
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (a second user, chown)")
 NOBODY = 65534
@@ -78,3 +78,128 @@ def test_a_deeply_nested_profile_cache_is_a_miss_not_a_traceback(site, verb):
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     if verb == ["apply"]:  # the writer replaced it with a good one
         assert json.loads(cache.read_text())["version"] == 1
+
+
+# --- 1: bytes from /proc; an unexpected exception fails one GPU -------------------------------------------------------
+
+HOLDER = """
+import ctypes, os, sys, time
+f = open(sys.argv[1])                      # the simulated /dev/nvidia0, opened as root ...
+os.setgroups([]); os.setgid(65534); os.setuid(65534)   # ... then held by another user
+ctypes.CDLL(None).prctl(15, ctypes.c_char_p(b"\\xff\\xfe\\x1b[31mGPU"), 0, 0, 0)   # PR_SET_NAME, not UTF-8
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+@ROOT_ONLY
+def test_a_holder_of_another_user_with_a_non_utf8_name_fails_nothing(site):
+    """Issue 17.1 as found: user 65534 holds GPU 0's node under a name that is not UTF-8 (with an ESC): GPU 0's
+    mode change is pending and says who holds it, escaped; GPUs 1 and 2 are applied; all three are recorded;
+    exit 4 (pending), never "invalid configuration"."""
+    node = os.path.join(os.path.dirname(site["state"]), "dev", "nvidia0")
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, node], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        assert os.stat(f"/proc/{holder.pid}").st_uid == NOBODY
+        r = _cli(site, "apply")
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    text = r.out + r.err
+    assert not r.traceback and r.code == 4, text
+    assert "invalid configuration" not in text and "codec" not in text, text
+    assert f"held by \\xff\\xfe\\x1b[31mGPU (pid {holder.pid}" in r.out, r.out
+    assert "\x1b" not in text, text
+    state = load_state(site["state"])
+    assert [len(g["gis"]) for g in state["gpus"]] == [0, 3, 3], R.layouts(state)
+    recorded = json.loads((Path(site["run"]) / "state.json").read_text())
+    assert [g["outcome"] for g in recorded["gpus"]] == ["pending", "applied", "applied"], recorded
+
+
+def test_an_unexpected_exception_in_one_gpu_fails_that_gpu_only(site, monkeypatch):
+    """A bug (here: a ValueError out of the holders code, as a non-UTF-8 name was) in one GPU's work: that GPU
+    fails, rolled back where it changed; the others are applied; recorded; exit 1, not 2 ("invalid
+    configuration")."""
+    from migd import engine
+
+    real = engine.apply_gpu
+
+    def buggy(backend, info, *a, **kw):
+        if info.index == 1:
+            raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+        return real(backend, info, *a, **kw)
+
+    monkeypatch.setattr(engine, "apply_gpu", buggy)
+    r = _cli(site, "apply")
+    assert not r.traceback and r.code == 1, r.out + r.err
+    assert "invalid configuration" not in r.err and "GPU 1: internal error (UnicodeDecodeError" in r.out, r.out
+    assert r.named("gpu_error", gpu=1), r.events
+    recorded = json.loads((Path(site["run"]) / "state.json").read_text())
+    assert [g["outcome"] for g in recorded["gpus"]] == ["applied", "failed", "applied"], recorded
+    assert [len(g["gis"]) for g in load_state(site["state"])["gpus"]] == [3, 0, 3]
+
+
+def test_an_unexpected_exception_mid_apply_rolls_that_gpu_back(site):
+    """An exception migd did not expect, from the driver library in the middle of GPU 1's changes (the simulator
+    raises a Python error there): GPU 1 is rolled back to its previous layout, GPUs 0 and 2 are applied, exit 1."""
+    R.run_cli(["--sim-state", site["state"], "--config", R.write_config(site["tmp"] / "b.toml", R.LAYOUT_B),
+               "apply"], {"MIGD_RUN_DIR": site["run"]})
+    before = R.layouts(load_state(site["state"]))
+    r = _cli(site, "apply", MIGD_SIM_FAULTS="nvmlDeviceCreateGpuInstanceWithPlacement=raise@1/gpu1")
+    assert not r.traceback and r.code == 1, r.out + r.err
+    assert "GPU 1: internal error (RuntimeError: injected" in r.out and "rolled back" in r.out, r.out
+    now = R.layouts(load_state(site["state"]))
+    assert now[1] == before[1] and now[0] == now[2] != before[0], now
+    assert r.named("apply_failed", gpu=1, error="RuntimeError") and r.named("rolled_back", gpu=1), r.events
+
+
+# --- 8: a failed MIG-mode read is an error for that GPU -------------------------------------------------------------
+
+@pytest.mark.parametrize("mig", [False, True])
+def test_not_supported_from_the_first_mig_mode_read_is_an_error_for_that_gpu(site, mig):
+    """Issue 17.8 as found: NOT_SUPPORTED from GPU 1's first nvmlDeviceGetMigMode (MIG on with instances there).
+    Never "not MIG-capable": with mig = false never "already matches", with mig = true never "invalid
+    configuration"; GPU 1 is untouched and reported; the others are applied; exit 1."""
+    R.run_cli(["--sim-state", site["state"], "--config", site["config"], "apply"], {"MIGD_RUN_DIR": site["run"]})
+    before = R.layouts(load_state(site["state"]))
+    conf = R.write_config(site["tmp"] / "t.toml", R.LAYOUT_B if mig else R.MIG_OFF)
+    r = _cli(site, "apply", config=conf, MIGD_SIM_FAULTS="nvmlDeviceGetMigMode=NOT_SUPPORTED@1/gpu1")
+    text = r.out + r.err
+    assert not r.traceback and r.code == 1, text
+    assert "already matches" not in text and "invalid configuration" not in text and "not support" not in text, text
+    assert "GPU 1: cannot read" in r.out and "nvmlDeviceGetMigMode failed: NOT_SUPPORTED" in r.out, r.out
+    now = R.layouts(load_state(site["state"]))
+    assert now[1] == before[1] and now[0] == now[2] != before[0], now
+    recorded = json.loads((Path(site["run"]) / "state.json").read_text())
+    assert [g["outcome"] for g in recorded["gpus"]] == ["applied", "failed", "applied"], recorded
+    assert recorded["gpus"][1]["mig"] == {"current": None, "pending": None}  # unknown, not "off"
+
+
+def test_a_failed_mig_mode_read_in_check_and_status_is_an_error_not_no_mig(site):
+    R.run_cli(["--sim-state", site["state"], "--config", site["config"], "apply"], {"MIGD_RUN_DIR": site["run"]})
+    fault = {"MIGD_SIM_FAULTS": "nvmlDeviceGetMigMode=UNKNOWN@1/gpu2"}
+    r = _cli(site, "check", **fault)
+    assert not r.traceback and r.code == 1 and "GPU 2: error: unreadable" in r.out, r.out + r.err
+    r = _cli(site, "status", **fault)
+    assert not r.traceback and r.code == 0 and "UNREADABLE" in r.out and "MIG not supported" not in r.out, r.out
+
+
+# --- 9: a GPU lost mid-apply is recorded lost ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("call", ["nvmlDeviceGetGpuInstanceById", "nvmlGpuInstanceGetComputeInstanceById"])
+def test_a_gpu_lost_mid_apply_is_recorded_lost_and_leaves_devices_env(site, call):
+    """Issue 17.9 as found: GPU_IS_LOST on GetGpuInstanceById / GetComputeInstanceById while GPU 1 is
+    re-partitioned: state.json says lost, devices.env has none of GPU 1's MIG devices, the others are applied."""
+    R.run_cli(["--sim-state", site["state"], "--config", site["config"], "apply"], {"MIGD_RUN_DIR": site["run"]})
+    conf = R.write_config(site["tmp"] / "c.toml", R.LAYOUT_C)
+    r = _cli(site, "apply", config=conf, MIGD_SIM_FAULTS=f"{call}=GPU_IS_LOST@1/gpu1")
+    assert not r.traceback and r.code == 1, r.out + r.err
+    assert "GPU 1: lost" in r.out, r.out
+    recorded = json.loads((Path(site["run"]) / "state.json").read_text())
+    assert [(g["lost"], g["outcome"]) for g in recorded["gpus"]] == [(False, "applied"), (True, "lost"),
+                                                                    (False, "applied")], recorded
+    assert recorded["gpus"][1]["instances"] == []
+    env = (Path(site["run"]) / "devices.env").read_text()
+    assert "MIGD_GPU1_" not in env and "MIGD_GPU0_MIG1=" in env and "MIGD_GPU2_MIG1=" in env, env

@@ -100,10 +100,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # Under systemd each problem is one journal line that says what happened and names file:line.
         text = "\n".join(f"{lead} {' '.join(str(p).split())}" for p in e.problems) if service_verb else f"{lead}\n{e}"
         return _fail(service_verb, "config_invalid", text, E.EXIT_USAGE)
+    except E.UsageError as e:  # bad --simulate spec or state file; a ValueError from a bug is no usage error
+        return _fail(service_verb, "usage", str(e), E.EXIT_USAGE)
     except MigdError as e:
         return _fail(service_verb, "failed", str(e), e.exit_code)
-    except ValueError as e:  # bad --simulate spec or state file
-        return _fail(service_verb, "usage", str(e), E.EXIT_USAGE)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `migd plan | head`
@@ -354,7 +354,10 @@ def _driver_files(args: argparse.Namespace) -> "Callable[[], DriverFiles]":
     def simulated() -> "DriverFiles":
         from .sim import SimHost
 
-        return SimHost.create(args.simulate or "dgx-a100", args.sim_state).driver_files()
+        try:
+            return SimHost.create(args.simulate or "dgx-a100", args.sim_state).driver_files()
+        except ValueError as e:  # a bad spec or state file
+            raise E.UsageError(str(e)) from None
 
     return simulated
 

@@ -208,7 +208,7 @@ class Engine:
             results: Dict[int, GpuResult] = {}
             if gpus is None:
                 unmatched = layout.unmatched_while_lost(self.config, infos, self.host)
-                results.update({info.index: _lost_at_start(info, unmatched) for info in infos if info.lost})
+                results.update({info.index: _lost_at_start(info, unmatched) for info in infos if info.unknown})
             results.update(self._run(targets, desired))
             blocked = [i for i, r in results.items() if r.outcome in (Outcome.PENDING, Outcome.REFUSED)]
             if stop_clients and blocked:
@@ -233,7 +233,12 @@ class Engine:
         return outcome
 
     def _holders(self, i: int) -> List[str]:
-        return [str(h) for h in describe(pids_holding(self.backend.device_nodes(i))) if h.pid != os.getpid()]
+        try:
+            return [str(h) for h in describe(pids_holding(self.backend.device_nodes(i))) if h.pid != os.getpid()]
+        except Exception as e:  # naming holders is for the message: a failure says so, never "no one"
+            log.warning("holders_unreadable", msg=f"GPU {i}: cannot name the processes holding it: {_unexpected(e)}",
+                        gpu=i, exc_info=e)
+            return [f"(unknown: {_unexpected(e)})"]
 
     def _run(self, indices: Sequence[int], desired: Dict[int, DesiredGpu]) -> Dict[int, GpuResult]:
         infos = self.infos()
@@ -251,6 +256,10 @@ class Engine:
                     msg = f"GPU {i}: cannot read it, nothing changed: {e.reason}"
                     log.error("gpu_unreadable", msg=msg, gpu=i, code=E.code_name(e.code))
                     out[i] = GpuResult(i, Outcome.FAILED, msg)
+            except Exception as e:  # a bug or an answer migd did not expect: this GPU fails, the others go on
+                msg = f"GPU {i}: {_unexpected(e)}; nothing changed"
+                log.error("gpu_error", msg=msg, gpu=i, error=type(e).__name__, exc_info=e)
+                out[i] = GpuResult(i, Outcome.FAILED, msg)
         return out
 
     def current_infos(self) -> List[GpuInfo]:
@@ -274,7 +283,7 @@ class Engine:
             result = results.get(i)
             state: Optional[GpuState] = None
             names: Dict[int, str] = {}
-            if i in desired and not infos[i].lost:
+            if i in desired and not infos[i].unknown:
                 try:
                     state = self.backend.state(i)
                     names = report.names_by_gi(plan_gpu(infos[i], desired[i], state))
@@ -317,6 +326,8 @@ class Engine:
     def compare(self, desired: Dict[int, DesiredGpu]) -> CheckResult:
         infos = self.infos()
         rows = [GpuCheck(info.index, CheckStatus.LOST, "", "lost (fell off the bus)") for info in infos if info.lost]
+        rows += [GpuCheck(info.index, CheckStatus.ERROR, "", f"unreadable: {info.unreadable}")
+                 for info in infos if info.unreadable and not info.lost]
         for i, d in desired.items():
             rows.append(self.compare_gpu(infos[i], d))
         return CheckResult(sorted(rows, key=lambda r: r.gpu))
@@ -336,7 +347,7 @@ class Engine:
         for info in infos:
             if wanted is not None and info.index not in wanted:
                 continue
-            if info.lost:
+            if info.unknown:
                 gpus.append(Gpu(info, GpuState(False, False, None)))
                 continue
             try:
@@ -354,7 +365,8 @@ class Engine:
         return StatusView(gpus, names, managed)
 
     def status_doc(self, view: StatusView, description: str) -> schema.Doc:
-        docs = [schema.gpu(g.info, None if g.info.lost else g.state, view.names.get(g.info.index)) for g in view.gpus]
+        docs = [schema.gpu(g.info, None if g.info.unknown else g.state, view.names.get(g.info.index))
+                for g in view.gpus]
         return schema.status(docs, self.backend.driver_version(), description, self.simulated)
 
 
@@ -373,7 +385,8 @@ def _fits_empty(info: GpuInfo, desired: DesiredGpu) -> Optional[str]:
 
 def apply_gpu(backend: Backend, info: GpuInfo, desired: DesiredGpu, persistence: Optional[bool] = None,
               describe_holders: Optional[Callable[[int], List[str]]] = None) -> GpuResult:
-    """Apply one GPU. Raises DriverError only when the first read fails (nothing changed)."""
+    """Apply one GPU. Raises (DriverError, or an unexpected exception) only before anything changed; once a change
+    is made, any failure is this GPU's result (rolled back where it can be)."""
     g = info.index
     glog = log.bind(gpu=g)
     before = backend.state(g, fresh=True)  # never act on a snapshot: processes may have started since
@@ -411,7 +424,7 @@ def apply_gpu(backend: Backend, info: GpuInfo, desired: DesiredGpu, persistence:
         after = backend.state(g)
         if not plan_gpu(info, desired, after, persistence).noop:
             raise DriverError(E.UNKNOWN, "verify", g, "live layout differs from the plan after apply")
-    except DriverError as e:
+    except Exception as e:  # noqa: BLE001 - a driver error, or one migd did not expect: roll back either way
         return _fail(backend, info, before, result, e)
     result.message = (f"GPU {g}: applied {len(result.done)} change{'s' if len(result.done) != 1 else ''}"
                       + report.changes_summary(result.done))
@@ -460,26 +473,44 @@ def _fields(a: Action) -> Dict[str, object]:
     return out
 
 
-def _fail(backend: Backend, info: GpuInfo, before: GpuState, result: GpuResult, error: DriverError) -> GpuResult:
+def _unexpected(e: BaseException) -> str:
+    """An exception migd did not expect, for a message: its type and text (escaped: it may quote /proc or driver
+    bytes)."""
+    from .holders import printable
+
+    return printable(f"internal error ({type(e).__name__}: {e})")
+
+
+def _fail(backend: Backend, info: GpuInfo, before: GpuState, result: GpuResult, error: Exception) -> GpuResult:
     g = info.index
     glog = log.bind(gpu=g)
-    if error.code == E.GPU_IS_LOST:
+    if isinstance(error, DriverError) and error.code == E.GPU_IS_LOST:
         msg = f"GPU {g}: lost (fell off the bus) during apply: {error.reason}; check `dmesg` for Xid errors"
         glog.critical("gpu_lost", msg=msg, call=error.call)
         return GpuResult(g, Outcome.LOST, msg, result.done)
-    glog.error("apply_failed", msg=f"GPU {g}: {error.reason}; rolling back to the previous layout",
-               call=error.call, code=E.code_name(error.code), done=len(result.done))
+    if isinstance(error, DriverError):
+        reason = error.reason
+        glog.error("apply_failed", msg=f"GPU {g}: {reason}; rolling back to the previous layout",
+                   call=error.call, code=E.code_name(error.code), done=len(result.done))
+    else:
+        reason = _unexpected(error)
+        glog.error("apply_failed", msg=f"GPU {g}: {reason}; rolling back to the previous layout",
+                   error=type(error).__name__, done=len(result.done), exc_info=error)
     try:
         _restore(backend, info, before)
     except DriverError as e2:
-        msg = f"GPU {g}: {error.reason}; rollback failed too: {e2.reason}"
+        if e2.code == E.GPU_IS_LOST:  # lost while rolling back: say so (state.json records it lost)
+            msg = f"GPU {g}: {reason}; then lost (fell off the bus) during the rollback: {e2.reason}"
+            glog.critical("gpu_lost", msg=msg, call=e2.call)
+            return GpuResult(g, Outcome.LOST, msg, result.done)
+        msg = f"GPU {g}: {reason}; rollback failed too: {e2.reason}"
         glog.critical("rollback_failed", msg=msg)
         return GpuResult(g, Outcome.FAILED, msg, result.done)
-    except RuntimeError as e2:
-        msg = f"GPU {g}: {error.reason}; rollback failed too: {e2}"
+    except Exception as e2:  # noqa: BLE001 - RuntimeError (no way back), or unexpected
+        msg = f"GPU {g}: {reason}; rollback failed too: {e2 if isinstance(e2, RuntimeError) else _unexpected(e2)}"
         glog.critical("rollback_failed", msg=msg)
         return GpuResult(g, Outcome.FAILED, msg, result.done)
-    msg = f"GPU {g}: {error.reason}; rolled back to the previous layout"
+    msg = f"GPU {g}: {reason}; rolled back to the previous layout"
     glog.warning("rolled_back", msg=msg)
     return GpuResult(g, Outcome.ROLLED_BACK, msg, result.done)
 
@@ -522,6 +553,11 @@ def _restore(backend: Backend, info: GpuInfo, before: GpuState) -> None:
 
 def _lost_at_start(info: GpuInfo, unmatched: Sequence[str] = ()) -> GpuResult:
     maybe = f" ({'; '.join(unmatched)})" if unmatched else ""
+    if not info.lost:  # unreadable: a failed read is an error for this GPU, never "no MIG" or "not selected"
+        msg = (f"GPU {info.index}: cannot read what it is or its MIG mode, not configured{maybe}: "
+               f"{info.unreadable}; the other GPUs are")
+        log.error("gpu_unreadable", msg=msg, gpu=info.index)
+        return GpuResult(info.index, Outcome.FAILED, msg)
     msg = (f"GPU {info.index}: lost (fell off the bus) before migd could read it: not configured{maybe}; the other "
            "GPUs are; check `dmesg` for Xid errors")
     log.critical("gpu_lost", msg=msg, gpu=info.index)

@@ -114,6 +114,13 @@ class DriverError(MigdError):
         super().__init__((f"GPU {gpu}: " if gpu is not None else "") + self.reason)
 
 
+class UsageError(MigdError):
+    """Bad arguments or test settings (--simulate, --sim-state, MIGD_SIM_*): nothing was touched. Its own class, so
+    that a ValueError from a bug is never reported as a usage or configuration error."""
+
+    exit_code = EXIT_USAGE
+
+
 class ReadOnlyViolation(MigdError):
     """A mutating driver call was attempted under the read-only guard."""
 

@@ -29,6 +29,13 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
+def _read_text(path: str) -> str:
+    """A /proc file's text. Its bytes are the process's to choose (prctl(PR_SET_NAME), cgroup names a delegated
+    user creates): never assumed UTF-8, undecodable bytes kept visible as \\xNN."""
+    with open(path, "rb") as f:
+        return f.read(65536).decode("utf-8", errors="backslashreplace")
+
+
 def pids_holding(paths: Iterable[str], proc: str = PROC) -> List[int]:
     """PIDs with any of `paths` open. Unreadable processes are skipped (not root, or gone meanwhile)."""
     wanted = {os.path.realpath(p) for p in paths}
@@ -55,8 +62,7 @@ def pids_holding(paths: Iterable[str], proc: str = PROC) -> List[int]:
 def unit_of(pid: int, proc: str = PROC) -> Optional[str]:
     """The systemd unit a process runs in, from its cgroup path (e.g. .../system.slice/nvidia-dcgm.service)."""
     try:
-        with open(os.path.join(proc, str(pid), "cgroup"), encoding="utf-8") as f:
-            lines = f.read().splitlines()
+        lines = _read_text(os.path.join(proc, str(pid), "cgroup")).splitlines()
     except OSError:
         return None
     for line in lines:
@@ -69,8 +75,7 @@ def unit_of(pid: int, proc: str = PROC) -> Optional[str]:
 
 def comm_of(pid: int, proc: str = PROC) -> str:
     try:
-        with open(os.path.join(proc, str(pid), "comm"), encoding="utf-8") as f:
-            return f.read().strip()
+        return _read_text(os.path.join(proc, str(pid), "comm")).strip()
     except OSError:
         return "?"
 

@@ -85,6 +85,14 @@ class GpuInfo:
     total_slices: int = 0  # compute slices (7, or 4 on A30)
     total_memory_slots: int = 0  # memory slots (8, or 4 on A30)
     lost: bool = False  # fell off the bus before it could be read: identity unknown, never selected
+    # Why its identity or MIG capability could not be read ("" when it was): never selected, an error for this GPU
+    # alone (a failed read is never "no MIG").
+    unreadable: str = ""
+
+    @property
+    def unknown(self) -> bool:
+        """Lost or unreadable: what the GPU is or can do is not known, so nothing may be decided for it."""
+        return self.lost or bool(self.unreadable)
 
     def profile_by_id(self, profile_id: int) -> Optional[GpuProfile]:
         for p in self.profiles:

@@ -27,6 +27,9 @@ def status_text(gpus: Sequence[Gpu], names: Dict[int, Dict[int, str]], managed: 
         if info.lost:
             out.append("  LOST: fell off the bus (see `dmesg` for Xid errors); not configured")
             continue
+        if info.unreadable:
+            out.append(f"  UNREADABLE: {info.unreadable}; not configured")
+            continue
         if not info.mig_capable:
             out.append("  MIG not supported")
             continue
@@ -57,8 +60,9 @@ def layout_table(gpus: Sequence[Gpu], names: Dict[int, Dict[int, str]], managed:
     rows: Dict[Tuple[str, str], List[int]] = {}
     for gpu in gpus:
         info, state = gpu.info, gpu.state
-        if info.lost or not info.mig_capable or not state.mig_current:
-            what = "lost" if info.lost else ("MIG not supported" if not info.mig_capable else "MIG off") + (
+        if info.unknown or not info.mig_capable or not state.mig_current:
+            what = "lost" if info.lost else "unreadable" if info.unreadable else (
+                "MIG not supported" if not info.mig_capable else "MIG off") + (
                 " (pending on)" if state.mig_pending and not state.mig_current else "")
         else:
             gi_names = names.get(info.index, {})
@@ -266,7 +270,7 @@ def export_toml(gpus: Sequence[Gpu], names: Optional[Dict[int, Dict[int, str]]] 
     GPUs without MIG, and lost ones, are left out (no entry selects them, so apply leaves them alone)."""
     names = names or {}
     groups: List[Tuple[List[int], Tuple[object, ...], List[str]]] = []
-    exported = [g for g in gpus if g.info.mig_capable and not g.info.lost]
+    exported = [g for g in gpus if g.info.mig_capable and not g.info.unknown]
     for gpu in exported:
         key, lines = _export_entry(gpu, names.get(gpu.info.index, {}))
         for indices, k, _ in groups:

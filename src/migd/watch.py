@@ -296,6 +296,9 @@ class Watcher:
                 if info.lost:  # once per change, like drift
                     self._report(info.index, "error", "", "lost (fell off the bus); see dmesg for Xid errors")
                     statuses[info.index] = CheckStatus.LOST
+                elif info.unreadable:  # a failed read of what it is or its MIG mode: never "no MIG"
+                    self._report(info.index, CheckStatus.ERROR, "", f"unreadable: {info.unreadable}")
+                    statuses[info.index] = CheckStatus.ERROR
             desired = engine.desired()
             for i, d in desired.items():
                 state = engine.backend.state(i)

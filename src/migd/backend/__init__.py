@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from typing import List, Optional, Protocol, Tuple
 
+from ..errors import UsageError
 from ..model import GpuInfo, GpuState, Placement
 
 
@@ -57,19 +58,24 @@ def make_backend(simulate: Optional[str] = None, sim_state: Optional[str] = None
 
     read_only = read_only or read_only_forced()
     if simulate is not None and not simulate.strip():
-        raise ValueError("--simulate: empty spec; give dgx-a100, dgx-h100 or MODEL[:COUNT],...")
+        raise UsageError("--simulate: empty spec; give dgx-a100, dgx-h100 or MODEL[:COUNT],...")
     if simulate or sim_state:
         from .. import sim
         from ..sim.catalog import parse_host_spec
 
-        host = sim.SimHost.create(simulate or "dgx-a100", sim_state)
-        if simulate and sim_state:
-            wanted = [m.key for m in parse_host_spec(simulate)]
-            have = [g.get("model") for g in host.gpus]
-            if wanted != have:
-                raise ValueError(f"--simulate {simulate} but {sim_state} holds a simulated {host.state.get('spec')} "
-                                 "host: drop --simulate to use that file, or give another --sim-state")
-        sim.install(host)
+        try:
+            host = sim.SimHost.create(simulate or "dgx-a100", sim_state)
+            if simulate and sim_state:
+                wanted = [m.key for m in parse_host_spec(simulate)]
+                have = [g.get("model") for g in host.gpus]
+                if wanted != have:
+                    raise UsageError(f"--simulate {simulate} but {sim_state} holds a simulated "
+                                     f"{host.state.get('spec')} host: drop --simulate to use that file, or give "
+                                     "another --sim-state")
+            sim.parse_faults(os.environ.get("MIGD_SIM_FAULTS", ""))  # a bad spec is a usage error now, not later
+            sim.install(host)
+        except ValueError as e:  # the simulator's words for a bad spec, state file or MIGD_SIM_* setting
+            raise UsageError(str(e)) from None
         cache = None
         if cache_dir and sim_state:  # an in-memory host is a fresh boot in every process: nothing to share
             # The simulated host's boot, and its driver's v3 support (tests switch it), stand in for the boot_id.
