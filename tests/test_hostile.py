@@ -203,3 +203,135 @@ def test_a_gpu_lost_mid_apply_is_recorded_lost_and_leaves_devices_env(site, call
     assert recorded["gpus"][1]["instances"] == []
     env = (Path(site["run"]) / "devices.env").read_text()
     assert "MIGD_GPU1_" not in env and "MIGD_GPU0_MIG1=" in env and "MIGD_GPU2_MIG1=" in env, env
+
+
+# --- 6: host-name matching is bounded -----------------------------------------------------------------------------
+
+LONG_HOST = "1" * 126 + "." + "1" * 126  # 253 characters: the longest DNS name, digits everywhere
+
+
+def _hard_patterns(n=1000):
+    """Legal patterns that made the old matcher backtrack (stars and ranges, distinct so nothing is cached)."""
+    out = []
+    for k in range(n):
+        if k % 2:
+            out.append(("*[1-9]" * 20)[:240] + f"{k}z")
+        else:
+            out.append(f"*[0-{999999000 + k}]" * 14)
+    return [p[:253] for p in out]
+
+
+def test_a_thousand_range_patterns_against_a_253_character_name_match_fast():
+    from migd import hostnames
+
+    patterns = _hard_patterns()
+    t0 = time.monotonic()
+    assert hostnames.host_matches(patterns, LONG_HOST)  # the star-range ones match
+    assert not any(hostnames.matches(p, LONG_HOST) for p in patterns if p.endswith("z"))
+    assert time.monotonic() - t0 < 2.0
+
+
+def test_validate_with_a_thousand_range_patterns_finishes(tmp_path):
+    """Through the CLI as an admin checks a fleet file, in a process that must end (main took minutes)."""
+    hosts = ", ".join(f'"{p}"' for p in _hard_patterns() if p.endswith("z"))
+    conf = R.write_config(tmp_path / "fleet.toml", f'[[gpu]]\nselect = "all"\nhosts = [{hosts}]\nmig = false\n')
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "migd.cli", "--config", conf, "validate", "--host", LONG_HOST],
+                       env=R.child_env(str(tmp_path / "run")), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "0 of 1 GPU entry apply" in r.stdout, r.stdout
+    assert time.monotonic() - t0 < 10
+
+
+def test_too_many_host_patterns_is_a_config_error_naming_file_and_line(tmp_path):
+    hosts = ", ".join(f'"n{k}"' for k in range(5000))
+    conf = R.write_config(tmp_path / "fleet.toml", f'# fleet\n[[gpu]]\nselect = "all"\nhosts = [{hosts}]\n'
+                                                   'mig = false\n')
+    r = R.run_cli(["--config", conf, "validate"])
+    assert r.code == 2 and f"{conf}:4: [[gpu]] #1 hosts: 5000 host-name patterns: at most 4096" in r.err, r.err
+
+
+def _old_matches(pattern: str, name: str) -> bool:
+    """The reference: main's backtracking matcher (exponential-free only thanks to memoising), as the oracle."""
+    from functools import lru_cache
+
+    from migd.hostnames import PatternError, _Range, compile_pattern
+
+    try:
+        tokens = compile_pattern(pattern)
+    except PatternError:
+        return False
+    name = name.strip().lower()
+
+    @lru_cache(maxsize=None)
+    def at(t, i):
+        if t == len(tokens):
+            return i == len(name)
+        tok = tokens[t]
+        if tok == "*":
+            return any(at(t + 1, j) for j in range(i, len(name) + 1))
+        if tok == "?":
+            return i < len(name) and at(t + 1, i + 1)
+        if isinstance(tok, _Range):
+            j = i
+            while j < len(name) and name[j].isdigit():
+                j += 1
+                if tok.accepts(name[i:j]) and at(t + 1, j):
+                    return True
+            return False
+        return name.startswith(tok, i) and at(t + 1, i + len(tok))
+
+    return at(0, 0)
+
+
+_PIECES = ["*", "?", "a", "n", "-", ".", "0", "1", "9", "[1-9]", "[01-16]", "[8-10]", "[0-99]", "[1,3,5-7]",
+           "[007-012]", "[5]"]
+
+
+def _near():
+    from hypothesis import strategies as st
+
+    numbers = {"[1-9]": ["1", "5", "9", "0", "10"], "[01-16]": ["01", "16", "1", "17", "07", "00"],
+               "[8-10]": ["8", "10", "9", "08", "11", "7"], "[0-99]": ["0", "99", "5", "05", "100"],
+               "[1,3,5-7]": ["1", "3", "6", "2", "8", "4"], "[007-012]": ["007", "010", "012", "7", "013", "006"],
+               "[5]": ["5", "05", "6"]}
+    out = {k: st.sampled_from(v) for k, v in numbers.items()}
+    out["*"] = st.text(alphabet="an019-", max_size=3)
+    out["?"] = st.sampled_from(list("an01-."))
+    return out
+
+
+_NEAR = _near()
+
+
+@pytest.mark.slow
+def test_the_linear_matcher_agrees_with_the_backtracking_one():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from migd import hostnames
+
+    @settings(max_examples=1000, deadline=None, derandomize=True)
+    @given(pieces=st.lists(st.sampled_from(_PIECES), min_size=1, max_size=7),
+           name=st.text(alphabet="an01789-.", max_size=14))
+    def agree(pieces, name):
+        pattern = "".join(pieces)
+        assert hostnames.matches(pattern, name) == _old_matches(pattern, name), (pattern, name)
+
+    agree()
+
+    # names built from the pattern's own pieces (a number in or just outside each range), so that many match
+    @settings(max_examples=2000, deadline=None, derandomize=True)
+    @given(data=st.data(), pieces=st.lists(st.sampled_from(_PIECES), min_size=1, max_size=7))
+    def agree_near(data, pieces):
+        name = "".join(data.draw(_NEAR[p]) if p in _NEAR else p for p in pieces)
+        pattern = "".join(pieces)
+        assert hostnames.matches(pattern, name) == _old_matches(pattern, name), (pattern, name)
+        _near_stats[hostnames.matches(pattern, name)] += 1
+
+    _near_stats = {True: 0, False: 0}
+    agree_near()
+    assert min(_near_stats.values()) > 200, _near_stats
+    for pattern, name in [("node[01-16]", "node07"), ("node[8-10]", "node10"), ("n[1-9]*", "n15"),
+                          ("*[007-012]", "ab010"), ("[0-99]?", "991"), ("a[1,3,5-7]", "a6")]:
+        assert hostnames.matches(pattern, name) and _old_matches(pattern, name)

@@ -644,6 +644,10 @@ class _Parser:
             what = "an empty list matches no host" if v == [] else f"got {_show(v)}"
             self.problem(key, f"must be a list of host-name patterns, {example}; {what}")
             return ()
+        if len(v) > hostnames.MAX_PATTERNS:
+            self.problem(key, f"{len(v)} host-name patterns: at most {hostnames.MAX_PATTERNS} in one entry (use "
+                              "ranges like node[0001-4000], or several entries)")
+            return ()
         out = []
         for n, pattern in enumerate(v):
             if not isinstance(pattern, str):
