@@ -287,7 +287,7 @@ def test_trust_check_covers_each_drop_in_and_the_directory(tmp_path):
     os.chown(drop, 0, 0)
     os.chmod(d, 0o777)
     r = R.run_cli(apply)
-    assert r.code == 2 and f"directory {d} is writable by group/others (mode 0777)" in r.err, r.err
+    assert r.code == 2 and f"{d}: drop-in directory writable by group/others (mode 0777)" in r.err, r.err
     with pytest.raises(ConfigError):
         config_mod.load(conf, owner=0)
     assert config_mod.load(conf).files == (conf, drop)  # read verbs read anything: they change no GPU

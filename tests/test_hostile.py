@@ -335,3 +335,155 @@ def test_the_linear_matcher_agrees_with_the_backtracking_one():
     for pattern, name in [("node[01-16]", "node07"), ("node[8-10]", "node10"), ("n[1-9]*", "n15"),
                           ("*[007-012]", "ab010"), ("[0-99]?", "991"), ("a[1,3,5-7]", "a6")]:
         assert hostnames.matches(pattern, name) and _old_matches(pattern, name)
+
+
+# --- 3: the drop-in directory itself; validate and plan say what apply would -----------------------------------------
+
+def _as_nobody(directory: Path, action) -> str:
+    """`action(dir_fd)` run by user 65534 (the attacker) on `directory`, in a forked child that opened the
+    directory as root and then became that user (pytest's tmp dirs are root's alone, so the directory is handed
+    over as an fd; every write the attacker makes is still checked against its own uid). Returns "" or the
+    error the attacker got."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            action(fd)
+            os.write(write, b"ok")
+        except BaseException as e:  # noqa: BLE001
+            os.write(write, type(e).__name__.encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read, "rb") as f:
+        answer = f.read().decode()
+    return "" if answer == "ok" else answer
+
+
+def _plant(name: str):
+    def action(fd):
+        out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=fd)
+        os.write(out, b"[daemon]\n")
+        os.close(out)
+    return action
+
+
+@pytest.fixture
+def dropins(site):
+    """/etc/migd.d with root's drop-in that changes the layout (GPU 1 gets LAYOUT_C)."""
+    d = site["etc"] / "migd.d"
+    d.mkdir(mode=0o755)
+    R.write_config(d / "50-gpu1.toml", R.LAYOUT_C.replace('select = "all"', "select = 1"))
+    os.chmod(site["tmp"], 0o755)
+    return d
+
+
+@ROOT_ONLY
+def test_a_world_writable_dropin_dir_is_refused_even_after_the_attacker_emptied_it(site, dropins):
+    os.chmod(dropins, 0o777)
+    assert _as_nobody(dropins, lambda fd: os.unlink("50-gpu1.toml", dir_fd=fd)) == ""  # the attack works...
+    before = Path(site["state"]).read_bytes()
+    r = _cli(site, "apply")  # ...but root's apply refuses to act on what is left
+    assert not r.traceback and r.code == 2, r.out + r.err
+    assert f"{dropins}: drop-in directory writable by group/others (mode 0777)" in r.err, r.err
+    assert f"chmod go-w {dropins}" in r.err
+    assert Path(site["state"]).read_bytes() == before
+
+
+@ROOT_ONLY
+def test_a_dropin_dir_owned_by_another_user_is_refused_after_a_hidden_rename(site, dropins):
+    os.chown(dropins, NOBODY, NOBODY)
+    assert _as_nobody(dropins, lambda fd: os.rename("50-gpu1.toml", ".50.toml", src_dir_fd=fd, dst_dir_fd=fd)) == ""
+    r = _cli(site, "apply")
+    assert r.code == 2 and f"{dropins}: drop-in directory owned by uid {NOBODY}, not root" in r.err, r.err
+
+
+@ROOT_ONLY
+def test_a_sticky_dropin_dir_keeps_roots_dropins_and_refuses_planted_ones(site, dropins):
+    os.chmod(dropins, 0o1777)
+    assert _as_nobody(dropins, lambda fd: os.unlink("50-gpu1.toml", dir_fd=fd)) == "PermissionError"  # sticky
+    r = _cli(site, "apply")
+    assert r.code == 0, r.err
+    assert [len(g["gis"]) for g in load_state(site["state"])["gpus"]] == [3, 2, 3]
+    assert _as_nobody(dropins, _plant("60-mine.toml")) == ""
+    r = _cli(site, "apply")
+    assert r.code == 2 and f"{dropins / '60-mine.toml'}: owned by uid {NOBODY}, not root" in r.err, r.err
+
+
+@ROOT_ONLY
+@pytest.mark.parametrize("verb", [["validate"], ["plan"], ["apply", "--dry-run"]])
+def test_validate_and_plan_as_root_refuse_what_apply_refuses(site, dropins, verb):
+    os.chmod(dropins / "50-gpu1.toml", 0o664)
+    applied = _cli(site, "apply")
+    r = _cli(site, *verb)
+    assert applied.code == r.code == 2, (applied.err, r.out, r.err)
+    assert f"{dropins / '50-gpu1.toml'}: writable by group/others (mode 0664)" in r.err, r.err
+    os.chmod(dropins / "50-gpu1.toml", 0o644)
+    os.chmod(dropins, 0o775)
+    r = _cli(site, *verb)
+    assert r.code == 2 and "drop-in directory writable by group/others (mode 0775)" in r.err, r.err
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+@ROOT_ONLY
+@pytest.mark.skipif(not os.path.exists(SYSTEM_PYTHON), reason="needs a python another user can run")
+def test_validate_as_another_user_warns_what_root_would_refuse(tmp_path):
+    """A CI job (user 65534) validates its checkout: a group-writable drop-in passes the syntax check but is named
+    in a warning saying apply and boot would refuse it; a clean checkout gets no warning."""
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="migd-ci-", dir="/tmp"))
+    try:
+        os.chmod(base, 0o755)
+        (base / "migd.d").mkdir()
+        R.write_config(base / "migd.toml", R.LAYOUT_A)
+        R.write_config(base / "migd.d" / "50.toml", "[daemon]\nwatch_interval = 30\n")
+        for p in (base, base / "migd.d", base / "migd.toml", base / "migd.d" / "50.toml"):
+            os.chown(p, NOBODY, NOBODY)
+
+        def validate():
+            def drop():
+                os.setgroups([])
+                os.setgid(NOBODY)
+                os.setuid(NOBODY)
+            env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(R.SRC), "MIGD_RUN_DIR": str(base / "run")}
+            return subprocess.run([SYSTEM_PYTHON, "-m", "migd.cli", "--config", str(base / "migd.toml"), "validate"],
+                                  preexec_fn=drop, env=env, capture_output=True, text=True, timeout=60, cwd="/tmp")
+
+        r = validate()
+        if "No module named" in r.stderr:
+            pytest.skip(f"{SYSTEM_PYTHON} lacks migd's dependencies: {r.stderr[-200:]}")
+        assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+        os.chmod(base / "migd.d" / "50.toml", 0o664)
+        r = validate()
+        assert r.returncode == 0 and "syntax and keys OK" in r.stdout, r.stdout + r.stderr
+        assert "warning: apply and boot (as root) would refuse this config" in r.stderr, r.stderr
+        assert f"{base}/migd.d/50.toml: writable by group/others (mode 0664)" in r.stderr, r.stderr
+    finally:
+        shutil.rmtree(base)
+
+
+# --- 4: paths escaped in every message -------------------------------------------------------------------------
+
+@ROOT_ONLY
+def test_a_planted_dropin_name_cannot_forge_lines_or_drive_the_terminal(site, dropins):
+    """In a sticky migd.d (allowed) user 65534 plants a drop-in named with an ESC sequence and a newline: root's
+    apply refuses it, naming it escaped; no ESC and no forged line reach stderr or the journal fields."""
+    os.chmod(dropins, 0o1777)
+    evil = "\x1b[2J\nGPU 0: applied.toml"
+    assert _as_nobody(dropins, _plant(evil)) == ""
+    for verb in (["apply"], ["validate"], ["boot"]):
+        r = _cli(site, *verb)
+        assert r.code == 2, (verb, r.err)
+        text = r.out + r.err + json.dumps([f for _, _, f in r.events])
+        assert "\x1b" not in text and not any(line.startswith("GPU 0: applied") for line in text.splitlines())
+        shown = r.err + " ".join(str(f.get("msg", "")) for _, _, f in r.events)
+        assert f"{dropins}/\\x1b[2J\\x0aGPU 0: applied.toml: owned by uid {NOBODY}" in shown, (verb, shown)

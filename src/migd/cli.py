@@ -110,8 +110,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sys.stderr.close()
         return E.EXIT_OK
     except OSError as e:  # (after its subclass BrokenPipeError) a file or directory migd needs is unusable
-        where = f"{e.filename}: " if e.filename else ""
-        return _fail(service_verb, "failed", f"{where}{e.strerror or e}", E.EXIT_FAILURE)
+        where = f"{E.printable(str(e.filename))}: " if e.filename else ""
+        return _fail(service_verb, "failed", f"{where}{E.printable(e.strerror or str(e))}", E.EXIT_FAILURE)
 
 
 def _fail(service_verb: bool, event: str, text: str, code: int) -> int:
@@ -181,11 +181,23 @@ def _live_view(args: argparse.Namespace, backend: "Backend") -> "Tuple[Engine, S
     return engine, engine.status(desired)
 
 
-def _load_config(args: argparse.Namespace, privileged: bool = False) -> "Config":
-    """privileged: the verb may change GPUs, so as root the file must be one only root can change (sshd-style)."""
+def _load_config(args: argparse.Namespace, privileged: bool = False, checking: bool = False) -> "Config":
+    """privileged: the verb may change GPUs, so as root the file must be one only root can change (sshd-style).
+    checking (validate, plan): say what apply would say. As root that is apply's own check, an error; as another
+    user the same check, trusting that user too (a file in a checkout is the user's), as a warning: the file is
+    deployed elsewhere and the owner changes, but a group-writable file or drop-in directory would still be
+    refused at boot."""
     from . import config
 
-    return config.load(args.config, owner=config.trusted_owner() if privileged else None)
+    owner = config.trusted_owner()
+    if privileged or (checking and owner is not None):
+        return config.load(args.config, owner=owner)
+    if checking:
+        try:
+            return config.load(args.config, owner=os.geteuid())
+        except config.UntrustedConfig as e:
+            print(f"migd: warning: apply and boot (as root) would refuse this config:\n{e}", file=sys.stderr)
+    return config.load(args.config)
 
 
 # --- verbs --------------------------------------------------------------------------------------------------------
@@ -221,10 +233,10 @@ def cmd_profiles(args: argparse.Namespace, read_only: bool) -> int:
 def cmd_validate(args: argparse.Namespace, read_only: bool) -> int:
     from . import hostnames, layout
 
-    cfg = _load_config(args)
+    cfg = _load_config(args, checking=True)
     n = len(cfg.entries)
-    dropins = f", with drop-ins {', '.join(cfg.files[1:])}" if len(cfg.files) > 1 else ""
-    print(f"{cfg.path}: syntax and keys OK ({n} GPU entr{'y' if n == 1 else 'ies'}{dropins})")
+    dropins = f", with drop-ins {', '.join(map(E.printable, cfg.files[1:]))}" if len(cfg.files) > 1 else ""
+    print(f"{E.printable(cfg.path)}: syntax and keys OK ({n} GPU entr{'y' if n == 1 else 'ies'}{dropins})")
     host = args.host or hostnames.this_host()
     if args.host or any(e.hosts for e in cfg.entries):
         mine = layout.for_host(cfg, host)
@@ -254,7 +266,7 @@ def cmd_validate(args: argparse.Namespace, read_only: bool) -> int:
 
 
 def cmd_plan(args: argparse.Namespace, read_only: bool) -> int:
-    cfg = _load_config(args)
+    cfg = _load_config(args, checking=True)
     backend = _backend(args, True)
     try:
         engine = _engine(args, backend, cfg)

@@ -476,9 +476,7 @@ def _fields(a: Action) -> Dict[str, object]:
 def _unexpected(e: BaseException) -> str:
     """An exception migd did not expect, for a message: its type and text (escaped: it may quote /proc or driver
     bytes)."""
-    from .holders import printable
-
-    return printable(f"internal error ({type(e).__name__}: {e})")
+    return E.printable(f"internal error ({type(e).__name__}: {e})")
 
 
 def _fail(backend: Backend, info: GpuInfo, before: GpuState, result: GpuResult, error: Exception) -> GpuResult:

@@ -10,6 +10,10 @@ import os
 from ._record import dataclass
 from typing import Iterable, List, Optional
 
+from .errors import printable
+
+__all__ = ["Holder", "describe", "pids_holding", "printable", "unit_of"]
+
 PROC = "/proc"
 
 
@@ -21,12 +25,6 @@ class Holder:
 
     def __str__(self) -> str:
         return f"{printable(self.comm)} (pid {self.pid}{', ' + printable(self.unit) if self.unit else ''})"
-
-
-def printable(text: str) -> str:
-    """A process's own name is its to choose (prctl, /proc/self/comm): control characters are shown escaped, so a
-    name like "x\\nGPU 1: applied" cannot forge a line of migd's output or log."""
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
 def _read_text(path: str) -> str:

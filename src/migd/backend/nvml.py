@@ -16,8 +16,7 @@ import os
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..errors import DriverError, ReadOnlyViolation, code_name
-from ..holders import printable
+from ..errors import DriverError, ReadOnlyViolation, code_name, printable
 from ..model import ComputeProfile, GpuInfo, GpuProfile, GpuState, LiveComputeInstance, LiveGpuInstance, Placement
 from ..profiles import derive_compute_profiles, strip_mig
 from .profile_cache import ProfileCache
