@@ -487,3 +487,43 @@ def test_a_planted_dropin_name_cannot_forge_lines_or_drive_the_terminal(site, dr
         assert "\x1b" not in text and not any(line.startswith("GPU 0: applied") for line in text.splitlines())
         shown = r.err + " ".join(str(f.get("msg", "")) for _, _, f in r.events)
         assert f"{dropins}/\\x1b[2J\\x0aGPU 0: applied.toml: owned by uid {NOBODY}" in shown, (verb, shown)
+
+
+# --- 12: a compute-instance change keeps its GPU instance ------------------------------------------------------------
+
+SPLIT = R.LAYOUT_A.replace('compute = ["2c", "2c"]', 'compute = ["1c", "1c", "2c"]')
+
+
+def _gis(state_path):
+    """Per GPU: {GI id: (profile, start, size, CI UUIDs)}."""
+    out = []
+    for g in load_state(state_path)["gpus"]:
+        out.append({gi["id"]: (gi["profile_id"], gi["start"], gi["size"], tuple(ci.get("uuid") for ci in gi["cis"]))
+                    for gi in g["gis"]})
+    return out
+
+
+def test_changing_only_compute_instances_keeps_the_gpu_instance(site):
+    """Issue 17.12 through the CLI on the simulator: the 4g instance's compute split changes from 2c+2c to 1c+1c+2c:
+    the GI keeps its id and placement (and the other GIs their MIG UUIDs); only its compute instances change:
+    destroyed and created in place, no GPU instance destroyed or created."""
+    assert _cli(site, "apply").code == 0
+    before = _gis(site["state"])
+    conf = R.write_config(site["tmp"] / "split.toml", SPLIT)
+    r = _cli(site, "-v", "apply", config=conf)
+    assert r.code == 0 and not r.traceback, r.out + r.err
+    assert "(compute instances of GPU instance 1 changed)" in r.out, r.out
+    assert not r.named("destroy_gi") and not r.named("create_gi"), [e for _, e, _ in r.events]
+    assert r.named("destroy_ci") and r.named("create_ci")
+    after = _gis(site["state"])
+    for g in range(3):
+        four = next(i for i, gi in before[g].items() if gi[2] == 4)
+        assert four in after[g] and after[g][four][:3] == before[g][four][:3], (before[g], after[g])
+        assert len(after[g][four][3]) == 3 and after[g][four][3] != before[g][four][3]
+        for gi_id, gi in before[g].items():
+            if gi_id != four:
+                assert after[g][gi_id] == gi  # untouched, MIG UUID and all
+    r = _cli(site, "check", config=conf)
+    assert r.code == 0, r.out
+    status = json.loads(_cli(site, "status", "--json", config=conf).out)
+    assert [gi["name"] for gi in status["gpus"][0]["instances"]].count("train") == 1

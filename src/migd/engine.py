@@ -399,7 +399,7 @@ def apply_gpu(backend: Backend, info: GpuInfo, desired: DesiredGpu, persistence:
         return GpuResult(g, Outcome.UNCHANGED, f"GPU {g}: already matches")
 
     result = GpuResult(g, Outcome.APPLIED)
-    slot_gi: Dict[int, int] = {a.slot: a.kept_gi for a in plan.assignments if a.kept_gi is not None}
+    slot_gi: Dict[int, int] = {a.slot: a.live_gi for a in plan.assignments if a.live_gi is not None}
     try:
         for action in plan.actions:
             if action.kind == ActionKind.SET_MIG_MODE:
@@ -538,7 +538,7 @@ def _restore(backend: Backend, info: GpuInfo, before: GpuState) -> None:
     plan = plan_gpu(info, target, now)
     if plan.refusal:
         raise RuntimeError(plan.refusal)
-    slot_gi: Dict[int, int] = {a.slot: a.kept_gi for a in plan.assignments if a.kept_gi is not None}
+    slot_gi: Dict[int, int] = {a.slot: a.live_gi for a in plan.assignments if a.live_gi is not None}
     for action in plan.actions:
         if action.kind == ActionKind.SET_MIG_MODE:
             backend.set_mig_mode(g, bool(action.enabled))

@@ -317,4 +317,11 @@ def changes_summary(done: Sequence[Action]) -> str:
         n = sum(1 for a in done if a.kind == kind)
         if n:
             parts.append(f"{n} GPU instance{'s' if n != 1 else ''} {verb}")
+    # compute instances changed inside a GPU instance that stays (neither destroyed nor created here)
+    gone = {a.gi_id for a in done if a.kind == ActionKind.DESTROY_GI}
+    kept = sorted({a.gi_id for a in done if a.kind in (ActionKind.DESTROY_CI, ActionKind.CREATE_CI)
+                   and a.gi_id is not None and a.gi_id not in gone})
+    if kept:
+        parts.append(f"compute instances of GPU instance{'s' if len(kept) > 1 else ''} "
+                     f"{', '.join(map(str, kept))} changed")
     return f" ({', '.join(parts)})" if parts else ""
