@@ -527,3 +527,120 @@ def test_changing_only_compute_instances_keeps_the_gpu_instance(site):
     assert r.code == 0, r.out
     status = json.loads(_cli(site, "status", "--json", config=conf).out)
     assert [gi["name"] for gi in status["gpus"][0]["instances"]].count("train") == 1
+
+
+# --- 7: the watchdog never reverts a layout applied from an edited config ---------------------------------------------
+
+WATCHED = R.LAYOUT_A + '\n[daemon]\ndrift_policy = "reapply"\nwatch_interval = 1\n'
+
+
+def _edit(path: str, text: str) -> None:
+    """As Ansible's template module writes: a new file renamed over the old one."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.rename(tmp, path)
+
+
+@pytest.fixture
+def watched(tmp_path, monkeypatch):
+    from migd import sim
+
+    site = R.watch_site(tmp_path, monkeypatch, WATCHED)
+    os.chmod(site["config"], 0o644)
+    yield site
+    sim.uninstall()
+
+
+def _apply(site):
+    import migd.log
+
+    r = R.run_cli(["--sim-state", site["state"], "--config", site["config"], "apply"],
+                  {"MIGD_RUN_DIR": os.environ["MIGD_RUN_DIR"]})
+    migd.log.setup(level="info", target="stderr")  # the watcher's events, for capture_logs
+    return r
+
+
+def test_watch_does_not_revert_a_layout_applied_from_an_edited_config(watched):
+    """Issue 17.7 as found: migd-watch (drift_policy = "reapply") holds layout A; the admin rewrites
+    /etc/migd.toml to layout B and runs `migd apply` without reloading migd-watch. The next rounds find the config
+    changed on disk, load it (said once), and keep B."""
+    from structlog.testing import capture_logs
+
+    from migd.watch import Watcher
+
+    assert _apply(watched).code == 0
+    w = Watcher(watched["config"], sim_state=watched["state"])
+    assert set(w.check_once().values()) == {"ok"}
+    _edit(watched["config"], WATCHED.replace(R.LAYOUT_A, R.LAYOUT_C))
+    assert _apply(watched).code == 0
+    applied = R.layouts(load_state(watched["state"]))
+    with capture_logs() as logs:
+        for _ in range(3):
+            assert set(w.check_once().values()) == {"ok"}
+    assert R.layouts(load_state(watched["state"])) == applied  # layout B kept
+    assert [e["event"] for e in logs].count("config_changed") == 1, logs
+    assert not [e for e in logs if e["event"] in ("drift", "drift_reapplied")], logs
+
+
+def test_watch_reapply_waiting_for_the_admins_apply_does_not_revert_it(watched, monkeypatch):
+    """The race: the round found drift with layout A and decided to re-apply; meanwhile the admin rewrote the
+    config and applied layout B (the re-apply waited for the lock). Once it holds the lock, the re-apply sees the
+    config changed and does nothing; the next round checks against B."""
+    from structlog.testing import capture_logs
+
+    from migd.watch import Watcher
+
+    assert _apply(watched).code == 0
+    w = Watcher(watched["config"], sim_state=watched["state"])
+    real_reapply = w._reapply
+    admin = []
+
+    def admin_applies_first(gpus):  # between the round's check (lock released) and the re-apply's lock
+        _edit(watched["config"], WATCHED.replace(R.LAYOUT_A, R.LAYOUT_C))
+        admin.append(_apply(watched).code)
+        return real_reapply(gpus)
+
+    host = SimHost.create("", watched["state"])  # drift on GPU 0: its smallest instance destroyed by hand
+    gi = host.gpus[0]["gis"][-1]
+    gi["cis"] = []
+    host.destroy_gi(0, gi["id"])
+    host.save()
+    monkeypatch.setattr(w, "_reapply", admin_applies_first)
+    with capture_logs() as logs:
+        w.check_once()
+    assert admin == [0]
+    applied = R.layouts(load_state(watched["state"]))
+    assert all(len(g[2]) == 2 for g in applied), applied  # layout B (3g + 3g), not reverted to A
+    assert any(e["event"] == "reapply_superseded" for e in logs), logs
+    monkeypatch.setattr(w, "_reapply", real_reapply)
+    assert set(w.check_once().values()) == {"ok"}
+    assert R.layouts(load_state(watched["state"])) == applied
+
+
+def test_watch_stops_repairing_when_the_edited_config_does_not_load(watched):
+    """The config on disk changed and is invalid: the old layout is not what the admin declares any more, so drift
+    is reported but not repaired to it (said once); once the file loads again, re-applying resumes."""
+    from structlog.testing import capture_logs
+
+    from migd.watch import Watcher
+
+    assert _apply(watched).code == 0
+    w = Watcher(watched["config"], sim_state=watched["state"])
+    host = SimHost.create("", watched["state"])
+    gi = host.gpus[1]["gis"][-1]
+    gi["cis"] = []
+    host.destroy_gi(1, gi["id"])
+    host.save()
+    drifted = R.layouts(load_state(watched["state"]))
+    _edit(watched["config"], "[[gpu]]\nselect = 'all'\nmig = [\n")
+    with capture_logs() as logs:
+        w.check_once()
+        w.check_once()
+    assert R.layouts(load_state(watched["state"])) == drifted
+    assert [e["event"] for e in logs].count("reapply_stopped") == 1, logs
+    _edit(watched["config"], WATCHED)
+    with capture_logs() as logs:
+        w.check_once()
+    assert any(e["event"] == "reapply_allowed" for e in logs) and any(e["event"] == "drift_reapplied" for e in logs)

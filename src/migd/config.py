@@ -109,6 +109,26 @@ def dropin_paths(path: str) -> List[str]:
     return [os.path.join(d, n) for n in sorted(n for n in names if n.endswith(".toml") and not n.startswith("."))]
 
 
+def fingerprint(path: str) -> Tuple[Any, ...]:
+    """What the config is on disk now, cheaply: each file's and the drop-in directory's identity (device, inode,
+    size, mtime, ctime) and the drop-ins' names. Another value than at load time means it was edited or replaced
+    (an editor, `install`, Ansible's rename): migd-watch then knows the config it holds is no longer the declared
+    one. Reads no file."""
+    d = os.path.join(os.path.dirname(path), DROPIN_DIR)
+    out: List[Any] = []
+    try:
+        names = sorted(os.listdir(d))
+    except OSError as e:
+        names = [f"({e.errno})"]
+    for p in [path, d] + [os.path.join(d, n) for n in names]:
+        try:
+            st = os.stat(p)
+            out.append((p, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        except OSError as e:
+            out.append((p, e.errno))
+    return tuple(out)
+
+
 def _read(path: str, owner: Optional[int], dropin: bool = False) -> str:
     """One file's text. A drop-in is opened without following a symlink: it must be a regular file in the
     (checked) drop-in directory, so nothing outside that directory decides what migd applies."""

@@ -80,6 +80,10 @@ def status_exit(status: CheckStatus) -> int:
     return _STATUS_EXIT.get(status, E.EXIT_FAILURE)
 
 
+class ConfigChanged(E.MigdError):
+    """The config an apply was asked for is no longer the one on disk (see Engine.apply's still_declared)."""
+
+
 # --- results ------------------------------------------------------------------------------------------------------
 
 
@@ -199,12 +203,17 @@ class Engine:
     # --- apply ----------------------------------------------------------------------------------------------
 
     def apply(self, desired: Dict[int, DesiredGpu], gpus: Optional[Sequence[int]] = None,
-              stop_clients: bool = False) -> ApplyResult:
-        """Apply `gpus` (default: every selected one) under the exclusive lock, then record every selected GPU."""
+              stop_clients: bool = False, still_declared: Optional[Callable[[], bool]] = None) -> ApplyResult:
+        """Apply `gpus` (default: every selected one) under the exclusive lock, then record every selected GPU.
+
+        still_declared (the watchdog's re-apply): asked once the lock is held; False (the config changed on disk,
+        maybe applied by `migd apply` while this one waited for the lock) raises ConfigChanged, nothing touched."""
         started = time.monotonic()
         infos = self.infos()
         targets = sorted(desired) if gpus is None else sorted(gpus)
         with runstate.locked(self.config.daemon.lock_timeout, directory=self.run_dir):
+            if still_declared is not None and not still_declared():
+                raise ConfigChanged(f"{self.config.path} changed on disk: its layout is no longer the one to apply")
             results: Dict[int, GpuResult] = {}
             if gpus is None:
                 unmatched = layout.unmatched_while_lost(self.config, infos, self.host)
