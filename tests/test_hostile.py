@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 import reliability as R
+from migd import site as site_mod
 from migd.sim.host import SimHost, load_state
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (a second user, chown)")
@@ -571,7 +572,7 @@ def test_watch_does_not_revert_a_layout_applied_from_an_edited_config(watched):
     from migd.watch import Watcher
 
     assert _apply(watched).code == 0
-    w = Watcher(watched["config"], sim_state=watched["state"])
+    w = Watcher(watched["config"], site_mod.build(None, watched["state"]))
     assert set(w.check_once().values()) == {"ok"}
     _edit(watched["config"], WATCHED.replace(R.LAYOUT_A, R.LAYOUT_C))
     assert _apply(watched).code == 0
@@ -593,7 +594,7 @@ def test_watch_reapply_waiting_for_the_admins_apply_does_not_revert_it(watched, 
     from migd.watch import Watcher
 
     assert _apply(watched).code == 0
-    w = Watcher(watched["config"], sim_state=watched["state"])
+    w = Watcher(watched["config"], site_mod.build(None, watched["state"]))
     real_reapply = w._reapply
     admin = []
 
@@ -627,7 +628,7 @@ def test_watch_stops_repairing_when_the_edited_config_does_not_load(watched):
     from migd.watch import Watcher
 
     assert _apply(watched).code == 0
-    w = Watcher(watched["config"], sim_state=watched["state"])
+    w = Watcher(watched["config"], site_mod.build(None, watched["state"]))
     host = SimHost.create("", watched["state"])
     gi = host.gpus[1]["gis"][-1]
     gi["cis"] = []

@@ -13,24 +13,18 @@ from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence, Tuple
 
 from . import __version__
 from . import errors as E
+from . import site as site_mod
 from .errors import ConfigError, MigdError
 
 if TYPE_CHECKING:
     from .backend import Backend
-    from .driverfiles import DriverFiles
     from .engine import ApplyResult, Engine, StatusView
     from .layout import DesiredGpu
     from .model import Config
+    from .site import Site
 
 READ_VERBS = ("status", "profiles", "validate", "plan", "check", "export")
 SERVICE_IDENTIFIERS = {"watch": "migd-watch"}  # verb -> SyslogIdentifier= of its unit (migd.service's is "migd")
-
-
-def _simulate_help() -> str:
-    from .sim.catalog import HOSTS, MODELS  # plain tables: no NVML is loaded
-
-    return (f"use simulated GPUs: a host ({', '.join(HOSTS)}) or MODEL[:COUNT],... with models "
-            f"{', '.join(MODELS)} (env MIGD_SIMULATE)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,9 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"migd {__version__}")
     p.add_argument("-c", "--config", default=os.environ.get("MIGD_CONFIG", "/etc/migd.toml"),
                    help="layout file (default /etc/migd.toml; env MIGD_CONFIG)")
-    p.add_argument("--simulate", metavar="SPEC", default=os.environ.get("MIGD_SIMULATE") or None,
-                   help=_simulate_help())
-    p.add_argument("--sim-state", metavar="PATH", default=os.environ.get("MIGD_SIM_STATE") or None,
+    p.add_argument("--simulate", metavar="SPEC", default=None, help=site_mod.simulate_help())
+    p.add_argument("--sim-state", metavar="PATH", default=None,
                    help="share simulated GPUs between processes through this state file, created from --simulate "
                         "when absent (env MIGD_SIM_STATE)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -130,38 +123,34 @@ def _fail(service_verb: bool, event: str, text: str, code: int) -> int:
 # --- shared steps ---------------------------------------------------------------------------------------------
 
 
-def _simulated(args: argparse.Namespace) -> bool:
-    return bool(args.simulate or args.sim_state)
+def _site(args: argparse.Namespace) -> "Site":
+    """The run's wiring (migd.site), built once per process; its notices (a simulation chosen by the environment,
+    test hooks ignored) are said first: on stderr at a terminal, as journal warnings under systemd."""
+    built: Optional[Site] = getattr(args, "site", None)
+    if built is None:
+        built = site_mod.build(args.simulate, args.sim_state)
+        args.site = built
+        for notice in built.notices:
+            if args.verb in ("boot", "watch"):
+                from .log import get_logger
 
-
-def _run_dir(args: argparse.Namespace) -> Optional[str]:
-    """Simulated GPUs never use the real /run/migd (runstate.sim_run_dir)."""
-    from . import runstate
-
-    return runstate.sim_run_dir(args.sim_state) if _simulated(args) else None
+                get_logger().warning("simulated" if built.simulated else "environment_ignored", msg=notice)
+            else:
+                print(f"migd: {notice}", file=sys.stderr)
+    return built
 
 
 def _backend(args: argparse.Namespace, read_only: bool) -> "Backend":
-    from .backend import make_backend
-
-    backend = make_backend(simulate=args.simulate, sim_state=args.sim_state, read_only=read_only,
-                           cache_dir=_cache_dir(args), cache_write=not read_only)
+    backend = _site(args).open_backend(read_only=read_only, cache_write=not read_only)
     backend.open()
     return backend
-
-
-def _cache_dir(args: argparse.Namespace) -> str:
-    """The per-boot profile cache lives in the run directory (simulated GPUs: theirs, never /run/migd)."""
-    from . import runstate
-
-    return runstate.cache_dir(_run_dir(args))
 
 
 def _engine(args: argparse.Namespace, backend: "Backend", cfg: "Optional[Config]",
             host: Optional[str] = None) -> "Engine":
     from .engine import Engine
 
-    return Engine(backend, cfg, run_dir=_run_dir(args), simulated=backend.simulated, host=host)
+    return Engine(backend, cfg, _site(args).env, host=host)
 
 
 def _live_view(args: argparse.Namespace, backend: "Backend") -> "Tuple[Engine, StatusView]":
@@ -243,7 +232,7 @@ def cmd_validate(args: argparse.Namespace, read_only: bool) -> int:
         print(f"as host {host}{'' if args.host else ' (this host; --host NAME for another)'}: "
               f"{len(mine)} of {n} GPU entr{'y' if n == 1 else 'ies'} apply"
               + "".join(f"\n  {e.label} ({e.where})" for e in mine))
-    if not (args.simulate or args.sim_state or os.path.exists("/dev/nvidiactl")):
+    if not (_site(args).simulated or os.path.exists("/dev/nvidiactl")):
         print("no GPUs to check against (no driver; use --simulate SPEC to check a model)")
         return E.EXIT_OK
 
@@ -348,36 +337,17 @@ def cmd_apply(args: argparse.Namespace, read_only: bool) -> int:
 def cmd_boot(args: argparse.Namespace, read_only: bool) -> int:
     """migd.service (boot.run): wait for the driver, then apply. Failures fail the unit (exit != 0), never the boot."""
     from . import boot
-    from .backend import make_backend
 
     cfg = _load_config(args, privileged=True)
-    return boot.run(cfg, lambda: make_backend(simulate=args.simulate, sim_state=args.sim_state,
-                                              cache_dir=_cache_dir(args), cache_write=True),
-                    _driver_files(args), lambda backend: _engine(args, backend, cfg))
-
-
-def _driver_files(args: argparse.Namespace) -> "Callable[[], DriverFiles]":
-    """What of a driver is installed: the host's files, or for simulated GPUs what the simulated host says."""
-    from . import driverfiles
-
-    if not _simulated(args):
-        return driverfiles.detect
-
-    def simulated() -> "DriverFiles":
-        from .sim import SimHost
-
-        try:
-            return SimHost.create(args.simulate or "dgx-a100", args.sim_state).driver_files()
-        except ValueError as e:  # a bad spec or state file
-            raise E.UsageError(str(e)) from None
-
-    return simulated
+    site = _site(args)
+    return boot.run(cfg, lambda: site.open_backend(cache_write=True), site.env,
+                    lambda backend: _engine(args, backend, cfg))
 
 
 def cmd_watch(args: argparse.Namespace, read_only: bool) -> int:
     from .watch import Watcher
 
-    return Watcher(args.config, simulate=args.simulate, sim_state=args.sim_state, run_dir=_run_dir(args)).run()
+    return Watcher(args.config, _site(args)).run()
 
 
 def _print_apply(engine: "Engine", result: "ApplyResult", desired: "Dict[int, DesiredGpu]",
