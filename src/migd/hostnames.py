@@ -6,9 +6,9 @@ means node8, node9, node10. Brackets are always ranges here, never a glob charac
 (host names do) and never expands a range, so `node[0-99999999]` costs nothing; matching walks the name once per
 token, never backtracks (see `matches`), so a long list against a 253-character name stays fast.
 
-Which names a host has: its name as the kernel reports it (`hostname`, what systemd sets from /etc/hostname) and
-the short name (up to the first dot). A pattern matching either one matches the host. No DNS lookup: at boot the
-network may not be up, and migd runs without network access.
+Which names a host has: its static name (/etc/hostname, `hostnamectl --static`; see `static_host`: the kernel's
+name only where there is none) and the short name (up to the first dot). A pattern matching either one matches
+the host. No DNS lookup: at boot the network may not be up, and migd runs without network access.
 """
 
 from __future__ import annotations
@@ -204,10 +204,41 @@ def names_of(host: str) -> Tuple[str, ...]:
     return (full,) if short == full else (full, short)
 
 
-def this_host() -> str:
+STATIC_HOSTNAME = "/etc/hostname"
+_HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}\Z")
+
+
+@dataclass(frozen=True)
+class HostName:
+    """The name `hosts = [...]` is matched against, and where it came from (said by validate and boot)."""
+
+    name: str
+    source: str
+
+
+def static_host(path: str = STATIC_HOSTNAME) -> HostName:
+    """This machine's static host name: the one in /etc/hostname (hostname(5): the first line that is not a
+    comment), which is what `hostnamectl --static` shows and what systemd names the machine with before any
+    service starts. It is final when migd.service runs, before the network: a name DHCP or cloud-init hands out
+    later is transient and not yet set then, so matching on the kernel's current name would match differently at
+    boot than afterwards. Without a static name, the kernel's (transient) one, and the source says so."""
+    try:
+        with open(path, "rb") as f:
+            lines = f.read(4096).decode("utf-8", errors="replace").splitlines()
+        name = next((x.strip() for x in lines if x.strip() and not x.strip().startswith("#")), "")
+    except OSError:
+        name = ""
+    if _HOST_NAME.match(name):
+        return HostName(name, f"static host name, {path}")
     import socket  # here: most runs never ask, and socket costs ~2 ms to import
 
-    return socket.gethostname()
+    why = f"{path} has no host name" if not name else f"{path} holds no valid host name"
+    return HostName(socket.gethostname(), f"the kernel's host name: {why}, so a name given later (DHCP, "
+                                          "cloud-init) is not seen at boot")
+
+
+def this_host() -> str:
+    return static_host().name
 
 
 def host_matches(patterns: Sequence[str], host: Optional[str] = None) -> bool:

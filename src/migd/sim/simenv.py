@@ -166,5 +166,5 @@ def environment(spec: Optional[str], state_path: Optional[str],
 
     env = HostEnv(simulated=True, run_dir=run, state_dir=state, textfile_dir=textfile, systemctl=sim.systemctl,
                   unit_load_state=sim.unit_load_state, reboot=sim.reboot, system_booting=sim.system_booting,
-                  boot_id=sim.boot_id, hostname=hostnames.this_host, driver_files=sim.driver_files, clock=SystemClock())
+                  boot_id=sim.boot_id, hostname=hostnames.static_host, driver_files=sim.driver_files, clock=SystemClock())
     return factory, env
