@@ -645,3 +645,61 @@ def test_watch_stops_repairing_when_the_edited_config_does_not_load(watched):
     with capture_logs() as logs:
         w.check_once()
     assert any(e["event"] == "reapply_allowed" for e in logs) and any(e["event"] == "drift_reapplied" for e in logs)
+
+
+# --- 10: hosts = [...] matched on the static host name, and said ---------------------------------------------------
+
+def test_the_static_host_name_is_read_from_etc_hostname(tmp_path, monkeypatch):
+    import socket
+
+    from migd import hostnames
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "localhost")  # what the kernel says before DHCP names it
+    f = tmp_path / "hostname"
+    f.write_text("# set by the installer\n  gpu-node-07.cluster  \n")
+    assert hostnames.static_host(str(f)) == hostnames.HostName("gpu-node-07.cluster", f"static host name, {f}")
+    for text, why in [("", "has no host name"), ("# only a comment\n", "has no host name"),
+                      ("bad name\n", "holds no valid host name"), ("\xff\xfe\n", "holds no valid host name")]:
+        f.write_text(text, encoding="latin-1")
+        got = hostnames.static_host(str(f))
+        assert got.name == "localhost" and why in got.source and "not seen at boot" in got.source, (text, got)
+    assert hostnames.static_host(str(tmp_path / "none")).name == "localhost"
+
+
+FLEET10 = """
+[[gpu]]
+select = "all"
+hosts = ["gpu-node-[01-16]"]
+mig = true
+instances = ["3g", "3g"]
+"""
+
+
+def test_boot_matches_hosts_on_the_static_name_not_the_kernels_and_says_which(site, monkeypatch):
+    """Issue 17.10 as found: at boot the kernel's name is still "localhost" (DHCP names the node later); the
+    static name is gpu-node-07. boot matches the entry on the static name, applies, and logs which name it used;
+    validate says the same."""
+    import socket
+
+    from migd import hostnames
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "localhost")
+    etc_hostname = site["tmp"] / "hostname"
+    etc_hostname.write_text("gpu-node-07\n")
+    real = hostnames.static_host
+    monkeypatch.setattr(hostnames, "static_host", lambda path=str(etc_hostname): real(path))
+    conf = R.write_config(site["tmp"] / "fleet.toml", FLEET10)
+    r = _cli(site, "boot", config=conf)
+    assert r.code == 0 and not r.traceback, r.err + str(r.events)
+    said = r.named("boot_host")
+    assert said and said[0]["host"] == "gpu-node-07" and said[0]["source"].startswith("static host name"), r.events
+    assert all(len(g["gis"]) == 2 for g in load_state(site["state"])["gpus"])
+    r = _cli(site, "validate", config=conf)
+    assert f"as host gpu-node-07 (this host: static host name, {etc_hostname}; --host NAME for another): 1 of 1" \
+        in r.out, r.out
+    # no static name: the kernel's, and boot says why that may be the wrong one
+    etc_hostname.write_text("")
+    r = _cli(site, "boot", config=conf)
+    assert r.code == 0 and r.named("boot_nothing"), r.events
+    said = r.named("boot_host")
+    assert said[0]["host"] == "localhost" and "not seen at boot" in said[0]["source"], said

@@ -220,16 +220,18 @@ def cmd_profiles(args: argparse.Namespace, read_only: bool) -> int:
 
 
 def cmd_validate(args: argparse.Namespace, read_only: bool) -> int:
-    from . import hostnames, layout
+    from . import layout
 
     cfg = _load_config(args, checking=True)
     n = len(cfg.entries)
     dropins = f", with drop-ins {', '.join(map(E.printable, cfg.files[1:]))}" if len(cfg.files) > 1 else ""
     print(f"{E.printable(cfg.path)}: syntax and keys OK ({n} GPU entr{'y' if n == 1 else 'ies'}{dropins})")
-    host = args.host or hostnames.this_host()
+    this = None if args.host else _site(args).env.hostname()  # the static name: what boot matches on
+    host: str = args.host if this is None else this.name
     if args.host or any(e.hosts for e in cfg.entries):
         mine = layout.for_host(cfg, host)
-        print(f"as host {host}{'' if args.host else ' (this host; --host NAME for another)'}: "
+        said = "" if this is None else f" (this host: {this.source}; --host NAME for another)"
+        print(f"as host {E.printable(host)}{said}: "
               f"{len(mine)} of {n} GPU entr{'y' if n == 1 else 'ies'} apply"
               + "".join(f"\n  {e.label} ({e.where})" for e in mine))
     if not (_site(args).simulated or os.path.exists("/dev/nvidiactl")):

@@ -161,7 +161,8 @@ class Engine:
         self.backend = backend
         self.cfg = cfg
         self.env = env  # everything outside the GPU: run dir, systemctl, clock (simulated GPUs: the simulated host)
-        self.host = host  # whose view of a fleet file (None: this machine's)
+        # whose view of a fleet file: `validate --host`'s, else this machine's static name (boot matches on it too)
+        self.host = host if host is not None else env.hostname().name
         self._infos: Optional[List[GpuInfo]] = None
 
     @property

@@ -111,7 +111,7 @@ class Watcher:
     @property
     def managed(self) -> bool:
         """Does the config select anything on this host? If not, NVML is never opened (no driver needed)."""
-        return bool(layout.for_host(self.cfg))
+        return bool(layout.for_host(self.cfg, self.env.hostname().name))
 
     def _nothing(self) -> str:
         return f"no GPU managed by {self.config_path} on this host"
