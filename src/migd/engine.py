@@ -288,13 +288,22 @@ class Engine:
             result = results.get(i)
             state: Optional[GpuState] = None
             names: Dict[int, str] = {}
-            if i in desired and not infos[i].unknown:
+            info = infos[i]
+            if i in desired and not info.unknown:
                 try:
                     state = self.backend.state(i)
-                    names = report.names_by_gi(plan_gpu(infos[i], desired[i], state))
-                except DriverError:
+                    names = report.names_by_gi(plan_gpu(info, desired[i], state))
+                except DriverError as e:
                     state = None
-            doc = schema.gpu(infos[i], state, names)
+                    if e.code == E.GPU_IS_LOST:
+                        info = replace(info, lost=True)
+            if info.lost and result is not None and result.outcome != Outcome.LOST:
+                # lost after its own work was done (while the others were applied, or now): the record and the exit
+                # code say lost, never "applied" with MIG devices that are gone
+                result = results[i] = GpuResult(i, Outcome.LOST, f"{result.message}; then lost (fell off the bus): "
+                                                "check `dmesg` for Xid errors", result.done)
+                log.critical("gpu_lost", msg=result.message, gpu=i)
+            doc = schema.gpu(info, state, names)
             doc["outcome"] = result.outcome.value if result else None  # None: not part of this apply
             doc["message"] = result.message if result else ""
             docs.append(doc)
