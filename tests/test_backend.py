@@ -183,14 +183,31 @@ def test_gpu_info_from_the_driver_tables(sim_backend, h100_reference):
 
 
 def test_non_mig_gpu(sim_backend, monkeypatch):
-    """GetMigMode NOT_SUPPORTED is the capability test: such a GPU has no profiles and is not MIG capable."""
-    monkeypatch.setenv("MIGD_SIM_FAULTS", "nvmlDeviceGetMigMode=NOT_SUPPORTED/gpu1")
+    """GetMigMode NOT_SUPPORTED is the capability test, where the GPU lists no MIG profile either (what a GPU
+    without MIG answers to both): such a GPU has no profiles and is not MIG capable."""
+    monkeypatch.setenv("MIGD_SIM_FAULTS", "nvmlDeviceGetMigMode=NOT_SUPPORTED/gpu1,"
+                                          "nvmlDeviceGetGpuInstanceProfileInfoV=NOT_SUPPORTED/gpu1")
     backend = sim_backend("h100-80gb:2")
     infos = backend.gpus()
     assert infos[0].mig_capable and infos[0].profiles
     assert not infos[1].mig_capable and infos[1].profiles == () and infos[1].total_slices == 0
+    assert not infos[1].unknown
     state = backend.state(1)
     assert (state.mig_current, state.mig_pending, state.instances) == (False, False, ())
+
+
+@pytest.mark.parametrize("code", ["NOT_SUPPORTED", "UNKNOWN", "NO_PERMISSION"])
+def test_a_failed_mig_mode_read_is_unreadable_never_no_mig(sim_backend, monkeypatch, code):
+    """Issue 17.8: a GPU that lists MIG profiles but fails its MIG-mode read (NOT_SUPPORTED included) is unreadable:
+    that GPU's state() raises the failed read; the other GPU is read as usual."""
+    monkeypatch.setenv("MIGD_SIM_FAULTS", f"nvmlDeviceGetMigMode={code}@1/gpu1")
+    backend = sim_backend("h100-80gb:2")
+    infos = backend.gpus()
+    assert infos[0].mig_capable and not infos[0].unknown
+    assert infos[1].unreadable and not infos[1].lost and f"nvmlDeviceGetMigMode failed: {code}" in infos[1].unreadable
+    with pytest.raises(E.DriverError, match="nvmlDeviceGetMigMode"):
+        backend.state(1)
+    assert backend.state(0).mig_current is False
 
 
 # --- live state ------------------------------------------------------------------------------------------------

@@ -108,7 +108,9 @@ def run_error_case(p: R.Prepared, step, err: str) -> Tuple[str, str]:
     if now[gpu] != p.before[gpu]:
         return "neither layout", (f"{where}: GPU {gpu} is {R.describe_layout(now[gpu])}, previous "
                                   f"{R.describe_layout(p.before[gpu])}, desired {R.describe_layout(p.desired[gpu])}")
-    if not r.named("apply_failed", gpu=gpu, call=call, code=err) or not r.named("rolled_back", gpu=gpu):
+    failed = r.named("apply_failed", gpu=gpu, error="RuntimeError") if err == "raise" else \
+        r.named("apply_failed", gpu=gpu, call=call, code=err)
+    if not failed or not r.named("rolled_back", gpu=gpu):
         return "no event", f"{where}: events {[(e, f.get('gpu')) for _, e, f in r.events if e != 'create_gi']}"
     if f"GPU {gpu}: " not in r.out or "rolled back to the previous layout" not in r.out:
         return "no message", f"{where}: stdout does not say GPU {gpu} was rolled back:\n{r.out}"
@@ -187,6 +189,153 @@ def test_matrix_covers_every_mutating_call_and_scenario(prepared, summary_line):
     summary_line(f"fault matrix: {total} cases in full (MIGD_FULL_MATRIX=1 pytest -m slow); "
                  + "; ".join(f"{spec}: " + ", ".join(f"{p.scenario.name} {len(p.steps)} steps" for p in plist)
                              for spec, plist in prepared.items()))
+
+
+# --- reads: identity and mode calls failing, a GPU lost at every read, an unexpected exception -------------------
+#
+# Issue 17 (points 1, 8, 9): the matrix above faults the calls that change a GPU; these fault the ones that read it.
+# Every read a fault-free apply makes on a GPU (traced below, with the point where state.json is written) is a
+# position: GPU_IS_LOST at each one, and the other errors (and a Python exception out of the library, `raise`) at
+# each identity and mode read. Every case must end with no traceback, exit 0 or 1, every other GPU in its desired
+# layout, and the faulted GPU either lost (recorded lost, no MIG device left in devices.env), in its desired layout
+# (recorded applied), or in its previous one (recorded failed or rolled back, exit 1): never a misreport.
+
+IDENTITY_AND_MODE_CALLS = ("nvmlDeviceGetName", "nvmlDeviceGetUUID", "nvmlDeviceGetPciInfo", "nvmlDeviceGetArchitecture",
+                           "nvmlDeviceGetMigMode", "nvmlDeviceGetPersistenceMode")
+READ_ERRORS = ("UNKNOWN", "NOT_SUPPORTED", "NO_PERMISSION", "raise")
+READ_SAMPLES = {  # (host, "identity" | "lost") -> cases in the default run
+    (R.ONE_GPU, "identity"): 10 ** 6,  # all of them: about 300 cases, a few seconds
+    (R.ONE_GPU, "lost"): 10 ** 6,  # all of them: about 480
+    (R.EIGHT_GPUS, "identity"): 60,
+    (R.EIGHT_GPUS, "lost"): 60,
+}
+
+
+def traced_reads(p: R.Prepared) -> List[Tuple[str, int, int, bool]]:
+    """Every NVML call a fault-free apply makes on one GPU, in order: (call, gpu, n-th such call on that gpu,
+    made after state.json was written). Mutations included (GPU_IS_LOST may come from any call)."""
+    from migd import runstate
+    from migd.sim import fakelib
+
+    calls: List[Tuple[str, int, int, bool]] = []
+    counts: collections.Counter = collections.Counter()
+    recorded = [False]
+    real_inject, real_write = fakelib.FakeNvmlLib._inject, runstate.write_results
+
+    def spy(self, name, args):
+        gpu = self._gpu_of(args)
+        if gpu is not None:
+            base = name.split("_v")[0] if "_v" in name else name
+            counts[(base, gpu)] += 1
+            calls.append((base, gpu, counts[(base, gpu)], recorded[0]))
+        return real_inject(self, name, args)
+
+    def write(*a, **kw):
+        recorded[0] = True
+        return real_write(*a, **kw)
+
+    p.reset()
+    fakelib.FakeNvmlLib._inject, runstate.write_results = spy, write
+    try:
+        r = R.run_cli(p.args("apply"), {"MIGD_RUN_DIR": str(p.dir / "run")})
+    finally:
+        fakelib.FakeNvmlLib._inject, runstate.write_results = real_inject, real_write
+        p.reset()
+    assert r.code == 0 and not r.traceback, r.err
+    return calls
+
+
+@pytest.fixture(scope="module")
+def read_positions(prepared):
+    return {spec: [(p, traced_reads(p)) for p in plist] for spec, plist in prepared.items()}
+
+
+def run_read_case(p: R.Prepared, step: Tuple[str, int, int, bool], err: str) -> Tuple[str, str]:
+    call, gpu, nth, after_record = step
+    p.reset()
+    fault = f"{call}={err}@{nth}/gpu{gpu}"
+    run_dir = p.dir / "run"
+    for name in ("state.json", "devices.env"):
+        if (run_dir / name).exists():
+            (run_dir / name).unlink()
+    r = R.run_cli(p.args("apply"), {"MIGD_RUN_DIR": str(run_dir), "MIGD_SIM_FAULTS": fault})
+    where = f"{p.scenario.spec} {p.scenario.name} {fault}" + (" (after the record)" if after_record else "")
+    if r.traceback:
+        return "traceback", f"{where}: traceback: {r.exception!r} {r.err[-2000:]}"
+    if r.code not in (0, 1):
+        return f"exit {r.code}", f"{where}: exit {r.code}, expected 0 or 1\n{r.out}{r.err}"
+    aborted = [line for line in r.err.splitlines() if line.startswith("migd: ")]
+    if aborted:
+        return "aborted", f"{where}: {aborted}"
+    try:
+        recorded = {g["index"]: g for g in json.loads((run_dir / "state.json").read_text())["gpus"]}
+        env = (run_dir / "devices.env").read_text()
+    except (OSError, ValueError, KeyError) as e:
+        return "no record", f"{where}: state.json/devices.env: {e}"
+    now = p.current()
+    for g, layout in enumerate(now):
+        if g != gpu and layout != p.desired[g]:
+            return "other GPU not applied", f"{where}: GPU {g} is {R.describe_layout(layout)}"
+    layout, rec = now[gpu], recorded.get(gpu, {})
+    outcome = rec.get("outcome")
+    if layout == "lost":
+        if err != "GPU_IS_LOST":
+            return "lost", f"{where}: GPU {gpu} lost without GPU_IS_LOST"
+        if after_record:  # lost after state.json was written: the next run reports it
+            return "lost after the record", ""
+        if not rec.get("lost") or outcome != "lost" or r.code != 1 or f"MIGD_GPU{gpu}_" in env:
+            return "lost misreported", (f"{where}: recorded lost={rec.get('lost')} outcome={outcome}, exit {r.code}, "
+                                        f"devices.env {'names' if f'MIGD_GPU{gpu}_' in env else 'lacks'} it")
+        return "lost, recorded", ""
+    if layout == p.desired[gpu]:
+        if outcome not in ("applied", "unchanged"):
+            return "misreported", f"{where}: GPU {gpu} in its desired layout but recorded {outcome}"
+        return "applied", ""
+    if layout == p.before[gpu]:
+        if outcome not in ("failed", "rolled_back") or r.code != 1:
+            return "misreported", f"{where}: GPU {gpu} in its previous layout, recorded {outcome}, exit {r.code}"
+        return "failed, previous layout" if outcome == "failed" else "rolled back", ""
+    return "neither layout", (f"{where}: GPU {gpu} is {R.describe_layout(layout)}, previous "
+                              f"{R.describe_layout(p.before[gpu])}, desired {R.describe_layout(p.desired[gpu])}")
+
+
+def read_cases(positions, kind: str):
+    out = []
+    for p, calls in positions:
+        for step in calls:
+            if kind == "lost":
+                out.append((p, step, "GPU_IS_LOST"))
+            elif step[0] in IDENTITY_AND_MODE_CALLS:
+                out += [(p, step, err) for err in READ_ERRORS]
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["identity", "lost"])
+@pytest.mark.parametrize("spec", [R.ONE_GPU, R.EIGHT_GPUS], ids=["1gpu", "8gpu"])
+def test_read_fault_matrix(read_positions, spec, kind, summary_line):
+    every = read_cases(read_positions[spec], kind)
+    chosen = R.sample(every, READ_SAMPLES[(spec, kind)], seed=f"reads-{kind}-{spec}")
+    t0 = time.monotonic()
+    results = [run_read_case(p, step, err) for p, step, err in chosen]
+    what = "identity and mode reads failing" if kind == "identity" else "GPU lost at a read"
+    report(summary_line, f"{spec} ({len(read_positions[spec][0][0].desired)} GPU) {what}, {len(chosen)} of "
+                         f"{len(every)} cases [{time.monotonic() - t0:.0f} s]", results)
+    if kind == "identity":
+        assert {step[0] for _, step, _ in every} == set(IDENTITY_AND_MODE_CALLS), "a call was never made"
+        assert {err for _, _, err in chosen} == set(READ_ERRORS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", [R.ONE_GPU, R.EIGHT_GPUS], ids=["1gpu", "8gpu"])
+def test_unexpected_exception_at_every_mutating_step_rolls_that_gpu_back(prepared, spec, summary_line):
+    """A Python exception out of each mutating call (an answer migd does not expect): that GPU is rolled back
+    (apply_failed names the exception), the others applied, exit 1 - as for a driver error."""
+    every = cases(prepared[spec], ["raise"])
+    chosen = R.sample(every, 40 if spec == R.ONE_GPU else 15, seed=f"raise-{spec}")
+    results = [run_error_case(p, step, err) for p, step, err in chosen]
+    report(summary_line, f"{spec} unexpected exception at a mutating step, {len(chosen)} of {len(every)} cases",
+           results)
 
 
 # --- busy instances: no plan, rollback or drift policy ever destroys an instance with processes -------------------
@@ -269,6 +418,10 @@ def _plan_touches_busy(plan, state: dict) -> str:
 _busy_stats = collections.Counter()
 
 
+BUSY_READ_CALLS = ["nvmlDeviceGetMigMode", "nvmlDeviceGetPersistenceMode", "nvmlDeviceGetGpuInstances",
+                   "nvmlGpuInstanceGetInfo", "nvmlGpuInstanceGetComputeInstances", "nvmlComputeInstanceGetInfo",
+                   "nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetMigDeviceHandleByIndex",
+                   "nvmlDeviceGetGpuInstanceById", "nvmlGpuInstanceGetComputeInstanceById"]
 CALL_OF = {"set_mig_mode": "nvmlDeviceSetMigMode", "set_persistence": "nvmlDeviceSetPersistenceMode",
            "create_gi": "nvmlDeviceCreateGpuInstanceWithPlacement",
            "create_ci": "nvmlGpuInstanceCreateComputeInstanceWithPlacement",
@@ -280,8 +433,10 @@ CALL_OF = {"set_mig_mode": "nvmlDeviceSetMigMode", "set_persistence": "nvmlDevic
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(case=busy_gpu(), data=st.data())
 def test_busy_instances_are_never_destroyed_by_plan_or_rollback(case, data):
-    """Random live layouts with processes on some compute instances, random configs, and (half the time) a fault
-    at a random step of the plan: the plan never destroys a busy instance, and neither does the rollback."""
+    """Random live layouts with processes on some compute instances, random configs, and (most of the time) a
+    fault - a driver error, GPU_IS_LOST or an unexpected exception - at a random step of the plan or a random read
+    (fresh state, mode re-read, verify, rollback): the plan never destroys a busy instance, and neither does the
+    rollback."""
     host, text = case
     busy = busy_parts(host.state)
     lib = sim.install(host)
@@ -297,16 +452,26 @@ def test_busy_instances_are_never_destroyed_by_plan_or_rollback(case, data):
         plan = plan_gpu(infos[0], desired[0], backend.state(0), True)
         problem = _plan_touches_busy(plan, host.state)
         assert not problem, (problem, text, plan.actions)
-        if plan.actions and data.draw(st.booleans(), label="fault"):
+        where = data.draw(st.sampled_from(["none", "step", "read"] if plan.actions else ["none", "read"]),
+                          label="fault")
+        code = data.draw(st.sampled_from(CODES + ["GPU_IS_LOST", "raise"]), label="code")
+        fault = {"gpu": None, **({"raise": True} if code == "raise" else {"code": CODE_BY_NAME[code]})}
+        if where == "step":  # a mutating call of the plan
             k = data.draw(st.integers(0, len(plan.actions) - 1), label="step")
             call = CALL_OF[plan.actions[k].kind]
             nth = sum(1 for a in plan.actions[:k + 1] if CALL_OF[a.kind] == call)
-            code = data.draw(st.sampled_from(CODES), label="code")
-            lib.extra_faults = [{"call": call, "at": lib.calls.get(call, 0) + nth, "gpu": None,
-                                 "code": CODE_BY_NAME[code]}]
-        result = apply_gpu(backend, infos[0], desired[0], True)
-        _busy_stats[f"{'busy' if busy else 'idle'} {result.outcome}"] += 1
-        assert busy_parts(host.state) == busy, (text, lib.extra_faults, result.outcome, result.message)
+            lib.extra_faults = [{**fault, "call": call, "at": lib.calls.get(call, 0) + nth}]
+        elif where == "read":  # a read: the fresh state, a mode re-read, the verify, a rollback's reads
+            call = data.draw(st.sampled_from(BUSY_READ_CALLS), label="read")
+            nth = data.draw(st.integers(1, 4), label="nth")
+            lib.extra_faults = [{**fault, "call": call, "at": lib.calls.get(call, 0) + nth}]
+        try:
+            result = apply_gpu(backend, infos[0], desired[0], True)
+            outcome = str(result.outcome)
+        except Exception:  # noqa: BLE001 - allowed only before anything changed: checked below like the rest
+            outcome, result = "raised before any change", None
+        _busy_stats[f"{'busy' if busy else 'idle'} {outcome}"] += 1
+        assert busy_parts(host.state) == busy, (text, lib.extra_faults, outcome, result and result.message)
     finally:
         backend.close()
         sim.uninstall()

@@ -4,7 +4,6 @@ the way an admin (or a config repository's CI) uses them: through the CLI, on re
 from __future__ import annotations
 
 import os
-import socket
 import textwrap
 from pathlib import Path
 
@@ -152,7 +151,9 @@ def test_validate_as_another_host_shows_each_gpus_entry(tmp_path):
 
 
 def test_without_host_the_entry_applies_by_this_machines_name(tmp_path):
-    me = socket.gethostname().split(".")[0]
+    from migd.hostnames import static_host
+
+    me = static_host().name.split(".")[0]
     conf = write(tmp_path / "fleet.toml", f"""
         [[gpu]]
         select = "all"
@@ -166,7 +167,11 @@ def test_without_host_the_entry_applies_by_this_machines_name(tmp_path):
     """)
     r = validate(conf)
     assert r.code == 0, r.err
-    assert f"as host {socket.gethostname()} (this host; --host NAME for another): 1 of 2 GPU entries apply" in r.out
+    from migd.hostnames import static_host
+
+    this = static_host()
+    assert f"as host {this.name} (this host: {this.source}; --host NAME for another): 1 of 2 GPU entries apply" \
+        in r.out
     assert f"GPU 1 NVIDIA H100 80GB HBM3: [[gpu]] #1 ({conf}:1" in r.out
 
 
@@ -287,7 +292,7 @@ def test_trust_check_covers_each_drop_in_and_the_directory(tmp_path):
     os.chown(drop, 0, 0)
     os.chmod(d, 0o777)
     r = R.run_cli(apply)
-    assert r.code == 2 and f"directory {d} is writable by group/others (mode 0777)" in r.err, r.err
+    assert r.code == 2 and f"{d}: drop-in directory writable by group/others (mode 0777)" in r.err, r.err
     with pytest.raises(ConfigError):
         config_mod.load(conf, owner=0)
     assert config_mod.load(conf).files == (conf, drop)  # read verbs read anything: they change no GPU

@@ -382,7 +382,9 @@ def test_kept_instance_may_sit_anywhere_valid():
     assert placed_of(plan) == [(9, (4, 4)), (19, (0, 1))]
 
 
-def test_compute_layout_change_recreates_that_gi_only():
+def test_compute_layout_change_changes_that_gis_compute_instances_only():
+    """Issue 17.12: only the compute instances inside GI 3 change: its CI is destroyed and two are created in it;
+    GI 3 itself (id, placement, MIG UUID) stays, and GI 2 is untouched."""
     info = info_for("h100-80gb")
     live = GpuState(True, True, None, (live_gi(info, 3, 14, 0), live_gi(info, 2, 9, 4)))
     p14 = info.profile_by_id(14)
@@ -391,10 +393,9 @@ def test_compute_layout_change_recreates_that_gi_only():
     want = DesiredGpu(ENTRY, True, (DesiredInstance(p14, (one_c, one_c)),
                                     DesiredInstance(p9, (p9.full_compute_profile,))))
     plan = plan_gpu(info, want, live)
-    assert [(a.kind, a.gi_id) for a in plan.actions if a.kind.startswith("destroy")] == [("destroy_ci", 3),
-                                                                                        ("destroy_gi", 3)]
-    assert [(a.kind, a.placement) for a in plan.actions if a.kind.startswith("create")] == [
-        ("create_gi", Placement(0, 2)), ("create_ci", Placement(0, 1)), ("create_ci", Placement(1, 1))]
+    assert [(a.kind, a.gi_id) for a in plan.actions] == [("destroy_ci", 3), ("create_ci", 3), ("create_ci", 3)]
+    assert [a.placement for a in plan.actions[1:]] == [Placement(0, 1), Placement(1, 1)]
+    assert [(a.slot, a.kept_gi, a.reused_gi) for a in plan.assignments] == [(0, None, 3), (1, 2, None)]
 
 
 def test_mig_off_plans():

@@ -127,10 +127,17 @@ def _run(cfg: Config, open_backend: Callable[[], Backend], env: HostEnv,
     from . import layout, rebootonce
     from .engine import Outcome
 
-    mine = layout.for_host(cfg)
+    host = env.hostname()  # the static name: final now, before the network may rename the host
+    mine = layout.for_host(cfg, host.name)
+    fleet = any(entry.hosts for entry in cfg.entries)
+    if fleet:  # which name `hosts = [...]` was matched against, said once per boot
+        log.info("boot_host", msg=f"matching hosts = [...] against {E.printable(host.name)} ({host.source}): "
+                                  f"{len(mine)} of {len(cfg.entries)} entries apply", host=host.name,
+                 source=host.source)
     if not mine:  # no entry at all, or none for this host in a fleet file
-        log.info("boot_nothing", msg=f"{cfg.path} selects no GPU on this host: nothing to do")
-        return E.EXIT_OK, f"nothing to do: {cfg.path} selects no GPU on this host"
+        what = f"{cfg.path} selects no GPU on this host{f' ({E.printable(host.name)})' if fleet else ''}"
+        log.info("boot_nothing", msg=f"{what}: nothing to do")
+        return E.EXIT_OK, f"nothing to do: {what}"
     try:
         backend = wait_for_driver(open_backend, cfg.daemon.driver_wait_timeout, env)
     except NoDriverInstalled as e:

@@ -156,18 +156,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # Under systemd each problem is one journal line that says what happened and names file:line.
         text = "\n".join(f"{lead} {' '.join(str(p).split())}" for p in e.problems) if service_verb else f"{lead}\n{e}"
         return _fail(service_verb, "config_invalid", text, E.EXIT_USAGE, status=args.verb == "boot")
+    except E.UsageError as e:  # bad --simulate spec or state file; a ValueError from a bug is no usage error
+        return _fail(service_verb, "usage", str(e), E.EXIT_USAGE)
     except MigdError as e:
         return _fail(service_verb, "failed", str(e), e.exit_code)  # boot.run set STATUS= itself
-    except ValueError as e:  # bad --simulate spec or state file
-        return _fail(service_verb, "usage", str(e), E.EXIT_USAGE)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `migd plan | head`
         sys.stderr.close()
         return E.EXIT_OK
     except OSError as e:  # (after its subclass BrokenPipeError) a file or directory migd needs is unusable
-        where = f"{e.filename}: " if e.filename else ""
-        return _fail(service_verb, "failed", f"{where}{e.strerror or e}", E.EXIT_FAILURE)
+        where = f"{E.printable(str(e.filename))}: " if e.filename else ""
+        return _fail(service_verb, "failed", f"{where}{E.printable(e.strerror or str(e))}", E.EXIT_FAILURE)
 
 
 def _fail(service_verb: bool, event: str, text: str, code: int, status: bool = False) -> int:
@@ -240,11 +240,23 @@ def _live_view(args: argparse.Namespace, backend: "Backend") -> "Tuple[Engine, S
     return engine, engine.status(desired), why
 
 
-def _load_config(args: argparse.Namespace, privileged: bool = False) -> "Config":
-    """privileged: the verb may change GPUs, so as root the file must be one only root can change (sshd-style)."""
+def _load_config(args: argparse.Namespace, privileged: bool = False, checking: bool = False) -> "Config":
+    """privileged: the verb may change GPUs, so as root the file must be one only root can change (sshd-style).
+    checking (validate, plan): say what apply would say. As root that is apply's own check, an error; as another
+    user the same check, trusting that user too (a file in a checkout is the user's), as a warning: the file is
+    deployed elsewhere and the owner changes, but a group-writable file or drop-in directory would still be
+    refused at boot."""
     from . import config
 
-    return config.load(args.config, owner=config.trusted_owner() if privileged else None)
+    owner = config.trusted_owner()
+    if privileged or (checking and owner is not None):
+        return config.load(args.config, owner=owner)
+    if checking:
+        try:
+            return config.load(args.config, owner=os.geteuid())
+        except config.UntrustedConfig as e:
+            print(f"migd: warning: apply and boot (as root) would refuse this config:\n{e}", file=sys.stderr)
+    return config.load(args.config)
 
 
 # --- verbs --------------------------------------------------------------------------------------------------------
@@ -308,7 +320,7 @@ def _only_profiles(infos: "List[GpuInfo]", spellings: Sequence[str]) -> "List[Gp
     for spelling in spellings:
         if spelling not in found:
             reasons = {resolve_gpu_profile(spelling, info)[1] for info in infos if info.mig_capable}
-            raise ValueError("; ".join(sorted(reasons)) or f"no GPU here has a profile {spelling!r}")
+            raise E.UsageError("; ".join(sorted(reasons)) or f"no GPU here has a profile {spelling!r}")
     return out
 
 
@@ -323,18 +335,20 @@ def cmd_completion(args: argparse.Namespace, read_only: bool) -> int:
 
 
 def cmd_validate(args: argparse.Namespace, read_only: bool) -> int:
-    from . import hostnames, layout, preview
+    from . import layout, preview
 
-    cfg = _load_config(args)
+    cfg = _load_config(args, checking=True)
     n = len(cfg.entries)
-    dropins = f", with drop-ins {', '.join(cfg.files[1:])}" if len(cfg.files) > 1 else ""
-    print(f"{cfg.path}: syntax and keys OK ({n} GPU entr{'y' if n == 1 else 'ies'}{dropins})")
+    dropins = f", with drop-ins {', '.join(map(E.printable, cfg.files[1:]))}" if len(cfg.files) > 1 else ""
+    print(f"{E.printable(cfg.path)}: syntax and keys OK ({n} GPU entr{'y' if n == 1 else 'ies'}{dropins})")
     if cfg.daemon.gpu_clients:
         _validate_gpu_clients(args, cfg)
-    host = args.host or hostnames.this_host()
+    this = None if args.host else _site(args).env.hostname()  # the static name: what boot matches on
+    host: str = args.host if this is None else this.name
     if args.host or any(e.hosts for e in cfg.entries):
         mine = layout.for_host(cfg, host)
-        print(f"as host {host}{'' if args.host else ' (this host; --host NAME for another)'}: "
+        said = "" if this is None else f" (this host: {this.source}; --host NAME for another)"
+        print(f"as host {E.printable(host)}{said}: "
               f"{len(mine)} of {n} GPU entr{'y' if n == 1 else 'ies'} apply"
               + "".join(f"\n  {e.label} ({e.where})" for e in mine))
     print("\n".join(preview.daemon_lines(cfg)))
@@ -372,7 +386,7 @@ def cmd_plan(args: argparse.Namespace, read_only: bool) -> int:
     with -v, the driver calls apply would make."""
     from . import picture
 
-    cfg = _load_config(args)
+    cfg = _load_config(args, checking=True)
     backend = _backend(args, True)
     try:
         engine = _engine(args, backend, cfg, getattr(args, "host", None))
@@ -537,7 +551,7 @@ def cmd_init(args: argparse.Namespace, read_only: bool) -> int:
 
     backend = _backend(args, True)
     try:
-        gpus = [Gpu(info, backend.state(info.index)) for info in backend.gpus() if not info.lost]
+        gpus = [Gpu(info, backend.state(info.index)) for info in backend.gpus() if not info.unknown]
     finally:
         backend.close()
     text = starter.starter_toml(gpus, hostnames.this_host())

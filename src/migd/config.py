@@ -17,7 +17,7 @@ import sys
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from . import hostnames
-from .errors import ConfigError, Problem
+from .errors import ConfigError, Problem, printable
 from .model import Config, DaemonSettings, GpuEntry, GpuSelector, InstanceSpec, entry_label, name_variable
 from .profiles import strip_mig
 from .suggest import did_you_mean
@@ -59,12 +59,42 @@ def load(path: str = DEFAULT_PATH, owner: Optional[int] = None) -> Config:
     not act on a layout (or run the stop_clients units) an unprivileged user can change. That holds for every
     drop-in and the drop-in directory too (each drop-in's check covers the directories above it)."""
     files = [(path, _read(path, owner))]
+    if owner is not None:  # the directory itself: whoever can write it can remove or hide root's drop-ins
+        _check_dropin_dir(os.path.join(os.path.dirname(path), DROPIN_DIR), owner)
     files += [(p, _read(p, owner, dropin=True)) for p in dropin_paths(path)]
     names: Dict[str, Tuple[str, str]] = {}  # one devices.env namespace for the main file and every drop-in
     return _merge([_parse_file(text, p, names) for p, text in files])
 
 
 DROPIN_DIR = "migd.d"
+
+
+class UntrustedConfig(ConfigError):
+    """A config (file, drop-in or drop-in directory) that someone other than root (or `owner`) could change."""
+
+
+def _check_dropin_dir(d: str, owner: int) -> None:
+    """The drop-in directory, checked itself and not only through the files in it (there may be none left): owned
+    by root (or `owner`), writable by nobody else unless sticky (then others cannot remove or rename root's
+    drop-ins, and a drop-in they add is refused by its own check), and every directory and link above it too."""
+    try:
+        st = os.stat(d)
+    except FileNotFoundError:
+        return  # no directory, no drop-ins (a dangling link too: dropin_paths says the same)
+    except OSError as e:
+        raise UntrustedConfig.one(f"cannot check the drop-in directory: {e.strerror}", d) from None
+    if not stat.S_ISDIR(st.st_mode):
+        return  # dropin_paths reports it
+    shown = shlex.quote(d)
+    if st.st_uid not in (0, owner):
+        raise UntrustedConfig.one(f"drop-in directory owned by uid {st.st_uid}, not root: that user can remove or "
+                                  f"hide root's drop-ins; fix: chown root:root {shown}", d)
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        raise UntrustedConfig.one(f"drop-in directory writable by group/others (mode {stat.S_IMODE(st.st_mode):04o}):"
+                                  f" they can remove or hide root's drop-ins; fix: chmod go-w {shown}", d)
+    problem = _untrusted_path(d, st, {0, owner})
+    if problem:
+        raise UntrustedConfig.one(problem, d)
 
 
 def dropin_paths(path: str) -> List[str]:
@@ -81,6 +111,26 @@ def dropin_paths(path: str) -> List[str]:
     except OSError as e:
         raise ConfigError.one(f"cannot read the drop-in directory: {e.strerror}", d) from None
     return [os.path.join(d, n) for n in sorted(n for n in names if n.endswith(".toml") and not n.startswith("."))]
+
+
+def fingerprint(path: str) -> Tuple[Any, ...]:
+    """What the config is on disk now, cheaply: each file's and the drop-in directory's identity (device, inode,
+    size, mtime, ctime) and the drop-ins' names. Another value than at load time means it was edited or replaced
+    (an editor, `install`, Ansible's rename): migd-watch then knows the config it holds is no longer the declared
+    one. Reads no file."""
+    d = os.path.join(os.path.dirname(path), DROPIN_DIR)
+    out: List[Any] = []
+    try:
+        names = sorted(os.listdir(d))
+    except OSError as e:
+        names = [f"({e.errno})"]
+    for p in [path, d] + [os.path.join(d, n) for n in names]:
+        try:
+            st = os.stat(p)
+            out.append((p, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        except OSError as e:
+            out.append((p, e.errno))
+    return tuple(out)
 
 
 def _read(path: str, owner: Optional[int], dropin: bool = False) -> str:
@@ -105,7 +155,7 @@ def _read(path: str, owner: Optional[int], dropin: bool = False) -> str:
         if owner is not None:
             problem = _untrusted(path, st, owner)
             if problem:
-                raise ConfigError.one(problem, path)
+                raise UntrustedConfig.one(problem, path)
         with os.fdopen(fd, "rb", closefd=False) as f:
             data = f.read(MAX_BYTES + 1)
     except OSError as e:
@@ -517,7 +567,7 @@ class _Parser:
 
     def where(self, key: Sequence[Any]) -> str:
         line = self.locate.line(key)
-        return f"{self.path}:{line}" if line else self.path
+        return printable(f"{self.path}:{line}" if line else self.path)  # a file name is printed as it is escaped
 
     def config(self, doc: Dict[str, Any]) -> Config:
         for key in doc:
@@ -718,6 +768,10 @@ class _Parser:
         if not isinstance(v, list) or not v:
             what = "an empty list matches no host" if v == [] else f"got {_show(v)}"
             self.problem(key, f"must be a list of host-name patterns, {example}; {what}")
+            return ()
+        if len(v) > hostnames.MAX_PATTERNS:
+            self.problem(key, f"{len(v)} host-name patterns: at most {hostnames.MAX_PATTERNS} in one entry (use "
+                              "ranges like node[0001-4000], or several entries)")
             return ()
         out = []
         for n, pattern in enumerate(v):

@@ -80,6 +80,10 @@ def status_exit(status: CheckStatus) -> int:
     return _STATUS_EXIT.get(status, E.EXIT_FAILURE)
 
 
+class ConfigChanged(E.MigdError):
+    """The config an apply was asked for is no longer the one on disk (see Engine.apply's still_declared)."""
+
+
 # --- results ------------------------------------------------------------------------------------------------------
 
 
@@ -158,7 +162,8 @@ class Engine:
         self.backend = backend
         self.cfg = cfg
         self.env = env  # everything outside the GPU: run dir, systemctl, clock (simulated GPUs: the simulated host)
-        self.host = host  # whose view of a fleet file (None: this machine's)
+        # whose view of a fleet file: `validate --host`'s, else this machine's static name (boot matches on it too)
+        self.host = host if host is not None else env.hostname().name
         self._infos: Optional[List[GpuInfo]] = None
 
     @property
@@ -195,10 +200,14 @@ class Engine:
     # --- apply ----------------------------------------------------------------------------------------------
 
     def apply(self, desired: Dict[int, DesiredGpu], gpus: Optional[Sequence[int]] = None,
-              stop_clients: bool = False, on_gpu_done: Optional[Callable[[GpuResult], None]] = None) -> ApplyResult:
+              stop_clients: bool = False, on_gpu_done: Optional[Callable[[GpuResult], None]] = None,
+              still_declared: Optional[Callable[[], bool]] = None) -> ApplyResult:
         """Apply `gpus` (default: every selected one) under the exclusive lock, then record every selected GPU.
         on_gpu_done(result) is called once per GPU as soon as its result is final (from the thread that applied it),
-        before the apply as a whole ends: a terminal shows each GPU's result while the others are still applied."""
+        before the apply as a whole ends: a terminal shows each GPU's result while the others are still applied.
+
+        still_declared (the watchdog's re-apply): asked once the lock is held; False (the config changed on disk,
+        maybe applied by `migd apply` while this one waited for the lock) raises ConfigChanged, nothing touched."""
         started = self.env.clock.monotonic()
         told: Dict[int, GpuResult] = {}
 
@@ -211,10 +220,12 @@ class Engine:
         infos = self.infos()
         targets = sorted(desired) if gpus is None else sorted(gpus)
         with runstate.locked(self.config.daemon.lock_timeout, directory=self.run_dir):
+            if still_declared is not None and not still_declared():
+                raise ConfigChanged(f"{self.config.path} changed on disk: its layout is no longer the one to apply")
             results: Dict[int, GpuResult] = {}
             if gpus is None:
                 unmatched = layout.unmatched_while_lost(self.config, infos, self.host)
-                results.update({info.index: _lost_at_start(info, unmatched) for info in infos if info.lost})
+                results.update({info.index: _lost_at_start(info, unmatched) for info in infos if info.unknown})
                 for lost in results.values():
                     final(lost)
             results.update(self._run(targets, desired, lambda r: final(
@@ -245,7 +256,12 @@ class Engine:
 
     def _holders(self, i: int) -> Tuple[List[str], str]:
         """Who holds GPU i, and what to add so those units start after migd at the next boot ("" if nothing)."""
-        holders = [h for h in describe(pids_holding(self.backend.device_nodes(i))) if h.pid != os.getpid()]
+        try:
+            holders = [h for h in describe(pids_holding(self.backend.device_nodes(i))) if h.pid != os.getpid()]
+        except Exception as e:  # naming holders is for the message: a failure says so, never "no one"
+            log.warning("holders_unreadable", msg=f"GPU {i}: cannot name the processes holding it: {_unexpected(e)}",
+                        gpu=i, exc_info=e)
+            return [f"(unknown: {_unexpected(e)})"], ""
         return [str(h) for h in holders], self._ordering_advice([h.unit for h in holders if h.unit])
 
     def _ordering_advice(self, units: List[str]) -> str:
@@ -276,6 +292,10 @@ class Engine:
                     msg = f"GPU {i}: cannot read it, nothing changed: {e.reason}"
                     log.error("gpu_unreadable", msg=msg, gpu=i, code=E.code_name(e.code))
                     out[i] = GpuResult(i, Outcome.FAILED, msg)
+            except Exception as e:  # a bug or an answer migd did not expect: this GPU fails, the others go on
+                msg = f"GPU {i}: {_unexpected(e)}; nothing changed"
+                log.error("gpu_error", msg=msg, gpu=i, error=type(e).__name__, exc_info=e)
+                out[i] = GpuResult(i, Outcome.FAILED, msg)
             if done is not None:
                 done(out[i])
         return out
@@ -301,13 +321,22 @@ class Engine:
             result = results.get(i)
             state: Optional[GpuState] = None
             names: Dict[int, str] = {}
-            if i in desired and not infos[i].lost:
+            info = infos[i]
+            if i in desired and not info.unknown:
                 try:
                     state = self.backend.state(i)
-                    names = drift.names_by_gi(plan_gpu(infos[i], desired[i], state))
-                except DriverError:
+                    names = drift.names_by_gi(plan_gpu(info, desired[i], state))
+                except DriverError as e:
                     state = None
-            doc = schema.gpu(infos[i], state, names)
+                    if e.code == E.GPU_IS_LOST:
+                        info = replace(info, lost=True)
+            if info.lost and result is not None and result.outcome != Outcome.LOST:
+                # lost after its own work was done (while the others were applied, or now): the record and the exit
+                # code say lost, never "applied" with MIG devices that are gone
+                result = results[i] = GpuResult(i, Outcome.LOST, f"{result.message}; then lost (fell off the bus): "
+                                                "check `dmesg` for Xid errors", result.done)
+                log.critical("gpu_lost", msg=result.message, gpu=i)
+            doc = schema.gpu(info, state, names)
             doc["outcome"] = result.outcome.value if result else None  # None: not part of this apply
             doc["message"] = result.message if result else ""
             docs.append(doc)
@@ -346,6 +375,8 @@ class Engine:
     def compare(self, desired: Dict[int, DesiredGpu]) -> CheckResult:
         infos = self.infos()
         rows = [GpuCheck(info.index, CheckStatus.LOST, "", "lost (fell off the bus)") for info in infos if info.lost]
+        rows += [GpuCheck(info.index, CheckStatus.ERROR, "", f"unreadable: {info.unreadable}")
+                 for info in infos if info.unreadable and not info.lost]
         for i, d in desired.items():
             rows.append(self.compare_gpu(infos[i], d))
         return CheckResult(sorted(rows, key=lambda r: r.gpu))
@@ -366,7 +397,7 @@ class Engine:
         for info in infos:
             if wanted is not None and info.index not in wanted:
                 continue
-            if info.lost:
+            if info.unknown:
                 gpus.append(Gpu(info, GpuState(False, False, None)))
                 continue
             try:
@@ -384,7 +415,8 @@ class Engine:
         return StatusView(gpus, names, managed)
 
     def status_doc(self, view: StatusView, description: str) -> schema.Doc:
-        docs = [schema.gpu(g.info, None if g.info.lost else g.state, view.names.get(g.info.index)) for g in view.gpus]
+        docs = [schema.gpu(g.info, None if g.info.unknown else g.state, view.names.get(g.info.index))
+                for g in view.gpus]
         return schema.status(docs, self.backend.driver_version(), description, self.simulated)
 
 
@@ -410,7 +442,8 @@ def _fits_empty(info: GpuInfo, desired: DesiredGpu) -> Optional[str]:
 
 def apply_gpu(backend: Backend, info: GpuInfo, desired: DesiredGpu, persistence: Optional[bool] = None,
               describe_holders: Optional[Callable[[int], Tuple[List[str], str]]] = None) -> GpuResult:
-    """Apply one GPU. Raises DriverError only when the first read fails (nothing changed)."""
+    """Apply one GPU. Raises (DriverError, or an unexpected exception) only before anything changed; once a change
+    is made, any failure is this GPU's result (rolled back where it can be)."""
     g = info.index
     glog = log.bind(gpu=g)
     before = backend.state(g, fresh=True)  # never act on a snapshot: processes may have started since
@@ -423,7 +456,7 @@ def apply_gpu(backend: Backend, info: GpuInfo, desired: DesiredGpu, persistence:
         return GpuResult(g, Outcome.UNCHANGED, f"GPU {g}: already matches")
 
     result = GpuResult(g, Outcome.APPLIED)
-    slot_gi: Dict[int, int] = {a.slot: a.kept_gi for a in plan.assignments if a.kept_gi is not None}
+    slot_gi: Dict[int, int] = {a.slot: a.live_gi for a in plan.assignments if a.live_gi is not None}
     try:
         for action in plan.actions:
             if action.kind == ActionKind.SET_MIG_MODE:
@@ -448,7 +481,7 @@ def apply_gpu(backend: Backend, info: GpuInfo, desired: DesiredGpu, persistence:
         after = backend.state(g)
         if not plan_gpu(info, desired, after, persistence).noop:
             raise DriverError(E.UNKNOWN, "verify", g, "live layout differs from the plan after apply")
-    except DriverError as e:
+    except Exception as e:  # noqa: BLE001 - a driver error, or one migd did not expect: roll back either way
         return _fail(backend, info, before, result, e)
     result.message = (f"GPU {g}: applied {len(result.done)} change{'s' if len(result.done) != 1 else ''}"
                       + report.changes_summary(result.done))
@@ -497,26 +530,42 @@ def _fields(a: Action) -> Dict[str, object]:
     return out
 
 
-def _fail(backend: Backend, info: GpuInfo, before: GpuState, result: GpuResult, error: DriverError) -> GpuResult:
+def _unexpected(e: BaseException) -> str:
+    """An exception migd did not expect, for a message: its type and text (escaped: it may quote /proc or driver
+    bytes)."""
+    return E.printable(f"internal error ({type(e).__name__}: {e})")
+
+
+def _fail(backend: Backend, info: GpuInfo, before: GpuState, result: GpuResult, error: Exception) -> GpuResult:
     g = info.index
     glog = log.bind(gpu=g)
-    if error.code == E.GPU_IS_LOST:
+    if isinstance(error, DriverError) and error.code == E.GPU_IS_LOST:
         msg = f"GPU {g}: lost (fell off the bus) during apply: {error.reason}; check `dmesg` for Xid errors"
         glog.critical("gpu_lost", msg=msg, call=error.call)
         return GpuResult(g, Outcome.LOST, msg, result.done)
-    glog.error("apply_failed", msg=f"GPU {g}: {error.reason}; rolling back to the previous layout",
-               call=error.call, code=E.code_name(error.code), done=len(result.done))
+    if isinstance(error, DriverError):
+        reason = error.reason
+        glog.error("apply_failed", msg=f"GPU {g}: {reason}; rolling back to the previous layout",
+                   call=error.call, code=E.code_name(error.code), done=len(result.done))
+    else:
+        reason = _unexpected(error)
+        glog.error("apply_failed", msg=f"GPU {g}: {reason}; rolling back to the previous layout",
+                   error=type(error).__name__, done=len(result.done), exc_info=error)
     try:
         _restore(backend, info, before)
     except DriverError as e2:
-        msg = f"GPU {g}: {error.reason}; rollback failed too: {e2.reason}"
+        if e2.code == E.GPU_IS_LOST:  # lost while rolling back: say so (state.json records it lost)
+            msg = f"GPU {g}: {reason}; then lost (fell off the bus) during the rollback: {e2.reason}"
+            glog.critical("gpu_lost", msg=msg, call=e2.call)
+            return GpuResult(g, Outcome.LOST, msg, result.done)
+        msg = f"GPU {g}: {reason}; rollback failed too: {e2.reason}"
         glog.critical("rollback_failed", msg=msg)
         return GpuResult(g, Outcome.FAILED, msg, result.done)
-    except RuntimeError as e2:
-        msg = f"GPU {g}: {error.reason}; rollback failed too: {e2}"
+    except Exception as e2:  # noqa: BLE001 - RuntimeError (no way back), or unexpected
+        msg = f"GPU {g}: {reason}; rollback failed too: {e2 if isinstance(e2, RuntimeError) else _unexpected(e2)}"
         glog.critical("rollback_failed", msg=msg)
         return GpuResult(g, Outcome.FAILED, msg, result.done)
-    msg = f"GPU {g}: {error.reason}; rolled back to the previous layout"
+    msg = f"GPU {g}: {reason}; rolled back to the previous layout"
     glog.warning("rolled_back", msg=msg)
     return GpuResult(g, Outcome.ROLLED_BACK, msg, result.done)
 
@@ -546,7 +595,7 @@ def _restore(backend: Backend, info: GpuInfo, before: GpuState) -> None:
     plan = plan_gpu(info, target, now)
     if plan.refusal:
         raise RuntimeError(plan.refusal)
-    slot_gi: Dict[int, int] = {a.slot: a.kept_gi for a in plan.assignments if a.kept_gi is not None}
+    slot_gi: Dict[int, int] = {a.slot: a.live_gi for a in plan.assignments if a.live_gi is not None}
     for action in plan.actions:
         if action.kind == ActionKind.SET_MIG_MODE:
             backend.set_mig_mode(g, bool(action.enabled))
@@ -559,6 +608,11 @@ def _restore(backend: Backend, info: GpuInfo, before: GpuState) -> None:
 
 def _lost_at_start(info: GpuInfo, unmatched: Sequence[str] = ()) -> GpuResult:
     maybe = f" ({'; '.join(unmatched)})" if unmatched else ""
+    if not info.lost:  # unreadable: a failed read is an error for this GPU, never "no MIG" or "not selected"
+        msg = (f"GPU {info.index}: cannot read what it is or its MIG mode, not configured{maybe}: "
+               f"{info.unreadable}; the other GPUs are")
+        log.error("gpu_unreadable", msg=msg, gpu=info.index)
+        return GpuResult(info.index, Outcome.FAILED, msg)
     msg = (f"GPU {info.index}: lost (fell off the bus) before migd could read it: not configured{maybe}; the other "
            "GPUs are; check `dmesg` for Xid errors")
     log.critical("gpu_lost", msg=msg, gpu=info.index)

@@ -48,6 +48,14 @@ class MigdError(Exception):
     exit_code = EXIT_FAILURE
 
 
+def printable(text: str) -> str:
+    """Text from outside migd (a process's name, a file name, driver bytes) made safe to print and log: control
+    characters are shown escaped, so a name like "x\\nGPU 1: applied" or one with an ESC sequence cannot forge a
+    line of migd's output or journal, nor drive the terminal."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}"
+                   for c in text)
+
+
 @dataclass(frozen=True)
 class Problem:
     """One thing wrong in a config file."""
@@ -60,7 +68,8 @@ class Problem:
     def __str__(self) -> str:
         where = self.path + (f":{self.line}" if self.line else "")
         prefix = ": ".join(x for x in (where, self.key) if x)
-        return f"{prefix}: {self.message}" if prefix else self.message
+        # escaped whole: a drop-in's file name (anyone may plant one in a sticky migd.d) or a quoted value
+        return printable(f"{prefix}: {self.message}" if prefix else self.message)
 
 
 class ConfigError(MigdError):
@@ -112,6 +121,13 @@ class DriverError(MigdError):
         self.reason = (f"{call} failed: {code_name(code)}" + (f" ({detail})" if detail else "")
                        + (f": {hint}" if hint else ""))
         super().__init__((f"GPU {gpu}: " if gpu is not None else "") + self.reason)
+
+
+class UsageError(MigdError):
+    """Bad arguments or test settings (--simulate, --sim-state, MIGD_SIM_*): nothing was touched. Its own class, so
+    that a ValueError from a bug is never reported as a usage or configuration error."""
+
+    exit_code = EXIT_USAGE
 
 
 class ReadOnlyViolation(MigdError):

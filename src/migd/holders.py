@@ -10,6 +10,10 @@ import os
 from ._record import dataclass
 from typing import Iterable, List, Optional
 
+from .errors import printable
+
+__all__ = ["Holder", "describe", "pids_holding", "printable", "unit_of"]
+
 PROC = "/proc"
 
 
@@ -23,10 +27,11 @@ class Holder:
         return f"{printable(self.comm)} (pid {self.pid}{', ' + printable(self.unit) if self.unit else ''})"
 
 
-def printable(text: str) -> str:
-    """A process's own name is its to choose (prctl, /proc/self/comm): control characters are shown escaped, so a
-    name like "x\\nGPU 1: applied" cannot forge a line of migd's output or log."""
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+def _read_text(path: str) -> str:
+    """A /proc file's text. Its bytes are the process's to choose (prctl(PR_SET_NAME), cgroup names a delegated
+    user creates): never assumed UTF-8, undecodable bytes kept visible as \\xNN."""
+    with open(path, "rb") as f:
+        return f.read(65536).decode("utf-8", errors="backslashreplace")
 
 
 def pids_holding(paths: Iterable[str], proc: str = PROC) -> List[int]:
@@ -55,8 +60,7 @@ def pids_holding(paths: Iterable[str], proc: str = PROC) -> List[int]:
 def unit_of(pid: int, proc: str = PROC) -> Optional[str]:
     """The systemd unit a process runs in, from its cgroup path (e.g. .../system.slice/nvidia-dcgm.service)."""
     try:
-        with open(os.path.join(proc, str(pid), "cgroup"), encoding="utf-8") as f:
-            lines = f.read().splitlines()
+        lines = _read_text(os.path.join(proc, str(pid), "cgroup")).splitlines()
     except OSError:
         return None
     for line in lines:
@@ -69,8 +73,7 @@ def unit_of(pid: int, proc: str = PROC) -> Optional[str]:
 
 def comm_of(pid: int, proc: str = PROC) -> str:
     try:
-        with open(os.path.join(proc, str(pid), "comm"), encoding="utf-8") as f:
-            return f.read().strip()
+        return _read_text(os.path.join(proc, str(pid), "comm")).strip()
     except OSError:
         return "?"
 

@@ -20,6 +20,7 @@ from ._record import dataclass
 
 if TYPE_CHECKING:
     from .driverfiles import DriverFiles
+    from .hostnames import HostName
 
 RUN_DIR = "/run/migd"
 STATE_DIR = "/var/lib/migd"
@@ -69,7 +70,7 @@ class HostEnv:
     reboot: Callable[[], Optional[str]]  # queue a reboot; None or why it was refused
     system_booting: Callable[[], bool]  # is the system still starting up (the only time migd may reboot it)
     boot_id: Callable[[], str]
-    hostname: Callable[[], str]
+    hostname: Callable[[], "HostName"]  # the name `hosts = [...]` is matched against, and its source
     driver_files: Callable[[], "DriverFiles"]  # what of an NVIDIA driver is installed
     clock: Clock
     volatile: Callable[[str], Optional[str]]  # the file system a path is on when it does not survive a reboot
@@ -90,10 +91,11 @@ def _boot_id() -> str:
         return f.read().strip()
 
 
-def _hostname() -> str:
+def _hostname() -> "HostName":
+    """The static host name (/etc/hostname): final before the network names the host (hostnames.static_host)."""
     from . import hostnames
 
-    return hostnames.this_host()
+    return hostnames.static_host()
 
 
 def _system_booting() -> bool:

@@ -108,7 +108,7 @@ def _select(config: Config, gpus: Sequence[GpuInfo], host: Optional[str],
     for n, entry in enumerate(config.entries):
         if not host_matches(entry.hosts, host):
             continue
-        hits = [g for g in gpus if not g.lost and matches(entry.selector, g)]  # a lost GPU's identity is unknown
+        hits = [g for g in gpus if not g.unknown and matches(entry.selector, g)]  # a lost GPU's identity is unknown
         for g in hits:
             chosen[g.index] = entry
         label = f"{entry.where}: {entry.label} select"
@@ -116,7 +116,7 @@ def _select(config: Config, gpus: Sequence[GpuInfo], host: Optional[str],
             missing = [i for i in entry.selector.values if not any(g.index == i for g in gpus)]
             if missing:
                 problems.append((n, f"{label}: no GPU with index {', '.join(map(str, missing))} ({_gpu_count(len(gpus))})"))
-        elif entry.selector.kind in ("uuid", "pci") and not hits and not any(g.lost for g in gpus):
+        elif entry.selector.kind in ("uuid", "pci") and not hits and not any(g.unknown for g in gpus):
             problems.append((n, f"{label}: no GPU {entry.selector} on this host"))
         elif entry.selector.kind == "glob" and not hits:
             why = unknown_glob(str(entry.selector.values[0]), gpus)
@@ -136,7 +136,7 @@ def unknown_glob(pattern: str, gpus: Sequence[GpuInfo] = ()) -> Optional[str]:
     """Why a model glob is surely a mistake (it matches no GPU model migd knows and no GPU here), with the nearest
     spelling; None when it matches something (a fleet file may name models this host does not have)."""
     p = pattern.lower()
-    names = known_models() + [g.name for g in gpus if not g.lost]
+    names = known_models() + [g.name for g in gpus if not g.unknown]
     if any(fnmatchcase(n.lower(), p) or fnmatchcase(_model_of(n).lower(), p) for n in names):
         return None
     core = pattern.strip("*").strip()
@@ -160,7 +160,7 @@ def _model_of(name: str) -> str:
 def unmatched_entries(config: Config, gpus: Sequence[GpuInfo], host: Optional[str] = None) -> List[str]:
     """The entries for this host that select no GPU here (legal in a fleet file; said, never silent)."""
     return [f"{e.label} ({e.where}, select = {e.selector}): selects no GPU on this host"
-            for e in for_host(config, host) if not any(not g.lost and matches(e.selector, g) for g in gpus)]
+            for e in for_host(config, host) if not any(not g.unknown and matches(e.selector, g) for g in gpus)]
 
 
 def overridden(config: Config, gpu: GpuInfo, host: Optional[str] = None) -> List[GpuEntry]:
@@ -178,12 +178,12 @@ def _gpu_count(n: int) -> str:
 def unmatched_while_lost(config: Config, gpus: Sequence[GpuInfo], host: Optional[str] = None) -> List[str]:
     """UUID/PCI selectors that match no readable GPU while some GPU is lost (its identity unknown): each may mean
     a lost GPU, so the lost GPU's report names them."""
-    if not any(g.lost for g in gpus):
+    if not any(g.unknown for g in gpus):
         return []
     return [f"{entry.where}: {entry.label} select = {entry.selector} matches no readable GPU, it may be this one"
             for entry in for_host(config, host)
             if entry.selector.kind in ("uuid", "pci")
-            and not any(not g.lost and matches(entry.selector, g) for g in gpus)]
+            and not any(not g.unknown and matches(entry.selector, g) for g in gpus)]
 
 
 def resolve(entry: GpuEntry, gpu: GpuInfo) -> DesiredGpu:

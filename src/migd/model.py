@@ -87,6 +87,14 @@ class GpuInfo:
     lost: bool = False  # fell off the bus before it could be read: identity unknown, never selected
     pci_device_id: int = 0  # NVML's pciDeviceId: device << 16 | vendor (0x233010DE), as mig-parted's filters
     pci_subsystem_id: int = 0  # NVML's pciSubSystemId: subsystem device << 16 | subsystem vendor
+    # Why its identity or MIG capability could not be read ("" when it was): never selected, an error for this GPU
+    # alone (a failed read is never "no MIG").
+    unreadable: str = ""
+
+    @property
+    def unknown(self) -> bool:
+        """Lost or unreadable: what the GPU is or can do is not known, so nothing may be decided for it."""
+        return self.lost or bool(self.unreadable)
 
     def profile_by_id(self, profile_id: int) -> Optional[GpuProfile]:
         for p in self.profiles:

@@ -9,6 +9,8 @@ terminal, no NO_COLOR, not the journal: `style_for`).
 
 from __future__ import annotations
 
+import textwrap
+
 from enum import Enum
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -207,6 +209,8 @@ def live_boxes(info: GpuInfo, state: GpuState, names: Mapping[int, str],
 def _mode_line(info: GpuInfo, state: GpuState, managed: Optional[str]) -> str:
     if info.lost:
         return "LOST: fell off the bus (see `dmesg` for Xid errors); not configured"
+    if info.unreadable:
+        return f"UNREADABLE: {escape(info.unreadable)}; not configured"
     if not info.mig_capable:
         return "MIG not supported"
     mode = "on" if state.mig_current else "off"
@@ -223,7 +227,7 @@ def gpu_picture(gpu: Gpu, names: Mapping[int, str], managed: Optional[str], styl
     lines = [info.name, "  " + _mode_line(info, state, managed)]
     if managed is not None and managed.endswith("(drift)"):
         lines.append("  drift: does not match its config, see `migd check`")
-    if info.mig_capable and not info.lost and state.mig_current:
+    if info.mig_capable and not info.unknown and state.mig_current:
         lines += grid(slot_count(info), live_boxes(info, state, names, compute=compute), style)
     return tuple(lines)
 
@@ -248,7 +252,7 @@ def status(gpus: Sequence[Gpu], names: Mapping[int, Mapping[int, str]], managed:
 def _details(gpu: Gpu) -> List[str]:
     info, state = gpu.info, gpu.state
     out = [f"  GPU {info.index}  {info.pci_bus_id}  {escape(info.uuid)}"]
-    if not info.lost:
+    if not info.unknown:
         out += [f"  processes {','.join(map(str, state.pids))}"] if state.pids else []
         for gi in state.instances:
             for ci in gi.compute:
@@ -265,11 +269,13 @@ def _planned_boxes(plan: GpuPlan) -> List[Box]:
     for a in plan.assignments:
         full = a.instance.profile.full_compute_profile
         default = [c.id for c in a.instance.compute] == [full.id if full else None]
-        lines = [a.instance.profile.name] + ([f"GI {a.kept_gi}"] if a.kept_gi is not None else []) + \
+        lines = [a.instance.profile.name] + ([f"GI {a.live_gi}"] if a.live_gi is not None else []) + \
             ([a.instance.name] if a.instance.name else [])
         if not default:
             lines += [f"CI {c.name}" for c in a.instance.compute] or ["no CI"]
-        out.append(Box(a.placement, tuple(lines), Mark.KEEP if a.kept_gi is not None else Mark.NEW))
+        # kept as is, kept with other compute instances (its id and MIG UUID survive), or created
+        mark = Mark.KEEP if a.kept_gi is not None else Mark.CHANGED if a.reused_gi is not None else Mark.NEW
+        out.append(Box(a.placement, tuple(lines), mark))
     return out
 
 
@@ -297,11 +303,12 @@ def plan_summary(plan: GpuPlan) -> str:
 
 
 def plan_picture(info: GpuInfo, state: GpuState, plan: GpuPlan, mig: bool, where: str, style: Style) -> Tuple[str, ...]:
-    """Now and after: the live grid (what is destroyed marked), the planned one (kept and new marked)."""
+    """Now and after: the live grid (what is destroyed marked), the planned one (kept, changed and new marked)."""
     kept = {a.kept_gi for a in plan.assignments if a.kept_gi is not None}
+    changed = {a.reused_gi for a in plan.assignments if a.reused_gi is not None}
     destroyed = {a.gi_id for a in plan.actions if a.kind == ActionKind.DESTROY_GI}
-    marks = {gi.id: (Mark.DESTROY if gi.id in destroyed else Mark.KEEP if gi.id in kept else Mark.NONE)
-             for gi in state.instances}
+    marks = {gi.id: (Mark.DESTROY if gi.id in destroyed else Mark.KEEP if gi.id in kept else
+                     Mark.CHANGED if gi.id in changed else Mark.NONE) for gi in state.instances}
     slots = slot_count(info)
     lines = [f"{info.name}  {where}"]
     if state.mig_current:
@@ -312,7 +319,7 @@ def plan_picture(info: GpuInfo, state: GpuState, plan: GpuPlan, mig: bool, where
         lines += ["  after:"] + grid(slots, _planned_boxes(plan), style, indent=4)
     else:
         lines.append("  after: MIG off")
-    lines.append("  " + plan_summary(plan))
+    lines += textwrap.wrap(plan_summary(plan), 80, initial_indent="  ", subsequent_indent="    ")  # 80 columns
     return tuple(lines)
 
 

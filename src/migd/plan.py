@@ -16,7 +16,7 @@ from functools import lru_cache
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .layout import DesiredGpu, DesiredInstance
-from .model import GpuInfo, GpuState, LiveGpuInstance, Placement
+from .model import ComputeProfile, GpuInfo, GpuState, LiveComputeInstance, LiveGpuInstance, Placement
 from .profiles import describe_counts
 
 
@@ -79,6 +79,13 @@ class Assignment:
     placement: Placement
     kept_gi: Optional[int]  # live GI id when kept as is
     compute_placements: Tuple[Placement, ...]
+    # live GI id when kept with other compute instances (only those change: the GI's id and UUID survive)
+    reused_gi: Optional[int] = None
+
+    @property
+    def live_gi(self) -> Optional[int]:
+        """The live GI this instance is (kept or reused), None: created."""
+        return self.kept_gi if self.kept_gi is not None else self.reused_gi
 
 
 @dataclass(frozen=True)
@@ -141,24 +148,58 @@ def _plan(info: GpuInfo, desired: DesiredGpu, state: GpuState,
     _precheck(info, items)
     live = list(state.instances) if state.mig_current else []
     compute = [_place_compute(item) for item in items]
-    placements, kept = _place(info, items, compute, live)
+    placements, kept, reused = _place(info, items, compute, live)
     assignments = []
     for slot, (item, placement) in enumerate(zip(items, placements)):
-        assignments.append(Assignment(slot, item, placement, kept.get(slot), compute[slot]))
+        assignments.append(Assignment(slot, item, placement, kept.get(slot), compute[slot], reused.get(slot)))
 
     if not state.mig_current or not state.mig_pending:
         actions.append(Action(ActionKind.SET_MIG_MODE, g, enabled=True))
-    kept_ids = set(kept.values())
-    actions += _destroy(info, [gi for gi in live if gi.id not in kept_ids])
+    by_id = {gi.id: gi for gi in live}
+    changes = {a.slot: _compute_changes(by_id[a.reused_gi], a.instance, a.compute_placements)
+               for a in assignments if a.reused_gi is not None}
+    for a in assignments:  # a reused GI's compute instances go first: only they change, the GI stays
+        if a.reused_gi is not None:
+            actions += _destroy_compute(info, by_id[a.reused_gi], changes[a.slot][0])
+    live_ids = {a.live_gi for a in assignments}
+    actions += _destroy(info, [gi for gi in live if gi.id not in live_ids])
     for a in assignments:
         if a.kept_gi is not None:
             continue
-        actions.append(Action(ActionKind.CREATE_GI, g, slot=a.slot, profile_id=a.instance.profile.id,
-                              profile_name=a.instance.profile.name, placement=a.placement))
-        for cp, cpl in zip(a.instance.compute, a.compute_placements):
-            actions.append(Action(ActionKind.CREATE_CI, g, slot=a.slot, profile_id=cp.id, profile_name=cp.name,
-                                  placement=cpl, gi_profile_name=a.instance.profile.name))
+        if a.reused_gi is None:
+            actions.append(Action(ActionKind.CREATE_GI, g, slot=a.slot, profile_id=a.instance.profile.id,
+                                  profile_name=a.instance.profile.name, placement=a.placement))
+            new = list(zip(a.instance.compute, a.compute_placements))
+        else:
+            new = changes[a.slot][1]
+        for cp, cpl in new:
+            actions.append(Action(ActionKind.CREATE_CI, g, gi_id=a.reused_gi, slot=a.slot, profile_id=cp.id,
+                                  profile_name=cp.name, placement=cpl, gi_profile_name=a.instance.profile.name))
     return actions, assignments
+
+
+def _compute_changes(gi: LiveGpuInstance, item: DesiredInstance, placements: Tuple[Placement, ...],
+                     ) -> Tuple[List[LiveComputeInstance], List[Tuple[ComputeProfile, Placement]]]:
+    """For a reused GI: its compute instances that are not wanted (to destroy), and the wanted ones it lacks (to
+    create). One that is wanted and there (same profile and placement) stays, with its MIG UUID."""
+    missing = list(zip(item.compute, placements))
+    unwanted = []
+    for ci in gi.compute:
+        match = next((n for n, (cp, pl) in enumerate(missing) if cp.id == ci.profile_id and pl == ci.placement), None)
+        if match is None:
+            unwanted.append(ci)
+        else:
+            del missing[match]
+    return unwanted, missing
+
+
+def _reusable(gi: LiveGpuInstance, item: DesiredInstance, placements: Tuple[Placement, ...]) -> bool:
+    """A live GI of the right profile and placement can take other compute instances in place, unless that would
+    destroy a compute instance with processes (or whose processes cannot be read)."""
+    if gi.pids:
+        return False
+    unwanted, _ = _compute_changes(gi, item, placements)
+    return not any(ci.pids or ci.pids_unreadable for ci in unwanted)
 
 
 def _precheck(info: GpuInfo, items: List[DesiredInstance]) -> None:
@@ -207,11 +248,14 @@ def _compute_layout(pairs: Iterable[Tuple[int, Placement]]) -> Tuple[Tuple[int, 
 
 
 def _place(info: GpuInfo, items: List[DesiredInstance], compute: List[Tuple[Placement, ...]],
-           live: List[LiveGpuInstance]) -> Tuple[List[Placement], Dict[int, int]]:
-    """Placements for every item maximizing kept live GIs; busy live GIs must be kept. Raises Refusal.
+           live: List[LiveGpuInstance]) -> Tuple[List[Placement], Dict[int, int], Dict[int, int]]:
+    """Placements for every item maximizing kept live GIs, then reused ones; busy live GIs must be kept (or reused
+    without touching a busy compute instance). Raises Refusal. Returns placements, kept and reused (slot -> GI).
 
     A live GI is kept only when its compute instances match in profile *and* placement (`compute`: each item's CI
-    placements), so a compute instance moved by hand is drift, and a rollback restores CIs where they were."""
+    placements), so a compute instance moved by hand is drift, and a rollback restores CIs where they were. A live
+    GI of the same profile and placement with other compute instances is reused: only its compute instances
+    change, so its GI id and MIG UUIDs (of the CIs that stay) survive (issue 17)."""
     busy = [gi for gi in live if gi.busy]
     busy_mask = 0
     for gi in busy:
@@ -225,51 +269,59 @@ def _place(info: GpuInfo, items: List[DesiredInstance], compute: List[Tuple[Plac
     candidates = [[i.pin] if i.pin else sorted(i.profile.placements, key=lambda p: p.start) for i in items]
     n = len(items)
 
-    def keeps(k: int, p: Placement) -> Optional[LiveGpuInstance]:
-        gi = keepable.get((items[k].profile.id, p.start, wanted[k]))
-        return gi if gi is not None and gi.placement == p else None
+    by_place = {(gi.profile_id, gi.placement): gi for gi in live}
 
-    NEG = -1
+    def keeps(k: int, p: Placement) -> Tuple[Optional[LiveGpuInstance], int]:
+        """The live GI item k at p would be, and the gain: KEEP as is, REUSE (other CIs), or 0 (created)."""
+        gi = keepable.get((items[k].profile.id, p.start, wanted[k]))
+        if gi is not None and gi.placement == p:
+            return gi, KEEP
+        gi = by_place.get((items[k].profile.id, p))
+        if gi is not None and _reusable(gi, items[k], compute[k]):
+            return gi, REUSE
+        return None, 0
+
+    NEG, KEEP, REUSE = -1, 1 << 16, 1  # keeping any GI as is beats reusing any number of them
 
     @lru_cache(maxsize=None)
     def best(k: int, mask: int) -> int:
-        """Most live GIs keepable for items k.. given occupied slots; NEG if no valid completion."""
+        """Best gain for items k.. given occupied slots; NEG if no valid completion."""
         if k == n:
             return 0 if busy_mask & ~mask == 0 else NEG  # every busy GI must have been kept
         top = NEG
         for p in candidates[k]:
             if p.mask & mask:
                 continue
-            kept = keeps(k, p)
+            kept, gain = keeps(k, p)
             if p.mask & busy_mask and (kept is None or not kept.busy):
                 continue  # would overlap (destroy) a busy GI
             rest = best(k + 1, mask | p.mask)
             if rest != NEG:
-                top = max(top, rest + (1 if kept else 0))
+                top = max(top, rest + gain)
         return top
 
     if best(0, 0) == NEG:
         raise _explain_infeasible(info, items, busy)
     placements: List[Placement] = []
     kept_map: Dict[int, int] = {}
+    reused_map: Dict[int, int] = {}
     mask, k, target = 0, 0, best(0, 0)
     for k in range(n):
         for p in candidates[k]:
             if p.mask & mask:
                 continue
-            kept = keeps(k, p)
+            kept, gain = keeps(k, p)
             if p.mask & busy_mask and (kept is None or not kept.busy):
                 continue
             rest = best(k + 1, mask | p.mask)
-            gain = 1 if kept else 0
             if rest != NEG and rest + gain == target:
                 placements.append(p)
-                if kept:
-                    kept_map[k] = kept.id
+                if kept is not None:
+                    (kept_map if gain == KEEP else reused_map)[k] = kept.id
                 mask |= p.mask
                 target -= gain
                 break
-    return placements, kept_map
+    return placements, kept_map, reused_map
 
 
 def _explain_infeasible(info: GpuInfo, items: List[DesiredInstance], busy: List[LiveGpuInstance]) -> Refusal:
@@ -324,16 +376,23 @@ def _place_compute(item: DesiredInstance) -> Tuple[Placement, ...]:
     return tuple(result)
 
 
+def _destroy_compute(info: GpuInfo, gi: LiveGpuInstance, cis: Sequence[LiveComputeInstance]) -> List[Action]:
+    profile = info.profile_by_id(gi.profile_id)
+    actions = []
+    for ci in cis:
+        cname = next((c.name for c in (profile.compute_profiles if profile else ()) if c.id == ci.profile_id),
+                     f"profile {ci.profile_id}")
+        actions.append(Action(ActionKind.DESTROY_CI, info.index, gi_id=gi.id, ci_id=ci.id, profile_name=cname,
+                              profile_id=ci.profile_id, placement=ci.placement))
+    return actions
+
+
 def _destroy(info: GpuInfo, gis: Sequence[LiveGpuInstance]) -> List[Action]:
     actions = []
     for gi in gis:
         profile = info.profile_by_id(gi.profile_id)
         name = profile.name if profile else f"profile {gi.profile_id}"
-        for ci in gi.compute:
-            cname = next((c.name for c in (profile.compute_profiles if profile else ()) if c.id == ci.profile_id),
-                         f"profile {ci.profile_id}")
-            actions.append(Action(ActionKind.DESTROY_CI, info.index, gi_id=gi.id, ci_id=ci.id, profile_name=cname,
-                                  profile_id=ci.profile_id, placement=ci.placement))
+        actions += _destroy_compute(info, gi, gi.compute)
         actions.append(Action(ActionKind.DESTROY_GI, info.index, gi_id=gi.id, profile_name=name, profile_id=gi.profile_id,
                               placement=gi.placement))
     return actions

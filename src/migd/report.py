@@ -138,7 +138,7 @@ def export_toml(gpus: Sequence[Gpu], names: Optional[Dict[int, Dict[int, str]]] 
     GPUs without MIG, and lost ones, are left out (no entry selects them, so apply leaves them alone)."""
     names = names or {}
     groups: List[Tuple[List[int], Tuple[object, ...], List[str]]] = []
-    exported = [g for g in gpus if g.info.mig_capable and not g.info.lost]
+    exported = [g for g in gpus if g.info.mig_capable and not g.info.unknown]
     for gpu in exported:
         key, lines = _export_entry(gpu, names.get(gpu.info.index, {}))
         for indices, k, _ in groups:
@@ -185,4 +185,11 @@ def changes_summary(done: Sequence[Action]) -> str:
         n = sum(1 for a in done if a.kind == kind)
         if n:
             parts.append(f"{n} GPU instance{'s' if n != 1 else ''} {verb}")
+    # compute instances changed inside a GPU instance that stays (neither destroyed nor created here)
+    gone = {a.gi_id for a in done if a.kind == ActionKind.DESTROY_GI}
+    kept = sorted({a.gi_id for a in done if a.kind in (ActionKind.DESTROY_CI, ActionKind.CREATE_CI)
+                   and a.gi_id is not None and a.gi_id not in gone})
+    if kept:
+        parts.append(f"compute instances of GPU instance{'s' if len(kept) > 1 else ''} "
+                     f"{', '.join(map(str, kept))} changed")
     return f" ({', '.join(parts)})" if parts else ""

@@ -53,7 +53,7 @@ def simulate_help() -> str:
 def build(simulate: Optional[str] = None, sim_state: Optional[str] = None,
           environ: Optional[Mapping[str, str]] = None) -> Site:
     """The wiring for a run with these command-line options. The environment's MIGD_SIMULATE / MIGD_SIM_STATE
-    stand in for absent options; a run they make simulated says so in its notices. Raises ValueError (bad spec)."""
+    stand in for absent options; a run they make simulated says so in its notices. Raises UsageError (bad spec)."""
     environ = os.environ if environ is None else environ
     notices: List[str] = []
     if simulate is None and sim_state is None:

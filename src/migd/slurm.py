@@ -184,9 +184,10 @@ def export(backend: Any, desired: Optional[Dict[int, DesiredGpu]] = None, source
 
     node = node or socket.gethostname().split(".", 1)[0]  # slurmd's default NodeName: the short host name
     infos = backend.gpus()
-    lost = [i.index for i in infos if i.lost]
-    if lost:
-        raise MigdError(f"GPU {', '.join(map(str, lost))} lost (fell off the bus): the node's GRES cannot be listed")
+    unknown = [i.index for i in infos if i.unknown]
+    if unknown:
+        raise MigdError(f"GPU {', '.join(map(str, unknown))} lost (fell off the bus) or unreadable: the node's GRES "
+                        "cannot be listed")
     declared = desired is not None
     desired = desired or {}
     minors = None if declared else read_mig_minors(os.environ.get("MIGD_MIG_MINORS") or mig_minors or MIG_MINORS)

@@ -33,7 +33,7 @@ def starter_toml(gpus: Sequence[Gpu], host: str) -> str:
            "# matching one GPU: the last one wins. Reference: man migd.toml.", ""]
     models: Dict[str, List[Gpu]] = {}
     for gpu in gpus:
-        if not gpu.info.lost:
+        if not gpu.info.unknown:
             models.setdefault(gpu.info.name, []).append(gpu)
     for name, group in models.items():
         info = group[0].info

@@ -28,7 +28,7 @@ from typing import Dict, List, Optional, Tuple
 from . import config as config_mod
 from . import errors as E
 from . import layout, publish, runstate
-from .engine import ApplyResult, CheckStatus, Engine, GpuResult, Outcome
+from .engine import ApplyResult, CheckStatus, ConfigChanged, Engine, GpuResult, Outcome
 from .layout import DesiredGpu
 from .errors import ConfigError, DriverError, LockBusy
 from .log import get_logger
@@ -87,6 +87,7 @@ class Watcher:
         # Invalid (or, as root, not root's alone) at start: exit 2, which migd-watch.service does not restart
         # (RestartPreventExitStatus=2): the unit fails visibly, STATUS= and the journal say why.
         try:
+            self.loaded = config_mod.fingerprint(config_path)  # before reading: a change while reading shows later
             self.cfg = config_mod.load(config_path, owner=config_mod.trusted_owner())
         except ConfigError as e:
             self.notify(f"STATUS=invalid configuration, not watching: {_first(e)}")
@@ -99,6 +100,9 @@ class Watcher:
         self.problem: Optional[Tuple[str, str]] = None  # (event, text) of the round-level failure being reported
         self.reload_error = ""  # the last SIGHUP found the config invalid (the previous one is kept)
         self.reapply_skip = ""  # why the last re-apply could not start (lock busy, driver): logged once per change
+        # The config on disk changed and does not load: the one held is no longer the declared layout, so drift is
+        # reported but never "repaired" back to it (a stale layout must not revert what `migd apply` just did).
+        self.stale = ""
         self.checks = 0
         self.summary = "starting"
         self.clock = self.env.clock.monotonic  # re-apply backoff; tests step it
@@ -108,7 +112,7 @@ class Watcher:
     @property
     def managed(self) -> bool:
         """Does the config select anything on this host? If not, NVML is never opened (no driver needed)."""
-        return bool(layout.for_host(self.cfg))
+        return bool(layout.for_host(self.cfg, self.env.hostname().name))
 
     def _nothing(self) -> str:
         return f"no GPU managed by {self.config_path} on this host"
@@ -176,14 +180,32 @@ class Watcher:
             self.wake.wait(self.cfg.daemon.watch_interval)
             self.wake.clear()
 
+    def _on_disk_change(self) -> None:
+        """The config changed on disk since it was loaded (an admin edited it, maybe ran `migd apply` with it, as
+        the README's Ansible recipe does without reloading migd-watch): load it now, as SIGHUP would. From then
+        on its layout is the declared one; the old one is never re-applied over it."""
+        now = config_mod.fingerprint(self.config_path)
+        if now == self.loaded:
+            return
+        log.info("config_changed", msg=f"{self.config_path} changed on disk: reloading it (the layout it declares "
+                                       "is the one to keep from now on)")
+        self._reload()
+        self.stale = self.reload_error
+        if self.stale:
+            log.warning("reapply_stopped", msg=f"not re-applying drift: {self.config_path} changed on disk and "
+                                               f"does not load, so the layout held is stale ({self.stale})")
+
     def _reload(self) -> None:
+        self.loaded = config_mod.fingerprint(self.config_path)
         try:
             cfg = config_mod.load(self.config_path, owner=config_mod.trusted_owner())
         except ConfigError as e:
             self.reload_error = _first(e)
             log.error("config_invalid", msg=f"keeping the previous config: {self.reload_error}")
             return
-        was_managed, self.cfg, self.reload_error = self.managed, cfg, ""
+        if self.stale:
+            log.info("reapply_allowed", msg=f"{self.config_path} loads again: re-applying drift resumes")
+        was_managed, self.cfg, self.reload_error, self.stale = self.managed, cfg, "", ""
         self.gpus.clear()  # re-log the state against the new config; a given-up re-apply is tried again
         log.info("config_reloaded", msg=f"reloaded {self.config_path}", entries=len(self.cfg.entries))
         if not self.managed:
@@ -197,6 +219,7 @@ class Watcher:
         The round holds /run/migd/lock shared, so an apply (exclusive) never runs under it: the check never reads a
         half-applied layout, and an apply waits for the check in progress. While an apply runs, the round is
         skipped."""
+        self._on_disk_change()
         if not self.managed:  # nothing selected on this host: no NVML, no lock; any earlier problem is moot
             self._round_done({}, None)
             return {}
@@ -305,6 +328,9 @@ class Watcher:
                 if info.lost:  # once per change, like drift
                     self._report(info.index, "error", "", "lost (fell off the bus); see dmesg for Xid errors")
                     statuses[info.index] = CheckStatus.LOST
+                elif info.unreadable:  # a failed read of what it is or its MIG mode: never "no MIG"
+                    self._report(info.index, CheckStatus.ERROR, "", f"unreadable: {info.unreadable}")
+                    statuses[info.index] = CheckStatus.ERROR
             desired = engine.desired()
             for i, d in desired.items():
                 state = engine.backend.state(i)
@@ -341,7 +367,7 @@ class Watcher:
         if status == CheckStatus.OK:
             track.reset_reapply()  # cleared: backoff and give-up start afresh
             return False
-        if status != CheckStatus.DRIFT or self.cfg.daemon.drift_policy != "reapply":
+        if status != CheckStatus.DRIFT or self.cfg.daemon.drift_policy != "reapply" or self.stale:
             return False
         if any(gi.busy for gi in state.instances):
             if track.held != "busy":
@@ -385,9 +411,16 @@ class Watcher:
             engine = self._engine(read_only=False)
             engine.backend.open()
             try:
-                result = engine.apply(engine.desired(), gpus=gpus)
+                # asked again once the lock is held: an admin's `migd apply` of an edited config may have run
+                # while this re-apply waited for it
+                result = engine.apply(engine.desired(), gpus=gpus,
+                                      still_declared=lambda: config_mod.fingerprint(self.config_path) == self.loaded)
             finally:
                 engine.backend.close()
+        except ConfigChanged as e:  # nothing changed; the next round reloads the config and checks against it
+            log.info("reapply_superseded", msg=f"not re-applying: {e}; checking against it next round")
+            self.wake.set()
+            return
         except (LockBusy, DriverError, ConfigError) as e:  # nothing changed; the next round decides again
             why = str(e)
             if why != self.reapply_skip:

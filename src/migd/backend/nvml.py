@@ -16,7 +16,7 @@ import os
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..errors import DriverError, ReadOnlyViolation, code_name
+from ..errors import DriverError, ReadOnlyViolation, code_name, printable
 from ..model import ComputeProfile, GpuInfo, GpuProfile, GpuState, LiveComputeInstance, LiveGpuInstance, Placement
 from ..profiles import derive_compute_profiles, strip_mig
 from .profile_cache import ProfileCache
@@ -66,6 +66,7 @@ class NvmlBackend:
         self._ci_cache: Dict[Tuple[int, int], List[Any]] = {}  # (gpu, GI profile id) -> CI profile infos
         self._states: Dict[int, GpuState] = {}
         self._infos: Optional[List[Optional[GpuInfo]]] = None  # per GPU; None: (re)read on next use
+        self._info_errors: Dict[int, DriverError] = {}  # why a GPU's info is lost/unreadable (raised by state())
         self._gi_handles: Dict[Tuple[int, int], Any] = {}  # (gpu, GI id) -> handle, from this backend's creates
         self._profile_v3 = True  # the driver answers the v3 profile-info struct (R545+); see _profile_info
         self._cache = profile_cache  # per-boot profile tables (profile_cache.py); None: always read live
@@ -83,7 +84,22 @@ class NvmlBackend:
         try:
             return getattr(self._n, name)(*args)
         except self._n.NVMLError as e:
-            raise DriverError(e.value, name, gpu) from None
+            error = DriverError(e.value, name, gpu)
+            if e.value == 15 and gpu is not None:  # GPU_IS_LOST: whatever call said so, every later read agrees
+                self._mark_lost(gpu, error)
+            raise error from None
+
+    def _mark_lost(self, gpu: int, error: DriverError) -> None:
+        """A GPU lost meanwhile: its cached state (the layout it had) is dropped and its info says lost, so the
+        record of this run (state.json, devices.env) never shows MIG devices that are gone."""
+        self._states.pop(gpu, None)
+        self._info_errors[gpu] = error
+        if self._infos is not None and gpu < len(self._infos):
+            known = self._infos[gpu]
+            if known is not None and not known.lost:
+                from .._record import replace
+
+                self._infos[gpu] = replace(known, lost=True)
 
     def _try(self, name: str, *args: Any, gpu: Optional[int] = None, ok_codes: Tuple[int, ...] = ()) -> Any:
         """A call whose listed failure codes mean "not there" (returns None) rather than an error."""
@@ -109,6 +125,7 @@ class NvmlBackend:
             self._ci_cache.clear()
             self._states.clear()
             self._infos = None
+            self._info_errors.clear()
             self._driver = None
             try:
                 self._call("nvmlShutdown")
@@ -155,13 +172,41 @@ class NvmlBackend:
         return info
 
     def _read_info(self, i: int) -> GpuInfo:
+        """One dead or unreadable GPU must not stop the others from being configured: a failed read makes a lost
+        or an unreadable GpuInfo (never selected; the engine reports it), never an exception about the host."""
         try:
             return self._read_identity(i)
         except DriverError as e:
-            if e.code != 15:  # GPU_IS_LOST: one dead GPU must not stop the others from being configured
+            self._info_errors[i] = e
+            if e.code == 15:  # GPU_IS_LOST
+                return GpuInfo(index=i, uuid="", name=f"GPU {i} (lost: {e})", pci_bus_id="", architecture="unknown",
+                               mig_capable=False, lost=True)
+            why = e.reason
+        except Exception as e:  # noqa: BLE001 - an answer migd cannot take (e.g. a name that is not UTF-8)
+            self._info_errors[i] = DriverError(999, "identity", i, printable(f"{type(e).__name__}: {e}"))
+            why = self._info_errors[i].reason
+        return GpuInfo(index=i, uuid="", name=f"GPU {i} (unreadable)", pci_bus_id="", architecture="unknown",
+                       mig_capable=False, unreadable=why)
+
+    def _mig_mode_at_identity(self, i: int, h: Any) -> Any:
+        """[current, pending], or None: this GPU has no MIG. NOT_SUPPORTED is the documented "no MIG" answer, but
+        it is taken as such only when the GPU lists no MIG profile either (profile index 0, live): a GPU that has
+        MIG profiles and answers NOT_SUPPORTED for its mode is a failed read (raised), never "not MIG-capable"
+        (with `mig = false` that would be "already matches" while MIG is on). Drivers before R550 list no profiles
+        with MIG off: there, both answers agree that MIG is off, which is the truth for `mig = false`."""
+        try:
+            return self._call("nvmlDeviceGetMigMode", h, gpu=i)
+        except DriverError as e:
+            if e.code != 3:
                 raise
-            return GpuInfo(index=i, uuid="", name=f"GPU {i} (lost: {e})", pci_bus_id="", architecture="unknown",
-                           mig_capable=False, lost=True)
+            try:
+                self._call("nvmlDeviceGetGpuInstanceProfileInfo", h, 0, gpu=i)
+            except DriverError as e2:
+                if e2.code in (2, 3):  # no profile at all: no MIG
+                    return None
+                raise
+            raise DriverError(3, "nvmlDeviceGetMigMode", i, "but the GPU lists MIG profiles: MIG mode unknown") \
+                from None
 
     def _read_identity(self, i: int) -> GpuInfo:
         h = self._handle(i)
@@ -170,10 +215,10 @@ class NvmlBackend:
         pci = self._call("nvmlDeviceGetPciInfo", h, gpu=i)
         bus_id = pci.busId.decode() if isinstance(pci.busId, bytes) else str(pci.busId)
         arch = self._try("nvmlDeviceGetArchitecture", h, gpu=i, ok_codes=(3,))
-        mode = self._try("nvmlDeviceGetMigMode", h, gpu=i, ok_codes=(3,))
+        mode = self._mig_mode_at_identity(i, h)
         mig_capable = mode is not None
         profiles: Tuple[GpuProfile, ...] = ()
-        if mig_capable:
+        if mode is not None:
             # R550+ answers profile queries with MIG off; older drivers say NOT_SUPPORTED until MIG is enabled: the
             # cache is keyed by the mode too, so it never answers for the other one.
             key = (uuid, int(pci.pciDeviceId), bool(mode[0]))
@@ -276,8 +321,10 @@ class NvmlBackend:
         return state
 
     def _read_state(self, gpu: int) -> GpuState:
-        h = self._handle(gpu)
         info = self._info(gpu)
+        if info.unknown and gpu in self._info_errors:  # its identity or mode could not be read: neither can this
+            raise self._info_errors[gpu]
+        h = self._handle(gpu)
         current = pending = False
         if info.mig_capable:
             # NOT_SUPPORTED means "no MIG" only when identity is read (_read_identity). For a GPU known to be
@@ -410,6 +457,7 @@ class NvmlBackend:
         known = self._infos[gpu] if self._infos is not None else None
         if self._infos is not None and known is not None and not known.profiles:
             self._infos[gpu] = None
+            self._info_errors.pop(gpu, None)
         return int(status)
 
     def set_persistence(self, gpu: int, enabled: bool) -> None:

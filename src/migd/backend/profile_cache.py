@@ -113,7 +113,8 @@ def _load(path: str, directory: str, boot_id: str) -> Optional[Dict[str, Any]]:
         dst = os.lstat(directory)
         if not stat.S_ISDIR(dst.st_mode) or untrusted(dst, "directory"):
             return None
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO planted here must not hang a verb on open (it is then refused as not a regular file)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError:
         return None
     try:
@@ -122,7 +123,7 @@ def _load(path: str, directory: str, boot_id: str) -> Optional[Dict[str, Any]]:
             return None
         with os.fdopen(fd, "rb", closefd=False) as f:
             doc = json.loads(f.read(_MAX_BYTES + 1))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: "[[[[...": deeper than the parser's stack
         return None
     finally:
         os.close(fd)

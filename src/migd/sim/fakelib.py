@@ -96,13 +96,15 @@ def parse_faults(text: str) -> List[dict]:
             fault["hang"] = True
         elif code == "slow":
             fault["slow"] = SLOW_S
+        elif code == "raise":  # an answer migd does not expect: a Python exception out of the library call
+            fault["raise"] = True
         elif code.isdigit():
             fault["code"] = int(code)
         elif code in E.CODE_BY_NAME:
             fault["code"] = E.CODE_BY_NAME[code]
         else:
             raise ValueError(f"bad fault code {code!r} in {item!r}: an NVML error name (IN_USE, ...), a number, "
-                             "hang or slow")
+                             "hang, slow or raise")
         faults.append(fault)
     return faults
 
@@ -278,6 +280,8 @@ class FakeNvmlLib:
             if fault.get("slow"):
                 time.sleep(fault["slow"])
                 continue
+            if fault.get("raise"):
+                raise RuntimeError(f"injected exception in {name}")
             raise SimError(fault["code"], f"injected fault in {name}")
 
     def _gpu_of(self, args: tuple) -> Optional[int]:

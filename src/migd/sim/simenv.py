@@ -17,6 +17,7 @@ import os
 from typing import TYPE_CHECKING, List, Mapping, Optional, Sequence, Tuple
 
 from .. import hostnames
+from ..errors import UsageError
 from ..hostenv import HostEnv, SystemClock
 from .host import SimHost
 
@@ -38,23 +39,28 @@ def make_backend(simulate: Optional[str] = None, sim_state: Optional[str] = None
                  host: Optional[SimHost] = None) -> "Backend":
     """The nvml backend over simulated GPUs: a host built from `simulate`, or the one shared through the state
     file `sim_state` (created from `simulate` when absent). `--sim-state` of a host built from one spec with
-    `--simulate` of another is an error (ValueError), never a silent switch to the file's GPUs."""
+    `--simulate` of another is an error (UsageError), never a silent switch to the file's GPUs."""
     from ..backend import read_only_forced
     from ..backend.nvml import NvmlBackend
     from ..backend.profile_cache import ProfileCache
-    from .fakelib import install
+    from .fakelib import install, parse_faults
     from ..catalog import parse_host_spec
 
-    if simulate is not None and not simulate.strip():
-        raise ValueError("--simulate: empty spec; give dgx-a100, dgx-h100 or MODEL[:COUNT],...")
-    host = host or SimHost.create(simulate or DEFAULT_SPEC, sim_state)
-    if simulate and sim_state:
-        wanted = [m.key for m in parse_host_spec(simulate)]
-        have = [g.get("model") for g in host.gpus]
-        if wanted != have:
-            raise ValueError(f"--simulate {simulate} but {sim_state} holds a simulated {host.state.get('spec')} "
-                             "host: drop --simulate to use that file, or give another --sim-state")
-    install(host)
+    try:
+        if simulate is not None and not simulate.strip():
+            raise ValueError("--simulate: empty spec; give dgx-a100, dgx-h100 or MODEL[:COUNT],...")
+        host = host or SimHost.create(simulate or DEFAULT_SPEC, sim_state)
+        if simulate and sim_state:
+            wanted = [m.key for m in parse_host_spec(simulate)]
+            have = [g.get("model") for g in host.gpus]
+            if wanted != have:
+                raise ValueError(f"--simulate {simulate} but {sim_state} holds a simulated "
+                                 f"{host.state.get('spec')} host: drop --simulate to use that file, or give another "
+                                 "--sim-state")
+        parse_faults(os.environ.get("MIGD_SIM_FAULTS", ""))  # a bad MIGD_SIM_FAULTS is said now, not mid-apply
+        install(host)
+    except ValueError as e:  # the simulator's words for a bad spec, state file or MIGD_SIM_* setting
+        raise UsageError(str(e)) from None
     cache = None
     if cache_dir and sim_state:  # an in-memory host is a fresh boot in every process: nothing to share
         # The simulated host's boot, and its driver's v3 support (tests switch it), stand in for the boot_id.
@@ -75,10 +81,13 @@ class SimulatedHost:
         self._memory: Optional[SimHost] = None
 
     def host(self) -> SimHost:
-        if self.state_path:
-            return SimHost.create(self.spec, self.state_path)
-        if self._memory is None:
-            self._memory = SimHost.create(self.spec)
+        try:
+            if self.state_path:
+                return SimHost.create(self.spec, self.state_path)
+            if self._memory is None:
+                self._memory = SimHost.create(self.spec)
+        except ValueError as e:  # a bad spec or state file: the run's usage error
+            raise UsageError(str(e)) from None
         return self._memory
 
     def systemctl(self, verb: str, units: Sequence[str], no_block: bool = False,
@@ -170,12 +179,21 @@ def directories(state_path: str, environ: Mapping[str, str]) -> Tuple[str, str, 
 def environment(spec: Optional[str], state_path: Optional[str],
                 environ: Optional[Mapping[str, str]] = None) -> "Tuple[BackendFactory, HostEnv, List[str]]":
     """Simulated GPUs (`spec`, or the host in `state_path`), the simulated host's HostEnv, and what to say first
-    (where a host was just created). Without `state_path` the host persists in default_state_path(spec)."""
+    (where a host was just created). Without `state_path` the host persists in default_state_path(spec). A bad
+    spec or state file is a UsageError (exit 2), said before anything is created."""
+    try:
+        return _environment(spec, state_path, environ)
+    except ValueError as e:  # the simulator's words for a bad spec or state file
+        raise UsageError(str(e)) from None
+
+
+def _environment(spec: Optional[str], state_path: Optional[str],
+                 environ: Optional[Mapping[str, str]]) -> "Tuple[BackendFactory, HostEnv, List[str]]":
     from ..catalog import parse_host_spec
 
     environ = os.environ if environ is None else environ
     if spec is not None and not spec.strip():
-        raise ValueError("--simulate: empty spec; give dgx-a100, dgx-h100 or MODEL[:COUNT],...")
+        raise UsageError("--simulate: empty spec; give dgx-a100, dgx-h100 or MODEL[:COUNT],...")
     notices: List[str] = []
     if state_path == EPHEMERAL:
         return _ephemeral(spec, environ)
@@ -221,6 +239,6 @@ def _env(sim: SimulatedHost, run: str, state: str, textfile: str) -> HostEnv:
     return HostEnv(simulated=True, run_dir=run, state_dir=state, textfile_dir=textfile, systemctl=sim.systemctl,
                    unit_load_state=sim.unit_load_state, unit_property=sim.unit_property, reboot=sim.reboot,
                    system_booting=sim.system_booting,
-                   boot_id=sim.boot_id, hostname=hostnames.this_host, driver_files=sim.driver_files,
+                   boot_id=sim.boot_id, hostname=hostnames.static_host, driver_files=sim.driver_files,
                    clock=SystemClock(), volatile=sim.volatile, notes=sim.notes,
                    mig_minors=lambda: sim.host().mig_minors_path())
