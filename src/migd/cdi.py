@@ -26,7 +26,7 @@ from .plan import Action
 log = get_logger()
 
 UNIT = "nvidia-cdi-refresh.service"
-AUTO, OFF = "auto", "off"
+AUTO = "auto"
 
 
 class AppliedGpu(Protocol):

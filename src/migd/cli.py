@@ -155,7 +155,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     setup(level=level, identifier=SERVICE_IDENTIFIERS.get(args.verb, "migd"))
     service_verb = args.verb in ("boot", "watch")
     try:
-        return VERBS[args.verb](args, read_verb)
+        return VERBS[args.verb](args)
     except ConfigError as e:
         lead = "invalid configuration, no GPU touched:"
         # Under systemd each problem is one journal line that says what happened and names file:line.
@@ -259,7 +259,7 @@ def _style() -> "Style":
     return style_for(getattr(sys.stdout, "encoding", None), sys.stdout.isatty(), os.environ)
 
 
-def cmd_status(args: argparse.Namespace, read_only: bool) -> int:
+def cmd_status(args: argparse.Namespace) -> int:
     from . import picture, schema
 
     backend = _backend(args, True)
@@ -274,7 +274,7 @@ def cmd_status(args: argparse.Namespace, read_only: bool) -> int:
         backend.close()
 
 
-def cmd_profiles(args: argparse.Namespace, read_only: bool) -> int:
+def cmd_profiles(args: argparse.Namespace) -> int:
     from . import picture, report, schema
 
     backend = _backend(args, True)
@@ -312,7 +312,7 @@ def _only_profiles(infos: "List[GpuInfo]", spellings: Sequence[str]) -> "List[Gp
     return out
 
 
-def cmd_completion(args: argparse.Namespace, read_only: bool) -> int:
+def cmd_completion(args: argparse.Namespace) -> int:
     from . import completion
 
     if args.shell == "profiles":
@@ -322,7 +322,7 @@ def cmd_completion(args: argparse.Namespace, read_only: bool) -> int:
     return E.EXIT_OK
 
 
-def cmd_validate(args: argparse.Namespace, read_only: bool) -> int:
+def cmd_validate(args: argparse.Namespace) -> int:
     from . import hostnames, layout, preview
 
     cfg = _load_config(args)
@@ -355,7 +355,7 @@ def cmd_validate(args: argparse.Namespace, read_only: bool) -> int:
         backend.close()
 
 
-def cmd_plan(args: argparse.Namespace, read_only: bool) -> int:
+def cmd_plan(args: argparse.Namespace) -> int:
     """Per GPU with something to do, its grid now and after (identical GPUs drawn once) and a one-line summary;
     with -v, the driver calls apply would make."""
     from . import picture
@@ -397,7 +397,7 @@ def cmd_plan(args: argparse.Namespace, read_only: bool) -> int:
         backend.close()
 
 
-def cmd_check(args: argparse.Namespace, read_only: bool) -> int:
+def cmd_check(args: argparse.Namespace) -> int:
     from . import schema
 
     cfg = _load_config(args)
@@ -425,7 +425,7 @@ def cmd_check(args: argparse.Namespace, read_only: bool) -> int:
         backend.close()
 
 
-def cmd_export(args: argparse.Namespace, read_only: bool) -> int:
+def cmd_export(args: argparse.Namespace) -> int:
     from . import report
 
     if args.declared and args.format != "slurm":
@@ -451,9 +451,9 @@ def cmd_export(args: argparse.Namespace, read_only: bool) -> int:
         backend.close()
 
 
-def cmd_apply(args: argparse.Namespace, read_only: bool) -> int:
+def cmd_apply(args: argparse.Namespace) -> int:
     if args.dry_run:
-        return cmd_plan(args, True)
+        return cmd_plan(args)
     from .progress import Progress
 
     cfg = _load_config(args, privileged=True)  # invalid config: exit 2 before the driver is even opened
@@ -473,7 +473,7 @@ def cmd_apply(args: argparse.Namespace, read_only: bool) -> int:
         backend.close()
 
 
-def cmd_boot(args: argparse.Namespace, read_only: bool) -> int:
+def cmd_boot(args: argparse.Namespace) -> int:
     """migd.service (boot.run): wait for the driver, then apply. Failures fail the unit (exit != 0), never the boot."""
     from . import boot
     from .backend import make_backend
@@ -499,13 +499,13 @@ def _driver_files(args: argparse.Namespace) -> "Callable[[], DriverFiles]":
     return simulated
 
 
-def cmd_watch(args: argparse.Namespace, read_only: bool) -> int:
+def cmd_watch(args: argparse.Namespace) -> int:
     from .watch import Watcher
 
     return Watcher(args.config, simulate=args.simulate, sim_state=args.sim_state, run_dir=_run_dir(args)).run()
 
 
-def cmd_init(args: argparse.Namespace, read_only: bool) -> int:
+def cmd_init(args: argparse.Namespace) -> int:
     from . import hostnames, starter
     from .model import Gpu
 
@@ -529,7 +529,7 @@ def cmd_init(args: argparse.Namespace, read_only: bool) -> int:
     return E.EXIT_OK
 
 
-def cmd_import(args: argparse.Namespace, read_only: bool) -> int:
+def cmd_import(args: argparse.Namespace) -> int:
     from . import migparted
 
     print(migparted.convert(migparted.read(args.file), args.file, args.name), end="")
@@ -561,7 +561,7 @@ def _print_apply(engine: "Engine", result: "ApplyResult", desired: "Dict[int, De
     print(picture.status(view.gpus, view.names, view.managed, _style(), details=verbose))
 
 
-VERBS: Dict[str, Callable[[argparse.Namespace, bool], int]] = {
+VERBS: Dict[str, Callable[[argparse.Namespace], int]] = {
     "status": cmd_status, "profiles": cmd_profiles, "validate": cmd_validate, "plan": cmd_plan, "apply": cmd_apply,
     "check": cmd_check, "export": cmd_export, "boot": cmd_boot, "watch": cmd_watch,
     "import": cmd_import, "init": cmd_init, "completion": cmd_completion}

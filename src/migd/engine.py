@@ -110,10 +110,6 @@ class ApplyResult:
         return exit_code_of([r.exit_code for r in self.gpus.values()]
                             + ([E.EXIT_FAILURE] if self.record_error else []))
 
-    @property
-    def messages(self) -> List[str]:
-        return [r.message for r in self.gpus.values()]
-
 
 @dataclass(frozen=True)
 class GpuCheck:

@@ -88,7 +88,6 @@ class GpuPlan:
     assignments: Tuple[Assignment, ...] = ()
     refusal: Optional[str] = None  # set: this GPU cannot (or must not) be changed; actions empty
     busy_pids: Tuple[int, ...] = ()
-    managed: bool = True  # False: no config entry selects this GPU
 
     @property
     def ok(self) -> bool:
