@@ -21,7 +21,7 @@ from typing import Iterable, List, Optional, Protocol, Sequence
 
 from . import clients
 from .log import get_logger
-from .plan import Action
+from .plan import Action, ActionKind
 
 log = get_logger()
 
@@ -35,7 +35,7 @@ class AppliedGpu(Protocol):
     @property
     def gpu(self) -> int: ...
     @property
-    def outcome(self) -> str: ...
+    def pending(self) -> bool: ...
     @property
     def done(self) -> Sequence[Action]: ...
 
@@ -45,7 +45,7 @@ def changed_gpus(results: Iterable[AppliedGpu]) -> List[int]:
     reflects) and a MIG mode change left pending (nothing visible changed yet). A rolled-back or lost GPU counts
     too: its instances were re-created (new UUIDs) or partly changed."""
     def visible(r: AppliedGpu, a: Action) -> bool:
-        return a.kind != "set_persistence" and not (a.kind == "set_mig_mode" and r.outcome == "pending")
+        return a.kind != ActionKind.SET_PERSISTENCE and not (a.kind == ActionKind.SET_MIG_MODE and r.pending)
 
     return sorted(r.gpu for r in results if any(visible(r, a) for a in r.done))
 

@@ -95,6 +95,11 @@ class GpuResult:
     def exit_code(self) -> int:
         return outcome_exit(self.outcome)
 
+    @property
+    def pending(self) -> bool:
+        """Its MIG mode change is left pending: nothing a client sees has changed yet."""
+        return self.outcome == Outcome.PENDING
+
 
 def exit_code(results: Sequence[GpuResult]) -> int:
     return exit_code_of(r.exit_code for r in results)

@@ -63,7 +63,7 @@ class GpuTrack:
     """What the watcher remembers about one GPU between rounds, so each change is logged once."""
 
     def __init__(self) -> None:
-        self.reported: Optional[Tuple[str, str]] = None  # (status, found) last logged
+        self.reported: Optional[Tuple[CheckStatus, str]] = None  # (status, found) last logged
         self.held = ""  # why a drifted GPU is not re-applied ("busy"), logged once
         self.failures = 0  # consecutive failed re-applies
         self.retry_at = 0.0  # monotonic time before which no re-apply is tried (backoff)
@@ -294,7 +294,7 @@ class Watcher:
             infos = engine.infos()
             for info in infos:
                 if info.lost:  # once per change, like drift
-                    self._report(info.index, "error", "", "lost (fell off the bus); see dmesg for Xid errors")
+                    self._report(info.index, CheckStatus.ERROR, "", "lost (fell off the bus); see dmesg for Xid errors")
                     statuses[info.index] = CheckStatus.LOST
             desired = engine.desired()
             for i, d in desired.items():
@@ -309,7 +309,7 @@ class Watcher:
             engine.backend.close()
         return statuses, reapply
 
-    def _wants_reapply(self, i: int, status: str, found: str, state: GpuState) -> bool:
+    def _wants_reapply(self, i: int, status: CheckStatus, found: str, state: GpuState) -> bool:
         """drift_policy = "reapply": re-apply this GPU now? Each reason not to is logged once per change."""
         track = self._track(i)
         if status == CheckStatus.OK:
@@ -334,19 +334,19 @@ class Watcher:
             track.reset_reapply()
         return self.clock() >= track.retry_at
 
-    def _report(self, gpu: int, status: str, expected: str, found: str, diff: str = "") -> None:
+    def _report(self, gpu: int, status: CheckStatus, expected: str, found: str, diff: str = "") -> None:
         track = self._track(gpu)
         previous = track.reported
         if previous == (status, found):
             return
         track.reported = (status, found)
         where = f"GPU {gpu}"
-        if status == "ok":
+        if status == CheckStatus.OK:
             if previous is not None:
                 log.info("drift_cleared", msg=f"{where}: layout matches again: {found}", gpu=gpu, found=found)
             else:
                 log.info("layout_ok", msg=f"{where}: layout matches: {found}", gpu=gpu, found=found)
-        elif status == "error":
+        elif status == CheckStatus.ERROR:
             log.error("check_error", msg=f"{where}: cannot check: {found}", gpu=gpu, error=found)
         else:
             # what differs, worded like `migd check` (report.drift_text); both layouts in the fields
