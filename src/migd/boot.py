@@ -16,7 +16,7 @@ from .backend import Backend
 from .driverfiles import DriverFiles
 from .errors import DriverError, MigdError
 from .log import get_logger
-from .model import Config, GpuEntry
+from .model import Config, GpuEntry, SelectorKind
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -124,7 +124,7 @@ def run(cfg: Config, open_backend: Callable[[], Backend], files: Callable[[], Dr
 def _no_driver(e: NoDriverInstalled, entries: Sequence[GpuEntry]) -> int:
     """No driver installed: nothing to do for a fleet file's "all"/glob entries (they fit GPU-less hosts); an
     error when an entry names a GPU by index, UUID or PCI id (the admin expects that GPU here)."""
-    named = [entry for entry in entries if entry.selector.kind in ("index", "uuid", "pci")]
+    named = [entry for entry in entries if entry.selector.kind in (SelectorKind.INDEX, SelectorKind.UUID, SelectorKind.PCI)]
     if not named:
         log.info("no_driver", msg=f"{e}: nothing to do", library="", module="")
         return E.EXIT_OK

@@ -18,7 +18,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from . import hostnames
 from .errors import ConfigError, Problem
-from .model import Config, DaemonSettings, GpuEntry, GpuSelector, InstanceSpec, entry_label, name_variable
+from .model import (Config, DaemonSettings, GpuEntry, GpuSelector, InstanceSpec, SelectorKind, entry_label,
+                    name_variable)
 from .profiles import strip_mig
 from .suggest import did_you_mean
 
@@ -650,14 +651,14 @@ class _Parser:
             if not 0 <= v < 64:
                 self.problem(key, f"GPU index {_show(v)} is out of range (0 to 63)")
                 return None
-            return GpuSelector("index", (v,))
+            return GpuSelector(SelectorKind.INDEX, (v,))
         if isinstance(v, list) and v and all(isinstance(x, str) for x in v):  # PCI device IDs
             ids = [_device_id(x) for x in v]
             if not all(ids):
                 self.problem(key, 'a list of PCI device IDs holds strings like "0x233010DE" (device and vendor, as '
                                   f'NVML packs them) or "0x233010DE:0x16C110DE" (with the subsystem ID), got {_show(v)}')
                 return None
-            return GpuSelector("device", tuple(ids))
+            return GpuSelector(SelectorKind.DEVICE, tuple(ids))
         if isinstance(v, list):
             if not v or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 64 for x in v):
                 self.problem(key, "a list of GPU indices must hold integers from 0 to 63, e.g. [0, 1]")
@@ -665,32 +666,32 @@ class _Parser:
             if len(set(v)) != len(v):
                 self.problem(key, f"GPU index listed twice in {v}")
                 return None
-            return GpuSelector("index", tuple(v))
+            return GpuSelector(SelectorKind.INDEX, tuple(v))
         if isinstance(v, str):
             s = v.strip()  # one rule for every string selector: surrounding spaces do not count, nor case
             if s.lower() == "all":
-                return GpuSelector("all")
+                return GpuSelector(SelectorKind.ALL)
             if not any(c in s for c in "*?[") and did_you_mean(s, ["all"]):  # "al": no model is named like that
                 self.problem(key, f'{_show(v)} selects no GPU (a glob without wildcards is a whole model name); '
                                   f'{did_you_mean(s, ["all"])}')
                 return None
             if _UUID_RE.match(s):
-                return GpuSelector("uuid", ("GPU-" + s[4:].lower(),))
+                return GpuSelector(SelectorKind.UUID, ("GPU-" + s[4:].lower(),))
             device = _device_id(s)
             if device:
-                return GpuSelector("device", (device,))
+                return GpuSelector(SelectorKind.DEVICE, (device,))
             if s.isdigit():
                 self.problem(key, f"a GPU index is a number: write select = {s} without quotes")
                 return None
             m = _PCI_RE.match(s)
             if m:
                 domain, bus, dev, fn = m.groups()
-                return GpuSelector("pci", (f"{int(domain or '0', 16):08X}:{bus.upper()}:{dev.upper()}.{fn}",))
+                return GpuSelector(SelectorKind.PCI, (f"{int(domain or '0', 16):08X}:{bus.upper()}:{dev.upper()}.{fn}",))
             if s.lower().startswith("gpu-"):
                 self.problem(key, f"{_show(v)} is not a GPU UUID (GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)")
                 return None
             if s and len(s) <= 128 and s.isprintable():
-                return GpuSelector("glob", (s,))
+                return GpuSelector(SelectorKind.GLOB, (s,))
         self.problem(key, f"must be {accepted}, got {_show(v)}")
         return None
 

@@ -26,7 +26,7 @@ from .errors import DriverError, LockBusy
 from .holders import describe, pids_holding
 from .layout import DesiredGpu, DesiredInstance, desired_for
 from .log import get_logger
-from .model import Config, Gpu, GpuEntry, GpuInfo, GpuSelector, GpuState
+from .model import Config, Gpu, GpuEntry, GpuInfo, GpuSelector, GpuState, SelectorKind
 from .plan import Action, ActionKind, GpuPlan, plan_gpu
 
 log = get_logger()
@@ -508,7 +508,7 @@ def _fail(backend: Backend, info: GpuInfo, before: GpuState, result: GpuResult, 
 
 def previous_layout(info: GpuInfo, before: GpuState) -> DesiredGpu:
     """The layout a GPU had, as a desired layout with exact placements (for rollback)."""
-    entry = GpuEntry(number=0, selector=GpuSelector("index", (info.index,)), mig=before.mig_current,
+    entry = GpuEntry(number=0, selector=GpuSelector(SelectorKind.INDEX, (info.index,)), mig=before.mig_current,
                      where="previous layout")
     items = []
     for gi in before.instances:

@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .errors import ConfigError, Problem
 from .hostnames import host_matches
-from .model import ComputeProfile, Config, GpuEntry, GpuInfo, GpuProfile, GpuSelector, Placement
+from .model import ComputeProfile, Config, GpuEntry, GpuInfo, GpuProfile, GpuSelector, Placement, SelectorKind
 from .profiles import resolve_compute_profile, resolve_gpu_profile
 
 
@@ -46,17 +46,17 @@ class LayoutError(Exception):
 
 
 def matches(selector: GpuSelector, gpu: GpuInfo) -> bool:
-    if selector.kind == "all":
+    if selector.kind == SelectorKind.ALL:
         return True
-    if selector.kind == "index":
+    if selector.kind == SelectorKind.INDEX:
         return gpu.index in selector.values
-    if selector.kind == "uuid":
+    if selector.kind == SelectorKind.UUID:
         return gpu.uuid.lower() == str(selector.values[0]).lower()
-    if selector.kind == "pci":
+    if selector.kind == SelectorKind.PCI:
         return _norm_pci(gpu.pci_bus_id) == selector.values[0]
-    if selector.kind == "device":
+    if selector.kind == SelectorKind.DEVICE:
         return any(_device_matches(str(v), gpu) for v in selector.values)
-    if selector.kind == "glob":
+    if selector.kind == SelectorKind.GLOB:
         pattern = str(selector.values[0]).lower()
         return fnmatchcase(gpu.name.lower(), pattern) or fnmatchcase(gpu.model.lower(), pattern)
     return False
@@ -106,13 +106,13 @@ def _select(config: Config, gpus: Sequence[GpuInfo], host: Optional[str],
         for g in hits:
             chosen[g.index] = entry
         label = f"{entry.where}: {entry.label} select"
-        if entry.selector.kind == "index":
+        if entry.selector.kind == SelectorKind.INDEX:
             missing = [i for i in entry.selector.values if not any(g.index == i for g in gpus)]
             if missing:
                 problems.append((n, f"{label}: no GPU with index {', '.join(map(str, missing))} ({_gpu_count(len(gpus))})"))
-        elif entry.selector.kind in ("uuid", "pci") and not hits and not any(g.lost for g in gpus):
+        elif entry.selector.kind in (SelectorKind.UUID, SelectorKind.PCI) and not hits and not any(g.lost for g in gpus):
             problems.append((n, f"{label}: no GPU {entry.selector} on this host"))
-        elif entry.selector.kind == "glob" and not hits:
+        elif entry.selector.kind == SelectorKind.GLOB and not hits:
             why = unknown_glob(str(entry.selector.values[0]), gpus)
             if why:
                 problems.append((n, f"{entry.select_where or label}: {why}"))
@@ -176,7 +176,7 @@ def unmatched_while_lost(config: Config, gpus: Sequence[GpuInfo], host: Optional
         return []
     return [f"{entry.where}: {entry.label} select = {entry.selector} matches no readable GPU, it may be this one"
             for entry in for_host(config, host)
-            if entry.selector.kind in ("uuid", "pci")
+            if entry.selector.kind in (SelectorKind.UUID, SelectorKind.PCI)
             and not any(not g.lost and matches(entry.selector, g) for g in gpus)]
 
 

@@ -7,6 +7,7 @@ reports) can be tested without a GPU.
 from __future__ import annotations
 
 from ._record import dataclass, field
+from enum import Enum
 from typing import Dict, Optional, Tuple
 
 
@@ -176,15 +177,29 @@ class InstanceSpec:
     where: str = ""  # "file:line key" for messages
 
 
+class SelectorKind(str, Enum):
+    """How a [[gpu]] entry's `select` names its GPUs (the value is the word messages use)."""
+
+    ALL = "all"
+    INDEX = "index"  # values: GPU indices
+    UUID = "uuid"  # values: ("GPU-…",), lower case
+    PCI = "pci"  # values: ("00000000:07:00.0",), config's normal form
+    DEVICE = "device"  # values: PCI device IDs, "0x233010DE[:0xSUBSYSID]"
+    GLOB = "glob"  # values: (a model-name glob,)
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass(frozen=True)
 class GpuSelector:
-    kind: str  # "all", "index", "uuid", "pci", "glob", "device" (PCI device IDs: "0x233010DE[:0xSUBSYSID]")
+    kind: SelectorKind
     values: Tuple[object, ...] = ()
 
     def __str__(self) -> str:
-        if self.kind == "all":
+        if self.kind == SelectorKind.ALL:
             return "all"
-        if self.kind in ("index", "device"):
+        if self.kind in (SelectorKind.INDEX, SelectorKind.DEVICE):
             return ",".join(str(v) for v in self.values)
         return str(self.values[0])
 
