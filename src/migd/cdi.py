@@ -21,12 +21,12 @@ from typing import Iterable, List, Optional, Protocol, Sequence
 
 from . import clients
 from .log import get_logger
+from .model import CdiRefresh
 from .plan import Action, ActionKind
 
 log = get_logger()
 
 UNIT = "nvidia-cdi-refresh.service"
-AUTO = "auto"
 
 
 class AppliedGpu(Protocol):
@@ -50,16 +50,16 @@ def changed_gpus(results: Iterable[AppliedGpu]) -> List[int]:
     return sorted(r.gpu for r in results if any(visible(r, a) for a in r.done))
 
 
-def decide(setting: str, changed: Sequence[int], load_state: Optional[str]) -> bool:
+def decide(setting: CdiRefresh, changed: Sequence[int], load_state: Optional[str]) -> bool:
     """Pure: refresh when the setting allows it, a GPU changed, and systemd has the unit (LoadState "loaded";
     "not-found" when the toolkit is not installed, "masked" when the admin said no)."""
-    return setting == AUTO and bool(changed) and load_state == "loaded"
+    return setting == CdiRefresh.AUTO and bool(changed) and load_state == "loaded"
 
 
-def refresh_after(setting: str, changed: Sequence[int], unit: str = UNIT) -> bool:
+def refresh_after(setting: CdiRefresh, changed: Sequence[int], unit: str = UNIT) -> bool:
     """Queue a re-run of the CDI refresh when `decide` says so; returns whether it was queued. Never raises: the
     layout is applied either way, a stale spec is a warning."""
-    if setting != AUTO or not changed:
+    if setting != CdiRefresh.AUTO or not changed:
         return False
     state = clients.load_state(unit)
     if not decide(setting, changed, state):

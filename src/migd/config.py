@@ -14,12 +14,13 @@ import re
 import shlex
 import stat
 import sys
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from enum import Enum
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Type
 
 from . import hostnames
 from .errors import ConfigError, Problem
-from .model import (Config, DaemonSettings, GpuEntry, GpuSelector, InstanceSpec, SelectorKind, entry_label,
-                    name_variable)
+from .model import (CdiRefresh, Config, DaemonSettings, DriftPolicy, GpuEntry, GpuSelector, InstanceSpec, OnPending,
+                    SelectorKind, entry_label, name_variable)
 from .profiles import strip_mig
 from .suggest import did_you_mean
 
@@ -464,6 +465,11 @@ def _unknown_key(key: Any, accepted: Iterable[str], what: str) -> str:
     return f"unknown key; {hint} ({what})" if hint else f"unknown key; {what}"
 
 
+def _words(policy: Type[Enum]) -> Tuple[str, ...]:
+    """A [daemon] policy's allowed values, as written in the file."""
+    return tuple(p.value for p in policy)
+
+
 def _one_of(allowed: Sequence[str], got: Any) -> str:
     hint = did_you_mean(got, allowed) if isinstance(got, str) else ""
     return f"must be {' or '.join(json.dumps(a) for a in allowed)}, got {_show(got)}" + (f"; {hint}" if hint else "")
@@ -559,17 +565,17 @@ class _Parser:
                 else:
                     values[key] = float(v)
         if "drift_policy" in d:
-            if d["drift_policy"] not in ("log", "reapply"):
+            if d["drift_policy"] not in _words(DriftPolicy):
                 self.problem(["daemon", "drift_policy"],
-                             _one_of(("log", "reapply"), d["drift_policy"]))
+                             _one_of(_words(DriftPolicy), d["drift_policy"]))
             else:
-                values["drift_policy"] = d["drift_policy"]
+                values["drift_policy"] = DriftPolicy(d["drift_policy"])
         if "on_pending" in d:
-            if d["on_pending"] not in ("fail", "reboot-once"):
+            if d["on_pending"] not in _words(OnPending):
                 self.problem(["daemon", "on_pending"],
-                             _one_of(("fail", "reboot-once"), d["on_pending"]))
+                             _one_of(_words(OnPending), d["on_pending"]))
             else:
-                values["on_pending"] = d["on_pending"]
+                values["on_pending"] = OnPending(d["on_pending"])
         if "persistence_mode" in d:
             if not isinstance(d["persistence_mode"], bool):
                 self.problem(["daemon", "persistence_mode"],
@@ -584,10 +590,10 @@ class _Parser:
             else:
                 values["stop_clients"] = tuple(units)
         if "cdi_refresh" in d:
-            if d["cdi_refresh"] not in ("auto", "off"):
-                self.problem(["daemon", "cdi_refresh"], _one_of(("auto", "off"), d["cdi_refresh"]))
+            if d["cdi_refresh"] not in _words(CdiRefresh):
+                self.problem(["daemon", "cdi_refresh"], _one_of(_words(CdiRefresh), d["cdi_refresh"]))
             else:
-                values["cdi_refresh"] = d["cdi_refresh"]
+                values["cdi_refresh"] = CdiRefresh(d["cdi_refresh"])
         if "metrics_file" in d:
             v = d["metrics_file"]
             # node_exporter's textfile collector reads only *.prom: any other name would never be scraped

@@ -231,16 +231,46 @@ class GpuEntry:
         return entry_label(self.number)
 
 
+class DriftPolicy(str, Enum):
+    """[daemon] drift_policy: what the watchdog does about a drifted GPU."""
+
+    LOG = "log"
+    REAPPLY = "reapply"  # re-apply it, when none of its instances has processes
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class OnPending(str, Enum):
+    """[daemon] on_pending: what boot does about a MIG mode change left pending."""
+
+    FAIL = "fail"  # exit 4
+    REBOOT_ONCE = "reboot-once"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class CdiRefresh(str, Enum):
+    """[daemon] cdi_refresh: re-run nvidia-cdi-refresh.service after a change, when it exists."""
+
+    AUTO = "auto"
+    OFF = "off"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass(frozen=True)
 class DaemonSettings:
     watch_interval: float = 60.0
-    drift_policy: str = "log"  # "log" | "reapply"
+    drift_policy: DriftPolicy = DriftPolicy.LOG
     driver_wait_timeout: float = 120.0
     persistence_mode: bool = True
     stop_clients: Tuple[str, ...] = ()
     lock_timeout: float = 30.0
-    on_pending: str = "fail"  # "fail" | "reboot-once": what boot does about a MIG mode change left pending
-    cdi_refresh: str = "auto"  # "auto": re-run nvidia-cdi-refresh.service after a change, when it exists | "off"
+    on_pending: OnPending = OnPending.FAIL
+    cdi_refresh: CdiRefresh = CdiRefresh.AUTO
     metrics_file: Optional[str] = None  # None: the node_exporter textfile dir's migd.prom when it exists; "": off
 
 

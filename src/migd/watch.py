@@ -33,7 +33,7 @@ from .engine import ApplyResult, CheckStatus, Engine, GpuResult, Outcome
 from .layout import DesiredGpu
 from .errors import ConfigError, DriverError, LockBusy
 from .log import get_logger
-from .model import GpuState
+from .model import DriftPolicy, GpuState
 
 log = get_logger()
 
@@ -315,7 +315,7 @@ class Watcher:
         if status == CheckStatus.OK:
             track.reset_reapply()  # cleared: backoff and give-up start afresh
             return False
-        if status != CheckStatus.DRIFT or self.cfg.daemon.drift_policy != "reapply":
+        if status != CheckStatus.DRIFT or self.cfg.daemon.drift_policy != DriftPolicy.REAPPLY:
             return False
         if any(gi.busy for gi in state.instances):
             if track.held != "busy":
