@@ -387,7 +387,7 @@ def desired_layouts(cfg: Config, infos: Sequence[GpuInfo], host: Optional[str] =
 
 def _fits_empty(info: GpuInfo, desired: DesiredGpu) -> Optional[str]:
     empty = plan_gpu(info, desired, GpuState(mig_current=True, mig_pending=True, persistence=None))
-    return empty.refusal.split(": ", 1)[1] if empty.refusal else None  # without the "GPU n: " prefix
+    return empty.refused.reason if empty.refused is not None else None
 
 
 # --- one GPU ------------------------------------------------------------------------------------------------------
