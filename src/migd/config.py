@@ -19,8 +19,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Ty
 
 from . import hostnames
 from .errors import ConfigError, Problem
-from .model import (CdiRefresh, Config, DaemonSettings, DriftPolicy, GpuEntry, GpuSelector, InstanceSpec, OnPending,
-                    SelectorKind, entry_label, name_variable)
+from .model import (CdiRefresh, Config, DaemonSettings, DriftPolicy, GpuEntry, GpuSelector, InstanceSpec, Location,
+                    OnPending, SelectorKind, entry_label, name_variable)
 from .profiles import strip_mig
 from .suggest import did_you_mean
 
@@ -518,9 +518,10 @@ class _Parser:
     def problem(self, key: Sequence[Any], message: str) -> None:
         self.problems.append(Problem(message, self.path, self.locate.line(key), _key_path(key)))
 
-    def where_key(self, key: Sequence[Any]) -> str:
-        """"file:line: key.path" for problems found later, against a GPU model (layout, plan)."""
-        return f"{self.where(key)}: {_key_path(key)}"
+    def at(self, key: Sequence[Any], with_key: bool = True) -> Location:
+        """Where `key` is (and which, unless with_key=False), for problems found later, against a GPU model (layout,
+        plan)."""
+        return Location(self.path, self.locate.line(key), _key_path(key) if with_key else "")
 
     def where(self, key: Sequence[Any]) -> str:
         line = self.locate.line(key)
@@ -640,9 +641,8 @@ class _Parser:
             return None
         return GpuEntry(number=i + 1, selector=selector, mig=mig, instances=instances, hosts=hosts,
                         unmanaged=g.get("instances") == "unmanaged",
-                        where=self.where(base),
-                        mig_where=self.where_key(base + ["mig"]), select_where=self.where_key(base + ["select"]),
-                        instances_where=self.where_key(base + ["instances"]))
+                        where=self.where(base), at=self.at(base, with_key=False), mig_at=self.at(base + ["mig"]),
+                        select_at=self.at(base + ["select"]), instances_at=self.at(base + ["instances"]))
 
     def selector(self, key: List[Any], v: Any) -> Optional[GpuSelector]:
         accepted = ('"all", a GPU index (0), a list of indices ([0, 1]), a GPU UUID ("GPU-…"), a PCI bus id '
@@ -730,7 +730,7 @@ class _Parser:
                     self.problem(k, f"must be an instance count from 0 to {MAX_INSTANCES}, got {_show(count)}")
                     continue
                 if self.profile_ok(k, profile):
-                    out += [InstanceSpec(profile=profile, where=self.where_key(k))] * count
+                    out += [InstanceSpec(profile=profile, at=self.at(k))] * count
         elif isinstance(v, list):
             for n, item in enumerate(v):
                 spec = self.instance(key + [n], item)
@@ -749,7 +749,7 @@ class _Parser:
 
     def instance(self, key: List[Any], item: Any) -> Optional[InstanceSpec]:
         if isinstance(item, (str, int)) and not isinstance(item, bool):
-            return InstanceSpec(profile=str(item), where=self.where_key(key)) if self.profile_ok(key, item) else None
+            return InstanceSpec(profile=str(item), at=self.at(key)) if self.profile_ok(key, item) else None
         if not isinstance(item, dict):
             self.problem(key, 'must be a profile ("1g.10gb", 19, "3g") or a table { profile = …, name = …, '
                               'compute = [...] }')
@@ -786,7 +786,7 @@ class _Parser:
             return None
         return InstanceSpec(profile=str(profile), name=name,
                             compute=tuple(str(c).strip() for c in compute) if "compute" in item else None,
-                            where=self.where_key(key))
+                            at=self.at(key))
 
     def name_variable_ok(self, key: List[Any], name: str) -> bool:
         """A name must be a devices.env variable of its own: not one migd writes itself (MIGD_GPU<i>_…, …_CI<j>),

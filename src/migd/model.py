@@ -168,13 +168,32 @@ def name_variable(name: str) -> str:
 
 
 @dataclass(frozen=True)
+class Location:
+    """Where the config parser read something: file, line (None: not located) and key path ("[[gpu]] #1 mig").
+    A problem found later, against a GPU (layout, planner), is reported at it: str() is "file:line: key"."""
+
+    path: str = ""
+    line: Optional[int] = None
+    key: str = ""
+
+    def __str__(self) -> str:
+        where = self.path + (f":{self.line}" if self.line else "")
+        return ": ".join(x for x in (where, self.key) if x)
+
+
+@dataclass(frozen=True)
 class InstanceSpec:
     """One desired GPU instance as written in the config; profile spellings resolve per GPU model later."""
 
     profile: str  # as written ("1g.10gb", "MIG 1g.10gb", "19", "3g", ...)
     name: Optional[str] = None
     compute: Optional[Tuple[str, ...]] = None  # None: one CI spanning the GI; (): no compute instance
-    where: str = ""  # "file:line key" for messages
+    at: Location = Location()
+
+    @property
+    def where(self) -> str:
+        """"file:line: key" for messages."""
+        return str(self.at)
 
 
 class SelectorKind(str, Enum):
@@ -221,10 +240,12 @@ class GpuEntry:
     # instances = "unmanaged": migd owns the MIG mode (and persistence) only; another tool (Kubernetes' DRA driver
     # with dynamic MIG) creates and destroys the instances, which migd never touches nor counts as drift
     unmanaged: bool = False
-    where: str = ""  # "file:line" of the [[gpu]] header
-    mig_where: str = ""  # "file:line: [[gpu]] #n mig", for problems found against a GPU
-    select_where: str = ""  # "file:line: [[gpu]] #n select"
-    instances_where: str = ""  # "file:line: [[gpu]] #n instances"
+    where: str = ""  # "file:line" of the [[gpu]] header, for messages
+    # where the parser read the header and keys, for problems found against a GPU (None: an entry no file holds)
+    at: Optional[Location] = None
+    mig_at: Optional[Location] = None
+    select_at: Optional[Location] = None
+    instances_at: Optional[Location] = None
 
     @property
     def label(self) -> str:
