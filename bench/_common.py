@@ -55,6 +55,7 @@ def child_env(simulated: bool = False, **extra: str) -> Dict[str, str]:
     paths = [SRC] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != SRC]
     env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in paths)
     env["MIGD_RUN_DIR"] = run_dir()
+    env["XDG_STATE_HOME"] = os.path.join(run_dir(), "state")  # simulated hosts kept between commands: not in ~
     env.update(extra)
     return env
 
@@ -85,6 +86,7 @@ def ensure_src_on_path() -> None:
     if SRC not in sys.path:
         sys.path.insert(0, SRC)
     os.environ.setdefault("MIGD_RUN_DIR", run_dir())
+    os.environ.setdefault("XDG_STATE_HOME", os.path.join(run_dir(), "state"))
 
 
 def bytecode_note() -> str:

@@ -1,6 +1,6 @@
 """Boot apply overhead: `migd --simulate dgx-a100 apply` as a cold process vs `python3 -c pass`, same run.
 
-8 simulated A100-40GB GPUs, fresh and in memory for every run (no --sim-state: MIG off, nothing on them), zero
+8 simulated A100-40GB GPUs, fresh and in memory for every run (--sim-state -: MIG off, nothing on them), zero
 latency (the simulator answers at once), config: a full layout on every GPU (7 × 1g.5gb, the most driver calls:
 MIG mode, persistence, 7 GPU instances and 7 compute instances per GPU = 128 mutating calls). The figure is
 therefore migd's own cost on the boot path: interpreter, imports, reads, planning, logging, the /run/migd record
@@ -36,7 +36,7 @@ instances = { "1g.5gb" = 7 }
 _COUNT = """
 import contextlib, io, json, sys
 sys.path.insert(0, {lib!r})
-import migd.sim as S
+import migd.sim.fakelib as S
 libs = []
 _install = S.install
 def install(*a, **k):
@@ -64,7 +64,7 @@ GOAL_READS_PER_GPU = 80
 
 def minimum_reads(model_key: str = "a100-40gb", count: int = 7) -> Dict[str, int]:
     """What a fresh boot apply of `count` × 1g (one CI each) must read per GPU, by kind (see README)."""
-    from migd.sim.catalog import MODELS, PROFILE_INDEX_END
+    from migd.catalog import MODELS, PROFILE_INDEX_END
 
     supported = len(MODELS[model_key].gi_profiles)
     return {
@@ -105,7 +105,7 @@ def report(table: Table, section: str, runs: int, imp_runs: int, installed: Inst
     config = os.path.join(tmp, "migd.toml")
     with open(config, "w", encoding="utf-8") as f:
         f.write(CONFIG)
-    args = ["--simulate", "dgx-a100", "--config", config, "apply"]
+    args = ["--simulate", "dgx-a100", "--sim-state", "-", "--config", config, "apply"]  # from MIG off every run
     s = cold_compare(table, section, "cold `migd --simulate dgx-a100 apply` (8 GPUs × 7 × 1g.5gb, from MIG off)",
                      args, runs, installed, raw, env)
     total, _, groups = importtime(installed.argv(*args), env, imp_runs)

@@ -50,7 +50,7 @@ DEFAULT_MODELS = ("a100-40gb", "h100-80gb")
 
 def valid_layouts(model_key: str) -> List[Tuple[int, ...]]:
     """Every multiset of GI profile IDs that fits an empty GPU of this model, sorted."""
-    from migd.sim.catalog import MODELS
+    from migd.catalog import MODELS
 
     model = MODELS[model_key]
     profiles = {info["id"]: info for info in model.gi_profiles.values()}
@@ -301,7 +301,7 @@ def _measure(model_key: str, sample: int, rule: str, with_migd: bool) -> Dict[st
     import migd.log
     import migd.sim
     from migd import engine
-    from migd.backend import make_backend
+    from migd.sim import make_backend
     from migd.layout import DesiredGpu, DesiredInstance
     from migd.model import GpuEntry, GpuSelector
 

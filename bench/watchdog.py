@@ -1,8 +1,8 @@
 """Watchdog footprint: RSS and CPU time per check of migd.watch.Watcher.check_once, against an idle Python.
 
 Simulated (any machine): an 8-GPU dgx-h100 in a state file, the layout applied first (so every check finds it
-matching, the steady state), then one process constructs Watcher(config, simulate=..., sim_state=...) and calls
-check_once N times. Real GPU (read-only): Watcher(config) with MIGD_READ_ONLY=1; check_once only reads.
+matching, the steady state), then one process constructs Watcher(config, site.build(simulate, sim_state)) and calls
+check_once N times. Real GPU (read-only): Watcher(config, site.build(None, None)) with MIGD_READ_ONLY=1; check_once only reads.
 
 Figures (all from the measuring process itself): VmRSS before migd is imported (= idle interpreter), after the
 first check, after N checks (growth = leak); CPU time (time.process_time) and wall time per check, medians over
@@ -108,10 +108,12 @@ def child(args) -> int:
     from migd.watch import Watcher
 
     migd.log.setup(level="info", target="stderr")  # the service logs at info (to the journal there)
+    from migd import site
+
     if args.real:
-        w = Watcher(args.config)
+        w = Watcher(args.config, site.build(None, None))
     else:
-        w = Watcher(args.config, simulate=args.simulate, sim_state=args.sim_state)
+        w = Watcher(args.config, site.build(args.simulate, args.sim_state))
     rss_import = _rss_kib()
     split_import = rss_split()
     split_first: dict = {}

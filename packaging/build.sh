@@ -67,7 +67,7 @@ T0=$(date +%s)
 # --- stage the source tree both packages build from ----------------------------------------------------------
 STAGE=$BUILD/migd-$VERSION
 say "staging migd $VERSION in $STAGE"
-mkdir -p "$STAGE"/{bin,lib,systemd,etc,examples,man,completion}
+mkdir -p "$STAGE"/{bin,lib,systemd,generator,etc,examples,man,completion}
 cp "$PKG/dist.mk" "$STAGE/Makefile"
 cp "$PKG/bin/migd" "$STAGE/bin/migd"
 (cd "$REPO/src" && find migd -name '*.py' -not -path '*/__pycache__/*' -print0 |
@@ -77,6 +77,7 @@ if [ "$VERSION" != "$UPSTREAM" ]; then
 fi
 /usr/bin/python3 "$PKG/vendor.py" "$STAGE/lib" --cache "$CACHE/vendor"
 cp "$PKG/systemd/migd.service" "$PKG/systemd/migd-watch.service" "$PKG/systemd/50-migd.preset" "$STAGE/systemd/"
+cp "$PKG/generator/migd-generator" "$STAGE/generator/"
 cp "$REPO/etc/migd.toml" "$STAGE/etc/"
 cp "$REPO"/etc/examples/*.toml "$STAGE/examples/"
 cp "$PKG/completion/migd.bash" "$PKG/completion/_migd" "$PKG/completion/migd.fish" "$STAGE/completion/"

@@ -10,6 +10,8 @@ BINDIR        ?= $(PREFIX)/bin
 LIBDIR        ?= $(PREFIX)/lib/migd
 SYSCONFDIR    ?= /etc
 UNITDIR       ?= /usr/lib/systemd/system
+# systemd.generator(7): migd-generator orders [daemon] gpu_clients after migd.service
+GENERATORDIR  ?= /usr/lib/systemd/system-generators
 # Only the rpm ships a preset (Fedora/RHEL enable units through presets); empty: none.
 PRESETDIR     ?=
 MANDIR        ?= $(PREFIX)/share/man
@@ -38,6 +40,7 @@ install: $(MANPAGES)
 	cd lib && find . -type f -name '*.py' | LC_ALL=C sort | while read -r f; do \
 	    $(INSTALL) -D -m 0644 "$$f" "$(DESTDIR)$(LIBDIR)/$$f" || exit 1; done
 	$(INSTALL) -m 0644 systemd/migd.service systemd/migd-watch.service $(DESTDIR)$(UNITDIR)/
+	$(INSTALL) -D -m 0755 generator/migd-generator $(DESTDIR)$(GENERATORDIR)/migd-generator
 	$(INSTALL) -m 0644 etc/migd.toml $(DESTDIR)$(SYSCONFDIR)/migd.toml
 	$(INSTALL) -m 0644 man/migd.8 $(DESTDIR)$(MANDIR)/man8/migd.8
 	$(INSTALL) -m 0644 man/migd.toml.5 $(DESTDIR)$(MANDIR)/man5/migd.toml.5

@@ -17,7 +17,7 @@ from typing import Callable, List, Optional, Tuple
 import pytest
 
 import migd.sim
-from migd.backend import make_backend
+from migd.sim import make_backend
 from migd.sim.host import SimHost
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,7 +39,7 @@ def load_reference(path: Path) -> dict:
 
 def sim_model_for(pci_device_id: str):
     """The simulated model of a recorded GPU, matched by PCI device ID (as "0x233010DE"), or None."""
-    from migd.sim.catalog import MODELS
+    from migd.catalog import MODELS
 
     wanted = int(pci_device_id, 16)
     hits = [m for m in MODELS.values() if m.pci_device_id == wanted]
@@ -52,11 +52,14 @@ def h100_reference() -> dict:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_env(request, monkeypatch):
+def _isolated_env(request, monkeypatch, tmp_path):
     """Simulated tests inherit no read-only switch, injected faults or simulation settings from the caller.
 
-    Tests marked gpu or boot are left alone: the hardware tests depend on the caller's MIGD_READ_ONLY=1.
+    Every test gets its own user state directory ($XDG_STATE_HOME, where `--simulate` keeps its hosts between
+    commands): no test writes the real home, none sees another's simulated host.
+    Tests marked gpu or boot are left alone otherwise: the hardware tests depend on the caller's MIGD_READ_ONLY=1.
     """
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
     if request.node.get_closest_marker("gpu") or request.node.get_closest_marker("boot"):
         yield
         return

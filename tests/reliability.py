@@ -92,7 +92,7 @@ class Scenario:
 
     @property
     def gpus(self) -> int:
-        from migd.sim.catalog import parse_host_spec
+        from migd.catalog import parse_host_spec
 
         return len(parse_host_spec(self.spec))
 

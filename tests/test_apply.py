@@ -72,7 +72,7 @@ AFTER = [9, 9]  # two 3g: on "seven-1g" every old instance goes; on "mixed" the 
 
 def _steps():
     """(before layout name, step index) for every action of the plan applying AFTER to that layout."""
-    from migd.backend import make_backend
+    from migd.sim import make_backend
     import migd.sim
 
     out = []
@@ -174,7 +174,7 @@ def test_pending_mode_with_a_client(sim_backend, spec):
     host = backend._sim_host
     host.gpus[0]["clients"].append(os.getpid())
     infos = backend.gpus()
-    holders = lambda g: ["nv-hostengine (pid 2180, nvidia-dcgm.service)"] if g == 0 else []  # noqa: E731
+    holders = lambda g: (["nv-hostengine (pid 2180, nvidia-dcgm.service)"] if g == 0 else [], "")  # noqa: E731
     results = [A.apply_gpu(backend, infos[g], desired(infos[g], [9, 9]), describe_holders=holders) for g in (0, 1)]
     assert [r.outcome for r in results] == [Outcome.PENDING, Outcome.APPLIED]
     r = results[0]

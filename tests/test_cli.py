@@ -181,7 +181,7 @@ def test_lock_held_exits_5(capsys, host, monkeypatch):
     conf = host["config"]
     with open(conf, "a") as f:
         f.write("\n[daemon]\nlock_timeout = 0.2\n")
-    with runstate.locked(1):
+    with runstate.locked(1, directory=os.environ["MIGD_RUN_DIR"]):
         code, out, err = migd(capsys, host, "apply")
     assert code == 5 and "another migd holds" in err
 
@@ -189,14 +189,15 @@ def test_lock_held_exits_5(capsys, host, monkeypatch):
 def test_cli_entry_point_as_subprocess(host):
     """What an admin types: the console script, a real process, stdout/exit code."""
     env = dict(os.environ, MIGD_RUN_DIR=os.path.join(os.path.dirname(host["state"]), "run"),
-               PYTHONIOENCODING="ascii")  # a terminal that is not UTF-8: the grid in plain ASCII
+               PYTHONIOENCODING="ascii",  # a terminal that is not UTF-8: the grid in plain ASCII
+               XDG_STATE_HOME=os.path.join(os.path.dirname(host["state"]), "xdg-1"))
     r = subprocess.run([sys.executable, "-m", "migd.cli", "--simulate", "dgx-a100", "--config",
                         "etc/examples/dgx-a100-mixed.toml", "apply"], capture_output=True, text=True, env=env,
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert r.returncode == 0, r.stderr
     # the README's demo: one line per GPU saying what changed, then identical GPUs' slot grids drawn once
     out = r.stdout.splitlines()
-    assert r.stderr == "" and out[:8] == [
+    assert r.stderr.startswith("migd: simulated dgx-a100 host created in ") and out[:8] == [
         *(f"GPU {i}: applied 10 changes (MIG mode on, 4 GPU instances created)" for i in range(4)),
         *(f"GPU {i}: applied 16 changes (MIG mode on, 7 GPU instances created)" for i in range(4, 8))], r.stdout
     assert out[8] == "GPU 0-3: NVIDIA A100-SXM4-40GB" and "GPU 4-7: NVIDIA A100-SXM4-40GB" in out, r.stdout
@@ -204,6 +205,7 @@ def test_cli_entry_point_as_subprocess(host):
     assert "|2g.10gb|1g.5gb|1g.5gb|3g.20gb|" in rows and "|GI3|GI9|GI10|GI2|" in rows, r.stdout
     assert "|" + "".join(f"GI{7 + i}|" for i in range(7)) + "|" in rows, r.stdout  # slot 7 free: an empty cell
     # -v: each driver call, naming GPU instances by the driver's GI id as status does
+    env["XDG_STATE_HOME"] = os.path.join(os.path.dirname(host["state"]), "xdg-2")
     r = subprocess.run([sys.executable, "-m", "migd.cli", "--simulate", "dgx-a100", "--config",
                         "etc/examples/dgx-a100-mixed.toml", "-v", "apply"], capture_output=True, text=True, env=env,
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -217,17 +219,15 @@ def test_cli_entry_point_as_subprocess(host):
     assert r.returncode == 2
 
 
-def test_non_root_run_dir_is_private(monkeypatch, tmp_path):
-    from migd import runstate
+def test_run_dirs_real_and_simulated(tmp_path):
+    """Real GPUs: /run/migd, whoever asks (a user's check runs without the lock it cannot open); simulated GPUs:
+    the simulated host's own, beside its state file, never /run/migd."""
+    from migd import site
 
-    monkeypatch.delenv("MIGD_RUN_DIR", raising=False)
-    monkeypatch.setattr(runstate.os, "geteuid", lambda: 1000)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
-    assert runstate.run_dir() == str(tmp_path / "migd")
-    monkeypatch.delenv("XDG_RUNTIME_DIR")
-    assert runstate.run_dir().endswith("migd-1000")
-    monkeypatch.setattr(runstate.os, "geteuid", lambda: 0)
-    assert runstate.run_dir() == "/run/migd"
+    assert site.build(None, None, {}).env.run_dir == "/run/migd"
+    state = str(tmp_path / "state.json")
+    env = site.build("h100-80gb", state, {}).env
+    assert env.simulated and env.run_dir == state + ".run" and env.state_dir == state + ".lib"
 
 
 def test_export_round_trips_a_gpu_instance_without_compute_instances(capsys, host, tmp_path):

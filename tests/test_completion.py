@@ -83,7 +83,7 @@ def test_the_completion_verb_prints_each_script_and_the_simulated_models_profile
 
 
 def test_every_verb_option_and_simulated_name_is_in_every_script():
-    from migd.sim import catalog
+    from migd import catalog
 
     sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
     assert {"status", "profiles", "validate", "plan", "apply", "check", "export", "boot", "watch"} <= VERBS

@@ -8,6 +8,7 @@ import textwrap
 import pytest
 
 import reliability as R
+from migd import site
 from migd import cli, sim
 from migd.sim.host import SimHost
 from migd.watch import Watcher
@@ -85,7 +86,7 @@ def test_watch_logs_drift_in_the_same_wording_as_check(env, capsys):
     assert migd(env, capsys, "apply")[0] == 0
     by_hand(env, _drift)
     with capture_logs() as logs:
-        assert Watcher(env["config"], sim_state=env["state"]).check_once() == {0: "drift", 1: "drift"}
+        assert Watcher(env["config"], site.build(None, env["state"])).check_once() == {0: "drift", 1: "drift"}
     drift = {e["gpu"]: e for e in logs if e["event"] == "drift"}
     assert drift[0]["msg"] == f"GPU 0: drift: {GPU0}" and drift[0]["diff"] == GPU0
     assert drift[1]["msg"] == f"GPU 1: drift: {GPU1}"
@@ -114,17 +115,18 @@ def test_missing_extra_and_mode_wording(env, capsys):
 def test_drift_is_typed_records_that_check_words(env, capsys):
     """The rules return records (drift.Drift: missing / extra / moved GPU instances, compute drift per GPU
     instance); check's wording is report's rendering of them."""
-    from migd import backend as B, config, report
+    from migd import config, report, site
     from migd.drift import ComputeRecord, Match, Moved
     from migd.engine import Engine
     from migd.model import Placement
 
     assert migd(env, capsys, "apply")[0] == 0
     by_hand(env, _drift)
-    be = B.make_backend(sim_state=env["state"], read_only=True)
+    wired = site.build(sim_state=env["state"])
+    be = wired.open_backend(read_only=True)
     be.open()
     try:
-        engine = Engine(be, config.load(env["config"]))
+        engine = Engine(be, config.load(env["config"]), wired.env)
         rows = engine.compare(engine.desired()).gpus
     finally:
         be.close()

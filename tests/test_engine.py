@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import reliability as R
+from migd import site
 from migd import runstate
 from migd.sim.host import SimHost, load_state
 from migd.watch import Watcher
@@ -85,13 +86,12 @@ def test_simulated_apply_as_root_never_touches_the_real_run_dir(host, monkeypatc
     assert not host["real"].exists()
     assert (host["run"] / "state.json").is_file() and (host["run"] / "devices.env").is_file()
     assert json.loads((host["run"] / "state.json").read_text())["simulated"] is True
-    # --simulate without a state file: a per-user temp dir, still not the real one
-    monkeypatch.setattr("tempfile.tempdir", str(host["tmp"] / "tmp"))
-    (host["tmp"] / "tmp").mkdir()
+    # --simulate without a state file: the user's simulated host (under $XDG_STATE_HOME), still not the real one
     r = R.run_cli(["--simulate", "h100-80gb", "--config", host["config"], "apply"])
     assert r.code == 0, r.out + r.err
     assert not host["real"].exists()
-    assert (host["tmp"] / "tmp" / f"migd-sim-{os.geteuid()}" / "state.json").is_file()
+    kept = Path(os.environ["XDG_STATE_HOME"]) / "migd" / "sim" / "h100-80gb"
+    assert (kept / "state.json.run" / "state.json").is_file()
 
 
 def test_sim_state_of_one_model_with_simulate_of_another_is_an_error(host):
@@ -152,7 +152,7 @@ def test_watchdog_reapply_rewrites_state_json_and_devices_env(host):
     s.save()
     env_file.write_text("MIGD_TRAIN=stale\n")  # what the last apply left: MIG UUIDs can change on a re-create
     state_file.write_text("{}")
-    w = Watcher(host["config"], sim_state=host["state"])
+    w = Watcher(host["config"], site.build(None, host["state"]))
     assert w.check_once()[0] == "drift"
     new = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if not line.startswith("#"))
     s = SimHost.create("", host["state"])

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from migd import cli, sim
-from migd.sim.catalog import MODELS
+from migd.catalog import MODELS
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from migd import cli, miniyaml, sim
-from migd.sim.catalog import MODELS
+from migd.catalog import MODELS
 
 DATA = Path(__file__).parent / "data" / "mig-parted"
 DEFAULT = DATA / "config-default.yaml"

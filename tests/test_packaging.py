@@ -183,13 +183,72 @@ def test_shipped_config_manages_no_gpu():
     assert config.parse((REPO / "etc/migd.toml").read_text(), "etc/migd.toml").entries == ()
 
 
+def _families(text: str) -> List[str]:
+    """The GPU families a description lists: the parenthesis after "NVIDIA ... GPUs"/"NVIDIA MIG GPUs"."""
+    m = re.search(r"NVIDIA (?:GPUs with MIG|MIG GPUs) \((.*?)(?:,? …|, and the others)", " ".join(text.split()))
+    assert m, text[:400]
+    return [f.strip() for f in m.group(1).split(",")]
+
+
+def test_package_descriptions_and_man_page_list_the_families_the_readme_does():
+    """Issue 16.11: they said A100/A30/H100/H200 while migd supports Blackwell and RTX PRO too."""
+    readme = _families((REPO / "README.md").read_text().split("\n\n", 2)[1])
+    assert {"A100", "H100", "B200", "RTX PRO 6000"} <= set(readme), readme
+    table = (REPO / "README.md").read_text().split("## Supported GPUs", 1)[1].split("\n## ", 1)[0]
+    assert all(f in table for f in readme), readme
+    control = (PKG / "debian/control").read_text().split("\nPackage: migd\n", 1)[1]
+    spec = (PKG / "rpm/migd.spec.in").read_text().split("%description", 1)[1].split("\n%", 1)[0]
+    for name, text in (("debian/control", control), ("migd.spec.in", spec), ("migd.8.rst", _rst("migd.8.rst"))):
+        assert _families(text.replace("\n ", "\n")) == readme, name
+
+
 def test_changelog_is_at_the_package_version():
     head = (PKG / "debian/changelog").read_text().splitlines()[0]
     assert head.startswith(f"migd ({VERSION}) "), f"debian/changelog starts {head!r}, __version__ is {VERSION}"
 
 
-@pytest.mark.parametrize("path, rule", [("debian/migd.lintian-overrides", r"^migd: "),
-                                        ("rpm/migd.rpmlintrc", r"^addFilter\(")])
+def _words(text: str) -> str:
+    return " ".join(text.replace("`", "").split())
+
+
+def _debian_changelog() -> List[tuple]:
+    """[(version, "YYYY-MM-DD", [entry text, ...]), ...] from packaging/debian/changelog, newest first."""
+    import email.utils
+
+    out = []
+    for block in re.split(r"\n(?=\S)", (PKG / "debian/changelog").read_text().strip()):
+        lines = block.splitlines()
+        version = re.match(r"migd \(([^)]+)\) \S+; urgency=\w+$", lines[0]).group(1)
+        [trailer] = [line for line in lines if line.startswith(" -- ")]
+        when = email.utils.parsedate_to_datetime(trailer.split("  ", 1)[1])
+        items = re.split(r"\n  \* ", "\n" + "\n".join(line for line in lines[1:] if line.startswith("  ")))[1:]
+        out.append((version, when.strftime("%Y-%m-%d"), [_words(i) for i in items]))
+    return out
+
+
+def test_releases_are_in_step_in_debian_changelog_and_the_readme():
+    """Issue 16.10: every release has the same version, date and entries in debian/changelog and README "Changes"
+    (the rpm's %changelog is made from debian/changelog: test_rpm_changelog_is_the_debian_one)."""
+    debian = _debian_changelog()
+    readme = (REPO / "README.md").read_text().split("\n## Changes\n", 1)[1].split("\n## ", 1)[0]
+    sections = re.findall(r"^### (\S+) \((\d{4}-\d\d-\d\d)\)\n\n(.*?)(?=^### |\Z)", readme, re.M | re.S)
+    ours = [(v, d, [_words(i) for i in re.split(r"^- ", body.strip(), flags=re.M)[1:]]) for v, d, body in sections]
+    assert [(v, d) for v, d, _ in ours] == [(v, d) for v, d, _ in debian]
+    for (version, _, mine), (_, _, theirs) in zip(ours, debian):
+        assert mine == theirs, f"{version}: README Changes and debian/changelog differ"
+    versions = [tuple(int(x) for x in v.split(".")) for v, _, _ in debian]
+    assert versions == sorted(versions, reverse=True) and len(set(versions)) == len(versions)
+    assert [d for _, d, _ in debian] == sorted((d for _, d, _ in debian), reverse=True)
+    assert debian[0][0] == VERSION and {"0.1.0", "0.2.0", "0.3.0"} <= {v for v, _, _ in debian}
+
+
+def test_readme_installs_the_current_version():
+    readme = (REPO / "README.md").read_text()
+    assert f"sudo apt install ./migd_{VERSION}_all.deb" in readme
+    assert f"sudo dnf install ./migd-{VERSION}-1.noarch.rpm" in readme
+
+
+@pytest.mark.parametrize("path, rule", [("rpm/migd.rpmlintrc", r"^addFilter\(")])
 def test_every_lint_override_has_a_reason(path, rule):
     lines = (PKG / path).read_text().splitlines()
     rules = [i for i, line in enumerate(lines) if re.match(rule, line)]
@@ -251,7 +310,7 @@ def _common_layout(files: Dict[str, str], unitdir: str, zsh_dir: str) -> None:
               "/usr/lib/migd/tomli/__init__.py", "/usr/lib/migd/typing_extensions.py",
               "/usr/share/bash-completion/completions/migd", f"{zsh_dir}/_migd",
               "/usr/share/fish/vendor_completions.d/migd.fish",
-              "/usr/share/doc/migd/examples/dgx-a100-mixed.toml"]
+              "/usr/share/doc/migd/examples/dgx-a100-mixed.toml", "/usr/lib/systemd/system-generators/migd-generator"]
     missing = [p for p in expect if p not in files]
     assert not missing, missing
     assert any(re.fullmatch(r"/usr/share/man/man8/migd\.8\.gz", p) for p in files)
@@ -278,6 +337,7 @@ def test_deb_contents_and_relations(built):
     files = _deb_files(deb)
     _common_layout(files, "/usr/lib/systemd/system", "/usr/share/zsh/vendor-completions")
     assert files["/usr/bin/migd"].startswith("-rwxr-xr-x")
+    assert files["/usr/lib/systemd/system-generators/migd-generator"].startswith("-rwxr-xr-x")
     assert "/usr/share/doc/migd/copyright" in files and "/usr/share/doc/migd/changelog.gz" in files
     conffiles = run(["dpkg-deb", "--info", str(deb), "conffiles"]).stdout.split()
     assert conffiles == ["/etc/migd.toml"]
@@ -322,6 +382,7 @@ def test_rpm_files_and_relations(built):
     assert "l" in flags["/usr/share/licenses/migd/LICENSE"] and "l" in flags["/usr/share/licenses/migd/copyright"]
     modes = dict(line.split() for line in _rpm("-qp", "--qf", "[%{FILENAMES} %{FILEMODES:perms}\n]", rpm).splitlines())
     assert modes["/usr/bin/migd"] == "-rwxr-xr-x"
+    assert modes["/usr/lib/systemd/system-generators/migd-generator"] == "-rwxr-xr-x"
     requires = {r.strip() for r in _rpm("-qpR", rpm).splitlines() if not r.startswith("rpmlib(")}
     assert requires == {"python3 >= 3.9", "/usr/bin/python3", "/bin/sh", f"config(migd) = {VERSION}-1"}, requires
     assert _rpm("-qp", "--suggests", rpm).split() == ["libnvidia-ml.so.1()(64bit)"]
@@ -342,6 +403,21 @@ def _scriptlets(rpm: str) -> Dict[str, str]:
     return out
 
 
+def test_rpm_changelog_is_the_debian_one(built):
+    """Same releases, dates and entries as debian/changelog (build.sh makes one from the other)."""
+    need("rpm")
+    text = _rpm("-qp", "--changelog", str(built["rpm"]))
+    heads = re.findall(r"^\* (\w{3} \w{3} \d\d \d{4}) .*? - (\S+)-1$", text, re.M)
+    import datetime
+
+    got = [(v, datetime.datetime.strptime(d, "%a %b %d %Y").strftime("%Y-%m-%d")) for d, v in heads]
+    debian = _debian_changelog()
+    assert got == [(v, d) for v, d, _ in debian]
+    items = [_words(i) for i in re.split(r"^- ", text, flags=re.M)[1:]]
+    items = [re.sub(r" \* \w{3} \w{3} \d\d \d{4} .*$", "", i) for i in items]  # up to the next release's line
+    assert items == [i for _, _, entries in debian for i in entries]
+
+
 def test_rpm_scriptlets_use_the_systemd_macros(built):
     need("rpm")
     s = _scriptlets(str(built["rpm"]))
@@ -354,18 +430,21 @@ def test_rpm_scriptlets_use_the_systemd_macros(built):
     assert re.findall(r"mark-restart-system-units (.*?) \|\|", s["postuninstall"]) == ["migd-watch.service"]
     assert not re.search(r"(restart|start)\b.*migd\.service", s["postinstall"] + s["postuninstall"])
     assert "compileall" in s["postinstall"] and "__pycache__" in s["preuninstall"]
+    # The default metrics file, spelled out: %{_sharedstatedir} is /usr/com on Debian's (and some other) rpm builds.
+    assert "rm -f /var/lib/prometheus/node-exporter/migd.prom" in s["preuninstall"], s["preuninstall"]
+    assert "/usr/com" not in "".join(s.values())
 
 
 def _verify_root(root: Path) -> str:
     """systemd-analyze verify on the package's units, with the package's files as the root. The root gets what the
-    package expects from the system it lands on: systemd's own targets and slices, and /bin/kill (procps)."""
+    package expects from the system it lands on: systemd's own targets and slices, and /bin/sh."""
     units = root / "usr/lib/systemd/system"
     units.mkdir(parents=True, exist_ok=True)
     for f in glob.glob("/lib/systemd/system/*.target") + glob.glob("/lib/systemd/system/*.slice"):
         shutil.copy(f, units)
     (root / "bin").mkdir(exist_ok=True)
-    if not (root / "bin/kill").exists():
-        shutil.copy("/bin/kill", root / "bin/kill")
+    if not (root / "bin/sh").exists():
+        shutil.copy("/bin/sh", root / "bin/sh")
     r = run(["systemd-analyze", "verify", f"--root={root}", *UNITS], env={"MANPATH": str(root / "usr/share/man")},
             cwd=str(root))
     return (r.stdout + r.stderr).strip()
@@ -379,8 +458,8 @@ def _check_verify(root: Path) -> None:
 
 def _can_verify() -> None:
     need("systemd-analyze", "man")
-    if not Path("/bin/kill").exists() or not glob.glob("/lib/systemd/system/sysinit.target"):
-        pytest.skip("needs a systemd host with /bin/kill")
+    if not Path("/bin/sh").exists() or not glob.glob("/lib/systemd/system/sysinit.target"):
+        pytest.skip("needs a systemd host")
 
 
 def test_systemd_analyze_verify_prints_nothing_for_the_deb(built, tmp_path):
@@ -488,7 +567,7 @@ def test_rpm_root_runs_with_its_vendored_libraries(rpm_root, python, tmp_path):
 
 # Simulated GPUs for the services; their state file is the one place outside /run the sandbox must let them write.
 SIM_DROPIN = ("[Service]\nEnvironment=MIGD_SIMULATE=h100-80gb MIGD_SIM_STATE=/var/lib/migd-sim/state.json"
-              " MIGD_RUN_DIR=/run/migd\n"
+              " MIGD_RUN_DIR=/run/migd MIGD_SIM_HOST=real\n"
               "ReadWritePaths=/var/lib/migd-sim\n")
 LAYOUT = '\n# added by the admin (test)\n[[gpu]]\nselect = "all"\nmig = true\ninstances = ["3g", "2g", "1g"]\n'
 # What may differ after purge, piuparts-style: state of the system and of the test, never of the package.
@@ -574,6 +653,8 @@ def test_deb_install_boot_upgrade_purge(suite, tmp_path):
             "5_man": ["sh", "-c", "ls /usr/share/man/man8/migd.8.gz /usr/share/man/man5/migd.toml.5.gz"],
         }).check()
         assert r1.command("1_install")["rc"] == 0, r1.command("1_install")
+        # Nothing to warn about on a host without DGX OS's nvidia-gpu-reset.target (issue 16.11).
+        assert "non-existent unit" not in r1.command("1_install")["stdout"], r1.command("1_install")
         assert r1.command("2_state")["stdout"].split() == ["enabled", "enabled", "inactive", "inactive"], \
             r1.command("2_state")
         assert r1.command("3_version")["stdout"].strip() == f"migd {VERSION}", r1.command("3_version")
@@ -592,12 +673,14 @@ def test_deb_install_boot_upgrade_purge(suite, tmp_path):
                 "-p", "MainPID", *UNITS]
         r2 = boot(root, bind=bind, timeout=90, results_dir=tmp_path / "boot2", commands={
             "1_before": show,
+            # No procps here (no /bin/kill): the reload must work with what every systemd host has.
+            "1_reload": ["sh", "-c", "systemctl reload migd-watch.service && sleep 1"],
             "2_upgrade": ["dpkg", "-i", f"/mnt/debs/{v2.name}"],
             "3_after": show,
             "4_version": ["migd", "--version"],
             "5_conf": ["sh", "-c", "cat /etc/migd.toml; ls /etc/ | grep -c '^migd.toml.dpkg' || true"],
             "6_check": ["env", "MIGD_SIMULATE=h100-80gb", "MIGD_SIM_STATE=/var/lib/migd-sim/state.json",
-                        "MIGD_RUN_DIR=/run/migd", "migd", "check"],
+                        "MIGD_RUN_DIR=/run/migd", "MIGD_SIM_HOST=real", "migd", "check"],
             "7_purge": ["dpkg", "--purge", "migd"],
             "8_gone": ["sh", "-c", f"systemctl is-active {migd_units}; true"],
         }).check()
@@ -607,6 +690,9 @@ def test_deb_install_boot_upgrade_purge(suite, tmp_path):
         assert watch["ActiveState"] == "active", watch
         created = [e for e in r2.journal(_SYSTEMD_UNIT="migd.service") if e.get("MIGD_EVENT") == "create_gi"]
         assert len(created) == 3, r2.messages(unit="migd.service")
+        assert r2.command("1_reload")["rc"] == 0, r2.command("1_reload")
+        reloaded = [e for e in r2.journal(_SYSTEMD_UNIT="migd-watch.service") if e.get("MIGD_EVENT") == "config_reloaded"]
+        assert len(reloaded) == 1, r2.messages(unit="migd-watch.service")
         assert r2.command("2_upgrade")["rc"] == 0, r2.command("2_upgrade")
         assert after_up["migd.service"]["InvocationID"] == migd["InvocationID"], "the upgrade restarted migd.service"
         assert after_up["migd-watch.service"]["ActiveState"] == "active"

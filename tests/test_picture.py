@@ -19,7 +19,7 @@ import pytest
 
 from migd import cli, sim
 from migd.picture import style_for
-from migd.sim.catalog import MODELS
+from migd.catalog import MODELS
 from migd.sim.host import SimHost
 
 from conftest import ROOT
@@ -201,7 +201,7 @@ def isolated(tmp_path, monkeypatch):
 def test_no_line_wider_than_80_columns_on_any_model(tmp_path, capsys, isolated, monkeypatch, model):
     """Each profile of the model as many times as it fits, every instance named (long names), through plan (from
     MIG off), apply and status."""
-    from migd.backend import make_backend
+    from migd.sim import make_backend
 
     backend = make_backend(simulate=model)
     backend.open()

@@ -1,6 +1,6 @@
 """The simulated NVML, exercised through the real pynvml API, against the reference (nvml-mig.md, h100-80gb-hbm3.json).
 
-Expected values come from the reference, transcribed here independently of migd.sim.catalog: a test that compared
+Expected values come from the reference, transcribed here independently of migd.catalog: a test that compared
 the simulator with its own tables could not fail.
 """
 
@@ -20,7 +20,7 @@ import pytest
 
 import migd.sim
 from migd.sim import SimHost, parse_faults
-from migd.sim.catalog import HOSTS, MODELS, parse_host_spec
+from migd.catalog import HOSTS, MODELS, parse_host_spec
 
 from conftest import MEASURED_JSON, PYTHON, load_reference, python_env, sim_model_for
 
@@ -706,7 +706,7 @@ def test_state_file_shared_by_two_hosts(sim_backend, state_path):
 _CHILD_CREATE = textwrap.dedent("""
     import ctypes, sys
     import pynvml as N
-    from migd.backend import make_backend
+    from migd.sim import make_backend
     from migd.model import Placement
     b = make_backend(sim_state=sys.argv[1])
     b.open()
@@ -732,7 +732,7 @@ def test_state_file_shared_by_two_processes(sim_backend, state_path):
 
 _CHILD_TOGGLE = textwrap.dedent("""
     import sys
-    from migd.backend import make_backend
+    from migd.sim import make_backend
     from migd.model import Placement
     b = make_backend(sim_state=sys.argv[1])
     b.open()

@@ -94,7 +94,9 @@ def test_watch_reports_no_drift_for_instances_and_reapplies_only_the_mode(site, 
     from structlog.testing import capture_logs
 
     assert migd(site, capsys, "apply")[0] == 0
-    w = Watcher(site["config"], sim_state=site["state"])
+    from migd import site as wiring
+
+    w = Watcher(site["config"], wiring.build(sim_state=site["state"]))
     with capture_logs() as logs:
         assert w.check_once() == {0: "ok", 1: "ok"}
         gi = other_tool_creates(site, 1, 14, 1)  # a 2g.20gb appears: the other tool's, not drift

@@ -7,7 +7,6 @@ not loaded yet (udev/modules-load still busy: wait up to driver_wait_timeout). `
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from . import driverfiles
@@ -15,6 +14,7 @@ from . import errors as E
 from .backend import Backend
 from .driverfiles import DriverFiles
 from .errors import DriverError, MigdError
+from .hostenv import HostEnv
 from .log import get_logger
 from .model import Config, GpuEntry, SelectorKind
 
@@ -38,13 +38,14 @@ class DriverNotLoaded(MigdError):
     """A driver is installed, but NVML did not come up within driver_wait_timeout."""
 
 
-def wait_for_driver(make: Callable[[], Backend], timeout: float,
-                    files: Callable[[], DriverFiles] = driverfiles.detect) -> Backend:
-    """Open a backend, retrying with backoff while an installed NVIDIA driver is not loaded yet.
+def wait_for_driver(make: Callable[[], Backend], timeout: float, env: HostEnv) -> Backend:
+    """Open a backend, retrying with backoff while an installed NVIDIA driver is not loaded yet (what is installed:
+    env.driver_files; waiting: env.clock).
 
     Raises NoDriverInstalled at the first failure when nothing of a driver is installed, DriverNotLoaded after
     `timeout` seconds otherwise. Logs the wait once (info), each retry at debug, and the driver coming up."""
-    deadline = time.monotonic() + timeout
+    clock = env.clock
+    deadline = clock.monotonic() + timeout
     delay, attempt = 0.25, 0
     found = None
     while True:
@@ -60,7 +61,7 @@ def wait_for_driver(make: Callable[[], Backend], timeout: float,
                 raise
             code = E.code_name(e.code)
             if found is None:
-                found = files()
+                found = env.driver_files()
                 if not found.installed:
                     raise NoDriverInstalled(found) from None
                 log.info("driver_wait", msg=f"waiting up to {timeout:g} s for the NVIDIA driver to load ({code}): "
@@ -69,10 +70,10 @@ def wait_for_driver(make: Callable[[], Backend], timeout: float,
             else:
                 log.debug("driver_retry", msg=f"NVIDIA driver not loaded yet ({code}), attempt {attempt}",
                           attempt=attempt, code=code)
-            left = deadline - time.monotonic()
+            left = deadline - clock.monotonic()
             if left <= 0:
                 raise DriverNotLoaded(not_loaded_message(found, timeout)) from None
-            time.sleep(min(delay, left))
+            clock.sleep(min(delay, left))
             delay = min(delay * 2, 5.0)
 
 
@@ -87,7 +88,7 @@ def not_loaded_message(found: DriverFiles, timeout: float) -> str:
     return f"NVIDIA driver loaded but NVML not ready {after}: {found.describe()}; see `dmesg` and `nvidia-smi`"
 
 
-def run(cfg: Config, open_backend: Callable[[], Backend], files: Callable[[], DriverFiles],
+def run(cfg: Config, open_backend: Callable[[], Backend], env: HostEnv,
         make_engine: Callable[[Backend], "Engine"]) -> int:
     """What migd.service does: nothing for a host no entry is for; else wait for the driver, apply every selected
     GPU through the engine, and with on_pending = "reboot-once" reboot once for a mode change left pending. Returns
@@ -100,7 +101,7 @@ def run(cfg: Config, open_backend: Callable[[], Backend], files: Callable[[], Dr
         log.info("boot_nothing", msg=f"{cfg.path} selects no GPU on this host: nothing to do")
         return E.EXIT_OK
     try:
-        backend = wait_for_driver(open_backend, cfg.daemon.driver_wait_timeout, files)
+        backend = wait_for_driver(open_backend, cfg.daemon.driver_wait_timeout, env)
     except NoDriverInstalled as e:
         return _no_driver(e, mine)
     try:
@@ -112,7 +113,7 @@ def run(cfg: Config, open_backend: Callable[[], Backend], files: Callable[[], Dr
         uuids = {info.index: info.uuid for info in engine.infos()}
         pending = [rebootonce.Pending(i, uuids.get(i, "")) for i, r in result.gpus.items()
                    if r.outcome == Outcome.PENDING]
-        if rebootonce.after_boot_apply(cfg, pending, code):
+        if rebootonce.after_boot_apply(cfg, pending, code, env):
             return E.EXIT_OK  # the reboot is queued: the change takes effect then
         level = log.info if code == E.EXIT_OK else log.error
         level("boot_done", msg=f"boot apply finished: exit {code}", exit=code)

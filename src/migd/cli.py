@@ -13,15 +13,16 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tupl
 
 from . import __version__
 from . import errors as E
+from . import site as site_mod
 from .errors import ConfigError, MigdError
 
 if TYPE_CHECKING:
     from .backend import Backend
-    from .driverfiles import DriverFiles
     from .engine import ApplyResult, Engine, StatusView
     from .layout import DesiredGpu
     from .model import Config, GpuInfo
     from .picture import Style
+    from .site import Site
 
 READ_VERBS = ("status", "profiles", "validate", "plan", "check", "export", "import", "init", "completion")
 SERVICE_IDENTIFIERS = {"watch": "migd-watch"}  # verb -> SyslogIdentifier= of its unit (migd.service's is "migd")
@@ -60,13 +61,6 @@ class _Parser(argparse.ArgumentParser):
         return {}
 
 
-def _simulate_help() -> str:
-    from .sim.catalog import HOSTS, MODELS  # plain tables: no NVML is loaded
-
-    return (f"use simulated GPUs: a host ({', '.join(HOSTS)}) or MODEL[:COUNT],... with models "
-            f"{', '.join(MODELS)} (env MIGD_SIMULATE)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="migd", description="Put NVIDIA GPUs into the MIG layout declared in /etc/migd.toml.",
@@ -74,8 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                "(needs idle GPU + reset, or reboot), 5 busy (lock held).")
     p.add_argument("--version", action="version", version=f"migd {__version__}")
     _global_options(p, {"config": os.environ.get("MIGD_CONFIG", "/etc/migd.toml"),
-                        "simulate": os.environ.get("MIGD_SIMULATE") or None,
-                        "sim_state": os.environ.get("MIGD_SIM_STATE") or None, "verbose": False, "quiet": False})
+                        "simulate": None, "sim_state": None, "verbose": False, "quiet": False})
     sub = p.add_subparsers(dest="verb", metavar="VERB", prog="migd",  # prog: no terminal-size probe at start
                            parser_class=_Parser)
     sub.required = True
@@ -125,7 +118,7 @@ def _global_options(p: argparse.ArgumentParser, defaults: Optional[Dict[str, obj
 
     p.add_argument("-c", "--config", default=default("config"),
                    help="layout file (default /etc/migd.toml; env MIGD_CONFIG)")
-    p.add_argument("--simulate", metavar="SPEC", default=default("simulate"), help=_simulate_help())
+    p.add_argument("--simulate", metavar="SPEC", default=default("simulate"), help=site_mod.simulate_help())
     p.add_argument("--sim-state", metavar="PATH", default=default("sim_state"),
                    help="share simulated GPUs between processes through this state file, created from --simulate "
                         "when absent (env MIGD_SIM_STATE)")
@@ -191,55 +184,53 @@ def _fail(service_verb: bool, event: str, text: str, code: int) -> int:
 # --- shared steps ---------------------------------------------------------------------------------------------
 
 
-def _simulated(args: argparse.Namespace) -> bool:
-    return bool(args.simulate or args.sim_state)
+def _site(args: argparse.Namespace) -> "Site":
+    """The run's wiring (migd.site), built once per process; its notices (a simulation chosen by the environment,
+    test hooks ignored) are said first: on stderr at a terminal, as journal warnings under systemd."""
+    built: Optional[Site] = getattr(args, "site", None)
+    if built is None:
+        built = site_mod.build(args.simulate, args.sim_state)
+        args.site = built
+        if built.notices and args.verb in ("boot", "watch"):  # one journal event, first
+            from .log import get_logger
 
-
-def _run_dir(args: argparse.Namespace) -> Optional[str]:
-    """Simulated GPUs never use the real /run/migd (runstate.sim_run_dir)."""
-    from . import runstate
-
-    return runstate.sim_run_dir(args.sim_state) if _simulated(args) else None
+            get_logger().warning("simulated" if built.simulated else "environment_ignored",
+                                 msg="; ".join(built.notices))
+        elif built.notices:
+            for notice in built.notices:
+                print(f"migd: {notice}", file=sys.stderr)
+    return built
 
 
 def _backend(args: argparse.Namespace, read_only: bool) -> "Backend":
-    from .backend import make_backend
-
-    backend = make_backend(simulate=args.simulate, sim_state=args.sim_state, read_only=read_only,
-                           cache_dir=_cache_dir(args), cache_write=not read_only)
+    backend = _site(args).open_backend(read_only=read_only, cache_write=not read_only)
     backend.open()
     return backend
-
-
-def _cache_dir(args: argparse.Namespace) -> str:
-    """The per-boot profile cache lives in the run directory (simulated GPUs: theirs, never /run/migd)."""
-    from . import runstate
-
-    return runstate.cache_dir(_run_dir(args))
 
 
 def _engine(args: argparse.Namespace, backend: "Backend", cfg: "Optional[Config]",
             host: Optional[str] = None) -> "Engine":
     from .engine import Engine
 
-    return Engine(backend, cfg, run_dir=_run_dir(args), simulated=backend.simulated, host=host)
+    return Engine(backend, cfg, _site(args).env, host=host)
 
 
-def _live_view(args: argparse.Namespace, backend: "Backend") -> "Tuple[Engine, StatusView]":
+def _live_view(args: argparse.Namespace, backend: "Backend") -> "Tuple[Engine, StatusView, Optional[str]]":
     """The live layout, with instance names and "matches/drift" where a valid config selects the GPU: status and
-    export work without a (valid) config, they only lose the names."""
+    export work without a (valid) config, they only lose the names; the third value says why they are lost."""
+    why: Optional[str] = None
     try:
         cfg: Optional[Config] = _load_config(args)
-    except ConfigError:
-        cfg = None
+    except ConfigError as e:
+        cfg, why = None, " ".join(str(e.problems[0]).split()) if e.problems else str(e)
     engine = _engine(args, backend, cfg)
     desired = None
     if cfg is not None:
         try:
             desired = engine.desired()
-        except ConfigError:
-            pass
-    return engine, engine.status(desired)
+        except ConfigError as e:
+            why = ' '.join(str(e.problems[0]).split()) if e.problems else str(e)
+    return engine, engine.status(desired), why
 
 
 def _load_config(args: argparse.Namespace, privileged: bool = False) -> "Config":
@@ -264,11 +255,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     backend = _backend(args, True)
     try:
-        engine, view = _live_view(args, backend)
+        engine, view, _ = _live_view(args, backend)
         if args.json:
             print(schema.dumps(engine.status_doc(view, backend.description)))
         else:
             print(picture.status(view.gpus, view.names, view.managed, _style()))
+            for note in _site(args).env.notes():  # a simulated host's systemctl calls, stopped units
+                print(note)
         return E.EXIT_OK
     finally:
         backend.close()
@@ -329,6 +322,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     n = len(cfg.entries)
     dropins = f", with drop-ins {', '.join(cfg.files[1:])}" if len(cfg.files) > 1 else ""
     print(f"{cfg.path}: syntax and keys OK ({n} GPU entr{'y' if n == 1 else 'ies'}{dropins})")
+    if cfg.daemon.gpu_clients:
+        _validate_gpu_clients(args, cfg)
     host = args.host or hostnames.this_host()
     if args.host or any(e.hosts for e in cfg.entries):
         mine = layout.for_host(cfg, host)
@@ -336,7 +331,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
               f"{len(mine)} of {n} GPU entr{'y' if n == 1 else 'ies'} apply"
               + "".join(f"\n  {e.label} ({e.where})" for e in mine))
     print("\n".join(preview.daemon_lines(cfg)))
-    if not (args.simulate or args.sim_state or os.path.exists("/dev/nvidiactl")):
+    if not (_site(args).simulated or os.path.exists("/dev/nvidiactl")):
         layout.desired_for(cfg, [], host=host)  # a model glob that matches no GPU model migd knows: an error
         print("no GPUs to check against (no driver; use --simulate SPEC to check a model)")
         return E.EXIT_OK
@@ -353,6 +348,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return E.EXIT_OK
     finally:
         backend.close()
+
+
+def _validate_gpu_clients(args: argparse.Namespace, cfg: Config) -> None:
+    """Which clients migd-generator orders after migd.service, and what the host's systemd says of them."""
+    from . import gpuclients
+
+    names = ", ".join(p.describe() for p in gpuclients.patterns(cfg.daemon.gpu_clients))
+    print(f"gpu_clients: {names} start after migd.service (migd-generator, at boot and daemon-reload)")
+    for warning in gpuclients.check_units(cfg.daemon.gpu_clients, _site(args).env.unit_property):
+        print(f"warning: {warning}")
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -437,14 +442,12 @@ def cmd_export(args: argparse.Namespace) -> int:
             from . import slurm
 
             desired = _engine(args, backend, cfg).desired() if cfg is not None else None
-            minors = None
-            if _simulated(args) and not args.declared:  # the simulated host's /proc file, never the machine's
-                from .sim import SimHost
-
-                minors = SimHost.create(args.simulate or "dgx-a100", args.sim_state).mig_minors_path()
+            minors = None if args.declared else _site(args).env.mig_minors()  # a simulated host's own file
             print(slurm.export(backend, desired, cfg.path if cfg is not None else None, mig_minors=minors), end="")
             return E.EXIT_OK
-        _, view = _live_view(args, backend)
+        _, view, why = _live_view(args, backend)
+        if why:  # never silent: the names come from the config
+            print(f"migd: instance names left out (no usable config): {why}", file=sys.stderr)
         print(report.export_toml(view.gpus, view.names), end="")
         return E.EXIT_OK
     finally:
@@ -476,33 +479,17 @@ def cmd_apply(args: argparse.Namespace) -> int:
 def cmd_boot(args: argparse.Namespace) -> int:
     """migd.service (boot.run): wait for the driver, then apply. Failures fail the unit (exit != 0), never the boot."""
     from . import boot
-    from .backend import make_backend
 
     cfg = _load_config(args, privileged=True)
-    return boot.run(cfg, lambda: make_backend(simulate=args.simulate, sim_state=args.sim_state,
-                                              cache_dir=_cache_dir(args), cache_write=True),
-                    _driver_files(args), lambda backend: _engine(args, backend, cfg))
-
-
-def _driver_files(args: argparse.Namespace) -> "Callable[[], DriverFiles]":
-    """What of a driver is installed: the host's files, or for simulated GPUs what the simulated host says."""
-    from . import driverfiles
-
-    if not _simulated(args):
-        return driverfiles.detect
-
-    def simulated() -> "DriverFiles":
-        from .sim import SimHost
-
-        return SimHost.create(args.simulate or "dgx-a100", args.sim_state).driver_files()
-
-    return simulated
+    site = _site(args)
+    return boot.run(cfg, lambda: site.open_backend(cache_write=True), site.env,
+                    lambda backend: _engine(args, backend, cfg))
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
     from .watch import Watcher
 
-    return Watcher(args.config, simulate=args.simulate, sim_state=args.sim_state, run_dir=_run_dir(args)).run()
+    return Watcher(args.config, _site(args)).run()
 
 
 def cmd_init(args: argparse.Namespace) -> int:

@@ -47,7 +47,7 @@ class Spec:
 
 
 def spec(parser: argparse.ArgumentParser) -> Spec:
-    from .sim.catalog import HOSTS, MODELS  # plain tables: no NVML is loaded
+    from .catalog import HOSTS, MODELS  # plain tables: no NVML is loaded
 
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     helps = {a.dest: a.help or "" for a in sub._choices_actions}
@@ -81,7 +81,7 @@ def profile_names(simulate: Optional[str]) -> List[str]:
     if not simulate:
         return []
     from .profiles import strip_mig
-    from .sim.catalog import parse_host_spec
+    from .catalog import parse_host_spec
 
     try:
         models = parse_host_spec(simulate)

@@ -36,7 +36,7 @@ MAX_INSTANCES = 64
 _GPU_KEYS = {"select", "hosts", "mig", "instances"}
 _INSTANCE_KEYS = {"profile", "name", "compute"}
 _DAEMON_KEYS = {"watch_interval", "drift_policy", "driver_wait_timeout", "persistence_mode", "stop_clients",
-                "lock_timeout", "on_pending", "cdi_refresh", "metrics_file"}
+                "lock_timeout", "on_pending", "cdi_refresh", "metrics_file", "gpu_clients"}
 _PROFILE_RE = re.compile(r"^(mig )?([1-8]g(\.\d{1,4}gb)?([+-][a-z.]{1,8})*|\d{1,3})\Z", re.I)
 _COMPUTE_RE = re.compile(
     r"^(mig )?([1-8]c(\.[1-8]g\.\d{1,4}gb([+-][a-z.]{1,8})*)?|[1-8]g\.\d{1,4}gb([+-][a-z.]{1,8})*|\d{1,2})\Z", re.I)
@@ -478,7 +478,7 @@ def _one_of(allowed: Sequence[str], got: Any) -> str:
 def _known_profile_names() -> List[str]:
     """Every profile name of every GPU model migd knows (before the GPUs are read, the model is not known yet),
     and the model-independent spellings."""
-    from .sim.catalog import MODELS  # plain tables: the recorded and documented profile names
+    from .catalog import MODELS  # plain tables: the recorded and documented profile names
 
     names = {strip_mig(p["name"]) for m in MODELS.values() for p in m.gi_profiles.values()}
     return sorted(names) + [f"{n}g" for n in (1, 2, 3, 4, 7)]
@@ -604,8 +604,26 @@ class _Parser:
                              f' textfile collector reads only *.prom), or "" for no metrics, got {_show(v)}')
             else:
                 values["metrics_file"] = v
+        if "gpu_clients" in d:
+            self.gpu_clients(d["gpu_clients"], values)
         self.daemon_values = values
         return DaemonSettings(**{**defaults.__dict__, **values})
+
+    def gpu_clients(self, v: Any, values: Dict[str, Any]) -> None:
+        from . import gpuclients
+
+        key = ["daemon", "gpu_clients"]
+        if not isinstance(v, list) or not all(isinstance(u, str) for u in v):
+            self.problem(key, f"must be a list of service names or globs, e.g. {gpuclients.EXAMPLE}, got {_show(v)}")
+            return
+        ok = True
+        for i, name in enumerate(v):
+            _, why = gpuclients.parse(name)
+            if why:
+                self.problem(key + [i], why)
+                ok = False
+        if ok:
+            values["gpu_clients"] = tuple(dict.fromkeys(v))
 
     # --- [[gpu]] ---------------------------------------------------------------------------------------------
 

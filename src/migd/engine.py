@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from ._record import dataclass, field, replace
 from enum import Enum
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from . import drift, layout, report, runstate, schema
 from . import errors as E
 from .backend import Backend
 from .errors import DriverError, LockBusy
+from .hostenv import HostEnv
 from .holders import describe, pids_holding
 from .layout import DesiredGpu, DesiredInstance, desired_for
 from .log import get_logger
@@ -155,25 +155,20 @@ class StatusView:
 class Engine:
     """One backend (opened by the caller) and one config (None: status without names)."""
 
-    def __init__(self, backend: Backend, cfg: Optional[Config], run_dir: Optional[str] = None,
-                 simulated: bool = False, systemctl: Optional[Callable[[str, Sequence[str]], object]] = None,
-                 host: Optional[str] = None):
+    def __init__(self, backend: Backend, cfg: Optional[Config], env: HostEnv, host: Optional[str] = None):
         self.backend = backend
         self.cfg = cfg
+        self.env = env  # everything outside the GPU: run dir, systemctl, clock (simulated GPUs: the simulated host)
         self.host = host  # whose view of a fleet file (None: this machine's)
-        self.run_dir = run_dir
-        self.simulated = simulated
-        self._systemctl = systemctl
         self._infos: Optional[List[GpuInfo]] = None
 
     @property
-    def systemctl(self) -> Callable[[str, Sequence[str]], object]:
-        """`systemctl ACTION UNIT...` (only apply --stop-clients runs it: read verbs never import clients)."""
-        if self._systemctl is None:
-            from . import clients
+    def run_dir(self) -> str:
+        return self.env.run_dir
 
-            self._systemctl = clients.systemctl
-        return self._systemctl
+    @property
+    def simulated(self) -> bool:
+        return self.env.simulated
 
     @property
     def config(self) -> Config:
@@ -205,7 +200,7 @@ class Engine:
         """Apply `gpus` (default: every selected one) under the exclusive lock, then record every selected GPU.
         on_gpu_done(result) is called once per GPU as soon as its result is final (from the thread that applied it),
         before the apply as a whole ends: a terminal shows each GPU's result while the others are still applied."""
-        started = time.monotonic()
+        started = self.env.clock.monotonic()
         told: Dict[int, GpuResult] = {}
 
         def final(result: GpuResult, retry_possible: bool = False) -> None:
@@ -230,12 +225,12 @@ class Engine:
                 from . import clients
 
                 stopped = clients.stop_holding_units(self.backend, blocked, self.config.daemon.stop_clients,
-                                                     self.systemctl)
+                                                     self.env.systemctl)
                 if stopped:
                     try:
                         results.update(self._run(blocked, desired, final))
                     finally:
-                        self.systemctl("start", stopped)
+                        self.env.systemctl("start", stopped)
                         log.info("clients_restarted", msg=f"restarted {', '.join(stopped)}", units=stopped)
             for i in sorted(results):
                 final(results[i])  # pending or refused, and not run again
@@ -245,12 +240,25 @@ class Engine:
             # Imported here: read verbs never load it.
             from . import publish
 
-            publish.after_apply(self.backend, self.config, desired, outcome.gpus, outcome.exit_code == E.EXIT_OK,
+            publish.after_apply(self.backend, self.config, self.env, desired, outcome.gpus, outcome.exit_code == E.EXIT_OK,
                                 started)
         return outcome
 
-    def _holders(self, i: int) -> List[str]:
-        return [str(h) for h in describe(pids_holding(self.backend.device_nodes(i))) if h.pid != os.getpid()]
+    def _holders(self, i: int) -> Tuple[List[str], str]:
+        """Who holds GPU i, and what to add so those units start after migd at the next boot ("" if nothing)."""
+        holders = [h for h in describe(pids_holding(self.backend.device_nodes(i))) if h.pid != os.getpid()]
+        return [str(h) for h in holders], self._ordering_advice([h.unit for h in holders if h.unit])
+
+    def _ordering_advice(self, units: List[str]) -> str:
+        """For a pending mode change: the holders' units that do not start after migd.service, and the gpu_clients
+        line that would make them (issue 23)."""
+        from . import gpuclients
+
+        if not units:
+            return ""
+        names = self.config.daemon.gpu_clients
+        add, before = gpuclients.unordered(units, names, self.env.unit_property)
+        return gpuclients.pending_advice(add, before, names, self.config.path)
 
     def _run(self, indices: Sequence[int], desired: Dict[int, DesiredGpu],
              done: Optional[Callable[[GpuResult], None]] = None) -> Dict[int, GpuResult]:
@@ -306,9 +314,10 @@ class Engine:
             docs.append(doc)
         try:
             runstate.write_results(docs, self.config.path, simulated=self.simulated, directory=self.run_dir,
-                                   unmanaged=[i for i, d in desired.items() if d.unmanaged])
+                                   unmanaged=[i for i, d in desired.items() if d.unmanaged],
+                                   boot_id=_boot_id(self.env))
         except (OSError, runstate.RunDirError) as e:
-            where = runstate.run_dir(self.run_dir)
+            where = self.run_dir
             why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             msg = f"cannot write {where}/state.json and devices.env: {why}; they are stale"
             log.error("state_write_failed", msg=msg, error=why)
@@ -380,6 +389,13 @@ class Engine:
         return schema.status(docs, self.backend.driver_version(), description, self.simulated)
 
 
+def _boot_id(env: HostEnv) -> Optional[str]:
+    try:
+        return env.boot_id()
+    except OSError:
+        return None
+
+
 def desired_layouts(cfg: Config, infos: Sequence[GpuInfo], host: Optional[str] = None) -> Dict[int, DesiredGpu]:
     """layout.desired_for with the planner's fit check: a layout that fits no GPU of that model is a config error."""
     return desired_for(cfg, infos, fits=_fits_empty, host=host)
@@ -394,7 +410,7 @@ def _fits_empty(info: GpuInfo, desired: DesiredGpu) -> Optional[str]:
 
 
 def apply_gpu(backend: Backend, info: GpuInfo, desired: DesiredGpu, persistence: Optional[bool] = None,
-              describe_holders: Optional[Callable[[int], List[str]]] = None) -> GpuResult:
+              describe_holders: Optional[Callable[[int], Tuple[List[str], str]]] = None) -> GpuResult:
     """Apply one GPU. Raises DriverError only when the first read fails (nothing changed)."""
     g = info.index
     glog = log.bind(gpu=g)
@@ -415,11 +431,11 @@ def apply_gpu(backend: Backend, info: GpuInfo, desired: DesiredGpu, persistence:
                 pending = _set_mode(backend, g, bool(action.enabled))
                 if pending is not None:
                     result.done.append(action)
-                    holders = describe_holders(g) if describe_holders else []
+                    holders, advice = describe_holders(g) if describe_holders else ([], "")
                     held = f": held by {', '.join(holders)}" if holders else ""
                     msg = (f"GPU {g}: MIG mode change to {'on' if action.enabled else 'off'} is pending "
                            f"({E.code_name(pending)}){held}; stop the GPU's clients and run migd apply again, "
-                           f"or reboot")
+                           f"or reboot{advice}")
                     glog.warning("mode_pending", msg=msg, status=E.code_name(pending), holders=holders)
                     return GpuResult(g, Outcome.PENDING, msg, result.done, holders)
             else:

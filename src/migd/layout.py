@@ -137,7 +137,7 @@ def _select(config: Config, gpus: Sequence[GpuInfo], host: Optional[str],
 
 def known_models() -> List[str]:
     """GPU names migd knows (every model it can simulate): a model glob must match one of them or a GPU here."""
-    from .sim.catalog import MODELS  # plain tables, no NVML
+    from .catalog import MODELS  # plain tables, no NVML
 
     return [m.name for m in MODELS.values()]
 

@@ -293,6 +293,7 @@ class DaemonSettings:
     on_pending: OnPending = OnPending.FAIL
     cdi_refresh: CdiRefresh = CdiRefresh.AUTO
     metrics_file: Optional[str] = None  # None: the node_exporter textfile dir's migd.prom when it exists; "": off
+    gpu_clients: Tuple[str, ...] = ()  # services (or NAME@*/PREFIX-* globs) migd-generator orders after migd.service
 
 
 @dataclass(frozen=True)

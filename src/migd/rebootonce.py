@@ -1,7 +1,11 @@
 """`[daemon] on_pending = "reboot-once"`: a MIG mode change still pending after the boot apply reboots the host once.
 
 A pending change (an Ampere GPU that could not be reset, RESET_REQUIRED under pass-through, a client that started
-early) takes effect at the next boot. Before asking systemd for the reboot, migd writes a marker under its state
+early) takes effect at the next boot. migd reboots only as the boot's own last step: while systemd is still
+starting the system (HostEnv.system_booting). On a running system (`systemctl restart migd`, `migd boot` by hand)
+it says that a reboot would apply the change and leaves that to the admin (exit 4, pending). It never reboots when
+its state directory is on tmpfs/ramfs (the marker would not survive: every boot would reboot).
+Before asking systemd for the reboot, migd writes a marker under its state
 directory (/var/lib/migd, the unit's StateDirectory=) naming the boot, the config and the GPUs. On a later boot:
 - nothing pending: the reboot did it; logged, marker removed;
 - still pending under the same config: never a second reboot (no loop, whatever happens); logged, the boot fails
@@ -15,52 +19,28 @@ import hashlib
 import json
 import os
 from ._record import dataclass
-from typing import Callable, Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 from . import runstate
+from .hostenv import HostEnv
 from .log import get_logger
 from .model import Config, OnPending
 
 log = get_logger()
 
-STATE_DIR = "/var/lib/migd"
 MARKER = "reboot-once.json"
 STAMP = "reboot-once.requested"  # in the run dir (/run/migd): gone after the reboot
 
 
-def state_dir() -> str:
-    """$STATE_DIRECTORY (systemd sets it from StateDirectory=), else $MIGD_STATE_DIR, else /var/lib/migd."""
-    return (os.environ.get("STATE_DIRECTORY", "").split(":")[0] or os.environ.get("MIGD_STATE_DIR")
-            or STATE_DIR)
-
-
-def boot_id() -> str:
-    with open("/proc/sys/kernel/random/boot_id") as f:
-        return f.read().strip()
-
-
 def config_digest(cfg: Config) -> str:
-    """The config as read (main file and drop-ins): a changed config may need its own reboot."""
+    """The layout the config declares, as parsed (every entry's selector, hosts, MIG mode and instances): a changed
+    layout may need its own reboot. Not the files' bytes, nor where in them an entry is: a drop-in regenerated at
+    every boot with a new timestamp comment is the same layout, and must not reboot again."""
     h = hashlib.sha256()
-    for path in cfg.files or (cfg.path,):
-        h.update(path.encode() + b"\0")
-        try:
-            with open(path, "rb") as f:
-                h.update(f.read())
-        except OSError:
-            pass
+    for e in cfg.entries:
+        instances = [(i.profile, i.name, i.compute) for i in e.instances]
+        h.update(repr((e.selector.kind, e.selector.values, e.hosts, e.mig, instances)).encode() + b"\0")
     return h.hexdigest()[:16]
-
-
-def systemctl_reboot() -> Optional[str]:
-    """Queue a reboot without waiting for it: from inside migd.service's start job a blocking `systemctl reboot`
-    would wait on a job that has to stop this very unit. Returns None, or why systemctl refused."""
-    from . import clients
-
-    try:
-        return clients.systemctl("reboot", (), no_block=True)
-    except OSError as e:
-        return str(e)
 
 
 @dataclass(frozen=True)
@@ -86,16 +66,15 @@ def read_marker(directory: str) -> Optional[Dict[str, object]]:
         return {}
 
 
-def after_boot_apply(cfg: Config, pending: Sequence[Pending], exit_code: int, *,
-                     directory: Optional[str] = None, this_boot: Optional[str] = None,
-                     runtime: Optional[str] = None, reboot: Optional[Callable[[], Optional[str]]] = None) -> bool:
+def after_boot_apply(cfg: Config, pending: Sequence[Pending], exit_code: int, env: HostEnv) -> bool:
     """Called once the boot apply is done. Returns True when a reboot was queued (the boot then exits 0).
 
-    `runtime`: a directory on /run (cleared by every reboot) for a stamp saying "asked in this boot"; with the boot
-    id it tells this boot from the next one even where a sandbox or container shows a stale boot id."""
-    directory = directory or state_dir()
-    this_boot = this_boot or boot_id()
-    stamp = os.path.join(runtime or runstate.run_dir(), STAMP)
+    The marker goes into env.state_dir, the reboot is env.reboot (a simulated host reboots itself). A stamp in
+    env.run_dir (on /run: cleared by every reboot) says "asked in this boot"; with the boot id it tells this boot
+    from the next one even where a sandbox or container shows a stale boot id."""
+    directory = env.state_dir
+    this_boot = env.boot_id()
+    stamp = os.path.join(env.run_dir, STAMP)
     marker = read_marker(directory)
     path = os.path.join(directory, MARKER)
     earlier = marker is not None and (marker.get("boot_id") != this_boot or not os.path.exists(stamp))
@@ -118,6 +97,20 @@ def after_boot_apply(cfg: Config, pending: Sequence[Pending], exit_code: int, *,
     if marker is not None and not earlier:
         log.warning("reboot_once_requested", msg="a reboot for the pending MIG mode was already requested in "
                                                  "this boot; not asking again")
+        return False
+    volatile = env.volatile(directory)
+    if volatile:
+        log.error("reboot_once_unsafe", msg=f"{_gpus(pending)}: MIG mode change pending, but not rebooting: "
+                                            f"{directory} is on {volatile}, so the reboot-once marker would not "
+                                            "survive the reboot and every boot would reboot again; put migd's "
+                                            'state directory on disk, or use on_pending = "fail"',
+                  gpus=[p.gpu for p in pending], fs=volatile)
+        return False
+    if not env.system_booting():
+        log.warning("reboot_once_not_booting", msg=f"{_gpus(pending)}: MIG mode change pending; the system is "
+                                                   "already up, so migd does not reboot it: a reboot would apply "
+                                                   'the change (on_pending = "reboot-once" reboots only while the '
+                                                   "system boots)", gpus=[p.gpu for p in pending])
         return False
     doc = {"boot_id": this_boot, "config": config_digest(cfg), "gpus": {str(p.gpu): p.uuid for p in pending}}
     try:
@@ -143,7 +136,10 @@ def after_boot_apply(cfg: Config, pending: Sequence[Pending], exit_code: int, *,
         return False
     log.warning("reboot_once", msg=f"{_gpus(pending)}: MIG mode change pending: rebooting once to let MIG mode "
                                    'take effect (on_pending = "reboot-once")', gpus=[p.gpu for p in pending])
-    why = (reboot or systemctl_reboot)()
+    try:
+        why = env.reboot()
+    except OSError as e:
+        why = str(e)
     if why is not None:
         log.error("reboot_once_failed", msg=f"systemctl reboot failed: {why}")
         return False

@@ -23,7 +23,6 @@ import contextlib
 import os
 import signal
 import threading
-import time
 from typing import Dict, List, Optional, Tuple
 
 from . import config as config_mod
@@ -34,6 +33,7 @@ from .layout import DesiredGpu
 from .errors import ConfigError, DriverError, LockBusy
 from .log import get_logger
 from .model import DriftPolicy, GpuState
+from .site import Site
 
 log = get_logger()
 
@@ -77,13 +77,11 @@ class GpuTrack:
 
 
 class Watcher:
-    def __init__(self, config_path: str, simulate: Optional[str] = None, sim_state: Optional[str] = None,
-                 notify: Optional[Notifier] = None, run_dir: Optional[str] = None):
+    def __init__(self, config_path: str, site: Site, notify: Optional[Notifier] = None):
         self.config_path = config_path
-        self.simulate, self.sim_state = simulate, sim_state
-        if run_dir is None and (simulate or sim_state):
-            run_dir = runstate.sim_run_dir(sim_state)  # simulated GPUs never use the real /run/migd
-        self.run_dir = run_dir
+        self.site = site  # the backend factory and the host environment (migd.site)
+        self.env = site.env
+        self.run_dir = site.env.run_dir
         self.notify = notify or Notifier()
         # Invalid (or, as root, not root's alone) at start: exit 2, which migd-watch.service does not restart
         # (RestartPreventExitStatus=2): the unit fails visibly, STATUS= and the journal say why.
@@ -102,7 +100,7 @@ class Watcher:
         self.reapply_skip = ""  # why the last re-apply could not start (lock busy, driver): logged once per change
         self.checks = 0
         self.summary = "starting"
-        self.clock = time.monotonic  # re-apply backoff; tests step it
+        self.clock = self.env.clock.monotonic  # re-apply backoff; tests step it
         usec = os.environ.get("WATCHDOG_USEC")
         self.watchdog_s = int(usec) / 1e6 if usec and usec.isdigit() else None
 
@@ -144,10 +142,10 @@ class Watcher:
     def _progressing(self) -> bool:
         started = self.busy_since
         limit = self.watchdog_s if self.watchdog_s else 60.0
-        if started is not None and time.monotonic() - started > limit:
+        if started is not None and self.env.clock.monotonic() - started > limit:
             if not getattr(self, "_hang_logged", False):
                 self._hang_logged = True
-                log.error("check_hung", msg=f"a layout check has not returned for {time.monotonic() - started:.0f} s;"
+                log.error("check_hung", msg=f"a layout check has not returned for {self.env.clock.monotonic() - started:.0f} s;"
                                             " withholding the watchdog ping so systemd restarts migd-watch")
             return False
         return True
@@ -167,7 +165,7 @@ class Watcher:
             if self.reload_requested:
                 self.reload_requested = False
                 self._reload()
-            self.busy_since = time.monotonic()
+            self.busy_since = self.env.clock.monotonic()
             try:
                 self.check_once()
             except Exception as e:  # check_once handles its own; never let the checker die silently
@@ -272,13 +270,10 @@ class Watcher:
         return f"{text} (check #{self.checks})"
 
     def _engine(self, read_only: bool) -> Engine:
-        from .backend import make_backend
-
         # The service writes the per-boot profile cache (if boot did not), so each later round reads identity,
         # mode and instances only.
-        backend = make_backend(simulate=self.simulate, sim_state=self.sim_state, read_only=read_only,
-                               cache_dir=runstate.cache_dir(self.run_dir), cache_write=True)
-        return Engine(backend, self.cfg, run_dir=self.run_dir, simulated=backend.simulated)
+        backend = self.site.open_backend(read_only=read_only, cache_write=True)
+        return Engine(backend, self.cfg, self.env)
 
     def _track(self, gpu: int) -> GpuTrack:
         return self.gpus.setdefault(gpu, GpuTrack())
@@ -305,7 +300,7 @@ class Watcher:
                 if self._wants_reapply(i, row.status, row.found, state):
                     reapply.append(i)
         finally:
-            publish.after_check(self.cfg, engine.backend, desired)  # metrics file, under the check's shared lock
+            publish.after_check(self.cfg, self.env, engine.backend, desired)  # metrics file, under the check's shared lock
             engine.backend.close()
         return statuses, reapply
 

@@ -113,6 +113,55 @@ def build_packages(version: Optional[str] = None, kinds: Sequence[str] = ("deb",
     return wanted
 
 
+# The previous release: its commit (not a tag, which a fresh clone may lack) and the version it was released as.
+PREVIOUS_RELEASE = ("35f8423", "0.2.0")
+
+
+def build_release(commit: str, version: str, log=None) -> Path:
+    """The .deb of an earlier release, built from `commit` with that commit's own packaging/build.sh (`git archive`
+    into a temporary directory) as `version`; cached by commit and version. Raises RuntimeError when this clone lacks
+    the commit (a shallow clone) or the build fails."""
+    proc = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", "--quiet", commit + "^{commit}"],
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError("commit %s is not in this clone (shallow?): git fetch --unshallow" % commit)
+    full = proc.stdout.strip()
+    name = file_names(version)["deb"]
+    out = cache_dir() / "builds" / ("release-%s-%s" % (full[:12], version))
+    deb = out / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / (".lock-release-" + full[:12]), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if deb.exists():
+            return deb
+        reason = missing_build_tools(["deb"])
+        if reason:
+            raise RuntimeError(reason)
+        work = Path(tempfile.mkdtemp(prefix="release-%s-" % full[:12], dir=str(out.parent)))
+        try:
+            tree = work / "src"
+            tree.mkdir()
+            archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", full],
+                                     stdout=subprocess.PIPE, check=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+            env = {k: v for k, v in os.environ.items()
+                   if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYENV_VERSION")}
+            env.update(PATH=SYSTEM_PATH, MIGD_BUILD_DIR=str(work / "build"))
+            t0 = time.monotonic()
+            proc = subprocess.run([str(tree / "packaging/build.sh"), "--no-lint", "--deb-only", "--outdir",
+                                   str(work / "dist"), "--version", version], cwd=str(tree), env=env,
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError("build.sh of %s failed (rc=%d):\n%s" % (commit, proc.returncode, proc.stdout[-4000:]))
+            out.mkdir(exist_ok=True)
+            os.replace(work / "dist" / name, deb)
+            if log:
+                log("built %s from %s in %.1fs" % (name, commit, time.monotonic() - t0))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return deb
+
+
 def install_deb(root: Path, deb: Path, *args: str) -> subprocess.CompletedProcess:
     """`dpkg -i` the .deb inside a rootfs, with the rootfs' own dpkg and maintainer scripts (chroot, no systemd
     running there: units get enabled, nothing is started). Raises RuntimeError with dpkg's output on failure."""

@@ -89,3 +89,30 @@ def test_on_pending_reboot_once(boot_base, boot_rootfs, boot_vm, migd_deb):  # n
     for r in (r1, r2, r3):
         assert r.leftovers == [], r.describe()
     print(f"\n[boot] reboot-once: {r1.seconds:.1f}s (rebooted) {r2.seconds:.1f}s {r3.seconds:.1f}s")
+
+
+def test_reboot_once_never_reboots_a_running_system(boot_base, boot_rootfs, boot_vm, migd_deb):  # noqa: F811
+    """Issue 16.3: the boot left GPU 1's mode change pending (on_pending = "fail"); the admin then sets
+    on_pending = "reboot-once" and runs `systemctl restart migd`, then `migd boot` by hand. The system is up: migd
+    says a reboot would apply the change and reboots nothing (exit 4, pending), and writes no marker."""
+    root = boot_rootfs
+    _install_migd(root, migd_deb)
+    install_file(root, "/etc/migd.toml", CONFIG, mode=0o644)
+    _sim_host(root, reset_supported=False).save()
+    marker = root / "var/lib/migd/reboot-once.json"
+
+    r = boot_vm(units=UNITS, timeout=120, commands={
+        "1_conf": ["sh", "-c", "printf 'on_pending = \"reboot-once\"\\n' >> /etc/migd.toml"],
+        "2_restart": ["sh", "-c", "systemctl restart migd.service; echo restart=$?"],
+        "3_by_hand": ["sh", "-c", " ".join(_migd("boot")) + "; echo boot=$?"],
+        "4_up": ["systemctl", "is-system-running"]})
+    assert r.returncode == 0, r.describe()  # not REBOOTED: the container was powered off by the harness
+    assert "restart=1" in r.command("2_restart")["stdout"], r.command("2_restart")
+    by_hand = r.command("3_by_hand")
+    assert "boot=4" in by_hand["stdout"], by_hand
+    assert "a reboot would apply the change" in by_hand["stdout"] + by_hand["stderr"], by_hand
+    said = _events(r, "migd.service", "reboot_once_not_booting")
+    assert len(said) == 1 and said[0]["PRIORITY"] == "4", [e.get("MESSAGE") for e in said]
+    assert "GPU 1: MIG mode change pending; the system is already up" in said[0]["MESSAGE"], said[0]["MESSAGE"]
+    assert not _events(r, "migd.service", "reboot_once")
+    assert not marker.exists()

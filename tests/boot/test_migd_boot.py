@@ -28,8 +28,9 @@ REPO = Path(__file__).resolve().parents[2]
 SIM_STATE = "/var/lib/migd-sim/state.json"
 SIM_ENV = {"MIGD_SIMULATE": "h100-80gb,a100-40gb", "MIGD_SIM_STATE": SIM_STATE,
            "MIGD_SIM_BOOT_MARKER": "/run/migd-sim/booted",
-           # simulated runs keep out of /run/migd unless told: here the product units' run dir is the point
-           "MIGD_RUN_DIR": "/run/migd"}
+           # simulated GPUs on the container's own host environment (its /run/migd, systemctl, reboot): a
+           # simulated run otherwise keeps to a simulated host of its own
+           "MIGD_SIM_HOST": "real", "MIGD_RUN_DIR": "/run/migd"}
 STUBS = {  # unit -> (process name, simulated device node it holds)
     "nvidia-dcgm.service": ("nv-hostengine", "nvidia0"),
     "nvsm.service": ("nvsm-core", "nvidia0"),
@@ -288,8 +289,9 @@ def test_watch_unit_under_real_systemd(boot_base, boot_rootfs, boot_vm, migd_deb
     assert watch["ActiveState"] == "active", watch["ActiveState"]
     assert watch["StatusText"].startswith("no GPU managed by /etc/migd.toml on this host"), watch["StatusText"]
     logged = [e for e in r2.journal(_SYSTEMD_UNIT=watch_unit) if "MIGD_EVENT" in e]
-    assert [e["MIGD_EVENT"] for e in logged] == ["watch_nothing"], [e.get("MESSAGE") for e in logged]
-    assert logged[0]["PRIORITY"] == "6"
+    # the simulated run says so first (a test hook never steers a run unnoticed), then the one info line
+    assert [e["MIGD_EVENT"] for e in logged] == ["simulated", "watch_nothing"], [e.get("MESSAGE") for e in logged]
+    assert logged[1]["PRIORITY"] == "6"
 
     # --- GPUs that cannot be read: STATUS says so (never "0 GPU(s) match"), one error ---------------------------
     install_file(root, "/etc/migd.toml", CONFIG, mode=0o644)

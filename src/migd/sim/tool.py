@@ -10,6 +10,7 @@
     python3 -m migd.sim.tool --state PATH fault 'nvmlDeviceGetMigMode=hang' | --clear
     python3 -m migd.sim.tool --state PATH driver loaded|not-loaded|no-library
     python3 -m migd.sim.tool --state PATH reboot
+    python3 -m migd.sim.tool --state PATH system starting|running   # is the simulated system still booting?
     python3 -m migd.sim.tool --state PATH lose GPU
 """
 
@@ -53,6 +54,8 @@ def main(argv=None) -> int:
     s = sub.add_parser("driver")
     s.add_argument("driver", choices=["loaded", "not-loaded", "no-library"])  # not "state": that is --state
     sub.add_parser("reboot")
+    s = sub.add_parser("system")
+    s.add_argument("system", choices=["starting", "running"])
     s = sub.add_parser("lose")
     s.add_argument("gpu", type=int)
     args = ap.parse_args(argv)
@@ -97,6 +100,9 @@ def _poke(host: SimHost, args) -> None:
         host.state["driver"] = args.driver
     elif args.cmd == "reboot":
         host.reboot()
+        host.state["system"] = "starting"
+    elif args.cmd == "system":
+        host.state["system"] = args.system
     elif args.cmd == "lose":
         host.gpus[args.gpu]["lost"] = True
 

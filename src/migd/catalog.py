@@ -7,8 +7,8 @@ is keyed by its NVML *profile index*, as the driver is; the profile *ID* is a fi
 
 from __future__ import annotations
 
-from .._record import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from ._record import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
 
 ARCH_AMPERE = 7  # NVML_DEVICE_ARCH_AMPERE
 ARCH_HOPPER = 9  # NVML_DEVICE_ARCH_HOPPER
@@ -35,7 +35,7 @@ class SimModel:
     compute_slices: int
     memory_slots: int
     sm_per_compute_slice: int  # SMs of a 1-slice compute instance inside a bigger GI (A100: documented)
-    gi_profiles: Dict[int, dict]  # profile index -> info fields, as c_nvmlGpuInstanceProfileInfo_v3_t plus placements
+    gi_profiles: Dict[int, Dict[str, Any]]  # profile index -> info fields, as c_nvmlGpuInstanceProfileInfo_v3_t plus placements
     source: str = ""  # where the identity (name, PCI ID) and the table come from
     notes: Dict[int, str] = field(default_factory=dict)  # profile ID -> source of that row, and what is assumed
 
@@ -51,7 +51,7 @@ class SimModel:
         return full["decoderCount"], full["encoderCount"], full["jpegCount"]
 
 
-def _profiles(rows: List[_Row]) -> Dict[int, dict]:
+def _profiles(rows: List[_Row]) -> Dict[int, Dict[str, Any]]:
     table = {}
     for idx, pid, name, inst, mem, sm, ce, dec, enc, jpg, ofa, starts, size in rows:
         table[idx] = {
@@ -92,7 +92,7 @@ _GB200_UNITS: _Units = {
     9: (54, 6, 3, 0, 3, 0), 5: (72, 8, 4, 0, 4, 0), 0: (148, 16, 7, 0, 7, 1)}
 
 
-def _seven_slice(mem: Tuple[int, int, int, int], gb: Tuple[str, str, str, str], units: _Units) -> Dict[int, dict]:
+def _seven_slice(mem: Tuple[int, int, int, int], gb: Tuple[str, str, str, str], units: _Units) -> Dict[int, Dict[str, Any]]:
     """A 7-slice GPU: memory MB and name figures for (1g, 2g/1g double memory, 3g/4g, 7g), hardware units per ID."""
     m1, m2, m3, m7 = mem
     g1, g2, g3, g7 = gb
@@ -118,7 +118,7 @@ def _named_mb(gb: int) -> int:
 
 
 def _seven_named(gb: Tuple[int, int, int, int], units: _Units,
-                 known: Optional[Dict[int, int]] = None) -> Dict[int, dict]:
+                 known: Optional[Dict[int, int]] = None) -> Dict[int, Dict[str, Any]]:
     """A 7-slice table from its profile names only; `known` gives reported memory (MB) by size (1, 2, 3, 7)."""
     known = known or {}
     mem = tuple(known.get(k, _named_mb(g)) for k, g in zip((1, 2, 3, 7), gb))
@@ -158,7 +158,7 @@ _MEASURED = "measured on real hardware (tests/data/{})"
 _GUIDE = "NVIDIA MIG user guide"
 
 
-def _notes(table: Dict[int, dict], text: str, **per_id: str) -> Dict[int, str]:
+def _notes(table: Dict[int, Dict[str, Any]], text: str, **per_id: str) -> Dict[int, str]:
     """Profile ID -> the row's source; `per_id` ("id19"=...) overrides for single rows."""
     out = {p["id"]: text for p in table.values()}
     for key, value in per_id.items():
@@ -167,7 +167,7 @@ def _notes(table: Dict[int, dict], text: str, **per_id: str) -> Dict[int, str]:
 
 
 def _model(key: str, name: str, arch: int, pci: int, total: int, slices: int, slots: int, sm1: int,
-           table: Dict[int, dict], source: str, **per_id: str) -> SimModel:
+           table: Dict[int, Dict[str, Any]], source: str, **per_id: str) -> SimModel:
     return SimModel(key, name, arch, pci, total, slices, slots, sm1, table, source, _notes(table, source, **per_id))
 
 
@@ -275,7 +275,7 @@ CI_TABLES: Dict[int, Tuple[_CiRow, ...]] = {
 }
 
 
-def compute_profiles(model: SimModel, gi_info: dict) -> Dict[int, dict]:
+def compute_profiles(model: SimModel, gi_info: Dict[str, Any]) -> Dict[int, Dict[str, Any]]:
     """CI profiles a GI of this profile offers, keyed by CI index, as the driver's info structs (CI_TABLES)."""
     gi_name = gi_info["name"][len("MIG "):]
     g = gi_info["sliceCount"]
@@ -302,7 +302,7 @@ def parse_host_spec(spec: str) -> List[SimModel]:
         part = part.strip()
         key, _, count = part.partition(":")
         if key not in MODELS:
-            from ..suggest import did_you_mean
+            from .suggest import did_you_mean
 
             hint = did_you_mean(key, list(HOSTS) + list(MODELS))
             raise ValueError(f"unknown simulated GPU model {key!r}; " + (f"{hint} (known: " if hint else "known: ")

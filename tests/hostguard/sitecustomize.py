@@ -1,0 +1,58 @@
+"""Loaded by every Python process started with this directory first on PYTHONPATH (tests/test_simulated_host.py):
+an audit hook that refuses, and reports on stderr, anything a simulated migd run must never do to the real machine.
+
+- a write outside the directories in $MIGD_GUARD_ALLOW (colon-separated): `open` for writing (builtin or os.open),
+  rename/replace, mkdir/rmdir/remove, chmod/chown, link/symlink, truncate, utime;
+- starting any process (subprocess, exec*, posix_spawn, spawn, system, fork);
+- loading a native library other than Python's own (the real libnvidia-ml).
+
+Each violation prints one `MIGD-GUARD-VIOLATION ...` line on stderr (fd 2, no file opened) and raises
+PermissionError, so the test sees it even where migd handles the error.
+"""
+
+import os
+import sys
+
+_ALLOW = tuple(os.path.realpath(p) for p in os.environ.get("MIGD_GUARD_ALLOW", "").split(":") if p)
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+_PATH_EVENTS = {"os.rename": 2, "os.replace": 2, "os.mkdir": 1, "os.rmdir": 1, "os.remove": 1, "os.chmod": 1,
+                "os.chown": 1, "os.link": 2, "os.symlink": 2, "os.truncate": 1, "os.utime": 1, "shutil.rmtree": 1}
+_PROCESS_EVENTS = ("subprocess.Popen", "os.exec", "os.posix_spawn", "os.spawn", "os.system", "os.fork",
+                   "os.forkpty", "pty.spawn")
+
+
+def _allowed(path: object) -> bool:
+    if isinstance(path, int):
+        return True  # an fd opened earlier (that open was checked)
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not isinstance(path, str):
+        return True
+    real = os.path.realpath(path)
+    return any(real == a or real.startswith(a + os.sep) for a in _ALLOW)
+
+
+def _violation(event: str, args: tuple) -> None:
+    os.write(2, f"MIGD-GUARD-VIOLATION {event} {args!r}\n".encode("utf-8", "backslashreplace"))
+    raise PermissionError(f"guard: {event} {args!r}")
+
+
+def _hook(event: str, args: tuple) -> None:
+    if event == "open":
+        path, mode, flags = args
+        writes = (isinstance(mode, str) and any(c in mode for c in "wax+")) or \
+                 (isinstance(flags, int) and flags & _WRITE_FLAGS)
+        if writes and not _allowed(path):
+            _violation(event, args)
+    elif event in _PATH_EVENTS:
+        for path in args[:_PATH_EVENTS[event]]:
+            if not _allowed(path):
+                _violation(event, args)
+    elif event in _PROCESS_EVENTS:
+        _violation(event, args)
+    elif event == "ctypes.dlopen" and args and args[0] is not None:
+        _violation(event, args)
+
+
+if _ALLOW:
+    sys.addaudithook(_hook)
