@@ -190,7 +190,7 @@ class Watcher:
                 self._log_nothing()
             self.summary = self._nothing()
 
-    def check_once(self) -> Dict[int, str]:
+    def check_once(self) -> Dict[int, CheckStatus]:
         """One round: returns gpu -> status ("ok", "drift", "pending", "lost", "error"); logs changes only.
 
         The round holds /run/migd/lock shared, so an apply (exclusive) never runs under it: the check never reads a
@@ -199,7 +199,7 @@ class Watcher:
         if not self.managed:  # nothing selected on this host: no NVML, no lock; any earlier problem is moot
             self._round_done({}, None)
             return {}
-        statuses: Dict[int, str] = {}
+        statuses: Dict[int, CheckStatus] = {}
         reapply: List[int] = []
         problem: Optional[Tuple[str, str]] = None
         with contextlib.ExitStack() as held:
@@ -229,7 +229,7 @@ class Watcher:
         self._round_done(statuses, problem)
         return statuses
 
-    def _round_done(self, statuses: Dict[int, str], problem: Optional[Tuple[str, str]]) -> None:
+    def _round_done(self, statuses: Dict[int, CheckStatus], problem: Optional[Tuple[str, str]]) -> None:
         """The one place a round ends (checked, or failed): log the round's problem on change, set STATUS=."""
         if problem != self.problem:
             if problem is not None:
@@ -240,22 +240,22 @@ class Watcher:
             self.problem = problem
         self.summary = self._summary(statuses)
 
-    def _summary(self, statuses: Dict[int, str]) -> str:
+    def _summary(self, statuses: Dict[int, CheckStatus]) -> str:
         """One line for `systemctl status`: what is wrong first, "N GPU(s) match the layout" only when they do."""
         if self.problem is not None:
             text = self.problem[1]
         elif not statuses:
             text = self._nothing()
         else:
-            by_status: Dict[str, List[int]] = {}
+            by_status: Dict[CheckStatus, List[int]] = {}
             for i, s in sorted(statuses.items()):
                 if s != CheckStatus.OK:
-                    by_status.setdefault(str(s), []).append(i)
+                    by_status.setdefault(s, []).append(i)
             if not by_status:
                 text = f"{len(statuses)} GPU(s) match the layout"
             else:
                 bad = sum(len(v) for v in by_status.values())
-                words = {s: _STATUS_WORDS.get(CheckStatus(s), s) for s in by_status}
+                words = {s: _STATUS_WORDS.get(s, s.value) for s in by_status}
                 if len(by_status) == 1:
                     (s, v), = by_status.items()
                     text = f"{bad} of {len(statuses)} GPU(s) {words[s]}: {', '.join(map(str, v))}"
@@ -278,10 +278,10 @@ class Watcher:
     def _track(self, gpu: int) -> GpuTrack:
         return self.gpus.setdefault(gpu, GpuTrack())
 
-    def _check(self) -> Tuple[Dict[int, str], List[int]]:
+    def _check(self) -> Tuple[Dict[int, CheckStatus], List[int]]:
         """Read and compare every GPU; log per-GPU changes; return the statuses and the GPUs to re-apply."""
         engine = self._engine(read_only=True)
-        statuses: Dict[int, str] = {}
+        statuses: Dict[int, CheckStatus] = {}
         reapply = []
         desired: Optional[Dict[int, DesiredGpu]] = None
         try:
