@@ -652,3 +652,16 @@ def test_entries_carry_locations_and_problems_against_a_gpu_are_made_from_them(s
         (PATH, 4, "[[gpu]] #1 instances"), (PATH, 6, "[[gpu]] #2 select")]
     assert e.value.problems[0].message == "needs 8 compute slices (1g.10gb, 7g.80gb), H100 80GB HBM3 has 7 (GPU 0)"
     assert str(e.value.problems[1]) == f"{PATH}:6: [[gpu]] #2 select: no GPU with index 5 (this host has 1 GPU: 0)"
+
+
+def test_selector_kinds_and_daemon_policies_are_enums_with_the_words_of_the_file():
+    """Typed, not strings (issue 20.3): each member's value is the word the file (and every message) uses."""
+    from migd.model import CdiRefresh, DriftPolicy, OnPending, SelectorKind
+
+    c = parse('[daemon]\ndrift_policy = "reapply"\non_pending = "reboot-once"\ncdi_refresh = "off"\n'
+              '[[gpu]]\nselect = "*H100*"\nmig = false\n[[gpu]]\nselect = [0, 1]\nmig = false\n', PATH)
+    assert (c.daemon.drift_policy, c.daemon.on_pending, c.daemon.cdi_refresh) == (
+        DriftPolicy.REAPPLY, OnPending.REBOOT_ONCE, CdiRefresh.OFF)
+    assert [e.selector.kind for e in c.entries] == [SelectorKind.GLOB, SelectorKind.INDEX]
+    assert [str(e.selector) for e in c.entries] == ["*H100*", "0,1"] and f"{c.daemon.on_pending}" == "reboot-once"
+    assert parse("", PATH).daemon.drift_policy is DriftPolicy.LOG
