@@ -296,6 +296,17 @@ def test_driver_errors_carry_nvml_codes(sim_backend):
     assert exc.value.code == E.NOT_FOUND
 
 
+def test_migd_error_codes_are_pynvmls_named_constants():
+    """errors.py spells NVML's return codes without importing pynvml (pure verbs never load it); each name and value
+    is pynvml's NVML_ERROR_<name>, so a simulated fault, a message and the backend's checks mean the same code."""
+    assert E.NVML_CODES[0] == "SUCCESS" and N.NVML_SUCCESS == 0
+    wrong = {code: name for code, name in E.NVML_CODES.items() if code and getattr(N, f"NVML_ERROR_{name}", None) != code}
+    assert not wrong
+    constants = {k: v for k, v in vars(E).items() if k.isupper() and isinstance(v, int) and not k.startswith("EXIT_")}
+    assert constants and all(N.NVML_SUCCESS == v if k == "SUCCESS" else getattr(N, f"NVML_ERROR_{k}") == v
+                             for k, v in constants.items())
+
+
 @pytest.mark.parametrize("driver, code", [("no-library", E.LIBRARY_NOT_FOUND), ("not-loaded", E.DRIVER_NOT_LOADED)])
 def test_open_without_a_driver(state_path, driver, code):
     from migd.sim import SimHost, uninstall

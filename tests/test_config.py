@@ -623,3 +623,45 @@ def test_empty_compute_list_means_a_gpu_instance_without_compute_instances():
 def _line(where: str) -> str:
     """"file:line" of an instance's "file:line: key.path"."""
     return where.split(": ", 1)[0]
+
+
+def test_entries_carry_locations_and_problems_against_a_gpu_are_made_from_them(sim_backend):
+    """Where each key was written travels with the entry as a Location (file, line, key path), and a problem found
+    later against a GPU (the layout does not fit, an index this host lacks) is built from it: path, line and key
+    are fields of the problem, never read back out of a message."""
+    from migd.engine import desired_layouts
+    from migd.model import Location
+
+    cfg = parse(textwrap.dedent("""\
+        [[gpu]]
+        select = "all"
+        mig = true
+        instances = ["1g.10gb", "7g.80gb"]
+
+        [[gpu]]
+        select = 5
+        mig = false
+        """), PATH)
+    first = cfg.entries[0]
+    assert (first.at, first.mig_at, first.instances_at) == (
+        Location(PATH, 1), Location(PATH, 3, "[[gpu]] #1 mig"), Location(PATH, 4, "[[gpu]] #1 instances"))
+    assert [i.at for i in first.instances] == [Location(PATH, 4, f"[[gpu]] #1 instances #{n}") for n in (1, 2)]
+    with pytest.raises(ConfigError) as e:
+        desired_layouts(cfg, sim_backend("h100-80gb").gpus())
+    assert [(p.path, p.line, p.key) for p in e.value.problems] == [
+        (PATH, 4, "[[gpu]] #1 instances"), (PATH, 6, "[[gpu]] #2 select")]
+    assert e.value.problems[0].message == "needs 8 compute slices (1g.10gb, 7g.80gb), H100 80GB HBM3 has 7 (GPU 0)"
+    assert str(e.value.problems[1]) == f"{PATH}:6: [[gpu]] #2 select: no GPU with index 5 (this host has 1 GPU: 0)"
+
+
+def test_selector_kinds_and_daemon_policies_are_enums_with_the_words_of_the_file():
+    """Typed, not strings (issue 20.3): each member's value is the word the file (and every message) uses."""
+    from migd.model import CdiRefresh, DriftPolicy, OnPending, SelectorKind
+
+    c = parse('[daemon]\ndrift_policy = "reapply"\non_pending = "reboot-once"\ncdi_refresh = "off"\n'
+              '[[gpu]]\nselect = "*H100*"\nmig = false\n[[gpu]]\nselect = [0, 1]\nmig = false\n', PATH)
+    assert (c.daemon.drift_policy, c.daemon.on_pending, c.daemon.cdi_refresh) == (
+        DriftPolicy.REAPPLY, OnPending.REBOOT_ONCE, CdiRefresh.OFF)
+    assert [e.selector.kind for e in c.entries] == [SelectorKind.GLOB, SelectorKind.INDEX]
+    assert [str(e.selector) for e in c.entries] == ["*H100*", "0,1"] and f"{c.daemon.on_pending}" == "reboot-once"
+    assert parse("", PATH).daemon.drift_policy is DriftPolicy.LOG

@@ -485,10 +485,35 @@ def test_pipeline_is_processors_ending_in_the_journal_renderer(journal: FakeJour
     get_logger(gpu=1).warning("drift", msg="GPU 1: drift")
     fields = journal.next_dict()
     assert fields["MIGD_GPU"] == "1" and fields["PRIORITY"] == "4" and fields["MIGD_EVENT"] == "drift"
+    sp = structlog.processors
     processors = structlog.get_config()["processors"]
-    assert processors[0] is structlog.processors.add_log_level
-    assert [getattr(p, "__name__", "") for p in processors[1:]] == ["to_record", "render_journal"]
-    setup(target="stderr")
+    assert processors[0] is sp.add_log_level
+    assert isinstance(processors[1], sp.CallsiteParameterAdder) and isinstance(processors[2], sp.ExceptionRenderer)
+    assert [getattr(p, "__name__", "") for p in processors[3:]] == ["to_record", "render_journal"]
+    setup(target="stderr")  # no call site on a terminal line
     get_logger().info("x", msg="x")
-    assert [getattr(p, "__name__", "") for p in structlog.get_config()["processors"][1:]] == \
-        ["to_record", "render_console"]
+    processors = structlog.get_config()["processors"]
+    assert processors[0] is sp.add_log_level and isinstance(processors[1], sp.ExceptionRenderer)
+    assert [getattr(p, "__name__", "") for p in processors[2:]] == ["to_record", "render_console"]
+
+
+@pytest.mark.parametrize("missing", ["ExceptionRenderer", "CallsiteParameterAdder"])
+def test_structlog_older_than_the_processors_it_lacks(journal: FakeJournal, monkeypatch: pytest.MonkeyPatch,
+                                                        missing: str) -> None:
+    """structlog >= 21.1 is supported: ExceptionRenderer came in 22.1, CallsiteParameterAdder in 21.5. Without
+    the first the exception reads the same; without the second, entries lack only CODE_*."""
+    import structlog
+
+    monkeypatch.delattr(structlog.processors, missing)
+    setup(level="debug", target="journal", journal_socket=journal.path)
+    try:
+        raise RuntimeError("NVML: Unknown Error")
+    except RuntimeError:
+        get_logger().exception("apply_failed", msg="GPU 0: apply failed", gpu=0)
+    get_logger().error("odd", msg="no exception here", exc_info=True)
+    fields = journal.next_dict()
+    assert fields["MESSAGE"] == "GPU 0: apply failed: RuntimeError: NVML: Unknown Error"
+    assert fields["MIGD_EXCEPTION"] == "RuntimeError: NVML: Unknown Error" and fields["MIGD_GPU"] == "0"
+    assert fields["MIGD_TRACEBACK"].startswith("Traceback (most recent call last):\n")
+    assert ("CODE_FUNC" in fields) == (missing != "CallsiteParameterAdder")
+    assert "MIGD_EXCEPTION" not in journal.next_dict()

@@ -441,6 +441,26 @@ def test_refusal_messages(model, ids, text):
     assert plan.refusal == f"GPU 0: {text}"
 
 
+def test_refusal_is_a_record_of_what_gpu_and_reason():
+    """The planner's refusal is typed: what is in the way, the GPU, the reason without "GPU n: " (config errors
+    quote it after file:line), the processes of a busy one; its text is the message apply and plan print."""
+    from migd._record import replace
+    from migd.plan import Refusal, RefusalKind
+
+    h100 = info_for("h100-80gb")
+    no_fit = plan_gpu(h100, desired(h100, [0, 19]), FRESH).refused
+    assert no_fit == Refusal(RefusalKind.NO_FIT, 0, "needs 8 compute slices (7g.80gb, 1g.10gb), H100 80GB HBM3 has 7")
+    busy = GpuState(True, True, None, (live_gi(h100, 1, 9, 0, pids=(999,)),))
+    refused = plan_gpu(h100, desired(h100, [5, 9]), busy).refused
+    assert refused is not None and (refused.what, refused.gpu, refused.pids) == (RefusalKind.BUSY, 0, (999,))
+    assert str(refused) == f"GPU 0: {refused.reason}" and refused.reason.startswith("the layout needs the slots of")
+    off = plan_gpu(h100, desired(h100, [], mig=False), busy).refused
+    assert off is not None and off.what == RefusalKind.BUSY and off.reason.startswith("MIG off would destroy")
+    plain = replace(h100, mig_capable=False, profiles=())
+    assert plan_gpu(plain, desired(h100, [19]), FRESH).refused == Refusal(RefusalKind.NO_MIG, 0,
+                                                                           "H100 80GB HBM3 does not support MIG")
+
+
 def test_mig_off_with_busy_instances_is_refused():
     info = info_for("h100-80gb")
     live = GpuState(True, True, None, (live_gi(info, 3, 14, 0), live_gi(info, 2, 9, 4, pids=(4242, 4243))))

@@ -21,12 +21,12 @@ from typing import Iterable, List, Optional, Protocol, Sequence
 
 from .hostenv import HostEnv
 from .log import get_logger
-from .plan import Action
+from .model import CdiRefresh
+from .plan import Action, ActionKind
 
 log = get_logger()
 
 UNIT = "nvidia-cdi-refresh.service"
-AUTO, OFF = "auto", "off"
 
 
 class AppliedGpu(Protocol):
@@ -35,7 +35,7 @@ class AppliedGpu(Protocol):
     @property
     def gpu(self) -> int: ...
     @property
-    def outcome(self) -> str: ...
+    def pending(self) -> bool: ...
     @property
     def done(self) -> Sequence[Action]: ...
 
@@ -45,21 +45,21 @@ def changed_gpus(results: Iterable[AppliedGpu]) -> List[int]:
     reflects) and a MIG mode change left pending (nothing visible changed yet). A rolled-back or lost GPU counts
     too: its instances were re-created (new UUIDs) or partly changed."""
     def visible(r: AppliedGpu, a: Action) -> bool:
-        return a.kind != "set_persistence" and not (a.kind == "set_mig_mode" and r.outcome == "pending")
+        return a.kind != ActionKind.SET_PERSISTENCE and not (a.kind == ActionKind.SET_MIG_MODE and r.pending)
 
     return sorted(r.gpu for r in results if any(visible(r, a) for a in r.done))
 
 
-def decide(setting: str, changed: Sequence[int], load_state: Optional[str]) -> bool:
+def decide(setting: CdiRefresh, changed: Sequence[int], load_state: Optional[str]) -> bool:
     """Pure: refresh when the setting allows it, a GPU changed, and systemd has the unit (LoadState "loaded";
     "not-found" when the toolkit is not installed, "masked" when the admin said no)."""
-    return setting == AUTO and bool(changed) and load_state == "loaded"
+    return setting == CdiRefresh.AUTO and bool(changed) and load_state == "loaded"
 
 
-def refresh_after(setting: str, changed: Sequence[int], env: HostEnv, unit: str = UNIT) -> bool:
+def refresh_after(setting: CdiRefresh, changed: Sequence[int], env: HostEnv, unit: str = UNIT) -> bool:
     """Queue a re-run of the CDI refresh when `decide` says so; returns whether it was queued. Never raises: the
     layout is applied either way, a stale spec is a warning."""
-    if setting != AUTO or not changed:
+    if setting != CdiRefresh.AUTO or not changed:
         return False
     state = env.unit_load_state(unit)
     if not decide(setting, changed, state):

@@ -150,7 +150,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     setup(level=level, identifier=SERVICE_IDENTIFIERS.get(args.verb, "migd"))
     service_verb = args.verb in ("boot", "watch")
     try:
-        return VERBS[args.verb](args, read_verb)
+        return VERBS[args.verb](args)
     except ConfigError as e:
         lead = "invalid configuration, no GPU touched:"
         # Under systemd each problem is one journal line that says what happened and names file:line.
@@ -269,7 +269,7 @@ def _style() -> "Style":
     return style_for(getattr(sys.stdout, "encoding", None), sys.stdout.isatty(), os.environ)
 
 
-def cmd_status(args: argparse.Namespace, read_only: bool) -> int:
+def cmd_status(args: argparse.Namespace) -> int:
     from . import picture, schema
 
     backend = _backend(args, True)
@@ -286,7 +286,7 @@ def cmd_status(args: argparse.Namespace, read_only: bool) -> int:
         backend.close()
 
 
-def cmd_profiles(args: argparse.Namespace, read_only: bool) -> int:
+def cmd_profiles(args: argparse.Namespace) -> int:
     from . import picture, report, schema
 
     backend = _backend(args, True)
@@ -324,7 +324,7 @@ def _only_profiles(infos: "List[GpuInfo]", spellings: Sequence[str]) -> "List[Gp
     return out
 
 
-def cmd_completion(args: argparse.Namespace, read_only: bool) -> int:
+def cmd_completion(args: argparse.Namespace) -> int:
     from . import completion
 
     if args.shell == "profiles":
@@ -334,7 +334,7 @@ def cmd_completion(args: argparse.Namespace, read_only: bool) -> int:
     return E.EXIT_OK
 
 
-def cmd_validate(args: argparse.Namespace, read_only: bool) -> int:
+def cmd_validate(args: argparse.Namespace) -> int:
     from . import layout, preview
 
     cfg = _load_config(args, checking=True)
@@ -381,7 +381,7 @@ def _validate_gpu_clients(args: argparse.Namespace, cfg: Config) -> None:
         print(f"warning: {warning}")
 
 
-def cmd_plan(args: argparse.Namespace, read_only: bool) -> int:
+def cmd_plan(args: argparse.Namespace) -> int:
     """Per GPU with something to do, its grid now and after (identical GPUs drawn once) and a one-line summary;
     with -v, the driver calls apply would make."""
     from . import picture
@@ -423,7 +423,7 @@ def cmd_plan(args: argparse.Namespace, read_only: bool) -> int:
         backend.close()
 
 
-def cmd_check(args: argparse.Namespace, read_only: bool) -> int:
+def cmd_check(args: argparse.Namespace) -> int:
     from . import schema
 
     cfg = _load_config(args)
@@ -451,7 +451,7 @@ def cmd_check(args: argparse.Namespace, read_only: bool) -> int:
         backend.close()
 
 
-def cmd_export(args: argparse.Namespace, read_only: bool) -> int:
+def cmd_export(args: argparse.Namespace) -> int:
     from . import report
 
     if args.declared and args.format != "slurm":
@@ -475,9 +475,9 @@ def cmd_export(args: argparse.Namespace, read_only: bool) -> int:
         backend.close()
 
 
-def cmd_apply(args: argparse.Namespace, read_only: bool) -> int:
+def cmd_apply(args: argparse.Namespace) -> int:
     if args.dry_run:
-        return cmd_plan(args, True)
+        return cmd_plan(args)
     from .progress import Progress
 
     cfg = _load_config(args, privileged=True)  # invalid config: exit 2 before the driver is even opened
@@ -521,13 +521,13 @@ def _audit_end(args: argparse.Namespace, result: "ApplyResult") -> None:
     from .log import get_logger
 
     code = result.exit_code
-    summary = "; ".join(result.messages + ([result.record_error] if result.record_error else []))
+    summary = "; ".join([r.message for r in result.gpus.values()] + ([result.record_error] if result.record_error else []))
     # info: each failure is its own event at its own priority already; this one must not repeat it on the terminal
     get_logger().info("apply_finished", msg=f"migd apply by {audit.describe(args.actor)}: exit {code}: {summary}",
                       exit=code, outcomes={str(i): r.outcome.value for i, r in result.gpus.items()})
 
 
-def cmd_boot(args: argparse.Namespace, read_only: bool) -> int:
+def cmd_boot(args: argparse.Namespace) -> int:
     """migd.service (boot.run): wait for the driver, then apply. Failures fail the unit (exit != 0), never the boot."""
     from . import boot, notify
 
@@ -539,13 +539,13 @@ def cmd_boot(args: argparse.Namespace, read_only: bool) -> int:
                     status=lambda text: notifier(f"STATUS={text}", barrier=True))
 
 
-def cmd_watch(args: argparse.Namespace, read_only: bool) -> int:
+def cmd_watch(args: argparse.Namespace) -> int:
     from .watch import Watcher
 
     return Watcher(args.config, _site(args)).run()
 
 
-def cmd_init(args: argparse.Namespace, read_only: bool) -> int:
+def cmd_init(args: argparse.Namespace) -> int:
     from . import hostnames, starter
     from .model import Gpu
 
@@ -569,7 +569,7 @@ def cmd_init(args: argparse.Namespace, read_only: bool) -> int:
     return E.EXIT_OK
 
 
-def cmd_import(args: argparse.Namespace, read_only: bool) -> int:
+def cmd_import(args: argparse.Namespace) -> int:
     from . import migparted
 
     print(migparted.convert(migparted.read(args.file), args.file, args.name), end="")
@@ -601,7 +601,7 @@ def _print_apply(engine: "Engine", result: "ApplyResult", desired: "Dict[int, De
     print(picture.status(view.gpus, view.names, view.managed, _style(), details=verbose))
 
 
-VERBS: Dict[str, Callable[[argparse.Namespace, bool], int]] = {
+VERBS: Dict[str, Callable[[argparse.Namespace], int]] = {
     "status": cmd_status, "profiles": cmd_profiles, "validate": cmd_validate, "plan": cmd_plan, "apply": cmd_apply,
     "check": cmd_check, "export": cmd_export, "boot": cmd_boot, "watch": cmd_watch,
     "import": cmd_import, "init": cmd_init, "completion": cmd_completion}

@@ -14,11 +14,13 @@ import re
 import shlex
 import stat
 import sys
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from enum import Enum
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Type
 
 from . import hostnames
 from .errors import ConfigError, Problem, printable
-from .model import Config, DaemonSettings, GpuEntry, GpuSelector, InstanceSpec, entry_label, name_variable
+from .model import (CdiRefresh, Config, DaemonSettings, DriftPolicy, GpuEntry, GpuSelector, InstanceSpec, Location,
+                    OnPending, SelectorKind, entry_label, name_variable)
 from .profiles import strip_mig
 from .suggest import did_you_mean
 
@@ -513,6 +515,11 @@ def _unknown_key(key: Any, accepted: Iterable[str], what: str) -> str:
     return f"unknown key; {hint} ({what})" if hint else f"unknown key; {what}"
 
 
+def _words(policy: Type[Enum]) -> Tuple[str, ...]:
+    """A [daemon] policy's allowed values, as written in the file."""
+    return tuple(p.value for p in policy)
+
+
 def _one_of(allowed: Sequence[str], got: Any) -> str:
     hint = did_you_mean(got, allowed) if isinstance(got, str) else ""
     return f"must be {' or '.join(json.dumps(a) for a in allowed)}, got {_show(got)}" + (f"; {hint}" if hint else "")
@@ -561,9 +568,10 @@ class _Parser:
     def problem(self, key: Sequence[Any], message: str) -> None:
         self.problems.append(Problem(message, self.path, self.locate.line(key), _key_path(key)))
 
-    def where_key(self, key: Sequence[Any]) -> str:
-        """"file:line: key.path" for problems found later, against a GPU model (layout, plan)."""
-        return f"{self.where(key)}: {_key_path(key)}"
+    def at(self, key: Sequence[Any], with_key: bool = True) -> Location:
+        """Where `key` is (and which, unless with_key=False), for problems found later, against a GPU model (layout,
+        plan)."""
+        return Location(self.path, self.locate.line(key), _key_path(key) if with_key else "")
 
     def where(self, key: Sequence[Any]) -> str:
         line = self.locate.line(key)
@@ -608,17 +616,17 @@ class _Parser:
                 else:
                     values[key] = float(v)
         if "drift_policy" in d:
-            if d["drift_policy"] not in ("log", "reapply"):
+            if d["drift_policy"] not in _words(DriftPolicy):
                 self.problem(["daemon", "drift_policy"],
-                             _one_of(("log", "reapply"), d["drift_policy"]))
+                             _one_of(_words(DriftPolicy), d["drift_policy"]))
             else:
-                values["drift_policy"] = d["drift_policy"]
+                values["drift_policy"] = DriftPolicy(d["drift_policy"])
         if "on_pending" in d:
-            if d["on_pending"] not in ("fail", "reboot-once"):
+            if d["on_pending"] not in _words(OnPending):
                 self.problem(["daemon", "on_pending"],
-                             _one_of(("fail", "reboot-once"), d["on_pending"]))
+                             _one_of(_words(OnPending), d["on_pending"]))
             else:
-                values["on_pending"] = d["on_pending"]
+                values["on_pending"] = OnPending(d["on_pending"])
         if "persistence_mode" in d:
             if not isinstance(d["persistence_mode"], bool):
                 self.problem(["daemon", "persistence_mode"],
@@ -633,10 +641,10 @@ class _Parser:
             else:
                 values["stop_clients"] = tuple(units)
         if "cdi_refresh" in d:
-            if d["cdi_refresh"] not in ("auto", "off"):
-                self.problem(["daemon", "cdi_refresh"], _one_of(("auto", "off"), d["cdi_refresh"]))
+            if d["cdi_refresh"] not in _words(CdiRefresh):
+                self.problem(["daemon", "cdi_refresh"], _one_of(_words(CdiRefresh), d["cdi_refresh"]))
             else:
-                values["cdi_refresh"] = d["cdi_refresh"]
+                values["cdi_refresh"] = CdiRefresh(d["cdi_refresh"])
         if "metrics_file" in d:
             v = d["metrics_file"]
             # node_exporter's textfile collector reads only *.prom: any other name would never be scraped
@@ -701,9 +709,8 @@ class _Parser:
             return None
         return GpuEntry(number=i + 1, selector=selector, mig=mig, instances=instances, hosts=hosts,
                         unmanaged=g.get("instances") == "unmanaged",
-                        where=self.where(base),
-                        mig_where=self.where_key(base + ["mig"]), select_where=self.where_key(base + ["select"]),
-                        instances_where=self.where_key(base + ["instances"]))
+                        where=self.where(base), at=self.at(base, with_key=False), mig_at=self.at(base + ["mig"]),
+                        select_at=self.at(base + ["select"]), instances_at=self.at(base + ["instances"]))
 
     def selector(self, key: List[Any], v: Any) -> Optional[GpuSelector]:
         accepted = ('"all", a GPU index (0), a list of indices ([0, 1]), a GPU UUID ("GPU-…"), a PCI bus id '
@@ -718,14 +725,14 @@ class _Parser:
             if not 0 <= v < 64:
                 self.problem(key, f"GPU index {_show(v)} is out of range (0 to 63)")
                 return None
-            return GpuSelector("index", (v,))
+            return GpuSelector(SelectorKind.INDEX, (v,))
         if isinstance(v, list) and v and all(isinstance(x, str) for x in v):  # PCI device IDs
             ids = [_device_id(x) for x in v]
             if not all(ids):
                 self.problem(key, 'a list of PCI device IDs holds strings like "0x233010DE" (device and vendor, as '
                                   f'NVML packs them) or "0x233010DE:0x16C110DE" (with the subsystem ID), got {_show(v)}')
                 return None
-            return GpuSelector("device", tuple(ids))
+            return GpuSelector(SelectorKind.DEVICE, tuple(ids))
         if isinstance(v, list):
             if not v or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 64 for x in v):
                 self.problem(key, "a list of GPU indices must hold integers from 0 to 63, e.g. [0, 1]")
@@ -733,32 +740,32 @@ class _Parser:
             if len(set(v)) != len(v):
                 self.problem(key, f"GPU index listed twice in {v}")
                 return None
-            return GpuSelector("index", tuple(v))
+            return GpuSelector(SelectorKind.INDEX, tuple(v))
         if isinstance(v, str):
             s = v.strip()  # one rule for every string selector: surrounding spaces do not count, nor case
             if s.lower() == "all":
-                return GpuSelector("all")
+                return GpuSelector(SelectorKind.ALL)
             if not any(c in s for c in "*?[") and did_you_mean(s, ["all"]):  # "al": no model is named like that
                 self.problem(key, f'{_show(v)} selects no GPU (a glob without wildcards is a whole model name); '
                                   f'{did_you_mean(s, ["all"])}')
                 return None
             if _UUID_RE.match(s):
-                return GpuSelector("uuid", ("GPU-" + s[4:].lower(),))
+                return GpuSelector(SelectorKind.UUID, ("GPU-" + s[4:].lower(),))
             device = _device_id(s)
             if device:
-                return GpuSelector("device", (device,))
+                return GpuSelector(SelectorKind.DEVICE, (device,))
             if s.isdigit():
                 self.problem(key, f"a GPU index is a number: write select = {s} without quotes")
                 return None
             m = _PCI_RE.match(s)
             if m:
                 domain, bus, dev, fn = m.groups()
-                return GpuSelector("pci", (f"{int(domain or '0', 16):08X}:{bus.upper()}:{dev.upper()}.{fn}",))
+                return GpuSelector(SelectorKind.PCI, (f"{int(domain or '0', 16):08X}:{bus.upper()}:{dev.upper()}.{fn}",))
             if s.lower().startswith("gpu-"):
                 self.problem(key, f"{_show(v)} is not a GPU UUID (GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)")
                 return None
             if s and len(s) <= 128 and s.isprintable():
-                return GpuSelector("glob", (s,))
+                return GpuSelector(SelectorKind.GLOB, (s,))
         self.problem(key, f"must be {accepted}, got {_show(v)}")
         return None
 
@@ -795,7 +802,7 @@ class _Parser:
                     self.problem(k, f"must be an instance count from 0 to {MAX_INSTANCES}, got {_show(count)}")
                     continue
                 if self.profile_ok(k, profile):
-                    out += [InstanceSpec(profile=profile, where=self.where_key(k))] * count
+                    out += [InstanceSpec(profile=profile, at=self.at(k))] * count
         elif isinstance(v, list):
             for n, item in enumerate(v):
                 spec = self.instance(key + [n], item)
@@ -814,7 +821,7 @@ class _Parser:
 
     def instance(self, key: List[Any], item: Any) -> Optional[InstanceSpec]:
         if isinstance(item, (str, int)) and not isinstance(item, bool):
-            return InstanceSpec(profile=str(item), where=self.where_key(key)) if self.profile_ok(key, item) else None
+            return InstanceSpec(profile=str(item), at=self.at(key)) if self.profile_ok(key, item) else None
         if not isinstance(item, dict):
             self.problem(key, 'must be a profile ("1g.10gb", 19, "3g") or a table { profile = …, name = …, '
                               'compute = [...] }')
@@ -851,7 +858,7 @@ class _Parser:
             return None
         return InstanceSpec(profile=str(profile), name=name,
                             compute=tuple(str(c).strip() for c in compute) if "compute" in item else None,
-                            where=self.where_key(key))
+                            at=self.at(key))
 
     def name_variable_ok(self, key: List[Any], name: str) -> bool:
         """A name must be a devices.env variable of its own: not one migd writes itself (MIGD_GPU<i>_…, …_CI<j>),

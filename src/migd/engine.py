@@ -26,7 +26,7 @@ from .hostenv import HostEnv
 from .holders import describe, pids_holding
 from .layout import DesiredGpu, DesiredInstance, desired_for
 from .log import get_logger
-from .model import Config, Gpu, GpuEntry, GpuInfo, GpuSelector, GpuState
+from .model import Config, Gpu, GpuEntry, GpuInfo, GpuSelector, GpuState, SelectorKind
 from .plan import Action, ActionKind, GpuPlan, plan_gpu
 
 log = get_logger()
@@ -99,6 +99,11 @@ class GpuResult:
     def exit_code(self) -> int:
         return outcome_exit(self.outcome)
 
+    @property
+    def pending(self) -> bool:
+        """Its MIG mode change is left pending: nothing a client sees has changed yet."""
+        return self.outcome == Outcome.PENDING
+
 
 def exit_code(results: Sequence[GpuResult]) -> int:
     return exit_code_of(r.exit_code for r in results)
@@ -113,10 +118,6 @@ class ApplyResult:
     def exit_code(self) -> int:
         return exit_code_of([r.exit_code for r in self.gpus.values()]
                             + ([E.EXIT_FAILURE] if self.record_error else []))
-
-    @property
-    def messages(self) -> List[str]:
-        return [r.message for r in self.gpus.values()]
 
 
 @dataclass(frozen=True)
@@ -434,7 +435,7 @@ def desired_layouts(cfg: Config, infos: Sequence[GpuInfo], host: Optional[str] =
 
 def _fits_empty(info: GpuInfo, desired: DesiredGpu) -> Optional[str]:
     empty = plan_gpu(info, desired, GpuState(mig_current=True, mig_pending=True, persistence=None))
-    return empty.refusal.split(": ", 1)[1] if empty.refusal else None  # without the "GPU n: " prefix
+    return empty.refused.reason if empty.refused is not None else None
 
 
 # --- one GPU ------------------------------------------------------------------------------------------------------
@@ -572,7 +573,7 @@ def _fail(backend: Backend, info: GpuInfo, before: GpuState, result: GpuResult, 
 
 def previous_layout(info: GpuInfo, before: GpuState) -> DesiredGpu:
     """The layout a GPU had, as a desired layout with exact placements (for rollback)."""
-    entry = GpuEntry(number=0, selector=GpuSelector("index", (info.index,)), mig=before.mig_current,
+    entry = GpuEntry(number=0, selector=GpuSelector(SelectorKind.INDEX, (info.index,)), mig=before.mig_current,
                      where="previous layout")
     items = []
     for gi in before.instances:

@@ -8,14 +8,14 @@ counts only on the hosts it names. GPUs no entry matches are left alone.
 from __future__ import annotations
 
 import difflib
-import re
-from ._record import dataclass
+from ._record import dataclass, replace
 from fnmatch import fnmatchcase
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .errors import ConfigError, Problem
 from .hostnames import host_matches
-from .model import ComputeProfile, Config, GpuEntry, GpuInfo, GpuProfile, GpuSelector, Placement
+from .model import (ComputeProfile, Config, GpuEntry, GpuInfo, GpuProfile, GpuSelector, Location, Placement,
+                    SelectorKind)
 from .profiles import resolve_compute_profile, resolve_gpu_profile
 
 
@@ -42,21 +42,35 @@ class DesiredGpu:
 
 
 class LayoutError(Exception):
-    """The entry cannot mean anything on this GPU (unknown profile for the model, no MIG support)."""
+    """The entry cannot mean anything on this GPU (unknown profile for the model, no MIG support): where, and why."""
+
+    def __init__(self, at: Location, message: str):
+        super().__init__(f"{at}: {message}")
+        self.at, self.message = at, message
+
+
+def _at(entry: GpuEntry, key: Optional[Location]) -> Location:
+    """Where a problem with this entry's key is: as the parser located it; an entry no file holds (made in code,
+    or by a test) has only its `where` text."""
+    return key if key is not None else entry.at if entry.at is not None else Location(entry.where)
+
+
+def _problem(at: Location, message: str) -> Problem:
+    return Problem(message, at.path, at.line, at.key)
 
 
 def matches(selector: GpuSelector, gpu: GpuInfo) -> bool:
-    if selector.kind == "all":
+    if selector.kind == SelectorKind.ALL:
         return True
-    if selector.kind == "index":
+    if selector.kind == SelectorKind.INDEX:
         return gpu.index in selector.values
-    if selector.kind == "uuid":
+    if selector.kind == SelectorKind.UUID:
         return gpu.uuid.lower() == str(selector.values[0]).lower()
-    if selector.kind == "pci":
+    if selector.kind == SelectorKind.PCI:
         return _norm_pci(gpu.pci_bus_id) == selector.values[0]
-    if selector.kind == "device":
+    if selector.kind == SelectorKind.DEVICE:
         return any(_device_matches(str(v), gpu) for v in selector.values)
-    if selector.kind == "glob":
+    if selector.kind == SelectorKind.GLOB:
         pattern = str(selector.values[0]).lower()
         return fnmatchcase(gpu.name.lower(), pattern) or fnmatchcase(gpu.model.lower(), pattern)
     return False
@@ -87,7 +101,7 @@ def select(config: Config, gpus: Sequence[GpuInfo], host: Optional[str] = None,
     `hosts` do not match `host` (None: this machine, see hostnames) is skipped as if it were not there.
     """
     chosen, problems = _select(config, gpus, host)
-    return chosen, [text for _, text in problems]
+    return chosen, [str(p) for _, p in problems]
 
 
 def for_host(config: Config, host: Optional[str] = None) -> List[GpuEntry]:
@@ -98,30 +112,32 @@ def for_host(config: Config, host: Optional[str] = None) -> List[GpuEntry]:
 def naming_a_gpu(entries: Sequence[GpuEntry]) -> List[GpuEntry]:
     """The entries that name one GPU (index, UUID, PCI id): an admin expects that GPU on the host. "all" and model
     globs fit GPU-less hosts too (a fleet file shared with CPU nodes): with no driver installed they select nothing."""
-    return [e for e in entries if e.selector.kind in ("index", "uuid", "pci")]
+    return [e for e in entries if e.selector.kind in (SelectorKind.INDEX, SelectorKind.UUID, SelectorKind.PCI)]
 
 
 def _select(config: Config, gpus: Sequence[GpuInfo], host: Optional[str],
-            ) -> Tuple[Dict[int, GpuEntry], List[Tuple[int, str]]]:
+            ) -> Tuple[Dict[int, GpuEntry], List[Tuple[int, Problem]]]:
     chosen: Dict[int, GpuEntry] = {}
-    problems: List[Tuple[int, str]] = []  # (position of the entry in the config, text)
+    problems: List[Tuple[int, Problem]] = []  # (position of the entry in the config, problem)
     for n, entry in enumerate(config.entries):
         if not host_matches(entry.hosts, host):
             continue
         hits = [g for g in gpus if not g.unknown and matches(entry.selector, g)]  # a lost GPU's identity is unknown
         for g in hits:
             chosen[g.index] = entry
-        label = f"{entry.where}: {entry.label} select"
-        if entry.selector.kind == "index":
+        header = _at(entry, None)
+        label = Location(header.path, header.line, f"{entry.label} select")  # at the [[gpu]] header
+        if entry.selector.kind == SelectorKind.INDEX:
             missing = [i for i in entry.selector.values if not any(g.index == i for g in gpus)]
             if missing:
-                problems.append((n, f"{label}: no GPU with index {', '.join(map(str, missing))} ({_gpu_count(len(gpus))})"))
-        elif entry.selector.kind in ("uuid", "pci") and not hits and not any(g.unknown for g in gpus):
-            problems.append((n, f"{label}: no GPU {entry.selector} on this host"))
-        elif entry.selector.kind == "glob" and not hits:
+                problems.append((n, _problem(label, f"no GPU with index {', '.join(map(str, missing))} "
+                                                    f"({_gpu_count(len(gpus))})")))
+        elif entry.selector.kind in (SelectorKind.UUID, SelectorKind.PCI) and not hits and not any(g.unknown for g in gpus):
+            problems.append((n, _problem(label, f"no GPU {entry.selector} on this host")))
+        elif entry.selector.kind == SelectorKind.GLOB and not hits:
             why = unknown_glob(str(entry.selector.values[0]), gpus)
             if why:
-                problems.append((n, f"{entry.select_where or label}: {why}"))
+                problems.append((n, _problem(entry.select_at or label, why)))
     return chosen, problems
 
 
@@ -182,7 +198,7 @@ def unmatched_while_lost(config: Config, gpus: Sequence[GpuInfo], host: Optional
         return []
     return [f"{entry.where}: {entry.label} select = {entry.selector} matches no readable GPU, it may be this one"
             for entry in for_host(config, host)
-            if entry.selector.kind in ("uuid", "pci")
+            if entry.selector.kind in (SelectorKind.UUID, SelectorKind.PCI)
             and not any(not g.unknown and matches(entry.selector, g) for g in gpus)]
 
 
@@ -191,28 +207,28 @@ def resolve(entry: GpuEntry, gpu: GpuInfo) -> DesiredGpu:
     if not entry.mig:
         return DesiredGpu(entry, False)
     if not gpu.mig_capable:
-        raise LayoutError(f"{entry.mig_where or entry.where}: GPU {gpu.index} ({gpu.model}) does not support MIG")
+        raise LayoutError(_at(entry, entry.mig_at), f"GPU {gpu.index} ({gpu.model}) does not support MIG")
     if entry.unmanaged:
         return DesiredGpu(entry, True, unmanaged=True)
     if not gpu.profiles:
-        raise LayoutError(f"{entry.mig_where or entry.where}: GPU {gpu.index} ({gpu.model}) reports no MIG profiles "
+        raise LayoutError(_at(entry, entry.mig_at), f"GPU {gpu.index} ({gpu.model}) reports no MIG profiles "
                           "(drivers before R550 list them only once MIG mode is on)")
     out = []
     for spec in entry.instances:
         profile, why = resolve_gpu_profile(spec.profile, gpu)
         if profile is None:
-            raise LayoutError(f"{spec.where}: {why}")
+            raise LayoutError(spec.at, why)
         if spec.compute is not None:
             compute = []
             for c in spec.compute:
                 cp, why = resolve_compute_profile(c, profile)
                 if cp is None:
-                    raise LayoutError(f"{spec.where}: {why}")
+                    raise LayoutError(spec.at, why)
                 compute.append(cp)
         else:
             full = profile.full_compute_profile
             if full is None:
-                raise LayoutError(f"{spec.where}: {profile.name} has no whole-instance compute profile")
+                raise LayoutError(spec.at, f"{profile.name} has no whole-instance compute profile")
             compute = [full]
         out.append(DesiredInstance(profile, tuple(compute), spec.name))
     return DesiredGpu(entry, True, tuple(out))
@@ -231,7 +247,7 @@ def desired_for(cfg: Config, infos: Sequence[GpuInfo], fits: Optional[FitCheck] 
     chosen, problems = _select(cfg, infos, host)
     position = {id(e): n for n, e in enumerate(cfg.entries)}
     # the same problem on several GPUs of one model: one line naming them; keyed by entry for the file's order
-    by_text: Dict[Tuple[int, str], List[int]] = {}
+    by_problem: Dict[Tuple[int, Problem], List[int]] = {}
     desired = {}
     for info in infos:
         entry = chosen.get(info.index)
@@ -240,24 +256,20 @@ def desired_for(cfg: Config, infos: Sequence[GpuInfo], fits: Optional[FitCheck] 
         try:
             d = resolve(entry, info)
         except LayoutError as e:
-            by_text.setdefault((position[id(entry)], str(e)), []).append(info.index)
+            by_problem.setdefault((position[id(entry)], _problem(e.at, e.message)), []).append(info.index)
             continue
         # A layout that cannot fit even an empty GPU is a config error: refuse before touching anything.
         why = fits(info, d) if fits is not None else None
         if why:
-            text = f"{entry.instances_where or entry.where}: {why}"
-            by_text.setdefault((position[id(entry)], text), []).append(info.index)
+            problem = _problem(_at(entry, entry.instances_at), why)
+            by_problem.setdefault((position[id(entry)], problem), []).append(info.index)
             continue
         desired[info.index] = d
-    ordered = [(n, text) for n, text in problems]
-    for (n, text), gpus in by_text.items():
-        ordered.append((n, f"{text} (GPU{'s' if len(gpus) > 1 else ''} {', '.join(map(str, gpus))})"))
+    ordered = list(problems)
+    for (n, p), gpus in by_problem.items():
+        ordered.append((n, replace(p, message=f"{p.message} (GPU{'s' if len(gpus) > 1 else ''} "
+                                              f"{', '.join(map(str, gpus))})")))
     if ordered:  # as the files read: entry by entry (files in the order read), top to bottom within one
-        ordered.sort(key=lambda p: (p[0], _line_of(p[1])))
-        raise ConfigError([Problem(text) for _, text in ordered])
+        ordered.sort(key=lambda p: (p[0], p[1].line or 0))
+        raise ConfigError([p for _, p in ordered])
     return desired
-
-
-def _line_of(text: str) -> int:
-    m = re.match(r"[^\n]*?:(\d+): ", text)
-    return int(m.group(1)) if m else 0

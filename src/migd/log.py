@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Dict, List, MutableMapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, MutableMapping, Optional, Tuple, Union
 
 __all__ = ["setup", "start_audit", "get_logger", "Logger", "LEVELS", "journal_field_name", "encode_journal"]
 
@@ -79,13 +79,15 @@ def _one_line(text: str) -> str:
     return text.strip().replace("\r", "\\r").replace("\n", "\\n")
 
 
-def _kv(key: str, value: Any) -> str:
+def _kv_value(value: Any) -> str:
+    """A value for a key=value list: its journal text, JSON-quoted when empty or holding a space or a
+    non-printable character (keeps the line one line, splittable on spaces)."""
     text = field_text(value)
-    if not text or " " in text or not text.isprintable():  # keeps the line one line, splittable on spaces
+    if not text or " " in text or not text.isprintable():
         import json
 
         text = json.dumps(text, ensure_ascii=False)
-    return f"{key}={text}"
+    return text
 
 
 def stderr_is_journal(fd: int = 2) -> bool:
@@ -103,26 +105,62 @@ def stderr_is_journal(fd: int = 2) -> bool:
     return (st.st_dev, st.st_ino) == (dev, ino)
 
 
-def _caller() -> Any:
-    """The first frame outside structlog and this module: the log call site."""
-    frame: Any = sys._getframe(1)
-    while frame is not None:
-        module = frame.f_globals.get("__name__", "")
-        if module != __name__ and module.partition(".")[0] != "structlog":
-            return frame
-        frame = frame.f_back
-    return None
+# --- structlog's processors, and what migd gives them ------------------------------------
+
+# structlog.processors.CallsiteParameterAdder's keys -> journald's CODE_* fields (added for the journal only)
+_CODE_FIELDS = (("pathname", "CODE_FILE"), ("lineno", "CODE_LINE"), ("func_name", "CODE_FUNC"))
 
 
-def _exc_tuple(exc_info: Any) -> Optional[Tuple[Any, Any, Any]]:
-    if isinstance(exc_info, BaseException):
-        return (type(exc_info), exc_info, exc_info.__traceback__)
-    if isinstance(exc_info, tuple):
-        return exc_info if exc_info and exc_info[0] is not None else None
-    if exc_info:
-        info = sys.exc_info()
-        return info if info[0] is not None else None
-    return None
+class _Exception:
+    """What the exception renderer puts under "exception": one line "Type: text", and the traceback where the
+    level is debug (tracebacks are for developers, kept out of info logs)."""
+
+    __slots__ = ("summary", "traceback")
+
+    def __init__(self, exc_info: Any, with_traceback: bool) -> None:
+        import traceback
+
+        self.summary = _one_line("".join(traceback.format_exception_only(exc_info[0], exc_info[1])))
+        self.traceback = "".join(traceback.format_exception(*exc_info)) if with_traceback else None
+
+
+def _exception_formatter(with_traceback: bool) -> Any:
+    def formatter(exc_info: Any) -> Optional[_Exception]:
+        # structlog 22.x hands over sys.exc_info() for exc_info=True even outside an except block
+        return _Exception(exc_info, with_traceback) if exc_info[0] is not None else None
+
+    return formatter
+
+
+def _processors(structlog: Any, journal: bool, debug: bool) -> List[Any]:
+    """add_log_level, the call site (journal only: CODE_FILE/LINE/FUNC), the exception as migd words it. Both
+    exist from structlog 22.1 (ExceptionRenderer) and 21.5 (CallsiteParameterAdder); before that (>= 21.1 is
+    supported), journal entries lack CODE_* and exc_info is read here, as structlog's own renderer reads it."""
+    sp = structlog.processors
+    chain = [sp.add_log_level]
+    adder = getattr(sp, "CallsiteParameterAdder", None)
+    if journal and adder is not None:
+        names = {sp.CallsiteParameter.PATHNAME, sp.CallsiteParameter.LINENO, sp.CallsiteParameter.FUNC_NAME}
+        chain.append(adder(names, additional_ignores=[__name__]))  # the call site is outside this module
+    formatter = _exception_formatter(debug)
+    renderer = getattr(sp, "ExceptionRenderer", None)
+    chain.append(renderer(formatter) if renderer is not None else _OldExceptionRenderer(formatter))
+    return chain
+
+
+class _OldExceptionRenderer:
+    """structlog.processors.ExceptionRenderer for structlog < 22.1, which lacks it."""
+
+    def __init__(self, formatter: Any) -> None:
+        self.formatter = formatter
+
+    def __call__(self, _logger: Any, _method: str, ev: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        v = ev.pop("exc_info", None)
+        exc_info = (type(v), v, v.__traceback__) if isinstance(v, BaseException) else v if isinstance(v, tuple) \
+            else sys.exc_info() if v else None
+        if exc_info:
+            ev["exception"] = self.formatter(exc_info)
+        return ev
 
 
 # --- output ----------------------------------------------------------------------------
@@ -131,7 +169,7 @@ def _exc_tuple(exc_info: Any) -> Optional[Tuple[Any, Any, Any]]:
 class _Record:
     """One formatted event, between the structlog processor and the writers."""
 
-    __slots__ = ("level", "event", "message", "text", "fields", "exception", "traceback")
+    __slots__ = ("level", "event", "message", "text", "fields", "exception", "traceback", "code")
 
     def __init__(
         self,
@@ -142,6 +180,7 @@ class _Record:
         fields: Dict[str, Any],
         exception: Optional[str],
         traceback: Optional[str],
+        code: List[Tuple[str, str]],
     ) -> None:
         self.level = level  # debug, info, warning, error, critical
         self.event = event
@@ -150,12 +189,14 @@ class _Record:
         self.fields = fields
         self.exception = exception  # one-line "Type: text"
         self.traceback = traceback  # only at debug level
+        self.code = code  # CODE_FILE, CODE_LINE, CODE_FUNC: the call site (journal only)
 
 
 class _Output:
     """What one setup() decided, and the structlog pipeline built from it:
 
-    processors ``add_log_level`` -> ``to_record`` (event name, msg, exception, bound and event
+    structlog's processors ``add_log_level``, ``CallsiteParameterAdder`` (journal only) and
+    ``ExceptionRenderer`` -> ``to_record`` (event name, msg, exception, bound and event
     fields) -> the final renderer, ``render_journal`` (systemd's native protocol) or
     ``render_console`` (one ``migd[level]: ...`` line); this object is the logger structlog hands
     the rendering to (``_emit`` writes it). Levels are filtered by structlog's filtering bound
@@ -178,6 +219,7 @@ class _Output:
         # keeps the priority (journald parses it, SyslogLevelPrefix= defaults to yes).
         self.prefix_priority = stderr_is_journal()
         self._sock: Any = None
+        self._kv: Any = None  # structlog.processors.KeyValueRenderer, for the "key=value ..." lists
         self.configured = False
 
     def close(self) -> None:
@@ -191,13 +233,15 @@ class _Output:
 
         floor = min(LEVELS[self.level], LEVELS["info"]) if self.audit is not None else LEVELS[self.level]
         wrapper = structlog.make_filtering_bound_logger(floor)
+        self._kv = structlog.processors.KeyValueRenderer(repr_native_str=False)  # values: _kv_value's text
         capturing = any(isinstance(p, structlog.testing.LogCapture) for p in structlog.get_config()["processors"])
         if capturing:
             structlog.configure(wrapper_class=wrapper)
         else:
             renderer = self.render_journal if self.target == "journal" else self.render_console
             structlog.configure(
-                processors=[structlog.processors.add_log_level, self.to_record, renderer],
+                processors=_processors(structlog, self.target == "journal", self.level == "debug")
+                + [self.to_record, renderer],
                 wrapper_class=wrapper,
                 logger_factory=lambda *_: self,
                 cache_logger_on_first_use=False,  # setup() may change the pipeline; capture_logs() too
@@ -209,26 +253,27 @@ class _Output:
         level = str(ev.pop("level", _method))
         event = str(ev.pop("event", ""))
         msg = ev.pop("msg", None)
-        exc = _exc_tuple(ev.pop("exc_info", None))
+        exc: Optional[_Exception] = ev.pop("exception", None)
+        code = [(name, str(ev.pop(key))) for key, name in _CODE_FIELDS if key in ev]
         ev.pop("stack_info", None)  # multi-line by nature; not supported
         fields = ev
 
         # The journal shows only MESSAGE by default, so without msg it carries the fields too;
         # the stderr line always lists them, so there the event name alone leads.
         if msg is None:
-            message = " ".join([event] + [_kv(k, v) for k, v in fields.items()])
+            message = " ".join([event] + ([self._key_values(fields)] if fields else []))
             text = event
         else:
             message = text = str(msg)
         summary = tb = None
         if exc is not None:
-            import traceback
-
-            summary = _one_line("".join(traceback.format_exception_only(exc[0], exc[1])))
+            summary, tb = exc.summary, exc.traceback
             message, text = f"{message}: {summary}", f"{text}: {summary}"
-            if self.level == "debug":  # tracebacks are for developers, kept out of info logs
-                tb = "".join(traceback.format_exception(*exc))
-        return {"record": _Record(level, event, _one_line(message), _one_line(text), dict(fields), summary, tb)}
+        return {"record": _Record(level, event, _one_line(message), _one_line(text), dict(fields), summary, tb,
+                                  code)}
+
+    def _key_values(self, fields: Mapping[str, Any]) -> str:
+        return str(self._kv(None, "", {k: _kv_value(v) for k, v in fields.items()}))
 
     # final renderers: -> the arguments of _emit
     def render_journal(self, _logger: Any, _method: str, ev: MutableMapping[str, Any]) -> Any:
@@ -282,14 +327,7 @@ class _Output:
             out.append(("MIGD_EXCEPTION", r.exception))
         if r.traceback is not None:
             out.append(("MIGD_TRACEBACK", r.traceback))
-        frame = _caller()
-        if frame is not None:
-            out += [
-                ("CODE_FILE", frame.f_code.co_filename),
-                ("CODE_LINE", str(frame.f_lineno)),
-                ("CODE_FUNC", frame.f_code.co_name),
-            ]
-        return out
+        return out + list(r.code)
 
     def _send_journal(self, data: bytes) -> bool:
         """One datagram per event. False (never an exception) if journald can't be reached."""
@@ -332,7 +370,7 @@ class _Output:
         """migd[<level>]: <msg> (key=value ...), no colours, no timestamp (journald adds one)."""
         line = f"{self.identifier}[{r.level}]: {r.text}"
         if r.fields:
-            line += " (" + " ".join(_kv(k, v) for k, v in r.fields.items()) + ")"
+            line += " (" + self._key_values(r.fields) + ")"
         if self.prefix_priority:
             line = f"<{PRIORITY[r.level]}>{line}"
         if r.traceback is not None:  # debug level only: a developer is reading

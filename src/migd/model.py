@@ -7,6 +7,7 @@ reports) can be tested without a GPU.
 from __future__ import annotations
 
 from ._record import dataclass, field
+from enum import Enum
 from typing import Dict, Optional, Tuple
 
 
@@ -175,24 +176,57 @@ def name_variable(name: str) -> str:
 
 
 @dataclass(frozen=True)
+class Location:
+    """Where the config parser read something: file, line (None: not located) and key path ("[[gpu]] #1 mig").
+    A problem found later, against a GPU (layout, planner), is reported at it: str() is "file:line: key"."""
+
+    path: str = ""
+    line: Optional[int] = None
+    key: str = ""
+
+    def __str__(self) -> str:
+        where = self.path + (f":{self.line}" if self.line else "")
+        return ": ".join(x for x in (where, self.key) if x)
+
+
+@dataclass(frozen=True)
 class InstanceSpec:
     """One desired GPU instance as written in the config; profile spellings resolve per GPU model later."""
 
     profile: str  # as written ("1g.10gb", "MIG 1g.10gb", "19", "3g", ...)
     name: Optional[str] = None
     compute: Optional[Tuple[str, ...]] = None  # None: one CI spanning the GI; (): no compute instance
-    where: str = ""  # "file:line key" for messages
+    at: Location = Location()
+
+    @property
+    def where(self) -> str:
+        """"file:line: key" for messages."""
+        return str(self.at)
+
+
+class SelectorKind(str, Enum):
+    """How a [[gpu]] entry's `select` names its GPUs (the value is the word messages use)."""
+
+    ALL = "all"
+    INDEX = "index"  # values: GPU indices
+    UUID = "uuid"  # values: ("GPU-…",), lower case
+    PCI = "pci"  # values: ("00000000:07:00.0",), config's normal form
+    DEVICE = "device"  # values: PCI device IDs, "0x233010DE[:0xSUBSYSID]"
+    GLOB = "glob"  # values: (a model-name glob,)
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True)
 class GpuSelector:
-    kind: str  # "all", "index", "uuid", "pci", "glob", "device" (PCI device IDs: "0x233010DE[:0xSUBSYSID]")
+    kind: SelectorKind
     values: Tuple[object, ...] = ()
 
     def __str__(self) -> str:
-        if self.kind == "all":
+        if self.kind == SelectorKind.ALL:
             return "all"
-        if self.kind in ("index", "device"):
+        if self.kind in (SelectorKind.INDEX, SelectorKind.DEVICE):
             return ",".join(str(v) for v in self.values)
         return str(self.values[0])
 
@@ -214,26 +248,58 @@ class GpuEntry:
     # instances = "unmanaged": migd owns the MIG mode (and persistence) only; another tool (Kubernetes' DRA driver
     # with dynamic MIG) creates and destroys the instances, which migd never touches nor counts as drift
     unmanaged: bool = False
-    where: str = ""  # "file:line" of the [[gpu]] header
-    mig_where: str = ""  # "file:line: [[gpu]] #n mig", for problems found against a GPU
-    select_where: str = ""  # "file:line: [[gpu]] #n select"
-    instances_where: str = ""  # "file:line: [[gpu]] #n instances"
+    where: str = ""  # "file:line" of the [[gpu]] header, for messages
+    # where the parser read the header and keys, for problems found against a GPU (None: an entry no file holds)
+    at: Optional[Location] = None
+    mig_at: Optional[Location] = None
+    select_at: Optional[Location] = None
+    instances_at: Optional[Location] = None
 
     @property
     def label(self) -> str:
         return entry_label(self.number)
 
 
+class DriftPolicy(str, Enum):
+    """[daemon] drift_policy: what the watchdog does about a drifted GPU."""
+
+    LOG = "log"
+    REAPPLY = "reapply"  # re-apply it, when none of its instances has processes
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class OnPending(str, Enum):
+    """[daemon] on_pending: what boot does about a MIG mode change left pending."""
+
+    FAIL = "fail"  # exit 4
+    REBOOT_ONCE = "reboot-once"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class CdiRefresh(str, Enum):
+    """[daemon] cdi_refresh: re-run nvidia-cdi-refresh.service after a change, when it exists."""
+
+    AUTO = "auto"
+    OFF = "off"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass(frozen=True)
 class DaemonSettings:
     watch_interval: float = 60.0
-    drift_policy: str = "log"  # "log" | "reapply"
+    drift_policy: DriftPolicy = DriftPolicy.LOG
     driver_wait_timeout: float = 120.0
     persistence_mode: bool = True
     stop_clients: Tuple[str, ...] = ()
     lock_timeout: float = 30.0
-    on_pending: str = "fail"  # "fail" | "reboot-once": what boot does about a MIG mode change left pending
-    cdi_refresh: str = "auto"  # "auto": re-run nvidia-cdi-refresh.service after a change, when it exists | "off"
+    on_pending: OnPending = OnPending.FAIL
+    cdi_refresh: CdiRefresh = CdiRefresh.AUTO
     metrics_file: Optional[str] = None  # None: the node_exporter textfile dir's migd.prom when it exists; "": off
     gpu_clients: Tuple[str, ...] = ()  # services (or NAME@*/PREFIX-* globs) migd-generator orders after migd.service
 

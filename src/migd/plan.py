@@ -88,35 +88,70 @@ class Assignment:
         return self.kept_gi if self.kept_gi is not None else self.reused_gi
 
 
+class RefusalKind(str, Enum):
+    """What stands in the way of a layout on a GPU."""
+
+    BUSY = "busy"  # instances with processes (or whose processes cannot be read) would have to go
+    NO_MIG = "no_mig"  # the GPU has no MIG
+    NO_FIT = "no_fit"  # the layout does not fit this GPU model: slices, instance counts, engines, placements
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why the planner leaves a GPU as it is: what is in the way, the GPU, the reason in words (without the
+    "GPU n: " of str()), and a BUSY refusal's processes."""
+
+    what: RefusalKind
+    gpu: int
+    reason: str
+    pids: Tuple[int, ...] = ()
+
+    def __str__(self) -> str:
+        return f"GPU {self.gpu}: {self.reason}"
+
+
 @dataclass(frozen=True)
 class GpuPlan:
     gpu: int
     actions: Tuple[Action, ...] = ()
     assignments: Tuple[Assignment, ...] = ()
-    refusal: Optional[str] = None  # set: this GPU cannot (or must not) be changed; actions empty
-    busy_pids: Tuple[int, ...] = ()
-    managed: bool = True  # False: no config entry selects this GPU
+    refused: Optional[Refusal] = None  # set: this GPU cannot (or must not) be changed; actions empty
+
+    @property
+    def refusal(self) -> Optional[str]:
+        """The refusal as messages word it ("GPU n: reason"), or None."""
+        return None if self.refused is None else str(self.refused)
+
+    @property
+    def busy_pids(self) -> Tuple[int, ...]:
+        return () if self.refused is None else self.refused.pids
 
     @property
     def ok(self) -> bool:
-        return self.refusal is None
+        return self.refused is None
 
     @property
     def noop(self) -> bool:
         return self.ok and not self.actions
 
 
-class Refusal(Exception):
-    def __init__(self, message: str, pids: Sequence[int] = ()):
-        super().__init__(message)
-        self.pids = tuple(pids)
+class Refused(Exception):
+    """Raised inside the planner (a layout that does not fit, unless `what` says otherwise); plan_gpu returns it as
+    the plan's Refusal."""
+
+    def __init__(self, reason: str, pids: Sequence[int] = (), what: RefusalKind = RefusalKind.NO_FIT):
+        super().__init__(reason)
+        self.reason, self.pids, self.what = reason, tuple(pids), what
 
 
 def plan_gpu(info: GpuInfo, desired: DesiredGpu, state: GpuState, persistence: Optional[bool] = None) -> GpuPlan:
     try:
         actions, assignments = _plan(info, desired, state, persistence)
-    except Refusal as r:
-        return GpuPlan(info.index, refusal=f"GPU {info.index}: {r}", busy_pids=r.pids)
+    except Refused as r:
+        return GpuPlan(info.index, refused=Refusal(r.what, info.index, r.reason, r.pids))
     return GpuPlan(info.index, tuple(actions), tuple(assignments))
 
 
@@ -131,15 +166,15 @@ def _plan(info: GpuInfo, desired: DesiredGpu, state: GpuState,
         if state.mig_current:
             busy = [gi for gi in state.instances if gi.busy]
             if busy:
-                raise Refusal(f"MIG off would destroy {_busy_reason(info, busy)}: not destroying busy instances",
-                              _pid_list(busy))
+                raise Refused(f"MIG off would destroy {_busy_reason(info, busy)}: not destroying busy instances",
+                              _pid_list(busy), what=RefusalKind.BUSY)
             actions += _destroy(info, state.instances)
         if state.mig_current or state.mig_pending:
             actions.append(Action(ActionKind.SET_MIG_MODE, g, enabled=False))
         return actions, []
 
     if not info.mig_capable:
-        raise Refusal(f"{info.model} does not support MIG")
+        raise Refused(f"{info.model} does not support MIG", what=RefusalKind.NO_MIG)
     if desired.unmanaged:  # the mode only: whatever instances exist are another tool's, never destroyed or made
         if not state.mig_current or not state.mig_pending:
             actions.append(Action(ActionKind.SET_MIG_MODE, g, enabled=True))
@@ -206,7 +241,7 @@ def _precheck(info: GpuInfo, items: List[DesiredInstance]) -> None:
     """Order-independent limits, refused with the reason an admin can act on."""
     slices = sum(i.profile.slices for i in items)
     if slices > info.total_slices:
-        raise Refusal(f"needs {slices} compute slices ({describe_counts([i.profile.name for i in items])}), "
+        raise Refused(f"needs {slices} compute slices ({describe_counts([i.profile.name for i in items])}), "
                       f"{info.model} has {info.total_slices}")
     by_profile: Dict[int, List[DesiredInstance]] = {}
     for i in items:
@@ -214,11 +249,11 @@ def _precheck(info: GpuInfo, items: List[DesiredInstance]) -> None:
     for same in by_profile.values():
         p = same[0].profile
         if len(same) > p.instance_count:
-            raise Refusal(f"{p.name} allows {p.instance_count} instance{'s' if p.instance_count > 1 else ''}, "
+            raise Refused(f"{p.name} allows {p.instance_count} instance{'s' if p.instance_count > 1 else ''}, "
                           f"{len(same)} requested")
     ofa = [i.profile.name for i in items if i.profile.ofas]
     if len(ofa) > 1:
-        raise Refusal(f"{' and '.join(ofa)} each need the GPU's single optical-flow accelerator")
+        raise Refused(f"{' and '.join(ofa)} each need the GPU's single optical-flow accelerator")
     _precheck_media(info, items)
 
 
@@ -235,10 +270,10 @@ def _precheck_media(info: GpuInfo, items: List[DesiredInstance]) -> None:
         hogs = [p for p in users if getattr(p, kind) >= total and p.slices < full.slices]
         others = describe_counts([p.name for p in users if p not in hogs])
         if hogs:
-            raise Refusal(f"{hogs[0].name} takes all of the GPU's media engines: beside it only -me profiles "
+            raise Refused(f"{hogs[0].name} takes all of the GPU's media engines: beside it only -me profiles "
                           f"(no media engines) fit, not {others}")
         label = {"decoders": "video decoders", "encoders": "video encoders", "jpegs": "JPEG engines"}[kind]
-        raise Refusal(f"{describe_counts([p.name for p in users])} need {sum(getattr(p, kind) for p in users)} "
+        raise Refused(f"{describe_counts([p.name for p in users])} need {sum(getattr(p, kind) for p in users)} "
                       f"{label}, {info.model} has {total}")
 
 
@@ -250,7 +285,7 @@ def _compute_layout(pairs: Iterable[Tuple[int, Placement]]) -> Tuple[Tuple[int, 
 def _place(info: GpuInfo, items: List[DesiredInstance], compute: List[Tuple[Placement, ...]],
            live: List[LiveGpuInstance]) -> Tuple[List[Placement], Dict[int, int], Dict[int, int]]:
     """Placements for every item maximizing kept live GIs, then reused ones; busy live GIs must be kept (or reused
-    without touching a busy compute instance). Raises Refusal. Returns placements, kept and reused (slot -> GI).
+    without touching a busy compute instance). Raises Refused. Returns placements, kept and reused (slot -> GI).
 
     A live GI is kept only when its compute instances match in profile *and* placement (`compute`: each item's CI
     placements), so a compute instance moved by hand is drift, and a rollback restores CIs where they were. A live
@@ -324,15 +359,15 @@ def _place(info: GpuInfo, items: List[DesiredInstance], compute: List[Tuple[Plac
     return placements, kept_map, reused_map
 
 
-def _explain_infeasible(info: GpuInfo, items: List[DesiredInstance], busy: List[LiveGpuInstance]) -> Refusal:
+def _explain_infeasible(info: GpuInfo, items: List[DesiredInstance], busy: List[LiveGpuInstance]) -> Refused:
     if not _fits(items, 0):
         for k in range(len(items)):
             if not _fits(items[:k + 1], 0):
                 before = describe_counts([i.profile.name for i in items[:k]])
-                return Refusal(f"no placement fits {items[k].profile.name}" + (f" after {before}" if before else "")
+                return Refused(f"no placement fits {items[k].profile.name}" + (f" after {before}" if before else "")
                                + f" on {info.model}")
-    return Refusal(f"the layout needs the slots of {_busy_reason(info, busy)}: not destroying busy instances",
-                   _pid_list(busy))
+    return Refused(f"the layout needs the slots of {_busy_reason(info, busy)}: not destroying busy instances",
+                   _pid_list(busy), what=RefusalKind.BUSY)
 
 
 def _fits(items: Sequence[DesiredInstance], mask: int) -> bool:
@@ -354,9 +389,9 @@ def _place_compute(item: DesiredInstance) -> Tuple[Placement, ...]:
     for cp in {c.id: c for c in cps}.values():
         count = sum(1 for c in cps if c.id == cp.id)
         if count > cp.instance_count:
-            raise Refusal(f"{cp.name} allows {cp.instance_count} per {item.profile.name} instance, {count} requested")
+            raise Refused(f"{cp.name} allows {cp.instance_count} per {item.profile.name} instance, {count} requested")
     if sum(c.slices for c in cps) > total:
-        raise Refusal(f"compute instances {describe_counts([c.name for c in cps])} need "
+        raise Refused(f"compute instances {describe_counts([c.name for c in cps])} need "
                       f"{sum(c.slices for c in cps)} slices, a {item.profile.name} instance has {total}")
 
     def go(k: int, mask: int) -> Optional[List[Placement]]:
@@ -371,7 +406,7 @@ def _place_compute(item: DesiredInstance) -> Tuple[Placement, ...]:
 
     result = go(0, 0)
     if result is None:
-        raise Refusal(f"no placement fits compute instances {describe_counts([c.name for c in cps])} in a "
+        raise Refused(f"no placement fits compute instances {describe_counts([c.name for c in cps])} in a "
                       f"{item.profile.name} instance")
     return tuple(result)
 

@@ -24,7 +24,7 @@ from typing import Dict, Optional, Sequence
 from . import runstate
 from .hostenv import HostEnv
 from .log import get_logger
-from .model import Config
+from .model import Config, OnPending
 
 log = get_logger()
 
@@ -87,7 +87,7 @@ def after_boot_apply(cfg: Config, pending: Sequence[Pending], exit_code: int, en
                                              f"{how}", exit=exit_code)
             _remove(path)
         return False
-    if cfg.daemon.on_pending != "reboot-once":
+    if cfg.daemon.on_pending != OnPending.REBOOT_ONCE:
         return False
     if earlier and marker is not None and marker.get("config") in (config_digest(cfg), None):
         log.error("reboot_once_exhausted", msg=f"{_gpus(pending)}: MIG mode change still pending after the reboot; "

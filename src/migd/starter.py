@@ -14,7 +14,7 @@ from collections import Counter
 from typing import Dict, List, Sequence, Tuple
 
 from . import layout
-from .model import Gpu, GpuEntry, GpuInfo, GpuSelector, GpuState, InstanceSpec
+from .model import Gpu, GpuEntry, GpuInfo, GpuSelector, GpuState, InstanceSpec, SelectorKind
 from .plan import plan_gpu
 from .report import _export_entry  # the live layout as [[gpu]] lines: the one spelling `export` uses too
 
@@ -102,7 +102,7 @@ def _all_label(info: GpuInfo, slices: int) -> str:
 
 
 def _count(info: GpuInfo, spelled: str) -> int:
-    entry = GpuEntry(number=0, selector=GpuSelector("all"), mig=True, instances=(InstanceSpec(spelled),))
+    entry = GpuEntry(number=0, selector=GpuSelector(SelectorKind.ALL), mig=True, instances=(InstanceSpec(spelled),))
     try:
         return layout.resolve(entry, info).instances[0].profile.instance_count
     except layout.LayoutError:
@@ -113,7 +113,8 @@ def _fits(info: GpuInfo, spelled: Tuple[str, ...]) -> Tuple[str, ...]:
     """The profile names of `spelled` on this model when the layout fits an empty GPU; () otherwise."""
     if not spelled:
         return ()
-    entry = GpuEntry(number=0, selector=GpuSelector("all"), mig=True, instances=tuple(InstanceSpec(s) for s in spelled))
+    entry = GpuEntry(number=0, selector=GpuSelector(SelectorKind.ALL), mig=True,
+                     instances=tuple(InstanceSpec(s) for s in spelled))
     try:
         desired = layout.resolve(entry, info)
     except layout.LayoutError:

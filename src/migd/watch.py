@@ -32,7 +32,7 @@ from .engine import ApplyResult, CheckStatus, ConfigChanged, Engine, GpuResult, 
 from .layout import DesiredGpu
 from .errors import ConfigError, DriverError, LockBusy
 from .log import get_logger
-from .model import GpuState
+from .model import DriftPolicy, GpuState
 from .site import Site
 
 log = get_logger()
@@ -63,7 +63,7 @@ class GpuTrack:
     """What the watcher remembers about one GPU between rounds, so each change is logged once."""
 
     def __init__(self) -> None:
-        self.reported: Optional[Tuple[str, str]] = None  # (status, found) last logged
+        self.reported: Optional[Tuple[CheckStatus, str]] = None  # (status, found) last logged
         self.held = ""  # why a drifted GPU is not re-applied ("busy"), logged once
         self.failures = 0  # consecutive failed re-applies
         self.retry_at = 0.0  # monotonic time before which no re-apply is tried (backoff)
@@ -213,7 +213,7 @@ class Watcher:
                 self._log_nothing()
             self.summary = self._nothing()
 
-    def check_once(self) -> Dict[int, str]:
+    def check_once(self) -> Dict[int, CheckStatus]:
         """One round: returns gpu -> status ("ok", "drift", "pending", "lost", "error"); logs changes only.
 
         The round holds /run/migd/lock shared, so an apply (exclusive) never runs under it: the check never reads a
@@ -223,7 +223,7 @@ class Watcher:
         if not self.managed:  # nothing selected on this host: no NVML, no lock; any earlier problem is moot
             self._round_done({}, None)
             return {}
-        statuses: Dict[int, str] = {}
+        statuses: Dict[int, CheckStatus] = {}
         reapply: List[int] = []
         problem: Optional[Tuple[str, str]] = None
         with contextlib.ExitStack() as held:
@@ -255,7 +255,7 @@ class Watcher:
         self._round_done(statuses, problem)
         return statuses
 
-    def _round_done(self, statuses: Dict[int, str], problem: Optional[Tuple[str, str]]) -> None:
+    def _round_done(self, statuses: Dict[int, CheckStatus], problem: Optional[Tuple[str, str]]) -> None:
         """The one place a round ends (checked, or failed): log the round's problem on change, set STATUS=."""
         if problem != self.problem:
             if problem is not None:
@@ -266,22 +266,22 @@ class Watcher:
             self.problem = problem
         self.summary = self._summary(statuses)
 
-    def _summary(self, statuses: Dict[int, str]) -> str:
+    def _summary(self, statuses: Dict[int, CheckStatus]) -> str:
         """One line for `systemctl status`: what is wrong first, "N GPU(s) match the layout" only when they do."""
         if self.problem is not None:
             text = self.problem[1]
         elif not statuses:
             text = self._nothing()
         else:
-            by_status: Dict[str, List[int]] = {}
+            by_status: Dict[CheckStatus, List[int]] = {}
             for i, s in sorted(statuses.items()):
                 if s != CheckStatus.OK:
-                    by_status.setdefault(str(s), []).append(i)
+                    by_status.setdefault(s, []).append(i)
             if not by_status:
                 text = f"{len(statuses)} GPU(s) match the layout"
             else:
                 bad = sum(len(v) for v in by_status.values())
-                words = {s: _STATUS_WORDS.get(CheckStatus(s), s) for s in by_status}
+                words = {s: _STATUS_WORDS.get(s, s.value) for s in by_status}
                 if len(by_status) == 1:
                     (s, v), = by_status.items()
                     text = f"{bad} of {len(statuses)} GPU(s) {words[s]}: {', '.join(map(str, v))}"
@@ -307,10 +307,10 @@ class Watcher:
     def _track(self, gpu: int) -> GpuTrack:
         return self.gpus.setdefault(gpu, GpuTrack())
 
-    def _check(self) -> Tuple[Dict[int, str], List[int]]:
+    def _check(self) -> Tuple[Dict[int, CheckStatus], List[int]]:
         """Read and compare every GPU; log per-GPU changes; return the statuses and the GPUs to re-apply."""
         engine = self._engine(read_only=True)
-        statuses: Dict[int, str] = {}
+        statuses: Dict[int, CheckStatus] = {}
         reapply = []
         desired: Optional[Dict[int, DesiredGpu]] = None
         nothing_here = False
@@ -326,7 +326,7 @@ class Watcher:
             infos = engine.infos()
             for info in infos:
                 if info.lost:  # once per change, like drift
-                    self._report(info.index, "error", "", "lost (fell off the bus); see dmesg for Xid errors")
+                    self._report(info.index, CheckStatus.ERROR, "", "lost (fell off the bus); see dmesg for Xid errors")
                     statuses[info.index] = CheckStatus.LOST
                 elif info.unreadable:  # a failed read of what it is or its MIG mode: never "no MIG"
                     self._report(info.index, CheckStatus.ERROR, "", f"unreadable: {info.unreadable}")
@@ -361,13 +361,13 @@ class Watcher:
                                           "globs): nothing to watch", library="", module="")
         return True
 
-    def _wants_reapply(self, i: int, status: str, found: str, state: GpuState) -> bool:
+    def _wants_reapply(self, i: int, status: CheckStatus, found: str, state: GpuState) -> bool:
         """drift_policy = "reapply": re-apply this GPU now? Each reason not to is logged once per change."""
         track = self._track(i)
         if status == CheckStatus.OK:
             track.reset_reapply()  # cleared: backoff and give-up start afresh
             return False
-        if status != CheckStatus.DRIFT or self.cfg.daemon.drift_policy != "reapply" or self.stale:
+        if status != CheckStatus.DRIFT or self.cfg.daemon.drift_policy != DriftPolicy.REAPPLY or self.stale:
             return False
         if any(gi.busy for gi in state.instances):
             if track.held != "busy":
@@ -386,19 +386,19 @@ class Watcher:
             track.reset_reapply()
         return self.clock() >= track.retry_at
 
-    def _report(self, gpu: int, status: str, expected: str, found: str, diff: str = "") -> None:
+    def _report(self, gpu: int, status: CheckStatus, expected: str, found: str, diff: str = "") -> None:
         track = self._track(gpu)
         previous = track.reported
         if previous == (status, found):
             return
         track.reported = (status, found)
         where = f"GPU {gpu}"
-        if status == "ok":
+        if status == CheckStatus.OK:
             if previous is not None:
                 log.info("drift_cleared", msg=f"{where}: layout matches again: {found}", gpu=gpu, found=found)
             else:
                 log.info("layout_ok", msg=f"{where}: layout matches: {found}", gpu=gpu, found=found)
-        elif status == "error":
+        elif status == CheckStatus.ERROR:
             log.error("check_error", msg=f"{where}: cannot check: {found}", gpu=gpu, error=found)
         else:
             # what differs, worded like `migd check` (report.drift_text); both layouts in the fields

@@ -33,7 +33,6 @@ _CI_INDEX_SKIP = 7  # NVML_COMPUTE_INSTANCE_PROFILE_1_SLICE_REV1 aliases 1-slice
 # always asked.
 _CI_INDEX_SLICES = {0: 1, 1: 2, 2: 3, 3: 4, 4: 7, 5: 8, 6: 6, 7: 1, 8: 2}
 _ID_ANY = 0xFFFFFFFF
-_FUNCTION_NOT_FOUND, _VERSION_MISMATCH = 13, 25
 _PLACEMENT_MAX = 64  # placement array size (see _placements)
 _CAPS_GFX = 0x2  # NVML_GPU_INSTANCE_PROFILE_CAPS_GFX (nvml.h); nvidia-ml-py 13.615 has no constant for it
 
@@ -178,7 +177,7 @@ class NvmlBackend:
             return self._read_identity(i)
         except DriverError as e:
             self._info_errors[i] = e
-            if e.code == 15:  # GPU_IS_LOST
+            if e.code == self._n.NVML_ERROR_GPU_IS_LOST:
                 return GpuInfo(index=i, uuid="", name=f"GPU {i} (lost: {e})", pci_bus_id="", architecture="unknown",
                                mig_capable=False, lost=True)
             why = e.reason
@@ -197,7 +196,7 @@ class NvmlBackend:
         try:
             return self._call("nvmlDeviceGetMigMode", h, gpu=i)
         except DriverError as e:
-            if e.code != 3:
+            if e.code != self._n.NVML_ERROR_NOT_SUPPORTED:
                 raise
             try:
                 self._call("nvmlDeviceGetGpuInstanceProfileInfo", h, 0, gpu=i)
@@ -214,7 +213,7 @@ class NvmlBackend:
         uuid = str(self._call("nvmlDeviceGetUUID", h, gpu=i))
         pci = self._call("nvmlDeviceGetPciInfo", h, gpu=i)
         bus_id = pci.busId.decode() if isinstance(pci.busId, bytes) else str(pci.busId)
-        arch = self._try("nvmlDeviceGetArchitecture", h, gpu=i, ok_codes=(3,))
+        arch = self._try("nvmlDeviceGetArchitecture", h, gpu=i, ok_codes=(self._n.NVML_ERROR_NOT_SUPPORTED,))
         mode = self._mig_mode_at_identity(i, h)
         mig_capable = mode is not None
         profiles: Tuple[GpuProfile, ...] = ()
@@ -242,9 +241,9 @@ class NvmlBackend:
             try:
                 info, caps = self._profile_info(i, h, index)
             except DriverError as e:
-                if e.code == 2:  # INVALID_ARGUMENT: past the driver's last index
+                if e.code == self._n.NVML_ERROR_INVALID_ARGUMENT:  # past the driver's last index
                     break
-                if e.code == 3:  # NOT_SUPPORTED: this GPU lacks the profile
+                if e.code == self._n.NVML_ERROR_NOT_SUPPORTED:  # this GPU lacks the profile
                     continue
                 raise
             placements = self._placements("nvmlDeviceGetGpuInstancePossiblePlacements", h, info.id, i,
@@ -283,7 +282,7 @@ class NvmlBackend:
             self._n._nvmlCheckReturn(fn(h, ctypes.c_uint(index), ctypes.byref(info)))
             return int(info.capabilities)
         except self._n.NVMLError as e:
-            if e.value not in (_FUNCTION_NOT_FOUND, _VERSION_MISMATCH):
+            if e.value not in (self._n.NVML_ERROR_FUNCTION_NOT_FOUND, self._n.NVML_ERROR_ARGUMENT_VERSION_MISMATCH):
                 raise DriverError(e.value, name, i) from None
             self._profile_v3 = False
             return None
@@ -296,7 +295,7 @@ class NvmlBackend:
         array = (struct * _PLACEMENT_MAX)()
         self._call(call, handle, profile_id, array, ctypes.byref(count), gpu=gpu)
         if count.value > _PLACEMENT_MAX:  # cannot happen with the margin above; never read past the array
-            raise DriverError(7, call, gpu)  # INSUFFICIENT_SIZE
+            raise DriverError(self._n.NVML_ERROR_INSUFFICIENT_SIZE, call, gpu)
         return [Placement(p.start, p.size) for p in array[:count.value]]
 
     def minor_number(self, gpu: int) -> int:
@@ -306,7 +305,8 @@ class NvmlBackend:
     def device_nodes(self, gpu: int) -> List[str]:
         if self._device_dir is None:
             return []
-        minor = self._try("nvmlDeviceGetMinorNumber", self._handle(gpu), gpu=gpu, ok_codes=(3,))
+        minor = self._try("nvmlDeviceGetMinorNumber", self._handle(gpu), gpu=gpu,
+                          ok_codes=(self._n.NVML_ERROR_NOT_SUPPORTED,))
         return [os.path.join(self._device_dir, f"nvidia{minor}")] if minor is not None else []
 
     # --- live state ----------------------------------------------------------------------------------------
@@ -331,7 +331,7 @@ class NvmlBackend:
             # MIG-capable any failure is an error: taken as "MIG off", a re-apply would wipe its instances.
             mode = self._call("nvmlDeviceGetMigMode", h, gpu=gpu)
             current, pending = bool(mode[0]), bool(mode[1])
-        pm = self._try("nvmlDeviceGetPersistenceMode", h, gpu=gpu, ok_codes=(3,))
+        pm = self._try("nvmlDeviceGetPersistenceMode", h, gpu=gpu, ok_codes=(self._n.NVML_ERROR_NOT_SUPPORTED,))
         persistence = None if pm is None else bool(pm)
         if not current:
             procs, unreadable = self._processes(h, gpu)
@@ -395,9 +395,9 @@ class NvmlBackend:
                 cp = self._call("nvmlGpuInstanceGetComputeInstanceProfileInfo", gi, index,
                                 self._n.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED, gpu=gpu)
             except DriverError as e:
-                if e.code == 2:  # past the last index
+                if e.code == self._n.NVML_ERROR_INVALID_ARGUMENT:  # past the last index
                     break
-                if e.code == 3:  # not offered in this GI
+                if e.code == self._n.NVML_ERROR_NOT_SUPPORTED:  # not offered in this GI
                     continue
                 raise
             table.append((index, cp))
@@ -413,7 +413,8 @@ class NvmlBackend:
         if not expected:
             return uuids, pids
         for n in range(self._call("nvmlDeviceGetMaxMigDeviceCount", h, gpu=gpu)):
-            mig = self._try("nvmlDeviceGetMigDeviceHandleByIndex", h, n, gpu=gpu, ok_codes=(2, 6))
+            mig = self._try("nvmlDeviceGetMigDeviceHandleByIndex", h, n, gpu=gpu,
+                            ok_codes=(self._n.NVML_ERROR_INVALID_ARGUMENT, self._n.NVML_ERROR_NOT_FOUND))
             if mig is None:
                 continue
             key = (self._call("nvmlDeviceGetGpuInstanceId", mig, gpu=gpu),
@@ -437,7 +438,8 @@ class NvmlBackend:
             try:
                 procs += self._call(call, h, gpu=gpu)
             except DriverError as e:
-                if e.code not in (3, 4, 13):  # NOT_SUPPORTED, NO_PERMISSION, FUNCTION_NOT_FOUND
+                if e.code not in (self._n.NVML_ERROR_NOT_SUPPORTED, self._n.NVML_ERROR_NO_PERMISSION,
+                                  self._n.NVML_ERROR_FUNCTION_NOT_FOUND):
                     raise
                 unreadable = unreadable or f"{call}: {code_name(e.code)}"
             except self._n.NVMLLibraryMismatchError:

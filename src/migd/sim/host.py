@@ -238,17 +238,6 @@ class SimHost:
         g["mig"][0] = mode  # Ampere: the driver resets the idle GPU itself; Hopper needs no reset
         return E.SUCCESS
 
-    def reset_gpu(self, gpu: int) -> None:
-        """What `nvidia-smi -r -i <bus-id>` does: refused while held; commits a pending mode; drops instances."""
-        g = self.check_gpu(gpu)
-        if self.holders(gpu):
-            raise SimError(E.IN_USE, "GPU is in use by another client")
-        if not g.get("reset_supported", True):
-            raise SimError(E.NOT_SUPPORTED, "reset not supported (pass-through)")
-        g["mig"][0] = g["mig"][1]
-        g["gis"] = []
-        g["processes"] = []
-
     def reboot(self) -> None:
         self.state["boot"] = self.state.get("boot", 1) + 1
         for i, g in enumerate(self.gpus):
