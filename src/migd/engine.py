@@ -19,7 +19,7 @@ from ._record import dataclass, field, replace
 from enum import Enum
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 
-from . import layout, report, runstate, schema
+from . import layout, pergpu, report, runstate, schema
 from . import errors as E
 from .backend import Backend
 from .errors import DriverError, LockBusy
@@ -194,7 +194,8 @@ class Engine:
 
     def plans(self, desired: Dict[int, DesiredGpu]) -> Dict[int, GpuPlan]:
         infos = self.infos()
-        return {i: plan_gpu(infos[i], d, self.backend.state(i), self.persistence) for i, d in desired.items()}
+        states = pergpu.each(self.backend.state, list(desired))  # each GPU read on its own thread
+        return {i: plan_gpu(infos[i], d, states[i], self.persistence) for i, d in desired.items()}
 
     # --- apply ----------------------------------------------------------------------------------------------
 
@@ -236,9 +237,12 @@ class Engine:
         return [str(h) for h in describe(pids_holding(self.backend.device_nodes(i))) if h.pid != os.getpid()]
 
     def _run(self, indices: Sequence[int], desired: Dict[int, DesiredGpu]) -> Dict[int, GpuResult]:
+        """Apply each GPU on its own thread (pergpu): their reads and changes overlap; each GPU's calls, and its
+        rollback, stay in their order on its thread."""
         infos = self.infos()
-        out = {}
-        for i in indices:
+        out: Dict[int, GpuResult] = {}
+
+        def one(i: int) -> None:
             try:
                 out[i] = apply_gpu(self.backend, infos[i], desired[i], self.persistence, self._holders)
             except DriverError as e:  # reading the GPU failed before anything changed
@@ -251,7 +255,9 @@ class Engine:
                     msg = f"GPU {i}: cannot read it, nothing changed: {e.reason}"
                     log.error("gpu_unreadable", msg=msg, gpu=i, code=E.code_name(e.code))
                     out[i] = GpuResult(i, Outcome.FAILED, msg)
-        return out
+
+        pergpu.each(one, indices)
+        return {i: out[i] for i in indices}
 
     def current_infos(self) -> List[GpuInfo]:
         """The GPUs' infos re-read (a MIG mode change may change what a GPU reports), or the ones read before the
@@ -270,13 +276,15 @@ class Engine:
         Returns None, or why they could not be written (apply then exits 1)."""
         infos = self.current_infos()
         docs = []
-        for i in sorted(set(desired) | set(results)):
+        gpus = sorted(set(desired) | set(results))
+        read = pergpu.settle(self.backend.state, [i for i in gpus if i in desired and not infos[i].lost])
+        for i in gpus:
             result = results.get(i)
             state: Optional[GpuState] = None
             names: Dict[int, str] = {}
-            if i in desired and not infos[i].lost:
+            if i in read:
                 try:
-                    state = self.backend.state(i)
+                    state = read[i].get()
                     names = report.names_by_gi(plan_gpu(infos[i], desired[i], state))
                 except DriverError:
                     state = None
@@ -317,9 +325,14 @@ class Engine:
     def compare(self, desired: Dict[int, DesiredGpu]) -> CheckResult:
         infos = self.infos()
         rows = [GpuCheck(info.index, CheckStatus.LOST, "", "lost (fell off the bus)") for info in infos if info.lost]
+        states = self.states(list(desired))
         for i, d in desired.items():
-            rows.append(self.compare_gpu(infos[i], d))
+            rows.append(self.compare_gpu(infos[i], d, states[i].get()))
         return CheckResult(sorted(rows, key=lambda r: r.gpu))
+
+    def states(self, gpus: Sequence[int]) -> Dict[int, "pergpu.Done[GpuState]"]:
+        """Each GPU's live state, read on its own thread: GPU -> its state, or the error reading it raised."""
+        return pergpu.settle(self.backend.state, gpus)
 
     def compare_gpu(self, info: GpuInfo, desired: DesiredGpu, state: Optional[GpuState] = None) -> GpuCheck:
         state = state if state is not None else self.backend.state(info.index)
@@ -333,6 +346,8 @@ class Engine:
         infos = self.infos()
         gpus, names, managed = [], {}, {}
         wanted = set(only) if only is not None else None
+        read = self.states([info.index for info in infos
+                            if not info.lost and (wanted is None or info.index in wanted)])
         for info in infos:
             if wanted is not None and info.index not in wanted:
                 continue
@@ -340,7 +355,7 @@ class Engine:
                 gpus.append(Gpu(info, GpuState(False, False, None)))
                 continue
             try:
-                state = self.backend.state(info.index)
+                state = read[info.index].get()
             except DriverError:
                 if wanted is None:
                     raise

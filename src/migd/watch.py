@@ -297,8 +297,9 @@ class Watcher:
                     self._report(info.index, "error", "", "lost (fell off the bus); see dmesg for Xid errors")
                     statuses[info.index] = CheckStatus.LOST
             desired = engine.desired()
+            states = engine.states(list(desired))  # each GPU read on its own thread
             for i, d in desired.items():
-                state = engine.backend.state(i)
+                state = states[i].get()
                 row = engine.compare_gpu(infos[i], d, state)
                 self._report(i, row.status, row.expected, row.found, row.diff)
                 statuses[i] = row.status

@@ -136,7 +136,13 @@ class NvmlBackend:
     # --- identity and capabilities ---------------------------------------------------------------------------
 
     def gpus(self) -> List[GpuInfo]:
-        infos = [self._info(i) for i in range(len(self._info_slots()))]
+        """Every GPU's identity and profile table, each GPU read on its own thread (pergpu)."""
+        from .. import pergpu
+
+        count = len(self._info_slots())
+        if self._cache is not None and any(info is None for info in self._infos or ()):
+            self.driver_version()  # the cache's key, read once here rather than by every GPU's thread
+        infos = list(pergpu.each(self._info, range(count)).values())
         if self._cache is not None:
             self._cache.flush()
         return infos
@@ -403,9 +409,12 @@ class NvmlBackend:
         # "May unbind or reset the device ... minor number might change": re-acquire handles. The profile table
         # does not change with the mode; re-read this GPU's info only where it had none (drivers before R550 list
         # profiles only with MIG on) - on the boot path every Hopper GPU changes mode, and a re-read is ~40 calls.
-        self._handles.clear()
-        self._gi_handles.clear()
-        self._ci_cache = {k: v for k, v in self._ci_cache.items() if k[0] != gpu}
+        # This GPU's alone: the other GPUs' threads go on using theirs.
+        self._handles.pop(gpu, None)
+        for key in [k for k in list(self._gi_handles) if k[0] == gpu]:
+            del self._gi_handles[key]
+        for key in [k for k in list(self._ci_cache) if k[0] == gpu]:
+            del self._ci_cache[key]
         known = self._infos[gpu] if self._infos is not None else None
         if self._infos is not None and known is not None and not known.profiles:
             self._infos[gpu] = None

@@ -74,6 +74,9 @@ class SimHost:
     def __init__(self, state: dict, path: Optional[str] = None):
         self.state = state
         self.path = path
+        # One lock around the state: the fake library holds it for every call's reads and changes (each GPU's
+        # calls come from its own thread), and reload/save take it too. Re-entrant: a change saves under it.
+        self.lock = threading.RLock()
 
     # --- persistence ----------------------------------------------------------------------------------------
 
@@ -121,12 +124,13 @@ class SimHost:
     def save(self) -> None:
         if not self.path:
             return
-        with _locked(self.path):
+        with self.lock, _locked(self.path):
             _atomic_write_json(self.path, self.state)
 
     def reload(self) -> None:
-        if self.path and os.path.exists(self.path):
-            self.state = load_state(self.path)
+        with self.lock:
+            if self.path and os.path.exists(self.path):
+                self.state = load_state(self.path)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
