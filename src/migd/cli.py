@@ -145,7 +145,7 @@ def _backend(args: argparse.Namespace, read_only: bool) -> "Backend":
     from .backend import make_backend
 
     backend = make_backend(simulate=args.simulate, sim_state=args.sim_state, read_only=read_only,
-                           cache_dir=_cache_dir(args), cache_write=not read_only)
+                           cache_dir=_cache_dir(args), cache_write=not read_only, state_dir=_state_dir(args))
     backend.open()
     return backend
 
@@ -155,6 +155,13 @@ def _cache_dir(args: argparse.Namespace) -> str:
     from . import runstate
 
     return runstate.cache_dir(_run_dir(args))
+
+
+def _state_dir(args: argparse.Namespace) -> Optional[str]:
+    """The lasting profile cache's directory (simulated GPUs: theirs, never /var/lib/migd)."""
+    from . import runstate
+
+    return runstate.state_dir(args.sim_state, _simulated(args))
 
 
 def _engine(args: argparse.Namespace, backend: "Backend", cfg: "Optional[Config]",
@@ -340,7 +347,8 @@ def cmd_boot(args: argparse.Namespace, read_only: bool) -> int:
 
     cfg = _load_config(args, privileged=True)
     return boot.run(cfg, lambda: make_backend(simulate=args.simulate, sim_state=args.sim_state,
-                                              cache_dir=_cache_dir(args), cache_write=True),
+                                              cache_dir=_cache_dir(args), cache_write=True,
+                                              state_dir=_state_dir(args)),
                     _driver_files(args), lambda backend: _engine(args, backend, cfg))
 
 

@@ -60,6 +60,16 @@ def sim_run_dir(sim_state: Optional[str]) -> str:
     return os.path.join(tempfile.gettempdir(), f"migd-sim-{os.geteuid()}")
 
 
+def state_dir(sim_state: Optional[str] = None, simulated: bool = False) -> Optional[str]:
+    """Where what must survive a reboot is kept (the lasting profile cache): $STATE_DIRECTORY (systemd's, from
+    StateDirectory=), else $MIGD_STATE_DIR, else /var/lib/migd. Simulated GPUs: $MIGD_STATE_DIR, else next to a shared
+    simulated host's state file, else none (an in-memory host lives one process)."""
+    env = os.environ.get("MIGD_STATE_DIR")
+    if simulated:
+        return env or (os.path.abspath(sim_state) + ".state" if sim_state else None)
+    return os.environ.get("STATE_DIRECTORY", "").split(":")[0] or env or "/var/lib/migd"
+
+
 def cache_dir(directory: Optional[str] = None) -> str:
     """Where the per-boot profile cache is (backend/profile_cache.py): the run directory (`directory`, given for
     simulated GPUs; else $MIGD_RUN_DIR), and for real GPUs /run/migd whoever asks - migd.service wrote it there, and

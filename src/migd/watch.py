@@ -277,7 +277,9 @@ class Watcher:
         # The service writes the per-boot profile cache (if boot did not), so each later round reads identity,
         # mode and instances only.
         backend = make_backend(simulate=self.simulate, sim_state=self.sim_state, read_only=read_only,
-                               cache_dir=runstate.cache_dir(self.run_dir), cache_write=True)
+                               cache_dir=runstate.cache_dir(self.run_dir), cache_write=True,
+                               state_dir=runstate.state_dir(self.sim_state, bool(self.simulate or self.sim_state)),
+                               state_write=False)  # migd.service keeps the lasting cache; the watch reads it
         return Engine(backend, self.cfg, run_dir=self.run_dir, simulated=backend.simulated)
 
     def _track(self, gpu: int) -> GpuTrack:

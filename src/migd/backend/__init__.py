@@ -43,7 +43,8 @@ def read_only_forced() -> bool:
 
 
 def make_backend(simulate: Optional[str] = None, sim_state: Optional[str] = None, read_only: bool = False,
-                 cache_dir: Optional[str] = None, cache_write: bool = False) -> Backend:
+                 cache_dir: Optional[str] = None, cache_write: bool = False, state_dir: Optional[str] = None,
+                 state_write: Optional[bool] = None) -> Backend:
     """The nvml backend over the real driver, or over simulated GPUs when `simulate` or `sim_state` is given.
 
     MIGD_READ_ONLY=1 forces the read-only guard on whatever the caller asked. `--sim-state` of a host built from
@@ -51,6 +52,8 @@ def make_backend(simulate: Optional[str] = None, sim_state: Optional[str] = None
 
     cache_dir: where the per-boot profile cache is (the run directory: see profile_cache.py), None for none;
     cache_write: this run may write it (apply, boot, watch; read verbs only read it).
+    state_dir: where the profile cache that survives reboots is (the state directory), None for none;
+    state_write: this run may write that one (default: cache_write).
     """
     from .nvml import NvmlBackend
     from .profile_cache import ProfileCache, boot_id
@@ -70,15 +73,19 @@ def make_backend(simulate: Optional[str] = None, sim_state: Optional[str] = None
                 raise ValueError(f"--simulate {simulate} but {sim_state} holds a simulated {host.state.get('spec')} "
                                  "host: drop --simulate to use that file, or give another --sim-state")
         sim.install(host)
-        cache = None
+        cache = lasting = None
         if cache_dir and sim_state:  # an in-memory host is a fresh boot in every process: nothing to share
             # The simulated host's boot, and its driver's v3 support (tests switch it), stand in for the boot_id.
             boot = f"sim:{os.path.abspath(sim_state)}:{host.state.get('boot')}:{host.state.get('profile_info_v3', True)}"
             cache = ProfileCache(cache_dir, boot, write=cache_write)
+        if state_dir and sim_state:
+            lasting = ProfileCache(state_dir, None, write=cache_write if state_write is None else state_write)
         label = f"simulated {host.state['spec']}" + (f" ({sim_state})" if sim_state else "")
         # The simulated device nodes are plain files under the state's device_dir, named like /dev/nvidia<minor>.
         return NvmlBackend(read_only=read_only, description=label, device_dir=host.state.get("device_dir"),
-                           simulated=True, profile_cache=cache)
+                           simulated=True, profile_cache=cache, lasting_cache=lasting)
     this_boot = boot_id() if cache_dir else None
     return NvmlBackend(read_only=read_only, description="nvml", profile_cache=ProfileCache(
-        cache_dir, this_boot, write=cache_write) if cache_dir and this_boot else None)
+        cache_dir, this_boot, write=cache_write) if cache_dir and this_boot else None,
+        lasting_cache=ProfileCache(state_dir, None, write=cache_write if state_write is None else state_write)
+        if state_dir else None)

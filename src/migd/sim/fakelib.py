@@ -414,6 +414,10 @@ class FakeNvmlLib:
         info.busIdLegacy = bus_id[4:].encode()
         info.domain, info.bus, info.device = 0, int(bus_id[9:11], 16), 0
         info.pciDeviceId = self.host.model(i).pci_device_id
+        info.pciSubSystemId = self.host.pci_subsystem_id(i)
+
+    def _nvmlDeviceGetVbiosVersion(self, handle, buf, size):
+        return _put_string(buf, size, self.host.vbios(self._gpu(handle)).encode())
 
     def _nvmlDeviceGetArchitecture(self, handle, arch_ref):
         _out(arch_ref).value = self.host.model(self._gpu(handle)).architecture
