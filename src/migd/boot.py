@@ -1,16 +1,18 @@
 """`migd boot` (migd.service): wait for the NVIDIA driver while one can still appear, then apply through the engine.
 
-nvmlInit failing at boot means one of two things: no driver is installed at all (a GPU-less host sharing a fleet
-file: nothing will appear, so no waiting that would hold every later unit), or one is installed but its module is
-not loaded yet (udev/modules-load still busy: wait up to driver_wait_timeout). `driverfiles` tells them apart.
+nvmlInit failing at boot means one of three things: no driver is installed at all (a GPU-less host sharing a fleet
+file: nothing will appear, so no waiting that would hold every later unit); one is installed but its module is not
+loaded yet, or is still being built by DKMS (udev/modules-load/dkms still busy: wait up to driver_wait_timeout); or
+the library is installed but there is no module for the running kernel and no build queued (a DKMS build that
+failed after a kernel update: fail at once, saying so). `driverfiles` tells them apart.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence, Tuple
 
-from . import driverfiles
+from . import driverfiles, notify
 from . import errors as E
 from .backend import Backend
 from .driverfiles import DriverFiles
@@ -42,8 +44,10 @@ def wait_for_driver(make: Callable[[], Backend], timeout: float,
                     files: Callable[[], DriverFiles] = driverfiles.detect) -> Backend:
     """Open a backend, retrying with backoff while an installed NVIDIA driver is not loaded yet.
 
-    Raises NoDriverInstalled at the first failure when nothing of a driver is installed, DriverNotLoaded after
-    `timeout` seconds otherwise. Logs the wait once (info), each retry at debug, and the driver coming up."""
+    Raises NoDriverInstalled at the first failure when nothing of a driver is installed; DriverNotLoaded at once
+    when the library is but no module can appear (none for this kernel, no build queued: looked at again before each
+    retry, so a DKMS build that fails meanwhile ends the wait), after `timeout` seconds otherwise. Logs the wait
+    once (info), each retry at debug, and the driver coming up."""
     deadline = time.monotonic() + timeout
     delay, attempt = 0.25, 0
     found = None
@@ -63,17 +67,32 @@ def wait_for_driver(make: Callable[[], Backend], timeout: float,
                 found = files()
                 if not found.installed:
                     raise NoDriverInstalled(found) from None
+                if not found.module_may_appear:  # no module for this kernel and none being built: nothing to wait for
+                    raise DriverNotLoaded(no_module_message(found)) from None
                 log.info("driver_wait", msg=f"waiting up to {timeout:g} s for the NVIDIA driver to load ({code}): "
                                             f"{found.describe()}", code=code, library=found.library or "",
                          module=found.module or "")
             else:
                 log.debug("driver_retry", msg=f"NVIDIA driver not loaded yet ({code}), attempt {attempt}",
                           attempt=attempt, code=code)
+                now = files()
+                if now.installed and not now.module_may_appear:
+                    raise DriverNotLoaded(no_module_message(now)) from None
             left = deadline - time.monotonic()
             if left <= 0:
                 raise DriverNotLoaded(not_loaded_message(found, timeout)) from None
             time.sleep(min(delay, left))
             delay = min(delay * 2, 5.0)
+
+
+def no_module_message(found: DriverFiles) -> str:
+    """The library is there, but no nvidia module for the running kernel and no build queued: failed at once."""
+    if found.build is not None and found.build.failed_log:
+        fix = f"fix the build ({found.build.failed_log}) or reinstall the driver for the running kernel"
+    else:
+        fix = "rebuild or reinstall the driver for the running kernel (`dkms status`)"
+    return (f"{driverfiles.LIBRARY} installed but no nvidia kernel module for this kernel and no module build "
+            f"queued: not waiting for the driver: {found.describe()}; {fix}")
 
 
 def not_loaded_message(found: DriverFiles, timeout: float) -> str:
@@ -88,17 +107,29 @@ def not_loaded_message(found: DriverFiles, timeout: float) -> str:
 
 
 def run(cfg: Config, open_backend: Callable[[], Backend], files: Callable[[], DriverFiles],
-        make_engine: Callable[[Backend], "Engine"]) -> int:
+        make_engine: Callable[[Backend], "Engine"], status: Callable[[str], None] = lambda _: None) -> int:
     """What migd.service does: nothing for a host no entry is for; else wait for the driver, apply every selected
     GPU through the engine, and with on_pending = "reboot-once" reboot once for a mode change left pending. Returns
-    the exit code. Failures fail the unit, never the boot (nothing Requires= migd.service)."""
+    the exit code. Failures fail the unit, never the boot (nothing Requires= migd.service). `status` gets the
+    unit's STATUS= line: the exit code in words, and why (notify.exit_status)."""
+    try:
+        code, why = _run(cfg, open_backend, files, make_engine)
+    except MigdError as e:
+        status(notify.exit_status(e.exit_code, str(e)))
+        raise
+    status(notify.exit_status(code, why))
+    return code
+
+
+def _run(cfg: Config, open_backend: Callable[[], Backend], files: Callable[[], DriverFiles],
+         make_engine: Callable[[Backend], "Engine"]) -> Tuple[int, str]:
     from . import layout, rebootonce
     from .engine import Outcome
 
     mine = layout.for_host(cfg)
     if not mine:  # no entry at all, or none for this host in a fleet file
         log.info("boot_nothing", msg=f"{cfg.path} selects no GPU on this host: nothing to do")
-        return E.EXIT_OK
+        return E.EXIT_OK, f"nothing to do: {cfg.path} selects no GPU on this host"
     try:
         backend = wait_for_driver(open_backend, cfg.daemon.driver_wait_timeout, files)
     except NoDriverInstalled as e:
@@ -113,22 +144,29 @@ def run(cfg: Config, open_backend: Callable[[], Backend], files: Callable[[], Dr
         pending = [rebootonce.Pending(i, uuids.get(i, "")) for i, r in result.gpus.items()
                    if r.outcome == Outcome.PENDING]
         if rebootonce.after_boot_apply(cfg, pending, code):
-            return E.EXIT_OK  # the reboot is queued: the change takes effect then
+            # the reboot is queued: the change takes effect then
+            gpus = ", ".join(f"GPU {p.gpu}" for p in pending)
+            return E.EXIT_OK, f"rebooting once to let MIG mode take effect on {gpus}"
         level = log.info if code == E.EXIT_OK else log.error
         level("boot_done", msg=f"boot apply finished: exit {code}", exit=code)
-        return code
+        bad = [r.message for r in result.gpus.values() if r.exit_code != E.EXIT_OK]
+        why = "; ".join(bad + ([result.record_error] if result.record_error else [])) or "; ".join(
+            r.message for r in result.gpus.values())
+        return code, why
     finally:
         backend.close()
 
 
-def _no_driver(e: NoDriverInstalled, entries: Sequence[GpuEntry]) -> int:
+def _no_driver(e: NoDriverInstalled, entries: Sequence[GpuEntry]) -> Tuple[int, str]:
     """No driver installed: nothing to do for a fleet file's "all"/glob entries (they fit GPU-less hosts); an
     error when an entry names a GPU by index, UUID or PCI id (the admin expects that GPU here)."""
-    named = [entry for entry in entries if entry.selector.kind in ("index", "uuid", "pci")]
+    from . import layout
+
+    named = layout.naming_a_gpu(entries)
     if not named:
         log.info("no_driver", msg=f"{e}: nothing to do", library="", module="")
-        return E.EXIT_OK
+        return E.EXIT_OK, f"{e}: nothing to do"
     first = named[0]
-    log.error("no_driver", msg=f"{e}, but {first.label} ({first.where}) selects GPU {first.selector}: "
-                               "install the NVIDIA driver", exit=E.EXIT_FAILURE)
-    return E.EXIT_FAILURE
+    why = f"{e}, but {first.label} ({first.where}) selects GPU {first.selector}: install the NVIDIA driver"
+    log.error("no_driver", msg=why, exit=E.EXIT_FAILURE)
+    return E.EXIT_FAILURE, why

@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="migd", description="Put NVIDIA GPUs into the MIG layout declared in /etc/migd.toml.",
         epilog="Exit codes: 0 ok, 1 failure, 2 bad config or usage, 3 drift (check), 4 MIG mode change pending "
-               "(needs idle GPU + reset, or reboot), 5 busy (lock held).")
+               "(needs idle GPU + reset, or reboot), 5 busy (lock held). `systemctl status` names 3, 4 and 5 by "
+               "systemd's table (NOTIMPLEMENTED, NOPERMISSION, NOTINSTALLED); migd.service's status line says what "
+               "the exit means.")
     p.add_argument("--version", action="version", version=f"migd {__version__}")
     p.add_argument("-c", "--config", default=os.environ.get("MIGD_CONFIG", "/etc/migd.toml"),
                    help="layout file (default /etc/migd.toml; env MIGD_CONFIG)")
@@ -99,9 +101,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         lead = "invalid configuration, no GPU touched:"
         # Under systemd each problem is one journal line that says what happened and names file:line.
         text = "\n".join(f"{lead} {' '.join(str(p).split())}" for p in e.problems) if service_verb else f"{lead}\n{e}"
-        return _fail(service_verb, "config_invalid", text, E.EXIT_USAGE)
+        return _fail(service_verb, "config_invalid", text, E.EXIT_USAGE, status=args.verb == "boot")
     except MigdError as e:
-        return _fail(service_verb, "failed", str(e), e.exit_code)
+        return _fail(service_verb, "failed", str(e), e.exit_code)  # boot.run set STATUS= itself
     except ValueError as e:  # bad --simulate spec or state file
         return _fail(service_verb, "usage", str(e), E.EXIT_USAGE)
     except KeyboardInterrupt:
@@ -114,8 +116,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _fail(service_verb, "failed", f"{where}{e.strerror or e}", E.EXIT_FAILURE)
 
 
-def _fail(service_verb: bool, event: str, text: str, code: int) -> int:
-    """Under systemd, errors are journal events (one per line, with fields); at a terminal, plain stderr."""
+def _fail(service_verb: bool, event: str, text: str, code: int, status: bool = False) -> int:
+    """Under systemd, errors are journal events (one per line, with fields); at a terminal, plain stderr.
+    status: also the unit's STATUS= line (migd.service: what the exit code means, notify.exit_status)."""
+    if status:
+        from . import notify
+
+        notify.Notifier()(f"STATUS={notify.exit_status(code, text.splitlines()[0] if text else '')}", barrier=True)
     if service_verb:
         from .log import get_logger
 
@@ -345,11 +352,15 @@ def cmd_boot(args: argparse.Namespace, read_only: bool) -> int:
     from . import boot
     from .backend import make_backend
 
+    from . import notify
+
     cfg = _load_config(args, privileged=True)
+    notifier = notify.Notifier()
     return boot.run(cfg, lambda: make_backend(simulate=args.simulate, sim_state=args.sim_state,
                                               cache_dir=_cache_dir(args), cache_write=True,
                                               state_dir=_state_dir(args)),
-                    _driver_files(args), lambda backend: _engine(args, backend, cfg))
+                    _driver_files(args), lambda backend: _engine(args, backend, cfg),
+                    status=lambda text: notifier(f"STATUS={text}", barrier=True))
 
 
 def _driver_files(args: argparse.Namespace) -> "Callable[[], DriverFiles]":
@@ -370,7 +381,8 @@ def _driver_files(args: argparse.Namespace) -> "Callable[[], DriverFiles]":
 def cmd_watch(args: argparse.Namespace, read_only: bool) -> int:
     from .watch import Watcher
 
-    return Watcher(args.config, simulate=args.simulate, sim_state=args.sim_state, run_dir=_run_dir(args)).run()
+    return Watcher(args.config, simulate=args.simulate, sim_state=args.sim_state, run_dir=_run_dir(args),
+                   driver_files=_driver_files(args)).run()
 
 
 def _print_apply(engine: "Engine", result: "ApplyResult", desired: "Dict[int, DesiredGpu]",

@@ -85,6 +85,12 @@ def for_host(config: Config, host: Optional[str] = None) -> List[GpuEntry]:
     return [e for e in config.entries if host_matches(e.hosts, host)]
 
 
+def naming_a_gpu(entries: Sequence[GpuEntry]) -> List[GpuEntry]:
+    """The entries that name one GPU (index, UUID, PCI id): an admin expects that GPU on the host. "all" and model
+    globs fit GPU-less hosts too (a fleet file shared with CPU nodes): with no driver installed they select nothing."""
+    return [e for e in entries if e.selector.kind in ("index", "uuid", "pci")]
+
+
 def _select(config: Config, gpus: Sequence[GpuInfo], host: Optional[str],
             ) -> Tuple[Dict[int, GpuEntry], List[Tuple[int, str]]]:
     chosen: Dict[int, GpuEntry] = {}

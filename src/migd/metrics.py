@@ -1,7 +1,8 @@
 """Prometheus metrics in node_exporter's textfile format: what migd saw and did, for alerting across a fleet.
 
 One file ([daemon] metrics_file; Debian's node_exporter reads /var/lib/prometheus/node-exporter/*.prom), written
-whole and atomically (temp file in the same directory + rename, mode 0644) by every apply (boot, `migd apply`, a
+whole and atomically (temp file in the same directory + rename, mode 0644, through a descriptor of the directory
+walked without following links another user could plant: safefile.py) by every apply (boot, `migd apply`, a
 watchdog re-apply) and every watchdog check. Two writers share it without clobbering each other: each writes the
 families it owns and carries the others' samples over from the file as it was, and both write under
 /run/migd/lock (apply exclusive, check shared; there is one migd-watch), so no update is lost between the read
@@ -22,7 +23,7 @@ import re
 from ._record import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from . import runstate
+from . import safefile
 
 TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"  # Debian/Ubuntu's node_exporter --collector.textfile.directory
 DEFAULT_FILE = os.path.join(TEXTFILE_DIR, "migd.prom")
@@ -206,13 +207,19 @@ def _unescape(v: str) -> str:
 
 
 def read_samples(path: str) -> List[Sample]:
-    """The file's samples; none when it does not exist yet (first write)."""
+    """The file's samples; none when it does not exist yet (first write). Opened as safefile says (no link
+    followed, never blocking, a regular file only): UnsafePath (an OSError) otherwise."""
+    d, name = os.path.split(path)
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return parse(f.read(1 << 20))
+        with safefile.open_dir(d) as dir_fd:
+            text = safefile.read_text(dir_fd, name, path)
     except FileNotFoundError:
         return []
+    return parse(text) if text is not None else []
 
 
 def write(path: str, fresh: Sequence[Sample], owned: Iterable[str], previous: Sequence[Sample]) -> None:
-    runstate.atomic_write(path, render(merge(fresh, owned, previous)), mode=0o644)
+    """Written through a descriptor of its directory (safefile): a temp file renamed over the name, mode 0644."""
+    d, name = os.path.split(path)
+    with safefile.open_dir(d) as dir_fd:
+        safefile.write_text(dir_fd, name, render(merge(fresh, owned, previous)), mode=0o644)

@@ -6,8 +6,10 @@ apart) and never raise: the GPUs are applied or checked either way, a failure he
 
 from __future__ import annotations
 
+import errno
+import os
 import time
-from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import cdi, metrics
 from .errors import DriverError, MigdError
@@ -33,12 +35,14 @@ def after_apply(backend: "Backend", cfg: Config, desired: Mapping[int, "DesiredG
         log.error("publish_failed", msg=f"after the apply: {type(e).__name__}: {e}", exc_info=True)
 
 
-def after_check(cfg: Config, backend: "Backend", desired: Optional[Mapping[int, "DesiredGpu"]]) -> None:
+def after_check(cfg: Config, backend: "Backend", desired: Optional[Mapping[int, "DesiredGpu"]],
+                no_gpus: bool = False) -> None:
     """After each migd-watch check, with its (still open, maybe never opened) backend and the desired layouts the
     check compared against (None: the check failed before it had them): the GPUs are looked at again from the
-    backend's cache, so no extra NVML reads."""
+    backend's cache, so no extra NVML reads. no_gpus: nothing is selected on this host and there is no driver to
+    read (a GPU-less host): a successful check of no GPU."""
     try:
-        _after_check(cfg, backend, desired)
+        _after_check(cfg, backend, desired, no_gpus)
     except Exception as e:  # never break the watchdog's loop
         log.error("publish_failed", msg=f"after the check: {type(e).__name__}: {e}", exc_info=True)
 
@@ -50,22 +54,25 @@ def _after_apply(backend: "Backend", cfg: Config, desired: Mapping[int, "Desired
     cdi.refresh_after(cfg.daemon.cdi_refresh, cdi.changed_gpus(results.values()))
     path = metrics.resolve_path(cfg.daemon.metrics_file)
     if not path:
+        _metrics_written("")
         return
     views = observe(backend, desired)
     # GPUs that cannot be listed: their series are dropped, never carried over stale
     _write(path, lambda prev: metrics.apply_samples(views or [], ok, time.time(), duration), metrics.APPLY_FAMILIES)
 
 
-def _after_check(cfg: Config, backend: "Backend", desired: Optional[Mapping[int, "DesiredGpu"]]) -> None:
+def _after_check(cfg: Config, backend: "Backend", desired: Optional[Mapping[int, "DesiredGpu"]],
+                 no_gpus: bool = False) -> None:
     path = metrics.resolve_path(cfg.daemon.metrics_file)
     if not path:
+        _metrics_written("")
         return
     views: Optional[List[metrics.GpuView]] = None
     try:
-        views = observe(backend, desired or {})
+        views = [] if no_gpus else observe(backend, desired or {})
     except (DriverError, MigdError, ValueError, RuntimeError) as e:
         log.debug("metrics_check_partial", msg=f"check metrics without GPU series: {e}")
-    success = desired is not None and views is not None and not any(v.unreadable or v.lost for v in views)
+    success = no_gpus or (desired is not None and views is not None and not any(v.unreadable or v.lost for v in views))
     _write(path, lambda prev: metrics.check_samples(views or [], success, time.time(), prev), metrics.CHECK_FAMILIES)
 
 
@@ -111,5 +118,41 @@ def _write(path: str, build: Callable[[List[metrics.Sample]], List[metrics.Sampl
         previous = metrics.read_samples(path)
         metrics.write(path, build(previous), owned, previous)
     except OSError as e:
-        log.warning("metrics_write_failed", msg=f"cannot write the metrics file {path}: {e.strerror or e} "
-                                                "([daemon] metrics_file)", path=path)
+        _metrics_failed(path, e)
+        return
+    _metrics_written(path)
+
+
+# Why the metrics file cannot be written, as last said: (path, why). Said once (and again only when the reason
+# changes), its recovery once, not at every check. Per process (migd-watch's checks and re-applies); one metrics file
+# at a time, so a write to another path (the config changed) or none at all forgets it.
+_trouble: Optional[Tuple[str, str]] = None
+
+
+def metrics_trouble() -> Optional[str]:
+    """Why the metrics file is not being written, while that lasts (for migd-watch's STATUS=); None when it is."""
+    return _trouble[1] if _trouble else None
+
+
+def _metrics_failed(path: str, e: OSError) -> None:
+    global _trouble
+    why = f"cannot write the metrics file {path}: {e.strerror or e}"
+    if e.errno == errno.EROFS:  # ProtectSystem=strict: the units may write only the directories they list
+        d = os.path.dirname(path)
+        why += (f" (the units see it read-only: allow {d} with a drop-in, `systemctl edit migd-watch` and "
+                f"`systemctl edit migd`, each with the two lines `[Service]` and `ReadWritePaths={d}`)")
+    else:
+        why += " ([daemon] metrics_file)"
+    if _trouble == (path, why):
+        log.debug("metrics_write_failed_again", msg=why, path=path)
+        return
+    _trouble = (path, why)
+    log.warning("metrics_write_failed", msg=why, path=path)
+
+
+def _metrics_written(path: str) -> None:
+    global _trouble
+    was, _trouble = _trouble, None
+    if was is not None and was[0] == path:
+        log.info("metrics_write_recovered", msg=f"the metrics file {path} is written again (after: {was[1]})",
+                 path=path)

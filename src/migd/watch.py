@@ -24,12 +24,13 @@ import os
 import signal
 import threading
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from . import config as config_mod
 from . import errors as E
-from . import layout, publish, runstate
+from . import driverfiles, layout, publish, runstate
 from .engine import ApplyResult, CheckStatus, Engine, GpuResult, Outcome
+from .driverfiles import DriverFiles
 from .layout import DesiredGpu
 from .errors import ConfigError, DriverError, LockBusy
 from .log import get_logger
@@ -78,8 +79,11 @@ class GpuTrack:
 
 class Watcher:
     def __init__(self, config_path: str, simulate: Optional[str] = None, sim_state: Optional[str] = None,
-                 notify: Optional[Notifier] = None, run_dir: Optional[str] = None):
+                 notify: Optional[Notifier] = None, run_dir: Optional[str] = None,
+                 driver_files: Optional[Callable[[], DriverFiles]] = None):
         self.config_path = config_path
+        self.driver_files = driver_files or driverfiles.detect
+        self.no_driver_said = False  # "no driver installed: nothing selected here" logged once
         self.simulate, self.sim_state = simulate, sim_state
         if run_dir is None and (simulate or sim_state):
             run_dir = runstate.sim_run_dir(sim_state)  # simulated GPUs never use the real /run/migd
@@ -215,6 +219,8 @@ class Watcher:
             self.checks += 1
             try:
                 statuses, reapply = self._check()
+            except NothingHere:
+                pass  # a GPU-less host: nothing selected here, nothing to read; not a problem
             except DriverError as e:
                 problem = ("read_failed", f"cannot read GPUs: {e}")
             except ConfigError as e:  # e.g. the layout fits no GPU of a model found on this host
@@ -269,6 +275,9 @@ class Watcher:
                 text += f"; re-apply given up on GPU {', '.join(map(str, given_up))}"
         if self.reload_error:
             text += f"; reload failed, previous config kept: {self.reload_error}"
+        trouble = publish.metrics_trouble()
+        if trouble:
+            text += f"; {trouble}"
         return f"{text} (check #{self.checks})"
 
     def _engine(self, read_only: bool) -> Engine:
@@ -291,8 +300,16 @@ class Watcher:
         statuses: Dict[int, str] = {}
         reapply = []
         desired: Optional[Dict[int, DesiredGpu]] = None
+        nothing_here = False
         try:
-            engine.backend.open()
+            try:
+                engine.backend.open()
+            except DriverError as e:
+                nothing_here = self._nothing_here(e)
+                if nothing_here:
+                    raise NothingHere() from None
+                raise
+            self.no_driver_said = False
             infos = engine.infos()
             for info in infos:
                 if info.lost:  # once per change, like drift
@@ -308,9 +325,26 @@ class Watcher:
                 if self._wants_reapply(i, row.status, row.found, state):
                     reapply.append(i)
         finally:
-            publish.after_check(self.cfg, engine.backend, desired)  # metrics file, under the check's shared lock
+            # metrics file, under the check's shared lock; nothing selected here: a successful check of no GPU
+            publish.after_check(self.cfg, engine.backend, desired, no_gpus=nothing_here)
             engine.backend.close()
         return statuses, reapply
+
+    def _nothing_here(self, e: DriverError) -> bool:
+        """NVML cannot start because no NVIDIA driver is installed at all, and the entries for this host select
+        only "all" or model globs (a fleet file shared with GPU-less hosts): nothing is selected here, so there is
+        nothing to read (as `migd boot` says "nothing to do"). Said once."""
+        if e.code not in (E.LIBRARY_NOT_FOUND, E.DRIVER_NOT_LOADED) or layout.naming_a_gpu(layout.for_host(self.cfg)):
+            return False
+        found = self.driver_files()
+        if found.installed:
+            return False
+        if not self.no_driver_said:
+            self.no_driver_said = True
+            log.info("watch_nothing", msg=f"{self.config_path} selects no GPU on this host (no NVIDIA driver "
+                                          f"installed: {found.describe()}; its entries select only \"all\" or model "
+                                          "globs): nothing to watch", library="", module="")
+        return True
 
     def _wants_reapply(self, i: int, status: str, found: str, state: GpuState) -> bool:
         """drift_policy = "reapply": re-apply this GPU now? Each reason not to is logged once per change."""
@@ -412,6 +446,10 @@ class Watcher:
     def _reapply_recorded(self, result: ApplyResult) -> None:
         if result.record_error:
             log.error("reapply_not_recorded", msg=result.record_error)
+
+
+class NothingHere(Exception):
+    """No NVIDIA driver installed and nothing names a GPU: the check has nothing to read (Watcher._nothing_here)."""
 
 
 def _first(e: ConfigError) -> str:

@@ -13,7 +13,7 @@ import pytest
 from migd.sim.host import SimHost
 
 from .rootfs import install_file
-from .test_migd_boot import CONFIG, SIM_ENV, SIM_STATE, UNITS, _events, _install_migd, _migd, _ts, migd_deb  # noqa: F401
+from .test_migd_boot import CONFIG, SIM_ENV, SIM_STATE, STUBS, UNITS, _events, _install_migd, _migd, _ts, migd_deb  # noqa: F401,E501
 
 pytestmark = pytest.mark.boot
 
@@ -89,3 +89,53 @@ def test_on_pending_reboot_once(boot_base, boot_rootfs, boot_vm, migd_deb):  # n
     for r in (r1, r2, r3):
         assert r.leftovers == [], r.describe()
     print(f"\n[boot] reboot-once: {r1.seconds:.1f}s (rebooted) {r2.seconds:.1f}s {r3.seconds:.1f}s")
+
+
+def test_no_module_for_this_kernel_fails_at_once_a_queued_build_is_waited_for(boot_base, boot_rootfs, boot_vm,
+                                                                               migd_deb):  # noqa: F811
+    """Issue 16.5: the library installed, no nvidia module for the running kernel because its DKMS build failed
+    after a kernel update: migd.service fails at once (not after driver_wait_timeout = 120 s) with the sentence.
+    The same host with the build still queued (source registered, no make.log of a failure): boot waits."""
+    import os
+
+    root = boot_rootfs
+    _install_migd(root, migd_deb)
+    install_file(root, "/etc/migd.toml", CONFIG.replace("driver_wait_timeout = 4", "driver_wait_timeout = 120"),
+                 mode=0o644)
+    release = os.uname().release  # the container runs the host's kernel
+    version = root / "var/lib/dkms/nvidia/550.54.15"
+    (version / "source").mkdir(parents=True)
+    log = version / "build/make.log"
+    log.parent.mkdir(parents=True)
+    log.write_text(f"DKMS make.log for nvidia-550.54.15 for kernel {release} (x86_64)\n\nerror: implicit declaration\n")
+    host = _sim_host(root)
+    host.state["driver"] = "no-module"  # libnvidia-ml installed, no nvidia.ko for this kernel
+    host.state["dkms_dir"] = "/var/lib/dkms"  # the rootfs' DKMS tree decides whether a build is queued
+    host.save()
+
+    r1 = boot_vm(units=UNITS, timeout=90).check()
+    migd = r1.unit("migd.service")
+    assert (migd["Result"], migd["ExecMainStatus"]) == ("exit-code", "1"), r1.describe()
+    took = (_ts(migd, "ExecMainExitTimestampMonotonic") - _ts(migd, "ExecMainStartTimestampMonotonic")) / 1e6
+    assert took < 30, f"migd.service took {took:.1f} s: it waited for a module that cannot appear"
+    assert not _events(r1, "migd.service", "driver_wait")
+    failed = [e["MESSAGE"] for e in r1.journal(_SYSTEMD_UNIT="migd.service") if e.get("PRIORITY") == "3"]
+    assert any("libnvidia-ml.so.1 installed but no nvidia kernel module for this kernel and no module build queued"
+               in m and "/var/lib/dkms/nvidia/550.54.15/build/make.log" in m for m in failed), failed
+    assert migd["StatusText"].startswith("exit 1 = failure: libnvidia-ml.so.1 installed but no nvidia kernel module"), \
+        migd["StatusText"]
+    for stub in STUBS:
+        assert r1.unit(stub)["ActiveState"] == "active", stub
+
+    log.unlink()  # the build is queued again (e.g. dkms autoinstall will run): boot waits, driver_wait_timeout
+    install_file(root, "/etc/migd.toml", CONFIG, mode=0o644)  # driver_wait_timeout = 4
+    r2 = boot_vm(units=UNITS, timeout=90).check()
+    migd = r2.unit("migd.service")
+    assert (migd["Result"], migd["ExecMainStatus"]) == ("exit-code", "1"), r2.describe()
+    waits = _events(r2, "migd.service", "driver_wait")
+    assert len(waits) == 1 and "DKMS build of nvidia/550.54.15" in waits[0]["MESSAGE"], waits
+    took2 = (_ts(migd, "ExecMainExitTimestampMonotonic") - _ts(migd, "ExecMainStartTimestampMonotonic")) / 1e6
+    assert took2 >= 4, took2
+    for r in (r1, r2):
+        assert r.leftovers == [], r.describe()
+    print(f"\n[boot] no module: failed after {took:.2f} s; queued build: waited {took2:.2f} s")

@@ -220,10 +220,17 @@ def test_migd_under_real_systemd(boot_base, boot_rootfs, boot_vm, migd_deb):
                         .replace("Before=", "#Before=")
                         .replace("[Service]", "[Unit]\nAfter=nvidia-dcgm.service nvsm.service gdm.service\n"
                                               "[Service]\nExecStartPre=/bin/sleep 1", 1))
-    r4 = boot_vm(units=UNITS, timeout=60).check()
+    r4 = boot_vm(units=UNITS, timeout=60, commands={
+        "status": ["systemctl", "status", "--no-pager", "-n", "0", "migd.service"]}).check()
     override.unlink()
     migd = r4.unit("migd.service")
     assert migd["Result"] == "exit-code" and migd["ExecMainStatus"] == "4", (migd["Result"], migd["ExecMainStatus"])
+    # systemd calls 4 NOPERMISSION: the unit's status line says what migd's 4 means (issue 16.9)
+    assert migd["StatusText"].startswith("exit 4 = MIG mode change pending (not NOPERMISSION, systemd's name for 4):"
+                                         " GPU 0: "), migd["StatusText"]
+    assert "nv-hostengine" in migd["StatusText"], migd["StatusText"]
+    shown = r4.command("status")["stdout"]
+    assert 'Status: "exit 4 = MIG mode change pending' in shown, shown
     assert _ts(r4.unit("nvidia-dcgm.service"), "ActiveEnterTimestampMonotonic") <= _ts(migd, "ExecMainStartTimestampMonotonic")
     pending = _events(r4, "migd.service", "mode_pending", MIGD_GPU="0")
     assert pending, r4.messages(unit="migd.service")

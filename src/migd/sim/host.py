@@ -165,17 +165,24 @@ class SimHost:
         if driver == "no-library":
             raise SimError(E.LIBRARY_NOT_FOUND, "libnvidia-ml.so.1 not found")
         ready_at = self.state.get("driver_ready_at")
-        if driver == "not-loaded" or (ready_at is not None and time.time() < ready_at):
+        if driver in ("not-loaded", "no-module") or (ready_at is not None and time.time() < ready_at):
             raise SimError(E.DRIVER_NOT_LOADED, "NVIDIA kernel module not loaded")
 
     def driver_files(self) -> "DriverFiles":
         """What of a driver this simulated host has installed: nothing with "no-library" (a host without a
-        driver), library and module otherwise (loaded unless "not-loaded")."""
+        driver); the library but no module for the running kernel with "no-module" (a DKMS build, queued or failed,
+        read from the state's dkms_dir: a real DKMS tree, e.g. the boot test's rootfs); library and module otherwise
+        (loaded unless "not-loaded")."""
         from ..driverfiles import DriverFiles
+
+        from ..driverfiles import find_dkms_build
 
         driver = self.state.get("driver", "loaded")
         if driver == "no-library":
             return DriverFiles()
+        if driver == "no-module":  # no module for the running kernel; a DKMS build as the host's dkms_dir says
+            dkms = self.state.get("dkms_dir")
+            return DriverFiles("libnvidia-ml.so.1 (simulated)", None, False, find_dkms_build(dkms) if dkms else None)
         return DriverFiles("libnvidia-ml.so.1 (simulated)", "nvidia.ko (simulated)", module_loaded=driver == "loaded")
 
     def pci_subsystem_id(self, gpu: int) -> int:
@@ -471,7 +478,8 @@ def _state_problem(state: dict) -> Optional[str]:
     opt_str = (str, type(None))
     checks = [
         ("spec", isinstance(state.get("spec"), str)),
-        ("driver", state.get("driver", "loaded") in ("loaded", "not-loaded", "no-library")),
+        ("driver", state.get("driver", "loaded") in ("loaded", "not-loaded", "no-module", "no-library")),
+        ("dkms_dir", isinstance(state.get("dkms_dir"), opt_str)),
         ("boot", _is_int(state.get("boot", 1))),
         ("device_dir", isinstance(state.get("device_dir"), opt_str)),
         ("boot_marker", isinstance(state.get("boot_marker"), opt_str)),

@@ -8,7 +8,7 @@
     python3 -m migd.sim.tool --state PATH add-process GPU PID [GI CI]
     python3 -m migd.sim.tool --state PATH clear-processes GPU
     python3 -m migd.sim.tool --state PATH fault 'nvmlDeviceGetMigMode=hang' | --clear
-    python3 -m migd.sim.tool --state PATH driver loaded|not-loaded|no-library
+    python3 -m migd.sim.tool --state PATH driver loaded|not-loaded|no-module|no-library
     python3 -m migd.sim.tool --state PATH reboot
     python3 -m migd.sim.tool --state PATH lose GPU
 """
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     s.add_argument("spec", nargs="?")
     s.add_argument("--clear", action="store_true")
     s = sub.add_parser("driver")
-    s.add_argument("driver", choices=["loaded", "not-loaded", "no-library"])  # not "state": that is --state
+    s.add_argument("driver", choices=["loaded", "not-loaded", "no-module", "no-library"])  # not "state": that is --state
     sub.add_parser("reboot")
     s = sub.add_parser("lose")
     s.add_argument("gpu", type=int)
