@@ -82,9 +82,9 @@ class Watcher:
                  notify: Optional[Notifier] = None, run_dir: Optional[str] = None,
                  driver_files: Optional[Callable[[], DriverFiles]] = None):
         self.config_path = config_path
-        self.driver_files = driver_files or driverfiles.detect
-        self.no_driver_said = False  # "no driver installed: nothing selected here" logged once
         self.simulate, self.sim_state = simulate, sim_state
+        self.driver_files = driver_files or self._default_driver_files()
+        self.no_driver_said = False  # "no driver installed: nothing selected here" logged once
         if run_dir is None and (simulate or sim_state):
             run_dir = runstate.sim_run_dir(sim_state)  # simulated GPUs never use the real /run/migd
         self.run_dir = run_dir
@@ -109,6 +109,18 @@ class Watcher:
         self.clock = time.monotonic  # re-apply backoff; tests step it
         usec = os.environ.get("WATCHDOG_USEC")
         self.watchdog_s = int(usec) / 1e6 if usec and usec.isdigit() else None
+
+    def _default_driver_files(self) -> Callable[[], DriverFiles]:
+        """The host's driver files, or the simulated host's (cli passes the same; HostEnv will carry it)."""
+        if not (self.simulate or self.sim_state):
+            return driverfiles.detect
+
+        def simulated() -> DriverFiles:
+            from .sim import SimHost
+
+            return SimHost.create(self.simulate or "dgx-a100", self.sim_state).driver_files()
+
+        return simulated
 
     @property
     def managed(self) -> bool:
