@@ -399,11 +399,16 @@ def test_the_watchdog_reads_the_profile_table_once(monkeypatch, tmp_path):
     (tmp_path / "run" / "profiles.json").unlink()  # as if boot had not left one
     monkeypatch.setattr("migd.runstate.state_dir", lambda *a: None)  # nor the lasting cache
     w = Watcher(args[5], simulate=args[1], sim_state=args[3])
-    reads = []
-    for _ in range(3):
+    assert set(w.check_once().values()) == {"ok"}  # reads the table live (in its reader process), writes the cache
+    assert (tmp_path / "run" / "profiles.json").is_file()
+    # From now on a profile-table read fails: the next rounds are fine only if they read none
+    monkeypatch.setenv("MIGD_SIM_FAULTS", "nvmlDeviceGetGpuInstanceProfileInfo=UNKNOWN,"
+                                          "nvmlDeviceGetGpuInstancePossiblePlacements=UNKNOWN")
+    for _ in range(2):
         assert set(w.check_once().values()) == {"ok"}
-        reads.append(_profile_reads(pynvml.nvmlLib.calls))
-    assert reads[0] > 0 and reads[1] == reads[2] == 0  # the first round wrote it, the next ones read it
+    (tmp_path / "run" / "profiles.json").unlink()
+    assert w.check_once() == {} and w.problem[0] == "read_failed"  # the fault bites when the table is read
+    assert pynvml.nvmlLib is None or pynvml.nvmlLib.initialized == 0  # never opened NVML in this process
 
 
 # --- the profile cache that survives reboots (issue 21.2) ---------------------------------------------------------

@@ -15,6 +15,14 @@ Import cost: structlog takes ~45 ms to import, more than the rest of a short CLI
 run, so it is imported on the first log call rather than here; verbs that log
 nothing never pay for it. For the same reason socket, json and traceback are
 imported where they are used (structlog pulls them in anyway once it loads).
+
+The resident migd-watch process never loads structlog (`lean()`): structlog's
+filtering bound logger imports asyncio (and asyncio ssl), ~7 MiB it would keep for
+ever. There, an event takes the same pipeline without structlog: the level filter,
+``to_record`` and the same renderer and writer, so the journal gets the same entry.
+Where structlog is already loaded (tests, capture_logs) it is used as everywhere.
+The watch's short-lived reader processes hand their events to it (`divert`,
+`replay`), so one process writes the log and tests capture every event.
 """
 
 from __future__ import annotations
@@ -23,7 +31,8 @@ import os
 import sys
 from typing import Any, Dict, List, MutableMapping, Optional, Tuple, Union
 
-__all__ = ["setup", "get_logger", "Logger", "LEVELS", "journal_field_name", "encode_journal"]
+__all__ = ["setup", "get_logger", "Logger", "LEVELS", "journal_field_name", "encode_journal", "lean", "divert",
+           "replay"]
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}  # structlog's numbers
 PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}  # syslog's numbers
@@ -364,6 +373,43 @@ def _current() -> _Output:
     return _output
 
 
+_lean = False  # lean(): this process logs without loading structlog (see the module docstring)
+_diverted: Optional[List[Tuple[str, str, Dict[str, Any]]]] = None  # divert(): events kept for another process
+
+
+def lean() -> None:
+    """Log without loading structlog in this process, unless something already loaded it."""
+    global _lean
+    _lean = True
+
+
+def divert() -> List[Tuple[str, str, Dict[str, Any]]]:
+    """From now on keep every event (level, event, fields) in the list returned, emit none: a reader process's
+    events, which the process that started it logs with replay()."""
+    global _diverted
+    _diverted = []
+    return _diverted
+
+
+def replay(events: List[Tuple[str, str, Dict[str, Any]]]) -> None:
+    """Log events a reader process diverted, as if logged here."""
+    for level, event, fields in events:
+        Logger({})._log(level, event, fields)
+
+
+def _lean_emit(method: str, event: str, fields: Dict[str, Any]) -> None:
+    output = _current()
+    if LEVELS["error" if method == "exception" else method] < LEVELS[output.level]:
+        return
+    if method == "exception":
+        method, fields = "error", {"exc_info": True, **fields}
+    ev: Dict[str, Any] = {**fields, "event": event, "level": method}  # what structlog's add_log_level adds
+    record = output.to_record(None, method, ev)
+    renderer = output.render_journal if output.target == "journal" else output.render_console
+    args, _ = renderer(None, method, record)
+    output._emit(*args)
+
+
 class Logger:
     """What get_logger() returns. Binds a structlog logger on first use (and again after
     setup() is called), so module-level ``log = get_logger()`` costs nothing."""
@@ -391,24 +437,37 @@ class Logger:
         """A logger that adds these fields to every event."""
         return Logger({**self._context, **fields})
 
+    def _log(self, method: str, event: str, fields: Dict[str, Any]) -> None:
+        if _diverted is not None:
+            if method == "exception" or "exc_info" in fields:  # a traceback cannot travel: its one-line summary does
+                exc = _exc_tuple(fields.pop("exc_info", True))
+                method = "error" if method == "exception" else method
+                if exc is not None:
+                    fields["exception"] = f"{exc[0].__name__}: {exc[1]}"
+            _diverted.append((method, event, {**self._context, **fields}))
+        elif _lean and "structlog" not in sys.modules:
+            _lean_emit(method, event, {**self._context, **fields})
+        else:
+            getattr(self._logger(), method)(event, **fields)
+
     def debug(self, event: str, **fields: Any) -> None:
-        self._logger().debug(event, **fields)
+        self._log("debug", event, fields)
 
     def info(self, event: str, **fields: Any) -> None:
-        self._logger().info(event, **fields)
+        self._log("info", event, fields)
 
     def warning(self, event: str, **fields: Any) -> None:
-        self._logger().warning(event, **fields)
+        self._log("warning", event, fields)
 
     def error(self, event: str, **fields: Any) -> None:
-        self._logger().error(event, **fields)
+        self._log("error", event, fields)
 
     def critical(self, event: str, **fields: Any) -> None:
-        self._logger().critical(event, **fields)
+        self._log("critical", event, fields)
 
     def exception(self, event: str, **fields: Any) -> None:
         """error() with the exception being handled (exc_info=True)."""
-        self._logger().exception(event, **fields)
+        self._log("exception", event, fields)
 
 
 def get_logger(**fields: Any) -> Logger:

@@ -24,21 +24,23 @@ import os
 import signal
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, TypeVar
 
 from . import config as config_mod
 from . import errors as E
-from . import driverfiles, layout, publish, runstate
+from . import driverfiles, forked, layout, publish, runstate
 from .engine import ApplyResult, CheckStatus, Engine, GpuResult, Outcome
 from .driverfiles import DriverFiles
 from .layout import DesiredGpu
 from .errors import ConfigError, DriverError, LockBusy
-from .log import get_logger
+from .log import get_logger, lean
 from .model import GpuState
 
 log = get_logger()
 
 BACKOFF_MAX_S = 3600.0  # a failing re-apply is retried at most this rarely
+KILL_GRACE_S = 10.0  # after the hang limit, the time a killed reader process is given to go
+T = TypeVar("T")
 # round problem -> the event (and text) that says it cleared; any other problem clears as check_recovered
 _RECOVERED = {"read_failed": ("read_recovered", "GPUs readable again")}
 _STATUS_WORDS = {CheckStatus.DRIFT: "drifted", CheckStatus.PENDING: "pending a MIG mode change",
@@ -82,6 +84,7 @@ class Watcher:
                  notify: Optional[Notifier] = None, run_dir: Optional[str] = None,
                  driver_files: Optional[Callable[[], DriverFiles]] = None):
         self.config_path = config_path
+        lean()  # the resident process: never loads structlog (and with it asyncio, ssl): see log.py
         self.simulate, self.sim_state = simulate, sim_state
         self.driver_files = driver_files or self._default_driver_files()
         self.no_driver_said = False  # "no driver installed: nothing selected here" logged once
@@ -159,7 +162,8 @@ class Watcher:
 
     def _progressing(self) -> bool:
         started = self.busy_since
-        limit = self.watchdog_s if self.watchdog_s else 60.0
+        # The reader process is killed at the hang limit; this thread is stuck only if it is still busy after that.
+        limit = self._hang_limit() + KILL_GRACE_S
         if started is not None and time.monotonic() - started > limit:
             if not getattr(self, "_hang_logged", False):
                 self._hang_logged = True
@@ -230,24 +234,55 @@ class Watcher:
                 log.debug("check_unlocked", msg=f"checking without the lock: {e}")
             self.checks += 1
             try:
-                statuses, reapply = self._check()
-            except NothingHere:
-                pass  # a GPU-less host: nothing selected here, nothing to read; not a problem
-            except DriverError as e:
-                problem = ("read_failed", f"cannot read GPUs: {e}")
-            except ConfigError as e:  # e.g. the layout fits no GPU of a model found on this host
-                problem = ("config_unusable", f"cannot check: {_first(e)}")
-            except Exception as e:  # noqa: BLE001 - reported (once) and retried next round, never fatal
-                log.debug("check_traceback", msg="layout check failed", exc_info=True)
-                problem = ("check_failed", f"layout check failed: {type(e).__name__}: {e}")
+                statuses, reapply, problem = self._in_child(self._read_round)
+            except forked.Hung as e:  # like a hung read before: said once, the round fails, the next one retries
+                log.debug("reader_killed", msg=f"reader process {e.pid} killed", pid=e.pid)
+                problem = ("check_hung", f"a layout check has not returned for {e.seconds:g} s (an NVML call hung "
+                                         "in the driver): its reader process was killed")
+            except forked.ChildFailed as e:
+                problem = ("check_failed", f"layout check failed: {e}")
         if reapply:
             try:
-                self._reapply(reapply)
+                self._in_child(lambda: self._reapply(reapply))
+            except forked.Hung as e:
+                log.debug("reader_killed", msg=f"re-apply process {e.pid} killed", pid=e.pid)
+                problem = ("check_hung", f"a re-apply has not returned for {e.seconds:g} s (an NVML call hung in "
+                                         "the driver): its process was killed")
             except Exception as e:  # noqa: BLE001
                 log.debug("check_traceback", msg="re-apply failed", exc_info=True)
                 problem = ("check_failed", f"re-apply failed: {type(e).__name__}: {e}")
         self._round_done(statuses, problem)
         return statuses
+
+    def _read_round(self) -> Tuple[Dict[int, str], List[int], Optional[Tuple[str, str]]]:
+        """Read and compare (in the reader process): the statuses, the GPUs to re-apply, and the round's problem."""
+        try:
+            statuses, reapply = self._check()
+        except NothingHere:
+            return {}, [], None  # a GPU-less host: nothing selected here, nothing to read; not a problem
+        except DriverError as e:
+            return {}, [], ("read_failed", f"cannot read GPUs: {e}")
+        except ConfigError as e:  # e.g. the layout fits no GPU of a model found on this host
+            return {}, [], ("config_unusable", f"cannot check: {_first(e)}")
+        except Exception as e:  # noqa: BLE001 - reported (once) and retried next round, never fatal
+            log.debug("check_traceback", msg="layout check failed", exc_info=True)
+            return {}, [], ("check_failed", f"layout check failed: {type(e).__name__}: {e}")
+        return statuses, reapply, None
+
+    def _hang_limit(self) -> float:
+        return self.watchdog_s if self.watchdog_s else 60.0
+
+    def _in_child(self, work: Callable[[], T]) -> T:
+        """work() in a short-lived reader process (forked.py), so this process never loads libnvidia-ml; what
+        work() changed of this watcher (what was logged per GPU, per process) comes back with its result."""
+        Carried = Tuple[Dict[int, GpuTrack], bool, str, Optional[Tuple[str, str]]]
+
+        def job() -> Tuple[T, Carried]:
+            return work(), (self.gpus, self.no_driver_said, self.reapply_skip, publish.carried())
+
+        result, (self.gpus, self.no_driver_said, self.reapply_skip, trouble) = forked.call(job, self._hang_limit())
+        publish.restore(trouble)
+        return result
 
     def _round_done(self, statuses: Dict[int, str], problem: Optional[Tuple[str, str]]) -> None:
         """The one place a round ends (checked, or failed): log the round's problem on change, set STATUS=."""
