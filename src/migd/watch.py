@@ -85,6 +85,7 @@ class Watcher:
                  driver_files: Optional[Callable[[], DriverFiles]] = None):
         self.config_path = config_path
         lean()  # the resident process: never loads structlog (and with it asyncio, ssl): see log.py
+        _preload(bool(simulate or sim_state))
         self.simulate, self.sim_state = simulate, sim_state
         self.driver_files = driver_files or self._default_driver_files()
         self.no_driver_said = False  # "no driver installed: nothing selected here" logged once
@@ -497,6 +498,18 @@ class Watcher:
 
 class NothingHere(Exception):
     """No NVIDIA driver installed and nothing names a GPU: the check has nothing to read (Watcher._nothing_here)."""
+
+
+def _preload(simulated: bool) -> None:
+    """Import, once, what every reader process runs (pynvml and the NVML backend, the metrics writer; the simulator
+    for simulated GPUs): a forked reader starts with them instead of importing them each round. Importing pynvml
+    loads no library: nvmlInit does, and only reader processes call it."""
+    import importlib
+
+    import pynvml  # noqa: F401  (backend/nvml.py imports it only when a backend is made)
+
+    for name in (".backend.nvml", ".metrics", ".cdi") + ((".sim.fakelib",) if simulated else ()):
+        importlib.import_module(name, __package__)
 
 
 def _first(e: ConfigError) -> str:

@@ -21,7 +21,8 @@ sleeps that long, so a benchmark sees NVML's share of a run. `init` (nvmlInit), 
 nvmlDeviceGetHandleByIndex of a GPU), `reads` (every other getter, failed probes included), `create`, `destroy`,
 `mode` (SetMigMode), `persistence` (SetPersistenceMode), `shutdown`. Read latencies were measured on an H200 (R580);
 mutating ones are unknown here: parameters, 0 unless given. `latency_spent` / `mutating_spent` add up the sleeps,
-`call_spent` all time inside simulated calls (so a benchmark can leave out the simulator's own work).
+`call_spent` all time inside simulated calls, `own_spent` the simulator's own work alone (so a benchmark can leave
+it out: on a GPU the measured latency is the whole call).
 
 Trace: while the host state holds a "trace" list, every mutation appends [pid, call, gpu, time] to it, under the
 state file's lock: the order in which processes sharing a state file changed the GPUs.
@@ -173,6 +174,9 @@ class FakeNvmlLib:
         self.latency_spent = 0.0  # seconds slept in simulated calls (MIGD_SIM_LATENCY)
         self.mutating_spent = 0.0  # of which in mutating ones
         self.call_spent = 0.0  # all time inside simulated calls: the latencies plus the simulator's own work
+        self.read_latency_by_gpu: Dict[int, float] = {}  # read latencies slept, per GPU (-1: calls about no GPU)
+        self.own_spent = 0.0  # the simulator's own work (under its lock; with the GPUs' threads, call_spent adds
+        # up overlapping calls and waits for the lock, this does not)
         self._handled: set = set()  # GPU indices whose handle this process asked for (first_handle)
         self._lock = host.lock  # the host's state (and our counters, handle table): one call's work at a time
         if self.latency:
@@ -190,19 +194,25 @@ class FakeNvmlLib:
             gpu = None
             try:
                 with self._lock:
+                    held = time.perf_counter()
                     self._refresh()
                     gpu = self._gpu_of(name, args)
                     wait = self._inject(name, gpu)
+                    self.own_spent += time.perf_counter() - held
                 if wait is not None:
                     _wait(name, wait)
-                slept = self._sleep(name, args) if self.latency else False
+                slept = self._sleep(name, args, gpu) if self.latency else False
                 with self._lock:
-                    if slept or wait is not None:
-                        self._refresh()  # another process may have changed a shared host meanwhile
-                    if name not in ("nvmlInitWithFlags", "nvmlInit_v2") and not self.initialized:
-                        return E.CODE_BY_NAME["UNINITIALIZED"]
-                    self._current = (name, gpu)
-                    result = impl(self, *args)
+                    held = time.perf_counter()
+                    try:
+                        if slept or wait is not None:
+                            self._refresh()  # another process may have changed a shared host meanwhile
+                        if name not in ("nvmlInitWithFlags", "nvmlInit_v2") and not self.initialized:
+                            return E.CODE_BY_NAME["UNINITIALIZED"]
+                        self._current = (name, gpu)
+                        result = impl(self, *args)
+                    finally:
+                        self.own_spent += time.perf_counter() - held
                 return 0 if result is None else result
             except SimError as e:
                 if e.code == E.GPU_IS_LOST and gpu is not None:
@@ -217,7 +227,7 @@ class FakeNvmlLib:
 
     # --- plumbing -------------------------------------------------------------------------------------------
 
-    def _sleep(self, name: str, args: tuple) -> bool:
+    def _sleep(self, name: str, args: tuple, gpu: Optional[int] = None) -> bool:
         """Wait out the call's simulated latency (outside the lock: a real driver's calls on different GPUs
         overlap, and a sleeping thread lets the others run). True when it waited."""
         kind = _latency_kind(name)
@@ -239,6 +249,9 @@ class FakeNvmlLib:
             self.latency_spent += spent
             if kind not in ("init", "shutdown", "first_handle", "reads"):
                 self.mutating_spent += spent
+            else:  # per GPU (-1: calls about none): the GPUs' threads overlap, so the longest is what a run waits
+                key = -1 if gpu is None else gpu
+                self.read_latency_by_gpu[key] = self.read_latency_by_gpu.get(key, 0.0) + spent
         return True
 
     def _refresh(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib  # noqa: F401  (uuid5 imports it at its first call: each migd-watch reader process would, every round)
 import json
 import os
 import re
