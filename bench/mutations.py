@@ -301,7 +301,7 @@ def _measure(model_key: str, sample: int, rule: str, with_migd: bool) -> Dict[st
     import migd.log
     import migd.sim
     from migd import engine
-    from migd.backend import make_backend
+    from migd.sim import make_backend
     from migd.layout import DesiredGpu, DesiredInstance
     from migd.model import GpuEntry, GpuSelector
 

@@ -30,7 +30,7 @@ GPUS = 8
 def _infos(model_key: str):
     import migd.log
     import migd.sim
-    from migd.backend import make_backend
+    from migd.sim import make_backend
 
     migd.log.setup(level="critical", target="stderr")
     with simulated_only():

@@ -101,11 +101,16 @@ def phases(lib: Optional[str] = None) -> int:
 
             return call
 
-    from migd.backend import make_backend
     from migd.model import Gpu
 
-    backend = make_backend(simulate=os.environ.get("BENCH_SIMULATE") or None, read_only=True,  # (testing only)
-                           cache_dir=os.environ.get("MIGD_RUN_DIR"))  # the profile cache primed by report()
+    if os.environ.get("BENCH_SIMULATE"):  # (testing only)
+        from migd.sim import make_backend as make_sim_backend
+
+        backend = make_sim_backend(simulate=os.environ["BENCH_SIMULATE"], read_only=True)
+    else:
+        from migd.backend import make_backend
+
+        backend = make_backend(read_only=True, cache_dir=os.environ.get("MIGD_RUN_DIR"))  # the cache report() primed
     backend.open()  # pynvml loads libnvidia-ml here; wrap it after
     t3 = time.perf_counter()
     pynvml.nvmlLib = Counting(pynvml.nvmlLib)

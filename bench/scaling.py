@@ -45,8 +45,9 @@ import json, os, sys, time
 sys.path.insert(0, {lib!r})
 from migd.log import setup
 setup("warning", "stderr", "migd-watch")
+from migd import site
 from migd.watch import Watcher
-w = Watcher({config!r}, sim_state={state!r}) if {state!r} else Watcher({config!r})
+w = Watcher({config!r}, site.build(None, {state!r} or None))
 w.check_once()
 walls, cpus = [], []
 for _ in range({rounds}):

@@ -1,8 +1,8 @@
 """Watchdog footprint: RSS and CPU time per check of migd.watch.Watcher.check_once, against an idle Python.
 
 Simulated (any machine): an 8-GPU dgx-h100 in a state file, the layout applied first (so every check finds it
-matching, the steady state), then one process constructs Watcher(config, simulate=..., sim_state=...) and calls
-check_once N times. Real GPU (read-only): Watcher(config) with MIGD_READ_ONLY=1; check_once only reads.
+matching, the steady state), then one process constructs Watcher(config, site.build(simulate, sim_state)) and calls
+check_once N times. Real GPU (read-only): Watcher(config, site.build()) with MIGD_READ_ONLY=1; check_once only reads.
 
 Figures (all from the measuring process itself): VmRSS before migd is imported (= idle interpreter), after the
 first check, after N checks (growth = leak); CPU time (time.process_time) and wall time per check, medians over
@@ -101,13 +101,14 @@ def child(args) -> int:
     stages.append(("migd modules", _rss_kib()))
     rss_idle = stages[0][1]
     import migd.log
+    from migd import site
     from migd.watch import Watcher
 
     migd.log.setup(level="info", target="stderr")  # the service logs at info (to the journal there)
     if args.real:
-        w = Watcher(args.config)
+        w = Watcher(args.config, site.build())
     else:
-        w = Watcher(args.config, simulate=args.simulate, sim_state=args.sim_state)
+        w = Watcher(args.config, site.build(args.simulate, args.sim_state))
     stages.append(("what every reader process needs, imported once (pynvml, the NVML backend, metrics)", _rss_kib()))
     rss_import = _rss_kib()
     split_import = rss_split()

@@ -17,7 +17,7 @@ from typing import Callable, List, Optional, Tuple
 import pytest
 
 import migd.sim
-from migd.backend import make_backend
+from migd.sim import make_backend
 from migd.sim.host import SimHost
 
 ROOT = Path(__file__).resolve().parent.parent

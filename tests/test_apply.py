@@ -72,7 +72,7 @@ AFTER = [9, 9]  # two 3g: on "seven-1g" every old instance goes; on "mixed" the 
 
 def _steps():
     """(before layout name, step index) for every action of the plan applying AFTER to that layout."""
-    from migd.backend import make_backend
+    from migd.sim import make_backend
     import migd.sim
 
     out = []

@@ -12,6 +12,7 @@ import pytest
 
 from migd import errors as E
 from migd.backend import make_backend, read_only_forced
+from migd.sim import make_backend as sim_make_backend
 from migd.backend.nvml import _READ_ONLY_CALLS, NvmlBackend
 from migd.errors import DriverError, ReadOnlyViolation
 from migd.model import Placement
@@ -285,7 +286,7 @@ def test_open_without_a_driver(state_path, driver, code):
     host = SimHost.create("h100-80gb", state_path)
     host.state["driver"] = driver
     host.save()
-    backend = make_backend(sim_state=state_path)
+    backend = sim_make_backend(sim_state=state_path)
     try:
         with pytest.raises(DriverError) as exc:
             backend.open()

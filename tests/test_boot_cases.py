@@ -172,28 +172,41 @@ def test_on_pending_is_validated_with_file_and_line(capsys, tmp_path):
 
 
 class Reboots:
-    """Stands in for `systemctl --no-block reboot` and the kernel's boot id."""
+    """The simulated host's reboots. migd's reboot (HostEnv.reboot of the simulated host) reboots it at once: its
+    GPUs power-cycle (Ampere commits a pending mode), its run directory empties, its boot id changes. The host is
+    booting (systemd "starting") each time migd.service runs here."""
 
-    def __init__(self, monkeypatch, tmp_path):
-        self.run = tmp_path / "run"
-        self.requested = 0
-        self.boot = 1
-        monkeypatch.setattr(rebootonce, "systemctl_reboot", self._reboot)
-        monkeypatch.setattr(rebootonce, "boot_id", lambda: f"boot-{self.boot}")
+    def __init__(self, monkeypatch, tmp_path, h):
+        self.h, self.run = h, tmp_path / "run"
+        self.by_hand = self.seen = 0
+        self._booting()
 
-    def _reboot(self):
-        self.requested += 1
-        return None
+    def _host(self) -> SimHost:
+        return SimHost(load_state(self.h["state"]), self.h["state"])
+
+    def _booting(self) -> None:
+        host = self._host()
+        host.state["system"] = "starting"
+        host.save()
+
+    @property
+    def requested(self) -> int:
+        """Reboots migd asked for."""
+        return self._host().state["boot"] - 1 - self.by_hand
 
     def reboot(self, h):
-        """The machine reboots: a new boot id, the simulated GPUs reboot (Ampere commits its pending mode)."""
-        self.boot += 1
-        stamp = self.run / rebootonce.STAMP  # /run is empty after a reboot
-        if stamp.exists():
-            stamp.unlink()
-        host = SimHost(load_state(h["state"]), h["state"])
-        host.reboot()
-        host.save()
+        """The next boot: the one migd's reboot started, else the admin reboots the machine."""
+        if self.requested > self.seen:
+            self.seen = self.requested
+        else:
+            self.by_hand += 1
+            stamp = self.run / rebootonce.STAMP  # /run is empty after a reboot
+            if stamp.exists():
+                stamp.unlink()
+            host = self._host()
+            host.reboot()
+            host.save()
+        self._booting()
 
 
 REBOOT_ONCE = ALL + 'on_pending = "reboot-once"\n'
@@ -202,12 +215,12 @@ REBOOT_ONCE = ALL + 'on_pending = "reboot-once"\n'
 def test_reboot_once_lets_a_pending_ampere_mode_change_take_effect(capsys, tmp_path, monkeypatch):
     # A100 in a pass-through VM: the driver cannot reset it, so enabling MIG stays pending until a reboot.
     h = _host(tmp_path, "a100-40gb", config=REBOOT_ONCE, reset_supported=False)
-    machine = Reboots(monkeypatch, tmp_path)
+    machine = Reboots(monkeypatch, tmp_path, h)
     code, out, err = run(capsys, h, "boot")
     assert code == 0 and machine.requested == 1, err
     assert "GPU 0: MIG mode change pending: rebooting once to let MIG mode take effect" in err, err
     marker = json.loads((tmp_path / "lib" / "reboot-once.json").read_text())
-    assert marker["boot_id"] == "boot-1" and list(marker["gpus"]) == ["0"]
+    assert marker["boot_id"] == "sim-boot-1" and list(marker["gpus"]) == ["0"]
 
     machine.reboot(h)
     code, out, err = run(capsys, h, "boot")
@@ -222,7 +235,7 @@ def test_reboot_once_lets_a_pending_ampere_mode_change_take_effect(capsys, tmp_p
 
 def test_reboot_once_never_reboots_twice_for_a_change_that_stays_pending(capsys, tmp_path, monkeypatch):
     h = _host(tmp_path, "h100-80gb", config=REBOOT_ONCE)
-    machine = Reboots(monkeypatch, tmp_path)
+    machine = Reboots(monkeypatch, tmp_path, h)
 
     def client_starts_early():  # holds the GPU before migd runs, at every boot
         host = SimHost(load_state(h["state"]), h["state"])
@@ -242,7 +255,7 @@ def test_reboot_once_never_reboots_twice_for_a_change_that_stays_pending(capsys,
 
 def test_on_pending_fail_is_the_default_and_never_reboots(capsys, tmp_path, monkeypatch):
     h = _host(tmp_path, "a100-40gb", reset_supported=False)
-    machine = Reboots(monkeypatch, tmp_path)
+    machine = Reboots(monkeypatch, tmp_path, h)
     code, _, err = run(capsys, h, "boot")
     assert code == 4 and machine.requested == 0, err
     assert not (tmp_path / "lib" / rebootonce.MARKER).exists()  # (the lasting profile cache is there now)
@@ -251,7 +264,7 @@ def test_on_pending_fail_is_the_default_and_never_reboots(capsys, tmp_path, monk
 def test_reboot_once_without_a_writable_marker_does_not_reboot(capsys, tmp_path, monkeypatch):
     h = _host(tmp_path, "a100-40gb", config=REBOOT_ONCE, reset_supported=False)
     (tmp_path / "lib").write_text("not a directory")
-    machine = Reboots(monkeypatch, tmp_path)
+    machine = Reboots(monkeypatch, tmp_path, h)
     code, _, err = run(capsys, h, "boot")
     assert code == 4 and machine.requested == 0, err
     assert "not rebooting, a reboot loop could not be ruled out" in err, err

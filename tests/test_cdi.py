@@ -23,6 +23,7 @@ def env(tmp_path, monkeypatch):
     """A simulated host, a config, and a fake systemctl that logs its arguments and answers `show` with
     $FAKE_LOADSTATE (what systemd says about nvidia-cdi-refresh.service)."""
     monkeypatch.setenv("MIGD_RUN_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("MIGD_SIM_HOST", "real")  # simulated GPUs, this machine's systemctl (the fake one below)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     log = tmp_path / "systemctl.log"

@@ -181,7 +181,7 @@ def test_lock_held_exits_5(capsys, host, monkeypatch):
     conf = host["config"]
     with open(conf, "a") as f:
         f.write("\n[daemon]\nlock_timeout = 0.2\n")
-    with runstate.locked(1):
+    with runstate.locked(1, directory=os.environ["MIGD_RUN_DIR"]):
         code, out, err = migd(capsys, host, "apply")
     assert code == 5 and "another migd holds" in err
 
@@ -213,17 +213,15 @@ def test_cli_entry_point_as_subprocess(host):
     assert r.returncode == 2
 
 
-def test_non_root_run_dir_is_private(monkeypatch, tmp_path):
-    from migd import runstate
+def test_run_dirs_real_and_simulated(tmp_path):
+    """Real GPUs: /run/migd, whoever asks (a user's check runs without the lock it cannot open); simulated GPUs:
+    the simulated host's own, beside its state file, never /run/migd."""
+    from migd import site
 
-    monkeypatch.delenv("MIGD_RUN_DIR", raising=False)
-    monkeypatch.setattr(runstate.os, "geteuid", lambda: 1000)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
-    assert runstate.run_dir() == str(tmp_path / "migd")
-    monkeypatch.delenv("XDG_RUNTIME_DIR")
-    assert runstate.run_dir().endswith("migd-1000")
-    monkeypatch.setattr(runstate.os, "geteuid", lambda: 0)
-    assert runstate.run_dir() == "/run/migd"
+    assert site.build(None, None, {}).env.run_dir == "/run/migd"
+    state = str(tmp_path / "state.json")
+    env = site.build("h100-80gb", state, {}).env
+    assert env.simulated and env.run_dir == state + ".run" and env.state_dir == state + ".lib"
 
 
 def test_export_round_trips_a_gpu_instance_without_compute_instances(capsys, host, tmp_path):

@@ -22,6 +22,7 @@ import time
 import pytest
 
 import reliability as R
+from migd import site
 from migd.sim.host import SimHost, load_state
 
 HOST = "h100-80gb,a100-40gb"  # one Hopper, one Ampere: they behave differently at a reboot
@@ -214,7 +215,7 @@ def test_apply_waits_for_the_watchdog_check_in_progress_and_checks_skip_applies(
     from migd.watch import Watcher
 
     monkeypatch.setenv("MIGD_RUN_DIR", dgx["run"])
-    watcher = Watcher(dgx["config"], sim_state=dgx["state"])
+    watcher = Watcher(dgx["config"], site.build(None, dgx["state"]))
     checks = []
 
     def slow_check():

@@ -8,6 +8,7 @@ import textwrap
 import pytest
 
 import reliability as R
+from migd import site
 from migd import cli, sim
 from migd.sim.host import SimHost
 from migd.watch import Watcher
@@ -83,7 +84,7 @@ def test_watch_logs_drift_in_the_same_wording_as_check(env, capsys):
     assert migd(env, capsys, "apply")[0] == 0
     by_hand(env, _drift)
     with capture_logs() as logs:
-        assert Watcher(env["config"], sim_state=env["state"]).check_once() == {0: "drift", 1: "drift"}
+        assert Watcher(env["config"], site.build(None, env["state"])).check_once() == {0: "drift", 1: "drift"}
     drift = {e["gpu"]: e for e in logs if e["event"] == "drift"}
     assert drift[0]["msg"] == f"GPU 0: drift: {GPU0}" and drift[0]["diff"] == GPU0
     assert drift[1]["msg"] == f"GPU 1: drift: {GPU1}"

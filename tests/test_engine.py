@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import reliability as R
+from migd import site
 from migd import runstate
 from migd.sim.host import SimHost, load_state
 from migd.watch import Watcher
@@ -151,7 +152,7 @@ def test_watchdog_reapply_rewrites_state_json_and_devices_env(host):
     s.save()
     env_file.write_text("MIGD_TRAIN=stale\n")  # what the last apply left: MIG UUIDs can change on a re-create
     state_file.write_text("{}")
-    w = Watcher(host["config"], sim_state=host["state"])
+    w = Watcher(host["config"], site.build(None, host["state"]))
     assert w.check_once()[0] == "drift"
     new = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if not line.startswith("#"))
     s = SimHost.create("", host["state"])

@@ -32,6 +32,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import reliability as R
+from migd import site
 from migd import config as config_mod
 from migd import sim
 from migd.engine import apply_gpu, desired_layouts as desired_for
@@ -343,7 +344,7 @@ def test_watch_reapply_never_destroys_busy_instances(case, tmp_path_factory):
     os.environ["MIGD_RUN_DIR"] = os.path.join(d, "run")
     try:
         try:
-            w = Watcher(conf, sim_state=host.path)
+            w = Watcher(conf, site.build(None, host.path))
         except ConfigError:
             return
         w.check_once()

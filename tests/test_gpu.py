@@ -98,7 +98,7 @@ def test_profiles_through_nvml_equal_the_simulated_model():
     if not twins:
         pytest.skip(f"no simulated model with PCI device ID {device_id:#010X} ({info.name})")
     model = twins[0]
-    code = ("import sys, json; from migd._record import asdict; from migd.backend import make_backend; "
+    code = ("import sys, json; from migd._record import asdict; from migd.sim import make_backend; "
             "b = make_backend(simulate=sys.argv[1]); b.open(); print(json.dumps([asdict(p) for p in b.gpus()[0].profiles]))")
     sim = subprocess.run([sys.executable, "-c", code, model.key], capture_output=True, text=True, check=True)
     from migd._record import asdict

@@ -13,6 +13,7 @@ import textwrap
 import pytest
 
 import reliability as R
+from migd import site
 from migd import cli, metrics, sim
 from migd.sim.host import SimHost
 from migd.watch import Watcher
@@ -88,7 +89,7 @@ def test_apply_writes_gpu_and_apply_series_atomically_0644(env, capsys):
 def test_check_rounds_count_drift_once_and_keep_the_apply_series(env, capsys):
     assert migd(env, "apply") == 0
     applied_at = one(values(env["prom"]), "migd_last_apply_timestamp_seconds")
-    w = Watcher(env["config"], sim_state=env["state"])
+    w = Watcher(env["config"], site.build(None, env["state"]))
     w.check_once()
     v = values(env["prom"])
     assert one(v, "migd_drift_events_total") == 0 and one(v, "migd_last_check_success") == 1
@@ -107,7 +108,7 @@ def test_check_rounds_count_drift_once_and_keep_the_apply_series(env, capsys):
     assert one(v, "migd_gpu_instances_desired", gpu="0", profile="1g.10gb") == 1
     assert one(v, "migd_drift_events_total") == 1
 
-    w2 = Watcher(env["config"], sim_state=env["state"])  # migd-watch restarted: the counter is the file's
+    w2 = Watcher(env["config"], site.build(None, env["state"]))  # migd-watch restarted: the counter is the file's
     w2.check_once()
     assert one(values(env["prom"]), "migd_drift_events_total") == 1
     assert migd(env, "apply") == 0  # fixed by an apply: the counter stays, the GPU matches
@@ -128,7 +129,7 @@ def test_pending_and_lost_gpus(env, capsys):
     host.gpus[0]["mig"] = [1, 0]  # MIG off requested, waiting for a reset
     host.gpus[1]["lost"] = True
     host.save()
-    Watcher(env["config"], sim_state=env["state"]).check_once()
+    Watcher(env["config"], site.build(None, env["state"])).check_once()
     v = values(env["prom"])
     assert one(v, "migd_gpu_mig_mode_current", gpu="0") == 1 and one(v, "migd_gpu_mig_mode_pending", gpu="0") == 0
     assert one(v, "migd_gpu_lost", gpu="1") == 1
@@ -166,12 +167,13 @@ def test_render_escapes_and_parse_round_trips():
     assert metrics.parse("junk\nnode_load1 3\nmigd_unknown 1\nmigd_drift_events_total x\n") == []
 
 
-def test_default_path_only_where_node_exporter_reads(tmp_path, monkeypatch):
-    monkeypatch.setenv("MIGD_TEXTFILE_DIR", str(tmp_path / "absent"))
-    assert metrics.resolve_path(None) == ""
-    monkeypatch.setenv("MIGD_TEXTFILE_DIR", str(tmp_path))
-    assert metrics.resolve_path(None) == str(tmp_path / "migd.prom")
-    assert metrics.resolve_path("") == "" and metrics.resolve_path("/x/y.prom") == "/x/y.prom"
+def test_default_path_only_where_node_exporter_reads(tmp_path):
+    from migd import hostenv
+
+    assert hostenv.real(textfile_dir=str(tmp_path / "absent")).metrics_path(None) == ""
+    env = hostenv.real(textfile_dir=str(tmp_path))
+    assert env.metrics_path(None) == str(tmp_path / "migd.prom")
+    assert env.metrics_path("") == "" and env.metrics_path("/x/y.prom") == "/x/y.prom"
 
 
 @pytest.mark.parametrize("value,ok", [('""', True), ('"/var/lib/node/migd.prom"', True), ('"migd.prom"', False),

@@ -11,7 +11,7 @@ import textwrap
 import pytest
 
 import reliability as R
-from migd import publish, sim
+from migd import publish, sim, site
 from migd.watch import Watcher
 
 CONFIG = textwrap.dedent("""
@@ -53,7 +53,7 @@ def env(tmp_path, monkeypatch, readonly):
 def test_read_only_metrics_dir_said_once_with_the_drop_in_shown_in_status_recovery_once(env):
     events = R.captured_events()
     with events as seen:
-        w = Watcher(env["config"], sim_state=env["state"], notify=lambda _: None)
+        w = Watcher(env["config"], site.build(None, env["state"]), notify=lambda _: None)
         for _ in range(4):
             w.check_once()
         assert "Read-only file system" in w.summary and f"ReadWritePaths={env['dir']}" in w.summary, w.summary

@@ -15,7 +15,7 @@ import pynvml as N
 import pytest
 
 from migd import cli, sim
-from migd.backend import make_backend
+from migd.sim import make_backend
 from migd.model import GpuProfile
 from migd.profiles import derive_compute_profiles, resolve_gpu_profile
 from migd.sim.catalog import MODELS, compute_profiles, parse_host_spec

@@ -531,7 +531,7 @@ def test_rpm_root_runs_with_its_vendored_libraries(rpm_root, python, tmp_path):
 
 # Simulated GPUs for the services; their state file is the one place outside /run the sandbox must let them write.
 SIM_DROPIN = ("[Service]\nEnvironment=MIGD_SIMULATE=h100-80gb MIGD_SIM_STATE=/var/lib/migd-sim/state.json"
-              " MIGD_RUN_DIR=/run/migd\n"
+              " MIGD_RUN_DIR=/run/migd MIGD_SIM_HOST=real\n"
               "ReadWritePaths=/var/lib/migd-sim\n")
 LAYOUT = '\n# added by the admin (test)\n[[gpu]]\nselect = "all"\nmig = true\ninstances = ["3g", "2g", "1g"]\n'
 # What may differ after purge, piuparts-style: state of the system and of the test, never of the package.
@@ -640,7 +640,7 @@ def test_deb_install_boot_upgrade_purge(suite, tmp_path):
             "4_version": ["migd", "--version"],
             "5_conf": ["sh", "-c", "cat /etc/migd.toml; ls /etc/ | grep -c '^migd.toml.dpkg' || true"],
             "6_check": ["env", "MIGD_SIMULATE=h100-80gb", "MIGD_SIM_STATE=/var/lib/migd-sim/state.json",
-                        "MIGD_RUN_DIR=/run/migd", "migd", "check"],
+                        "MIGD_RUN_DIR=/run/migd", "MIGD_SIM_HOST=real", "migd", "check"],
             "7_purge": ["dpkg", "--purge", "migd"],
             "8_gone": ["sh", "-c", f"systemctl is-active {migd_units}; true"],
         }).check()

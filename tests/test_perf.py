@@ -14,6 +14,8 @@ import re
 import pytest
 
 import migd.sim
+import migd.sim.fakelib
+from migd import site
 from migd.cli import main
 from migd.model import Placement
 
@@ -29,17 +31,17 @@ instances = { "1g.5gb" = 7 }
 """
 
 
-def _apply_counting(monkeypatch, tmp_path, argv):
+def _apply_counting(monkeypatch, tmp_path, argv, run_dir=None):
     libs = []
-    real_install = migd.sim.install
+    real_install = migd.sim.fakelib.install
 
     def install(*a, **k):
         lib = real_install(*a, **k)
         libs.append(lib)
         return lib
 
-    monkeypatch.setattr(migd.sim, "install", install)
-    monkeypatch.setenv("MIGD_RUN_DIR", str(tmp_path / "run"))
+    monkeypatch.setattr(migd.sim.fakelib, "install", install)
+    monkeypatch.setenv("MIGD_RUN_DIR", str(run_dir or tmp_path / "run"))
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         rc = main(argv)
@@ -233,27 +235,31 @@ def _profile_reads(calls):
                                                                    "nvmlDeviceGetGpuInstancePossiblePlacements")))
 
 
-def _status(monkeypatch, tmp_path, args):
-    rc, calls, out = _apply_counting(monkeypatch, tmp_path, [*args, "status", "--json"])
+def _status(monkeypatch, tmp_path, args, run_dir=None):
+    rc, calls, out = _apply_counting(monkeypatch, tmp_path, [*args, "status", "--json"], run_dir)
     assert rc == 0
     return calls, out
+
+
+def _no_lasting_cache(monkeypatch, tmp_path):
+    """A simulated host's state directory that cannot exist (under a plain file): no lasting profile cache."""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    monkeypatch.setenv("MIGD_STATE_DIR", str(blocker / "lib"))
 
 
 @pytest.fixture
 def cached(monkeypatch, tmp_path):
     """A host after `apply` (which leaves the cache), and the status JSON that a run without a cache prints."""
-    monkeypatch.delenv("MIGD_RUN_DIR", raising=False)
-    args, run = _host_args(tmp_path)
-    monkeypatch.setattr("migd.cli._state_dir", lambda a: None)  # the per-boot cache alone (the lasting one: below)
-    monkeypatch.setattr("migd.cli._cache_dir", lambda a: str(run))  # (MIGD_RUN_DIR is set by _apply_counting)
+    args, _ = _host_args(tmp_path)
+    run = tmp_path / "run"  # the simulated host's run directory (MIGD_RUN_DIR, set by _apply_counting)
+    _no_lasting_cache(monkeypatch, tmp_path)  # the per-boot cache alone (the lasting one: below)
     rc, _, out = _apply_counting(monkeypatch, tmp_path, [*args, "-q", "apply"])
     assert rc == 0, out
     cache = run / "profiles.json"
     assert cache.is_file() and stat_mode(cache) == 0o644
-    monkeypatch.setattr("migd.cli._cache_dir", lambda a: str(tmp_path / "elsewhere"))
-    calls, live = _status(monkeypatch, tmp_path, args)
+    calls, live = _status(monkeypatch, tmp_path, args, tmp_path / "elsewhere")
     assert _profile_reads(calls) > 0  # no cache there: read live
-    monkeypatch.setattr("migd.cli._cache_dir", lambda a: str(run))
     return args, cache, live
 
 
@@ -361,25 +367,18 @@ def test_a_read_verb_that_cannot_write_the_run_dir_still_answers(monkeypatch, tm
     args, _ = _host_args(tmp_path)
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
-    monkeypatch.setattr("migd.cli._cache_dir", lambda a: str(blocker / "run"))
-    rc, calls, out = _apply_counting(monkeypatch, tmp_path, [*args, "status", "--json"])
+    # the cache lives in the run directory (HostEnv.run_dir); a read verb never needs to create it
+    rc, calls, out = _apply_counting(monkeypatch, tmp_path, [*args, "status", "--json"], blocker / "run")
     assert rc == 0 and '"gpus"' in out
-    rc, _, out = _apply_counting(monkeypatch, tmp_path, [*args, "-q", "apply"])  # a writer: best effort too
-    assert rc == 0, out
 
 
 def test_simulated_runs_keep_the_cache_out_of_run_migd(tmp_path, monkeypatch):
-    import argparse
-
-    from migd import cli, runstate
+    from migd import runstate
 
     monkeypatch.delenv("MIGD_RUN_DIR", raising=False)
-    ns = argparse.Namespace(simulate="h100-80gb", sim_state=str(tmp_path / "s.json"))
-    assert cli._cache_dir(ns) == str(tmp_path / "s.json") + ".run"
-    ns = argparse.Namespace(simulate="h100-80gb", sim_state=None)
-    assert cli._cache_dir(ns) != runstate.RUN_DIR and cli._cache_dir(ns).startswith(os_tmp())
-    ns = argparse.Namespace(simulate=None, sim_state=None)
-    assert cli._cache_dir(ns) == runstate.RUN_DIR  # real GPUs: where migd.service left it, whoever reads
+    assert site.build("h100-80gb", str(tmp_path / "s.json")).env.run_dir == str(tmp_path / "s.json") + ".run"
+    # real GPUs: where migd.service left it, whoever reads
+    assert site.build(None, None).env.run_dir == runstate.RUN_DIR
 
 
 def os_tmp():
@@ -397,8 +396,8 @@ def test_the_watchdog_reads_the_profile_table_once(monkeypatch, tmp_path):
     rc, _, out = _apply_counting(monkeypatch, tmp_path, [*args, "-q", "apply"])  # MIGD_RUN_DIR=tmp_path/run
     assert rc == 0
     (tmp_path / "run" / "profiles.json").unlink()  # as if boot had not left one
-    monkeypatch.setattr("migd.runstate.state_dir", lambda *a: None)  # nor the lasting cache
-    w = Watcher(args[5], simulate=args[1], sim_state=args[3])
+    _no_lasting_cache(monkeypatch, tmp_path)  # nor the lasting cache
+    w = Watcher(args[5], site.build(args[1], args[3]))
     assert set(w.check_once().values()) == {"ok"}  # reads the table live (in its reader process), writes the cache
     assert (tmp_path / "run" / "profiles.json").is_file()
     # From now on a profile-table read fails: the next rounds are fine only if they read none
@@ -416,7 +415,7 @@ def test_the_watchdog_reads_the_profile_table_once(monkeypatch, tmp_path):
 READS_PER_GPU_LASTING = 90  # a fresh boot whose tables come from /var/lib/migd: the ~32 table reads saved, +1 VBIOS
 
 
-def _fresh_boot(monkeypatch, tmp_path, n, change=None):
+def _fresh_boot(monkeypatch, tmp_path, n, change=None, lasting=True):
     """The n-th boot of a DGX A100 in a state file: MIG off, nothing on it, an empty /run/migd, the same
     /var/lib/migd (MIGD_STATE_DIR) every boot. Returns (reads per GPU, profile-table reads, printed status)."""
     from migd.sim.host import SimHost
@@ -430,7 +429,10 @@ def _fresh_boot(monkeypatch, tmp_path, n, change=None):
         host.save()
     cfg = tmp_path / "migd.toml"
     cfg.write_text(SEVEN_1G)
-    monkeypatch.setenv("MIGD_STATE_DIR", str(tmp_path / "lib"))
+    if lasting:
+        monkeypatch.setenv("MIGD_STATE_DIR", str(tmp_path / "lib"))
+    else:
+        _no_lasting_cache(monkeypatch, tmp_path)
     rc, calls, out = _apply_counting(monkeypatch, tmp_path / f"boot{n}",
                                      ["--sim-state", str(state), "--config", str(cfg), "apply"])
     assert rc == 0, out
@@ -450,9 +452,7 @@ def test_a_fresh_boot_reads_the_profile_tables_from_the_lasting_cache(monkeypatc
 
 
 def _lasting(monkeypatch, tmp_path):
-    monkeypatch.setattr("migd.cli._state_dir", lambda a: None)
-    _, _, live = _fresh_boot(monkeypatch, tmp_path, 0)  # no lasting cache at all: the answer read live
-    monkeypatch.undo()
+    _, _, live = _fresh_boot(monkeypatch, tmp_path, 0, lasting=False)  # no lasting cache at all: read live
     _fresh_boot(monkeypatch, tmp_path, 1)  # leaves the lasting cache
     return tmp_path / "lib" / "profiles.json", live
 

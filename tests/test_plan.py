@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 import migd.sim
 from migd import engine as A
 from migd.engine import Outcome
-from migd.backend import make_backend
+from migd.sim import make_backend
 from migd.config import parse
 from migd.layout import DesiredGpu, DesiredInstance, resolve, select
 from migd.model import GpuEntry, GpuInfo, GpuSelector, GpuState, LiveComputeInstance, LiveGpuInstance, Placement
@@ -270,7 +270,7 @@ def test_ties_go_to_the_lowest_slots_in_config_order():
 
 _DETERMINISM = textwrap.dedent("""
     import itertools, json
-    from migd.backend import make_backend
+    from migd.sim import make_backend
     from migd.layout import DesiredGpu, DesiredInstance
     from migd.model import GpuEntry, GpuSelector, GpuState
     from migd.plan import plan_gpu

@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 import reliability as R
+from migd import site
 from migd import config as config_mod
 from migd import clients, engine, runstate
 from migd.errors import ConfigError, LockBusy
@@ -125,10 +126,10 @@ def test_watch_refuses_an_untrusted_config_and_keeps_the_trusted_one_on_reload(h
     from migd.watch import Watcher
 
     monkeypatch.setenv("MIGD_RUN_DIR", host["run"])
-    w = Watcher(host["config"], sim_state=host["state"])
+    w = Watcher(host["config"], site.build(None, host["state"]))
     os.chmod(host["config"], 0o666)
     with pytest.raises(ConfigError, match="writable by group/others"):
-        Watcher(host["config"], sim_state=host["state"])
+        Watcher(host["config"], site.build(None, host["state"]))
     w._reload()  # SIGHUP with a file someone else could have written: the previous config stays
     assert w.cfg.entries and w.cfg.path == host["config"]
     r = _migd(host, "watch")
@@ -274,16 +275,16 @@ def test_atomic_write_leaves_old_content_or_new_never_a_mix_and_no_temp_files(tm
 def test_lock_busy_names_the_holder_from_the_kernel(tmp_path, monkeypatch):
     monkeypatch.setenv("MIGD_RUN_DIR", str(tmp_path / "run"))
     holder = subprocess.Popen([R.sys.executable, "-c", textwrap.dedent("""
-        import sys, time
+        import os, sys, time
         from migd import runstate
-        with runstate.locked(1):
+        with runstate.locked(1, directory=os.environ["MIGD_RUN_DIR"]):
             print("held", flush=True)
             time.sleep(30)
         """)], env=R.child_env(str(tmp_path / "run")), stdout=subprocess.PIPE)
     try:
         assert holder.stdout.readline() == b"held\n"
         with pytest.raises(LockBusy) as e:
-            with runstate.locked(0.2):
+            with runstate.locked(0.2, directory=str(tmp_path / "run")):
                 pass
         assert f"pid {holder.pid}" in str(e.value) and "gave up after 0.2 s" in str(e.value)
     finally:
@@ -309,24 +310,27 @@ def _calls_in(path: Path):
 
 
 def test_the_only_process_migd_starts_is_systemctl():
-    """Static: in all of src/migd (but the simulator), the call sites that start a process are clients.systemctl and
-    clients.load_state (systemctl show of one unit's LoadState, for the CDI refresh)."""
+    """Static: in all of src/migd (but the simulator), the call sites that start a process are clients.systemctl,
+    clients.load_state (systemctl show of one unit's LoadState, for the CDI refresh) and clients.system_state
+    (systemctl is-system-running, for reboot-once), reached through the host environment (hostenv.real())."""
     src = R.ROOT / "src" / "migd"
     sites = [c for p in sorted(src.rglob("*.py")) if "sim" not in p.relative_to(src).parts for c in _calls_in(p)]
-    assert [(f, call) for f, _, call in sites] == [("clients.py", "subprocess.run")] * 2, sites
+    assert [(f, call) for f, _, call in sites] == [("clients.py", "subprocess.run")] * 3, sites
     text = (src / "clients.py").read_text()
     # an argv, never a shell; units after --
     assert 'subprocess.run(["systemctl", *(["--no-block"] if no_block else []), verb, "--", *units]' in text
     assert 'subprocess.run(["systemctl", "show", "--property=LoadState", "--value", "--", unit]' in text
     cdi = (src / "cdi.py").read_text()
-    assert 'clients.systemctl("restart", [unit], no_block=True, quiet=True)' in cdi
+    assert 'env.systemctl("restart", [unit], no_block=True, quiet=True)' in cdi
+    assert 'subprocess.run(["systemctl", "is-system-running"]' in text
     assert 'UNIT = "nvidia-cdi-refresh.service"' in cdi
     assert "shell=True" not in "".join(p.read_text() for p in src.rglob("*.py"))
     calls = re.findall(r'\brun\("(\w+)"', text) + re.findall(r'systemctl\("(\w+)"', (src / "engine.py").read_text())
     assert set(calls) == {"stop", "start"}, calls
     # and a reboot, only for on_pending = "reboot-once", queued (never waited for from inside migd.service)
-    assert re.findall(r'systemctl\("(\w+)"[^)]*\)', (src / "rebootonce.py").read_text()) == ["reboot"]
-    assert 'clients.systemctl("reboot", (), no_block=True)' in (src / "rebootonce.py").read_text()
+    assert "env.reboot()" in (src / "rebootonce.py").read_text()
+    assert re.findall(r'systemctl\("(\w+)"[^)]*\)', (src / "hostenv.py").read_text()) == ["reboot"]
+    assert '_systemctl("reboot", (), no_block=True)' in (src / "hostenv.py").read_text()
 
 
 def test_stop_clients_runs_systemctl_only_for_configured_units_holding_the_gpu(host, monkeypatch):
@@ -343,6 +347,7 @@ def test_stop_clients_runs_systemctl_only_for_configured_units_holding_the_gpu(h
         return sp.CompletedProcess(argv, 0, "", "")
 
     monkeypatch.setattr(sp, "run", spy)
+    monkeypatch.setenv("MIGD_SIM_HOST", "real")  # this machine's systemctl (spied on), simulated GPUs
     for name in ("system", "popen", "execv", "execvp", "execve", "posix_spawn"):
         monkeypatch.setattr(os, name, lambda *a, **k: ran.append(["os", *map(str, a)]), raising=False)
     monkeypatch.setattr(sp, "Popen", lambda argv, *a, **k: ran.append(["Popen", *argv]))
@@ -437,7 +442,7 @@ boot_fixtures = pytest.importorskip("boot.conftest")
 boot_base, boot_rootfs, boot_vm = boot_fixtures.boot_base, boot_fixtures.boot_rootfs, boot_fixtures.boot_vm
 
 BOOT_SIM = {"MIGD_SIMULATE": "h100-80gb", "MIGD_SIM_STATE": "/var/lib/migd-sim/state.json",
-            "MIGD_SIM_BOOT_MARKER": "/run/migd-sim/booted", "MIGD_RUN_DIR": "/run/migd"}
+            "MIGD_SIM_BOOT_MARKER": "/run/migd-sim/booted", "MIGD_RUN_DIR": "/run/migd", "MIGD_SIM_HOST": "real"}
 
 
 def _install_from_source(root: Path) -> None:

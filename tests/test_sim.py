@@ -706,7 +706,7 @@ def test_state_file_shared_by_two_hosts(sim_backend, state_path):
 _CHILD_CREATE = textwrap.dedent("""
     import ctypes, sys
     import pynvml as N
-    from migd.backend import make_backend
+    from migd.sim import make_backend
     from migd.model import Placement
     b = make_backend(sim_state=sys.argv[1])
     b.open()
@@ -732,7 +732,7 @@ def test_state_file_shared_by_two_processes(sim_backend, state_path):
 
 _CHILD_TOGGLE = textwrap.dedent("""
     import sys
-    from migd.backend import make_backend
+    from migd.sim import make_backend
     from migd.model import Placement
     b = make_backend(sim_state=sys.argv[1])
     b.open()

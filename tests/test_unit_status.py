@@ -48,14 +48,14 @@ class FakeSystemd:
                 data, anc, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(4 * 4))
             except socket.timeout:
                 continue
+            text = data.decode()
+            if text == "BARRIER=1":
+                self.barriers += 1
+            self.received.append(text)  # before the fd is closed: that is what lets migd go on
             for level, kind, fds in anc:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                     for i in range(0, len(fds) - len(fds) % 4, 4):
                         os.close(int.from_bytes(fds[i:i + 4], sys.byteorder))
-            text = data.decode()
-            if text == "BARRIER=1":
-                self.barriers += 1
-            self.received.append(text)
 
     def take(self) -> list:
         out, self.received = self.received, []

@@ -12,6 +12,7 @@ import time
 import pytest
 
 import reliability as R
+from migd import site
 from migd import cli, clients, sim
 from migd import errors as E
 from migd.sim.host import SimHost, load_state
@@ -70,7 +71,7 @@ def apply(env, *extra):
 def test_drift_logged_once_per_change_and_cleared_once(env, monkeypatch, capsys):
     assert apply(env) == 0
     events = Events(monkeypatch)
-    w = Watcher(env["config"], sim_state=env["state"])
+    w = Watcher(env["config"], site.build(None, env["state"]))
     assert w.check_once() == {0: "ok", 1: "ok"}
     host = SimHost.create("", env["state"])
     gi = host.gpus[0]["gis"][-1]
@@ -94,12 +95,12 @@ def test_watch_holds_no_nvml_between_checks_and_skips_while_locked(env, monkeypa
     from migd import runstate
 
     assert apply(env) == 0
-    w = Watcher(env["config"], sim_state=env["state"])
+    w = Watcher(env["config"], site.build(None, env["state"]))
     w.check_once()
     import pynvml
 
     assert pynvml.nvmlLib is None or pynvml.nvmlLib.initialized == 0  # init, read, shutdown
-    with runstate.locked(1):
+    with runstate.locked(1, directory=w.run_dir):
         assert w.check_once() == {}  # apply in progress: skipped
 
 
@@ -116,7 +117,7 @@ def test_reapply_policy_restores_idle_gpu_but_never_a_busy_one(env, monkeypatch)
     busy_gi = host.gpus[1]["gis"][0]
     host.add_process(1, 4242, busy_gi["id"], busy_gi["cis"][0]["id"])
     host.save()
-    w = Watcher(env["config"], sim_state=env["state"])
+    w = Watcher(env["config"], site.build(None, env["state"]))
     w.check_once()
     after = load_state(env["state"])
     assert len(after["gpus"][0]["gis"]) == 3  # idle GPU re-applied
@@ -128,7 +129,7 @@ def test_reapply_policy_restores_idle_gpu_but_never_a_busy_one(env, monkeypatch)
 def test_sighup_reloads_config_and_bad_config_is_kept_out(env, monkeypatch):
     assert apply(env) == 0
     events = Events(monkeypatch)
-    w = Watcher(env["config"], sim_state=env["state"])
+    w = Watcher(env["config"], site.build(None, env["state"]))
     with open(env["config"], "w") as f:
         f.write("[[gpu]]\nselect = 'all'\nmig = [\n")
     w._reload()
@@ -148,9 +149,10 @@ def test_watch_process_notifies_systemd_and_stops_on_sigterm(env, tmp_path):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     s.bind(sock_path)
     s.settimeout(10)
-    proc_env = dict(os.environ, NOTIFY_SOCKET=sock_path, WATCHDOG_USEC="1500000", MIGD_SIM_STATE=env["state"],
+    proc_env = dict(os.environ, NOTIFY_SOCKET=sock_path, WATCHDOG_USEC="1500000",
                     MIGD_RUN_DIR=str(tmp_path / "run"))
-    p = subprocess.Popen([sys.executable, "-m", "migd.cli", "--config", env["config"], "watch"], env=proc_env,
+    p = subprocess.Popen([sys.executable, "-m", "migd.cli", "--sim-state", env["state"], "--config", env["config"],
+                          "watch"], env=proc_env,
                          stderr=subprocess.PIPE, text=True)
     got = []
     try:
@@ -171,7 +173,7 @@ def test_hung_check_withholds_watchdog_pings(env, monkeypatch):
     that): no more pings. While a reader process is only waited for, the pings go on."""
     from migd.watch import KILL_GRACE_S
 
-    w = Watcher(env["config"], sim_state=env["state"])
+    w = Watcher(env["config"], site.build(None, env["state"]))
     w.watchdog_s = 0.2
     assert w._progressing()
     w.busy_since = time.monotonic() - 0.5
@@ -210,12 +212,15 @@ def test_stop_clients_stops_exactly_the_holding_units_and_restarts_them(env, mon
     R.wait_until_holding(holder, host.device_node(0))
     calls = []
 
-    def fake_systemctl(verb, units):
+    def fake_systemctl(verb, units, **_):
         calls.append((verb, list(units)))
         if verb == "stop":
             holder.kill()
             holder.wait()
 
+    # simulated GPUs on this machine's host environment, whose systemctl (clients.systemctl) is faked here: a
+    # simulated host's own systemctl only records (tests/test_simulated_host.py)
+    monkeypatch.setenv("MIGD_SIM_HOST", "real")
     monkeypatch.setattr(clients, "systemctl", fake_systemctl)
     monkeypatch.setattr(clients, "unit_of", lambda pid: "nvidia-dcgm.service" if pid == holder.pid else None)
     with open(env["config"], "a") as f:
@@ -238,7 +243,7 @@ def test_lost_gpu_reported_once_others_still_checked(env, monkeypatch):
     host = SimHost.create("", env["state"])
     host.gpus[1]["lost"] = True
     host.save()
-    w = Watcher(env["config"], sim_state=env["state"])
+    w = Watcher(env["config"], site.build(None, env["state"]))
     for _ in range(3):
         assert w.check_once() == {0: "ok", 1: "lost"}
     errors = events.named("check_error")
@@ -249,7 +254,7 @@ def test_lost_gpu_reported_once_others_still_checked(env, monkeypatch):
 
 
 def _watcher(env, clock=None):
-    w = Watcher(env["config"], sim_state=env["state"])
+    w = Watcher(env["config"], site.build(None, env["state"]))
     if clock is not None:
         w.clock = lambda: clock[0]
     return w
@@ -277,7 +282,7 @@ def test_invalid_config_exits_2_with_one_line_naming_file_and_line(env, monkeypa
     assert migd_log._output is not None and migd_log._output.identifier == "migd-watch"
     sent = []
     with pytest.raises(E.ConfigError):
-        Watcher(env["config"], sim_state=env["state"], notify=sent.append)
+        Watcher(env["config"], site.build(None, env["state"]), notify=sent.append)
     assert len(sent) == 1 and sent[0].startswith("STATUS=invalid configuration") and f"{env['config']}:3" in sent[0]
 
 
@@ -492,9 +497,9 @@ def test_config_selecting_no_gpu_logs_one_info_line_and_never_opens_nvml(env, tm
     s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     s.bind(sock_path)
     s.settimeout(10)
-    proc_env = dict(os.environ, NOTIFY_SOCKET=sock_path, MIGD_SIM_STATE=env["state"],
-                    MIGD_RUN_DIR=str(tmp_path / "run"))
-    p = subprocess.Popen([sys.executable, "-m", "migd.cli", "--config", env["config"], "watch"], env=proc_env,
+    proc_env = dict(os.environ, NOTIFY_SOCKET=sock_path, MIGD_RUN_DIR=str(tmp_path / "run"))
+    p = subprocess.Popen([sys.executable, "-m", "migd.cli", "--sim-state", env["state"], "--config", env["config"],
+                          "watch"], env=proc_env,
                          stderr=subprocess.PIPE, text=True)
     statuses = []
     try:

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 import reliability as R
-from migd import cli, metrics, publish, sim
+from migd import cli, metrics, publish, sim, site
 from migd.sim.host import SimHost
 from migd.watch import Watcher
 
@@ -46,8 +46,7 @@ def env(tmp_path, monkeypatch):
 
 
 def watcher(env) -> Watcher:
-    return Watcher(env["config"], sim_state=env["state"], notify=lambda _: None,
-                   driver_files=lambda: SimHost.create("", env["state"]).driver_files())
+    return Watcher(env["config"], site.build(None, env["state"]), notify=lambda _: None)
 
 
 def test_gpu_less_host_with_a_fleet_file_is_quiet_and_successful(env):

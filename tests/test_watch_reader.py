@@ -42,8 +42,9 @@ RESIDENT = """
 import json, sys
 from migd.log import setup
 setup("info", "stderr", "migd-watch")
+from migd import site
 from migd.watch import Watcher
-w = Watcher(sys.argv[1], sim_state=sys.argv[2])
+w = Watcher(sys.argv[1], site.build(None, sys.argv[2]))
 rounds = [w.check_once() for _ in range(3)]
 import pynvml
 print(json.dumps({"rounds": rounds, "loaded": sorted(m for m in ("structlog", "asyncio", "ssl") if m in sys.modules),
@@ -110,7 +111,7 @@ def test_a_hung_reader_is_killed_at_the_hang_limit_and_said_once(site, monkeypat
 
     assert cli.main(["--sim-state", site["state"], "--config", site["config"], "-q", "apply"]) == 0
     setup("info")  # migd-watch's level (the apply above set warning)
-    w = Watcher(site["config"], sim_state=site["state"], notify=lambda _: None)
+    w = Watcher(site["config"], build(None, site["state"]), notify=lambda _: None)
     w.watchdog_s = 0.5
     monkeypatch.setenv("MIGD_SIM_FAULTS", "nvmlDeviceGetMigMode=hang")
     with capture_logs() as events:
@@ -137,7 +138,7 @@ def test_what_a_reader_logged_and_changed_comes_back(site, monkeypatch):
     host.destroy_gi(1, gi["id"])
     host.save()
     setup("info")
-    w = Watcher(site["config"], sim_state=site["state"], notify=lambda _: None)
+    w = Watcher(site["config"], build(None, site["state"]), notify=lambda _: None)
     with capture_logs() as events:
         for _ in range(3):
             assert w.check_once()[1] == "drift"

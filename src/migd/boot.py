@@ -9,7 +9,6 @@ failed after a kernel update: fail at once, saying so). `driverfiles` tells them
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Callable, Sequence, Tuple
 
 from . import driverfiles, notify
@@ -17,6 +16,7 @@ from . import errors as E
 from .backend import Backend
 from .driverfiles import DriverFiles
 from .errors import DriverError, MigdError
+from .hostenv import HostEnv
 from .log import get_logger
 from .model import Config, GpuEntry
 
@@ -40,15 +40,16 @@ class DriverNotLoaded(MigdError):
     """A driver is installed, but NVML did not come up within driver_wait_timeout."""
 
 
-def wait_for_driver(make: Callable[[], Backend], timeout: float,
-                    files: Callable[[], DriverFiles] = driverfiles.detect) -> Backend:
-    """Open a backend, retrying with backoff while an installed NVIDIA driver is not loaded yet.
+def wait_for_driver(make: Callable[[], Backend], timeout: float, env: HostEnv) -> Backend:
+    """Open a backend, retrying with backoff while an installed NVIDIA driver is not loaded yet (what is installed:
+    env.driver_files; waiting: env.clock).
 
     Raises NoDriverInstalled at the first failure when nothing of a driver is installed; DriverNotLoaded at once
     when the library is but no module can appear (none for this kernel, no build queued: looked at again before each
     retry, so a DKMS build that fails meanwhile ends the wait), after `timeout` seconds otherwise. Logs the wait
     once (info), each retry at debug, and the driver coming up."""
-    deadline = time.monotonic() + timeout
+    clock = env.clock
+    deadline = clock.monotonic() + timeout
     delay, attempt = 0.25, 0
     found = None
     while True:
@@ -64,7 +65,7 @@ def wait_for_driver(make: Callable[[], Backend], timeout: float,
                 raise
             code = E.code_name(e.code)
             if found is None:
-                found = files()
+                found = env.driver_files()
                 if not found.installed:
                     raise NoDriverInstalled(found) from None
                 if not found.module_may_appear:  # no module for this kernel and none being built: nothing to wait for
@@ -75,13 +76,13 @@ def wait_for_driver(make: Callable[[], Backend], timeout: float,
             else:
                 log.debug("driver_retry", msg=f"NVIDIA driver not loaded yet ({code}), attempt {attempt}",
                           attempt=attempt, code=code)
-                now = files()
+                now = env.driver_files()
                 if now.installed and not now.module_may_appear:
                     raise DriverNotLoaded(no_module_message(now)) from None
-            left = deadline - time.monotonic()
+            left = deadline - clock.monotonic()
             if left <= 0:
                 raise DriverNotLoaded(not_loaded_message(found, timeout)) from None
-            time.sleep(min(delay, left))
+            clock.sleep(min(delay, left))
             delay = min(delay * 2, 5.0)
 
 
@@ -106,14 +107,14 @@ def not_loaded_message(found: DriverFiles, timeout: float) -> str:
     return f"NVIDIA driver loaded but NVML not ready {after}: {found.describe()}; see `dmesg` and `nvidia-smi`"
 
 
-def run(cfg: Config, open_backend: Callable[[], Backend], files: Callable[[], DriverFiles],
+def run(cfg: Config, open_backend: Callable[[], Backend], env: HostEnv,
         make_engine: Callable[[Backend], "Engine"], status: Callable[[str], None] = lambda _: None) -> int:
     """What migd.service does: nothing for a host no entry is for; else wait for the driver, apply every selected
     GPU through the engine, and with on_pending = "reboot-once" reboot once for a mode change left pending. Returns
     the exit code. Failures fail the unit, never the boot (nothing Requires= migd.service). `status` gets the
     unit's STATUS= line: the exit code in words, and why (notify.exit_status)."""
     try:
-        code, why = _run(cfg, open_backend, files, make_engine)
+        code, why = _run(cfg, open_backend, env, make_engine)
     except MigdError as e:
         status(notify.exit_status(e.exit_code, str(e)))
         raise
@@ -121,7 +122,7 @@ def run(cfg: Config, open_backend: Callable[[], Backend], files: Callable[[], Dr
     return code
 
 
-def _run(cfg: Config, open_backend: Callable[[], Backend], files: Callable[[], DriverFiles],
+def _run(cfg: Config, open_backend: Callable[[], Backend], env: HostEnv,
          make_engine: Callable[[Backend], "Engine"]) -> Tuple[int, str]:
     from . import layout, rebootonce
     from .engine import Outcome
@@ -131,7 +132,7 @@ def _run(cfg: Config, open_backend: Callable[[], Backend], files: Callable[[], D
         log.info("boot_nothing", msg=f"{cfg.path} selects no GPU on this host: nothing to do")
         return E.EXIT_OK, f"nothing to do: {cfg.path} selects no GPU on this host"
     try:
-        backend = wait_for_driver(open_backend, cfg.daemon.driver_wait_timeout, files)
+        backend = wait_for_driver(open_backend, cfg.daemon.driver_wait_timeout, env)
     except NoDriverInstalled as e:
         return _no_driver(e, mine)
     try:
@@ -143,7 +144,7 @@ def _run(cfg: Config, open_backend: Callable[[], Backend], files: Callable[[], D
         uuids = {info.index: info.uuid for info in engine.infos()}
         pending = [rebootonce.Pending(i, uuids.get(i, "")) for i, r in result.gpus.items()
                    if r.outcome == Outcome.PENDING]
-        if rebootonce.after_boot_apply(cfg, pending, code):
+        if rebootonce.after_boot_apply(cfg, pending, code, env):
             # the reboot is queued: the change takes effect then
             gpus = ", ".join(f"GPU {p.gpu}" for p in pending)
             return E.EXIT_OK, f"rebooting once to let MIG mode take effect on {gpus}"

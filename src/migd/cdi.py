@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Iterable, List, Optional, Protocol, Sequence
 
-from . import clients
+from .hostenv import HostEnv
 from .log import get_logger
 from .plan import Action
 
@@ -56,16 +56,16 @@ def decide(setting: str, changed: Sequence[int], load_state: Optional[str]) -> b
     return setting == AUTO and bool(changed) and load_state == "loaded"
 
 
-def refresh_after(setting: str, changed: Sequence[int], unit: str = UNIT) -> bool:
+def refresh_after(setting: str, changed: Sequence[int], env: HostEnv, unit: str = UNIT) -> bool:
     """Queue a re-run of the CDI refresh when `decide` says so; returns whether it was queued. Never raises: the
     layout is applied either way, a stale spec is a warning."""
     if setting != AUTO or not changed:
         return False
-    state = clients.load_state(unit)
+    state = env.unit_load_state(unit)
     if not decide(setting, changed, state):
         log.debug("cdi_refresh_skipped", msg=f"{unit}: {state or 'unknown'}: no CDI refresh", load_state=state)
         return False
-    why = clients.systemctl("restart", [unit], no_block=True, quiet=True)
+    why = env.systemctl("restart", [unit], no_block=True, quiet=True)
     if why:
         log.warning("cdi_refresh_failed", msg=f"cannot queue {unit} after the MIG change (CDI spec may be stale: "
                                               f"run `systemctl restart {unit}`): {why}", unit=unit,

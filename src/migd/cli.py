@@ -13,24 +13,18 @@ from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence, Tuple
 
 from . import __version__
 from . import errors as E
+from . import site as site_mod
 from .errors import ConfigError, MigdError
 
 if TYPE_CHECKING:
     from .backend import Backend
-    from .driverfiles import DriverFiles
     from .engine import ApplyResult, Engine, StatusView
     from .layout import DesiredGpu
     from .model import Config
+    from .site import Site
 
 READ_VERBS = ("status", "profiles", "validate", "plan", "check", "export")
 SERVICE_IDENTIFIERS = {"watch": "migd-watch"}  # verb -> SyslogIdentifier= of its unit (migd.service's is "migd")
-
-
-def _simulate_help() -> str:
-    from .sim.catalog import HOSTS, MODELS  # plain tables: no NVML is loaded
-
-    return (f"use simulated GPUs: a host ({', '.join(HOSTS)}) or MODEL[:COUNT],... with models "
-            f"{', '.join(MODELS)} (env MIGD_SIMULATE)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,9 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"migd {__version__}")
     p.add_argument("-c", "--config", default=os.environ.get("MIGD_CONFIG", "/etc/migd.toml"),
                    help="layout file (default /etc/migd.toml; env MIGD_CONFIG)")
-    p.add_argument("--simulate", metavar="SPEC", default=os.environ.get("MIGD_SIMULATE") or None,
-                   help=_simulate_help())
-    p.add_argument("--sim-state", metavar="PATH", default=os.environ.get("MIGD_SIM_STATE") or None,
+    p.add_argument("--simulate", metavar="SPEC", default=None, help=site_mod.simulate_help())
+    p.add_argument("--sim-state", metavar="PATH", default=None,
                    help="share simulated GPUs between processes through this state file, created from --simulate "
                         "when absent (env MIGD_SIM_STATE)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -137,45 +130,34 @@ def _fail(service_verb: bool, event: str, text: str, code: int, status: bool = F
 # --- shared steps ---------------------------------------------------------------------------------------------
 
 
-def _simulated(args: argparse.Namespace) -> bool:
-    return bool(args.simulate or args.sim_state)
+def _site(args: argparse.Namespace) -> "Site":
+    """The run's wiring (migd.site), built once per process; its notices (a simulation chosen by the environment,
+    test hooks ignored) are said first: on stderr at a terminal, as journal warnings under systemd."""
+    built: Optional[Site] = getattr(args, "site", None)
+    if built is None:
+        built = site_mod.build(args.simulate, args.sim_state)
+        args.site = built
+        for notice in built.notices:
+            if args.verb in ("boot", "watch"):
+                from .log import get_logger
 
-
-def _run_dir(args: argparse.Namespace) -> Optional[str]:
-    """Simulated GPUs never use the real /run/migd (runstate.sim_run_dir)."""
-    from . import runstate
-
-    return runstate.sim_run_dir(args.sim_state) if _simulated(args) else None
+                get_logger().warning("simulated" if built.simulated else "environment_ignored", msg=notice)
+            else:
+                print(f"migd: {notice}", file=sys.stderr)
+    return built
 
 
 def _backend(args: argparse.Namespace, read_only: bool) -> "Backend":
-    from .backend import make_backend
-
-    backend = make_backend(simulate=args.simulate, sim_state=args.sim_state, read_only=read_only,
-                           cache_dir=_cache_dir(args), cache_write=not read_only, state_dir=_state_dir(args))
+    backend = _site(args).open_backend(read_only=read_only, cache_write=not read_only)
     backend.open()
     return backend
-
-
-def _cache_dir(args: argparse.Namespace) -> str:
-    """The per-boot profile cache lives in the run directory (simulated GPUs: theirs, never /run/migd)."""
-    from . import runstate
-
-    return runstate.cache_dir(_run_dir(args))
-
-
-def _state_dir(args: argparse.Namespace) -> Optional[str]:
-    """The lasting profile cache's directory (simulated GPUs: theirs, never /var/lib/migd)."""
-    from . import runstate
-
-    return runstate.state_dir(args.sim_state, _simulated(args))
 
 
 def _engine(args: argparse.Namespace, backend: "Backend", cfg: "Optional[Config]",
             host: Optional[str] = None) -> "Engine":
     from .engine import Engine
 
-    return Engine(backend, cfg, run_dir=_run_dir(args), simulated=backend.simulated, host=host)
+    return Engine(backend, cfg, _site(args).env, host=host)
 
 
 def _live_view(args: argparse.Namespace, backend: "Backend") -> "Tuple[Engine, StatusView]":
@@ -245,7 +227,7 @@ def cmd_validate(args: argparse.Namespace, read_only: bool) -> int:
         print(f"as host {host}{'' if args.host else ' (this host; --host NAME for another)'}: "
               f"{len(mine)} of {n} GPU entr{'y' if n == 1 else 'ies'} apply"
               + "".join(f"\n  {e.label} ({e.where})" for e in mine))
-    if not (args.simulate or args.sim_state or os.path.exists("/dev/nvidiactl")):
+    if not (_site(args).simulated or os.path.exists("/dev/nvidiactl")):
         print("no GPUs to check against (no driver; use --simulate SPEC to check a model)")
         return E.EXIT_OK
 
@@ -340,49 +322,59 @@ def cmd_apply(args: argparse.Namespace, read_only: bool) -> int:
     try:
         engine = _engine(args, backend, cfg)
         desired = engine.desired()
+        _audit_start(args, cfg, _site(args).simulated)
         result = engine.apply(desired, stop_clients=bool(args.stop_clients))
+        _audit_end(args, result)
         _print_apply(engine, result, desired, args.verbose)
         return result.exit_code
     finally:
         backend.close()
 
 
+def _audit_start(args: argparse.Namespace, cfg: "Config", simulated: bool) -> None:
+    """`migd apply` from a shell: from here on its events also go to the journal with who ran it (the audit trail),
+    however terse the terminal is; the first says who runs which apply of which config (the changes follow, under
+    the names boot logs them with). A simulated run's trail is marked so, and not missed where there is no
+    journal."""
+    from . import audit
+    from .log import get_logger, start_audit
+
+    args.actor = audit.actor()
+    start_audit(args.actor, required=not simulated)
+    what = "migd apply" + (" --stop-clients" if args.stop_clients else "")
+    sim = " (simulated GPUs)" if simulated else ""
+    get_logger().info("apply_started", msg=f"{what} by {audit.describe(args.actor)}: {cfg.path}{sim}",
+                      config=cfg.path, stop_clients=bool(args.stop_clients), simulated=simulated)
+
+
+def _audit_end(args: argparse.Namespace, result: "ApplyResult") -> None:
+    """The audit trail's last line: the outcome (what each GPU got, the exit code)."""
+    from . import audit
+    from .log import get_logger
+
+    code = result.exit_code
+    summary = "; ".join(result.messages + ([result.record_error] if result.record_error else []))
+    # info: each failure is its own event at its own priority already; this one must not repeat it on the terminal
+    get_logger().info("apply_finished", msg=f"migd apply by {audit.describe(args.actor)}: exit {code}: {summary}",
+                      exit=code, outcomes={str(i): r.outcome.value for i, r in result.gpus.items()})
+
+
 def cmd_boot(args: argparse.Namespace, read_only: bool) -> int:
     """migd.service (boot.run): wait for the driver, then apply. Failures fail the unit (exit != 0), never the boot."""
-    from . import boot
-    from .backend import make_backend
-
-    from . import notify
+    from . import boot, notify
 
     cfg = _load_config(args, privileged=True)
+    site = _site(args)
     notifier = notify.Notifier()
-    return boot.run(cfg, lambda: make_backend(simulate=args.simulate, sim_state=args.sim_state,
-                                              cache_dir=_cache_dir(args), cache_write=True,
-                                              state_dir=_state_dir(args)),
-                    _driver_files(args), lambda backend: _engine(args, backend, cfg),
+    return boot.run(cfg, lambda: site.open_backend(cache_write=True), site.env,
+                    lambda backend: _engine(args, backend, cfg),
                     status=lambda text: notifier(f"STATUS={text}", barrier=True))
-
-
-def _driver_files(args: argparse.Namespace) -> "Callable[[], DriverFiles]":
-    """What of a driver is installed: the host's files, or for simulated GPUs what the simulated host says."""
-    from . import driverfiles
-
-    if not _simulated(args):
-        return driverfiles.detect
-
-    def simulated() -> "DriverFiles":
-        from .sim import SimHost
-
-        return SimHost.create(args.simulate or "dgx-a100", args.sim_state).driver_files()
-
-    return simulated
 
 
 def cmd_watch(args: argparse.Namespace, read_only: bool) -> int:
     from .watch import Watcher
 
-    return Watcher(args.config, simulate=args.simulate, sim_state=args.sim_state, run_dir=_run_dir(args),
-                   driver_files=_driver_files(args)).run()
+    return Watcher(args.config, _site(args)).run()
 
 
 def _print_apply(engine: "Engine", result: "ApplyResult", desired: "Dict[int, DesiredGpu]",

@@ -1,8 +1,10 @@
 """`apply --stop-clients`: stop the configured client units that hold a GPU, so a mode change can take effect.
 
 The only place migd starts a process: `systemctl stop|start -- UNIT…`, `systemctl --no-block reboot` for
-on_pending = "reboot-once", and for the CDI refresh (cdi.py) `systemctl show --property=LoadState` and
-`systemctl --no-block restart` of nvidia-cdi-refresh.service; an argv, never a shell.
+on_pending = "reboot-once" (with `systemctl is-system-running`: only while the system boots), and for the CDI
+refresh (cdi.py) `systemctl show --property=LoadState` and `systemctl --no-block restart` of
+nvidia-cdi-refresh.service; an argv, never a shell. Callers reach these through HostEnv (hostenv.real()), so a
+simulated host's never run.
 """
 
 from __future__ import annotations
@@ -51,10 +53,23 @@ def load_state(unit: str) -> Optional[str]:
     return r.stdout.strip()
 
 
+def system_state() -> Optional[str]:
+    """systemd's manager state (`systemctl is-system-running`: "initializing", "starting", "running", "degraded",
+    ...), or None when systemctl cannot say."""
+    try:
+        r = subprocess.run(["systemctl", "is-system-running"], capture_output=True, text=True, timeout=_TIMEOUT,
+                           check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        log.debug("system_state_unknown", msg=f"cannot ask systemd whether the system is up: {e}")
+        return None
+    return r.stdout.strip() or None
+
+
 def stop_holding_units(backend: Backend, gpus: Sequence[int], allowed: Sequence[str],
-                       run: Callable[[str, Sequence[str]], object] = systemctl) -> List[str]:
-    """Stop the configured client units that hold these GPUs (device node open, or processes on instances);
-    returns the units stopped (to be started again)."""
+                       run: Callable[[str, Sequence[str]], object]) -> List[str]:
+    """Stop the configured client units that hold these GPUs (device node open, or processes on instances) through
+    `run` (HostEnv.systemctl: a simulated host's records the stop); returns the units stopped (to be started
+    again)."""
     pids: Set[int] = set()
     for i in gpus:
         pids.update(pids_holding(backend.device_nodes(i)))

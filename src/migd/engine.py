@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from ._record import dataclass, field, replace
 from enum import Enum
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
@@ -23,6 +22,7 @@ from . import layout, pergpu, report, runstate, schema
 from . import errors as E
 from .backend import Backend
 from .errors import DriverError, LockBusy
+from .hostenv import HostEnv
 from .holders import describe, pids_holding
 from .layout import DesiredGpu, DesiredInstance, desired_for
 from .log import get_logger
@@ -153,25 +153,20 @@ class StatusView:
 class Engine:
     """One backend (opened by the caller) and one config (None: status without names)."""
 
-    def __init__(self, backend: Backend, cfg: Optional[Config], run_dir: Optional[str] = None,
-                 simulated: bool = False, systemctl: Optional[Callable[[str, Sequence[str]], object]] = None,
-                 host: Optional[str] = None):
+    def __init__(self, backend: Backend, cfg: Optional[Config], env: HostEnv, host: Optional[str] = None):
         self.backend = backend
         self.cfg = cfg
+        self.env = env  # everything outside the GPU: run dir, systemctl, clock (simulated GPUs: the simulated host)
         self.host = host  # whose view of a fleet file (None: this machine's)
-        self.run_dir = run_dir
-        self.simulated = simulated
-        self._systemctl = systemctl
         self._infos: Optional[List[GpuInfo]] = None
 
     @property
-    def systemctl(self) -> Callable[[str, Sequence[str]], object]:
-        """`systemctl ACTION UNIT...` (only apply --stop-clients runs it: read verbs never import clients)."""
-        if self._systemctl is None:
-            from . import clients
+    def run_dir(self) -> str:
+        return self.env.run_dir
 
-            self._systemctl = clients.systemctl
-        return self._systemctl
+    @property
+    def simulated(self) -> bool:
+        return self.env.simulated
 
     @property
     def config(self) -> Config:
@@ -202,7 +197,7 @@ class Engine:
     def apply(self, desired: Dict[int, DesiredGpu], gpus: Optional[Sequence[int]] = None,
               stop_clients: bool = False) -> ApplyResult:
         """Apply `gpus` (default: every selected one) under the exclusive lock, then record every selected GPU."""
-        started = time.monotonic()
+        started = self.env.clock.monotonic()
         infos = self.infos()
         targets = sorted(desired) if gpus is None else sorted(gpus)
         with runstate.locked(self.config.daemon.lock_timeout, directory=self.run_dir):
@@ -216,12 +211,12 @@ class Engine:
                 from . import clients
 
                 stopped = clients.stop_holding_units(self.backend, blocked, self.config.daemon.stop_clients,
-                                                     self.systemctl)
+                                                     self.env.systemctl)
                 if stopped:
                     try:
                         results.update(self._run(blocked, desired))
                     finally:
-                        self.systemctl("start", stopped)
+                        self.env.systemctl("start", stopped)
                         log.info("clients_restarted", msg=f"restarted {', '.join(stopped)}", units=stopped)
             outcome = ApplyResult(dict(sorted(results.items())))
             outcome.record_error = self.record(desired, outcome.gpus)
@@ -229,7 +224,7 @@ class Engine:
             # Imported here: read verbs never load it.
             from . import publish
 
-            publish.after_apply(self.backend, self.config, desired, outcome.gpus, outcome.exit_code == E.EXIT_OK,
+            publish.after_apply(self.backend, self.config, self.env, desired, outcome.gpus, outcome.exit_code == E.EXIT_OK,
                                 started)
         return outcome
 
@@ -293,9 +288,10 @@ class Engine:
             doc["message"] = result.message if result else ""
             docs.append(doc)
         try:
-            runstate.write_results(docs, self.config.path, simulated=self.simulated, directory=self.run_dir)
+            runstate.write_results(docs, self.config.path, simulated=self.simulated, directory=self.run_dir,
+                                   boot_id=_boot_id(self.env))
         except (OSError, runstate.RunDirError) as e:
-            where = runstate.run_dir(self.run_dir)
+            where = self.run_dir
             why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             msg = f"cannot write {where}/state.json and devices.env: {why}; they are stale"
             log.error("state_write_failed", msg=msg, error=why)
@@ -371,6 +367,13 @@ class Engine:
     def status_doc(self, view: StatusView, description: str) -> schema.Doc:
         docs = [schema.gpu(g.info, None if g.info.lost else g.state, view.names.get(g.info.index)) for g in view.gpus]
         return schema.status(docs, self.backend.driver_version(), description, self.simulated)
+
+
+def _boot_id(env: HostEnv) -> Optional[str]:
+    try:
+        return env.boot_id()
+    except OSError:
+        return None
 
 
 def desired_layouts(cfg: Config, infos: Sequence[GpuInfo], host: Optional[str] = None) -> Dict[int, DesiredGpu]:

@@ -87,14 +87,9 @@ def _hostname() -> str:
 
 def _system_booting() -> bool:
     """True while systemd's manager is still starting (`systemctl is-system-running`: initializing/starting)."""
-    import subprocess
+    from . import clients
 
-    try:
-        r = subprocess.run(["systemctl", "is-system-running"], capture_output=True, text=True, timeout=30,
-                           check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return False  # cannot tell: never reboot on a guess
-    return r.stdout.strip() in ("initializing", "starting")
+    return clients.system_state() in ("initializing", "starting")  # None (cannot tell): never reboot on a guess
 
 
 def _systemctl(verb: str, units: Sequence[str], no_block: bool = False, quiet: bool = False) -> Optional[str]:

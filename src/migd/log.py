@@ -31,8 +31,8 @@ import os
 import sys
 from typing import Any, Dict, List, MutableMapping, Optional, Tuple, Union
 
-__all__ = ["setup", "get_logger", "Logger", "LEVELS", "journal_field_name", "encode_journal", "lean", "divert",
-           "replay"]
+__all__ = ["setup", "start_audit", "get_logger", "Logger", "LEVELS", "journal_field_name", "encode_journal",
+           "lean", "divert", "replay"]
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}  # structlog's numbers
 PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}  # syslog's numbers
@@ -172,11 +172,17 @@ class _Output:
     ``structlog.testing.capture_logs()``, which swaps the processors and keeps the rest.
     """
 
-    def __init__(self, level: str, target: str, identifier: str, journal_socket: str) -> None:
+    def __init__(self, level: str, target: str, identifier: str, journal_socket: str,
+                 audit: Optional[Dict[str, str]] = None, audit_required: bool = True) -> None:
         self.level = level
         self.target = target
         self.identifier = identifier
         self.journal_socket = journal_socket
+        # The audit trail (`migd apply` from a shell): every event at info and above also goes to the journal,
+        # with these fields (who ran it), whatever the terminal's level; see setup().
+        self.audit = audit
+        self.audit_required = audit_required
+        self._audit_failed = False
         # If the journal socket fails and stderr is itself a journal stream, a "<N>" prefix
         # keeps the priority (journald parses it, SyslogLevelPrefix= defaults to yes).
         self.prefix_priority = stderr_is_journal()
@@ -187,12 +193,16 @@ class _Output:
         if self._sock is not None:
             self._sock.close()
 
+    def floor(self) -> int:
+        """The lowest level let through (the audit trail takes info and above whatever stderr shows)."""
+        return min(LEVELS[self.level], LEVELS["info"]) if self.audit is not None else LEVELS[self.level]
+
     def configure(self) -> None:
         """Point structlog's global configuration at this output (at the first log call, not at
         setup(): see the module docstring). Inside capture_logs() only the level changes."""
         import structlog  # here, not at module import: see the module docstring
 
-        wrapper = structlog.make_filtering_bound_logger(LEVELS[self.level])
+        wrapper = structlog.make_filtering_bound_logger(self.floor())
         capturing = any(isinstance(p, structlog.testing.LogCapture) for p in structlog.get_config()["processors"])
         if capturing:
             structlog.configure(wrapper_class=wrapper)
@@ -242,6 +252,14 @@ class _Output:
         return (self._console_line(record), record), {}
 
     def _emit(self, data: Union[bytes, str], record: _Record) -> None:
+        if self.audit is not None:
+            journaled = self._send_audit(record)
+            if LEVELS[record.level] < LEVELS[self.level] or (journaled and isinstance(data, bytes)):
+                return  # the terminal stays terse; the journal has it
+            if isinstance(data, bytes):
+                data = self._console_line(record)
+            self._write_stderr(data)
+            return
         if isinstance(data, bytes):
             if self._send_journal(data):
                 return
@@ -250,6 +268,18 @@ class _Output:
 
     # structlog calls the logger method named after the level.
     debug = info = warning = error = critical = _emit
+
+    def _send_audit(self, r: _Record) -> bool:
+        """One audit event to the journal, with who ran migd. When the journal cannot be reached, said once on
+        stderr (a real apply's changes would otherwise be logged nowhere); a simulated run's silently."""
+        fields = self._journal_fields(r) + [(journal_field_name(k), v) for k, v in (self.audit or {}).items()]
+        if self._send_journal(encode_journal(fields)):
+            return True
+        if not self._audit_failed and self.audit_required:
+            self._write_stderr(f"{self.identifier}: the audit trail could not be written to the journal "
+                               f"({self.journal_socket}): this run's changes are logged only here")
+        self._audit_failed = True
+        return False
 
     def _journal_fields(self, r: _Record) -> List[Tuple[str, Union[str, bytes]]]:
         out: List[Tuple[str, Union[str, bytes]]] = [
@@ -339,6 +369,8 @@ def setup(
     *,
     quiet: bool = False,
     journal_socket: Optional[str] = None,
+    audit: Optional[Dict[str, str]] = None,
+    audit_required: bool = True,
 ) -> str:
     """Configure logging for the process; returns the target chosen ("journal" or "stderr").
 
@@ -347,6 +379,9 @@ def setup(
     target: "journal" (native protocol), "stderr", or "auto": the journal when stderr
     is a journal stream (JOURNAL_STREAM) and the socket exists, else stderr.
     journal_socket: defaults to $MIGD_JOURNAL_SOCKET, then /run/systemd/journal/socket.
+    audit: the audit trail: every event at info and above also goes to the journal with these fields added (who
+    ran migd: audit.actor()), whatever `level` lets through to stderr. audit_required: when the journal cannot be
+    reached, say so once on stderr (False: a simulated run, whose changes touch no real GPU).
     May be called again; loggers already handed out follow the new settings.
     """
     global _output
@@ -362,8 +397,15 @@ def setup(
         target = "journal" if stderr_is_journal() and os.path.exists(path) else "stderr"
     if _output is not None:
         _output.close()
-    _output = _Output(level, target, identifier, path)
+    _output = _Output(level, target, identifier, path, audit, audit_required)
     return target
+
+
+def start_audit(fields: Dict[str, str], required: bool = True) -> None:
+    """From now on, the audit trail (see setup()'s `audit`) with these fields."""
+    output = _current()
+    output.audit, output.audit_required = dict(fields), required
+    output.configured = False  # the level filter lets info through from now on
 
 
 def _current() -> _Output:
@@ -399,7 +441,7 @@ def replay(events: List[Tuple[str, str, Dict[str, Any]]]) -> None:
 
 def _lean_emit(method: str, event: str, fields: Dict[str, Any]) -> None:
     output = _current()
-    if LEVELS["error" if method == "exception" else method] < LEVELS[output.level]:
+    if LEVELS["error" if method == "exception" else method] < output.floor():
         return
     if method == "exception":
         method, fields = "error", {"exc_info": True, **fields}

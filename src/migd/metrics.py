@@ -83,15 +83,6 @@ class GpuView:
         return self.match is False and self.mig_current == self.mig_pending
 
 
-def resolve_path(setting: Optional[str]) -> str:
-    """The file to write: the setting, or (unset) the textfile directory's migd.prom when node_exporter's
-    directory exists; "" means no metrics."""
-    if setting is not None:
-        return setting
-    d = os.environ.get("MIGD_TEXTFILE_DIR") or TEXTFILE_DIR  # tests point it elsewhere, like MIGD_RUN_DIR
-    return os.path.join(d, "migd.prom") if os.path.isdir(d) else ""
-
-
 def gpu_samples(views: Sequence[GpuView]) -> List[Sample]:
     out: List[Sample] = []
     for v in sorted(views, key=lambda v: v.index):

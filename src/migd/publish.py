@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import errno
 import os
-import time
 from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import cdi, metrics
 from .errors import DriverError, MigdError
+from .hostenv import HostEnv
 from .log import get_logger
 from .model import Config
 
@@ -24,46 +24,47 @@ if TYPE_CHECKING:
 log = get_logger()
 
 
-def after_apply(backend: "Backend", cfg: Config, desired: Mapping[int, "DesiredGpu"],
+def after_apply(backend: "Backend", cfg: Config, env: HostEnv, desired: Mapping[int, "DesiredGpu"],
                 results: Mapping[int, "AppliedGpu"], ok: bool,
                 started: float) -> None:
     """After any apply (boot, `migd apply`, a watchdog re-apply: Engine.apply); `ok`: the apply's exit code was 0;
-    `started`: time.monotonic() at its start."""
+    `started`: env.clock.monotonic() at its start. The CDI refresh goes through env.systemctl, the metrics file is
+    env's (a simulated host's own)."""
     try:
-        _after_apply(backend, cfg, desired, results, ok, started)
+        _after_apply(backend, cfg, env, desired, results, ok, started)
     except Exception as e:  # the GPUs are applied whatever happens here
         log.error("publish_failed", msg=f"after the apply: {type(e).__name__}: {e}", exc_info=True)
 
 
-def after_check(cfg: Config, backend: "Backend", desired: Optional[Mapping[int, "DesiredGpu"]],
-                no_gpus: bool = False) -> None:
+def after_check(cfg: Config, env: HostEnv, backend: "Backend",
+                desired: Optional[Mapping[int, "DesiredGpu"]], no_gpus: bool = False) -> None:
     """After each migd-watch check, with its (still open, maybe never opened) backend and the desired layouts the
     check compared against (None: the check failed before it had them): the GPUs are looked at again from the
     backend's cache, so no extra NVML reads. no_gpus: nothing is selected on this host and there is no driver to
     read (a GPU-less host): a successful check of no GPU."""
     try:
-        _after_check(cfg, backend, desired, no_gpus)
+        _after_check(cfg, env, backend, desired, no_gpus)
     except Exception as e:  # never break the watchdog's loop
         log.error("publish_failed", msg=f"after the check: {type(e).__name__}: {e}", exc_info=True)
 
 
-def _after_apply(backend: "Backend", cfg: Config, desired: Mapping[int, "DesiredGpu"],
+def _after_apply(backend: "Backend", cfg: Config, env: HostEnv, desired: Mapping[int, "DesiredGpu"],
                  results: Mapping[int, "AppliedGpu"], ok: bool,
                  started: float) -> None:
-    duration = time.monotonic() - started
-    cdi.refresh_after(cfg.daemon.cdi_refresh, cdi.changed_gpus(results.values()))
-    path = metrics.resolve_path(cfg.daemon.metrics_file)
+    duration = env.clock.monotonic() - started
+    cdi.refresh_after(cfg.daemon.cdi_refresh, cdi.changed_gpus(results.values()), env)
+    path = env.metrics_path(cfg.daemon.metrics_file)
     if not path:
         _metrics_written("")
         return
     views = observe(backend, desired)
     # GPUs that cannot be listed: their series are dropped, never carried over stale
-    _write(path, lambda prev: metrics.apply_samples(views or [], ok, time.time(), duration), metrics.APPLY_FAMILIES)
+    _write(path, lambda prev: metrics.apply_samples(views or [], ok, env.clock.time(), duration), metrics.APPLY_FAMILIES)
 
 
-def _after_check(cfg: Config, backend: "Backend", desired: Optional[Mapping[int, "DesiredGpu"]],
-                 no_gpus: bool = False) -> None:
-    path = metrics.resolve_path(cfg.daemon.metrics_file)
+def _after_check(cfg: Config, env: HostEnv, backend: "Backend",
+                 desired: Optional[Mapping[int, "DesiredGpu"]], no_gpus: bool = False) -> None:
+    path = env.metrics_path(cfg.daemon.metrics_file)
     if not path:
         _metrics_written("")
         return
@@ -73,7 +74,7 @@ def _after_check(cfg: Config, backend: "Backend", desired: Optional[Mapping[int,
     except (DriverError, MigdError, ValueError, RuntimeError) as e:
         log.debug("metrics_check_partial", msg=f"check metrics without GPU series: {e}")
     success = no_gpus or (desired is not None and views is not None and not any(v.unreadable or v.lost for v in views))
-    _write(path, lambda prev: metrics.check_samples(views or [], success, time.time(), prev), metrics.CHECK_FAMILIES)
+    _write(path, lambda prev: metrics.check_samples(views or [], success, env.clock.time(), prev), metrics.CHECK_FAMILIES)
 
 
 def observe(backend: "Backend", desired: Mapping[int, "DesiredGpu"]) -> Optional[List[metrics.GpuView]]:

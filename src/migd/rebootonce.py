@@ -15,28 +15,17 @@ import hashlib
 import json
 import os
 from ._record import dataclass
-from typing import Callable, Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 from . import runstate
+from .hostenv import HostEnv
 from .log import get_logger
 from .model import Config
 
 log = get_logger()
 
-STATE_DIR = "/var/lib/migd"
 MARKER = "reboot-once.json"
 STAMP = "reboot-once.requested"  # in the run dir (/run/migd): gone after the reboot
-
-
-def state_dir() -> str:
-    """$STATE_DIRECTORY (systemd sets it from StateDirectory=), else $MIGD_STATE_DIR, else /var/lib/migd."""
-    return (os.environ.get("STATE_DIRECTORY", "").split(":")[0] or os.environ.get("MIGD_STATE_DIR")
-            or STATE_DIR)
-
-
-def boot_id() -> str:
-    with open("/proc/sys/kernel/random/boot_id") as f:
-        return f.read().strip()
 
 
 def config_digest(cfg: Config) -> str:
@@ -50,17 +39,6 @@ def config_digest(cfg: Config) -> str:
         except OSError:
             pass
     return h.hexdigest()[:16]
-
-
-def systemctl_reboot() -> Optional[str]:
-    """Queue a reboot without waiting for it: from inside migd.service's start job a blocking `systemctl reboot`
-    would wait on a job that has to stop this very unit. Returns None, or why systemctl refused."""
-    from . import clients
-
-    try:
-        return clients.systemctl("reboot", (), no_block=True)
-    except OSError as e:
-        return str(e)
 
 
 @dataclass(frozen=True)
@@ -86,16 +64,15 @@ def read_marker(directory: str) -> Optional[Dict[str, object]]:
         return {}
 
 
-def after_boot_apply(cfg: Config, pending: Sequence[Pending], exit_code: int, *,
-                     directory: Optional[str] = None, this_boot: Optional[str] = None,
-                     runtime: Optional[str] = None, reboot: Optional[Callable[[], Optional[str]]] = None) -> bool:
+def after_boot_apply(cfg: Config, pending: Sequence[Pending], exit_code: int, env: HostEnv) -> bool:
     """Called once the boot apply is done. Returns True when a reboot was queued (the boot then exits 0).
 
-    `runtime`: a directory on /run (cleared by every reboot) for a stamp saying "asked in this boot"; with the boot
-    id it tells this boot from the next one even where a sandbox or container shows a stale boot id."""
-    directory = directory or state_dir()
-    this_boot = this_boot or boot_id()
-    stamp = os.path.join(runtime or runstate.run_dir(), STAMP)
+    The marker goes into env.state_dir, the reboot is env.reboot (a simulated host reboots itself). A stamp in
+    env.run_dir (on /run: cleared by every reboot) says "asked in this boot"; with the boot id it tells this boot
+    from the next one even where a sandbox or container shows a stale boot id."""
+    directory = env.state_dir
+    this_boot = env.boot_id()
+    stamp = os.path.join(env.run_dir, STAMP)
     marker = read_marker(directory)
     path = os.path.join(directory, MARKER)
     earlier = marker is not None and (marker.get("boot_id") != this_boot or not os.path.exists(stamp))
@@ -143,7 +120,10 @@ def after_boot_apply(cfg: Config, pending: Sequence[Pending], exit_code: int, *,
         return False
     log.warning("reboot_once", msg=f"{_gpus(pending)}: MIG mode change pending: rebooting once to let MIG mode "
                                    'take effect (on_pending = "reboot-once")', gpus=[p.gpu for p in pending])
-    why = (reboot or systemctl_reboot)()
+    try:
+        why = env.reboot()
+    except OSError as e:
+        why = str(e)
     if why is not None:
         log.error("reboot_once_failed", msg=f"systemctl reboot failed: {why}")
         return False

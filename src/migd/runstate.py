@@ -15,7 +15,6 @@ import contextlib
 import errno
 import fcntl
 import os
-import tempfile
 import stat
 import time
 from typing import Any, Dict, Iterator, List, Optional
@@ -33,54 +32,10 @@ class RunDirError(MigdError):
     """/run/migd is not what migd made it: owned by someone else, writable by others, or not a directory."""
 
 
-def run_dir(directory: Optional[str] = None) -> str:
-    """`directory` when given (simulated GPUs: see sim_run_dir); else $MIGD_RUN_DIR; else /run/migd as root; a
-    non-root user (who can only be driving simulated GPUs: NVML refuses MIG changes to them) gets a private one,
-    so `migd --simulate … apply` works on a laptop without sudo."""
-    if directory:
-        return directory
-    env = os.environ.get("MIGD_RUN_DIR")
-    if env:
-        return env
-    if os.geteuid() == 0:
-        return RUN_DIR
-    base = os.environ.get("XDG_RUNTIME_DIR") or os.path.join(tempfile.gettempdir(), f"migd-{os.geteuid()}")
-    return os.path.join(base, "migd") if os.environ.get("XDG_RUNTIME_DIR") else base
-
-
-def sim_run_dir(sim_state: Optional[str]) -> str:
-    """Where a run on simulated GPUs keeps its lock, state.json and devices.env: never the real /run/migd (whose
-    devices.env docker compose reads), even as root. Next to a shared simulated host's state file (so every
-    process driving that host shares one lock), else a per-user temp dir. $MIGD_RUN_DIR still wins."""
-    env = os.environ.get("MIGD_RUN_DIR")
-    if env:
-        return env
-    if sim_state:
-        return os.path.abspath(sim_state) + ".run"
-    return os.path.join(tempfile.gettempdir(), f"migd-sim-{os.geteuid()}")
-
-
-def state_dir(sim_state: Optional[str] = None, simulated: bool = False) -> Optional[str]:
-    """Where what must survive a reboot is kept (the lasting profile cache): $STATE_DIRECTORY (systemd's, from
-    StateDirectory=), else $MIGD_STATE_DIR, else /var/lib/migd. Simulated GPUs: $MIGD_STATE_DIR, else next to a shared
-    simulated host's state file, else none (an in-memory host lives one process)."""
-    env = os.environ.get("MIGD_STATE_DIR")
-    if simulated:
-        return env or (os.path.abspath(sim_state) + ".state" if sim_state else None)
-    return os.environ.get("STATE_DIRECTORY", "").split(":")[0] or env or "/var/lib/migd"
-
-
-def cache_dir(directory: Optional[str] = None) -> str:
-    """Where the per-boot profile cache is (backend/profile_cache.py): the run directory (`directory`, given for
-    simulated GPUs; else $MIGD_RUN_DIR), and for real GPUs /run/migd whoever asks - migd.service wrote it there, and
-    a user's `migd status` may read root's file (never write it)."""
-    return directory or os.environ.get("MIGD_RUN_DIR") or RUN_DIR
-
-
-def ensure_run_dir(directory: Optional[str] = None) -> str:
+def ensure_run_dir(directory: str) -> str:
     """Create the run directory (0755), or check the one that is there: a directory (not a symlink) owned by us and
     writable by nobody else, so no one can plant files or links where migd writes as root."""
-    d = run_dir(directory)
+    d = directory
     try:
         os.mkdir(d, DIR_MODE)
         os.chmod(d, DIR_MODE)  # whatever the umask
@@ -122,8 +77,7 @@ def _open_lock(path: str, create: bool) -> int:
 
 
 @contextlib.contextmanager
-def locked(timeout: float, wait: bool = True, shared: bool = False,
-           directory: Optional[str] = None) -> Iterator[None]:
+def locked(timeout: float, wait: bool = True, shared: bool = False, *, directory: str) -> Iterator[None]:
     """Hold /run/migd/lock. Raises LockBusy after `timeout` seconds (at once when wait is False).
 
     shared: a reader's lock (the watchdog's check): readers run together, but never while an apply (exclusive)
@@ -199,13 +153,13 @@ def atomic_write(path: str, text: str, mode: int = FILE_MODE) -> None:
         raise
 
 
-def write_results(gpus: List[Dict[str, Any]], config_path: str, simulated: bool = False,
-                  directory: Optional[str] = None) -> None:
+def write_results(gpus: List[Dict[str, Any]], config_path: str, simulated: bool = False, *, directory: str,
+                  boot_id: Optional[str]) -> None:
     """gpus: schema.gpu() objects with `outcome` and `message` (README "JSON output")."""
     from . import schema
 
     d = ensure_run_dir(directory)
-    doc = schema.state_file(gpus, config_path, time.strftime("%Y-%m-%dT%H:%M:%S%z"), _boot_id(), simulated)
+    doc = schema.state_file(gpus, config_path, time.strftime("%Y-%m-%dT%H:%M:%S%z"), boot_id, simulated)
     atomic_write(os.path.join(d, "state.json"), schema.dumps(doc) + "\n")
     atomic_write(os.path.join(d, "devices.env"), devices_env(gpus))
 
@@ -247,11 +201,3 @@ def devices_env(gpus: List[Dict[str, Any]]) -> str:
         else:
             lines.append(f"# {var} left out: {len(vals)} MIG devices would have this name")
     return "\n".join(lines) + "\n"
-
-
-def _boot_id() -> Optional[str]:
-    try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
-            return f.read().strip()
-    except OSError:
-        return None

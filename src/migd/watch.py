@@ -23,18 +23,17 @@ import contextlib
 import os
 import signal
 import threading
-import time
 from typing import Callable, Dict, List, Optional, Tuple, TypeVar
 
 from . import config as config_mod
 from . import errors as E
-from . import driverfiles, forked, layout, publish, runstate
+from . import forked, layout, publish, runstate
 from .engine import ApplyResult, CheckStatus, Engine, GpuResult, Outcome
-from .driverfiles import DriverFiles
 from .layout import DesiredGpu
 from .errors import ConfigError, DriverError, LockBusy
 from .log import get_logger, lean
 from .model import GpuState
+from .site import Site
 
 log = get_logger()
 
@@ -80,18 +79,14 @@ class GpuTrack:
 
 
 class Watcher:
-    def __init__(self, config_path: str, simulate: Optional[str] = None, sim_state: Optional[str] = None,
-                 notify: Optional[Notifier] = None, run_dir: Optional[str] = None,
-                 driver_files: Optional[Callable[[], DriverFiles]] = None):
+    def __init__(self, config_path: str, site: Site, notify: Optional[Notifier] = None):
         self.config_path = config_path
         lean()  # the resident process: never loads structlog (and with it asyncio, ssl): see log.py
-        _preload(bool(simulate or sim_state))
-        self.simulate, self.sim_state = simulate, sim_state
-        self.driver_files = driver_files or self._default_driver_files()
+        _preload(site.simulated)
+        self.site = site  # the backend factory and the host environment (migd.site)
+        self.env = site.env
+        self.run_dir = site.env.run_dir
         self.no_driver_said = False  # "no driver installed: nothing selected here" logged once
-        if run_dir is None and (simulate or sim_state):
-            run_dir = runstate.sim_run_dir(sim_state)  # simulated GPUs never use the real /run/migd
-        self.run_dir = run_dir
         self.notify = notify or Notifier()
         # Invalid (or, as root, not root's alone) at start: exit 2, which migd-watch.service does not restart
         # (RestartPreventExitStatus=2): the unit fails visibly, STATUS= and the journal say why.
@@ -110,21 +105,9 @@ class Watcher:
         self.reapply_skip = ""  # why the last re-apply could not start (lock busy, driver): logged once per change
         self.checks = 0
         self.summary = "starting"
-        self.clock = time.monotonic  # re-apply backoff; tests step it
+        self.clock = self.env.clock.monotonic  # re-apply backoff; tests step it
         usec = os.environ.get("WATCHDOG_USEC")
         self.watchdog_s = int(usec) / 1e6 if usec and usec.isdigit() else None
-
-    def _default_driver_files(self) -> Callable[[], DriverFiles]:
-        """The host's driver files, or the simulated host's (cli passes the same; HostEnv will carry it)."""
-        if not (self.simulate or self.sim_state):
-            return driverfiles.detect
-
-        def simulated() -> DriverFiles:
-            from .sim import SimHost
-
-            return SimHost.create(self.simulate or "dgx-a100", self.sim_state).driver_files()
-
-        return simulated
 
     @property
     def managed(self) -> bool:
@@ -165,10 +148,10 @@ class Watcher:
         started = self.busy_since
         # The reader process is killed at the hang limit; this thread is stuck only if it is still busy after that.
         limit = self._hang_limit() + KILL_GRACE_S
-        if started is not None and time.monotonic() - started > limit:
+        if started is not None and self.env.clock.monotonic() - started > limit:
             if not getattr(self, "_hang_logged", False):
                 self._hang_logged = True
-                log.error("check_hung", msg=f"a layout check has not returned for {time.monotonic() - started:.0f} s;"
+                log.error("check_hung", msg=f"a layout check has not returned for {self.env.clock.monotonic() - started:.0f} s;"
                                             " withholding the watchdog ping so systemd restarts migd-watch")
             return False
         return True
@@ -188,7 +171,7 @@ class Watcher:
             if self.reload_requested:
                 self.reload_requested = False
                 self._reload()
-            self.busy_since = time.monotonic()
+            self.busy_since = self.env.clock.monotonic()
             try:
                 self.check_once()
             except Exception as e:  # check_once handles its own; never let the checker die silently
@@ -329,15 +312,10 @@ class Watcher:
         return f"{text} (check #{self.checks})"
 
     def _engine(self, read_only: bool) -> Engine:
-        from .backend import make_backend
-
         # The service writes the per-boot profile cache (if boot did not), so each later round reads identity,
         # mode and instances only.
-        backend = make_backend(simulate=self.simulate, sim_state=self.sim_state, read_only=read_only,
-                               cache_dir=runstate.cache_dir(self.run_dir), cache_write=True,
-                               state_dir=runstate.state_dir(self.sim_state, bool(self.simulate or self.sim_state)),
-                               state_write=False)  # migd.service keeps the lasting cache; the watch reads it
-        return Engine(backend, self.cfg, run_dir=self.run_dir, simulated=backend.simulated)
+        backend = self.site.open_backend(read_only=read_only, cache_write=True)
+        return Engine(backend, self.cfg, self.env)
 
     def _track(self, gpu: int) -> GpuTrack:
         return self.gpus.setdefault(gpu, GpuTrack())
@@ -374,7 +352,7 @@ class Watcher:
                     reapply.append(i)
         finally:
             # metrics file, under the check's shared lock; nothing selected here: a successful check of no GPU
-            publish.after_check(self.cfg, engine.backend, desired, no_gpus=nothing_here)
+            publish.after_check(self.cfg, self.env, engine.backend, desired, no_gpus=nothing_here)
             engine.backend.close()
         return statuses, reapply
 
@@ -384,7 +362,7 @@ class Watcher:
         nothing to read (as `migd boot` says "nothing to do"). Said once."""
         if e.code not in (E.LIBRARY_NOT_FOUND, E.DRIVER_NOT_LOADED) or layout.naming_a_gpu(layout.for_host(self.cfg)):
             return False
-        found = self.driver_files()
+        found = self.env.driver_files()
         if found.installed:
             return False
         if not self.no_driver_said:

@@ -28,8 +28,9 @@ REPO = Path(__file__).resolve().parents[2]
 SIM_STATE = "/var/lib/migd-sim/state.json"
 SIM_ENV = {"MIGD_SIMULATE": "h100-80gb,a100-40gb", "MIGD_SIM_STATE": SIM_STATE,
            "MIGD_SIM_BOOT_MARKER": "/run/migd-sim/booted",
-           # simulated runs keep out of /run/migd unless told: here the product units' run dir is the point
-           "MIGD_RUN_DIR": "/run/migd"}
+           # simulated GPUs on the container's own host environment (its /run/migd, systemctl, reboot): a
+           # simulated run otherwise keeps to a simulated host of its own
+           "MIGD_SIM_HOST": "real", "MIGD_RUN_DIR": "/run/migd"}
 STUBS = {  # unit -> (process name, simulated device node it holds)
     "nvidia-dcgm.service": ("nv-hostengine", "nvidia0"),
     "nvsm.service": ("nvsm-core", "nvidia0"),

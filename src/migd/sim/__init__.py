@@ -6,13 +6,15 @@ verb read only `migd.sim.catalog` (the model and host names for the help text).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, List, Optional
+from typing import TYPE_CHECKING, Any, List, Mapping, Optional, Tuple
 
 if TYPE_CHECKING:
+    from ..backend import Backend, BackendFactory
+    from ..hostenv import HostEnv
     from .fakelib import FakeNvmlLib, parse_faults
     from .host import SimError, SimHost
 
-__all__ = ["FakeNvmlLib", "SimError", "SimHost", "install", "uninstall", "parse_faults"]
+__all__ = ["FakeNvmlLib", "SimError", "SimHost", "environment", "install", "make_backend", "uninstall", "parse_faults"]
 
 
 def __getattr__(name: str) -> Any:
@@ -27,20 +29,31 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def environment(spec: Optional[str], state_path: Optional[str],
+                environ: Optional[Mapping[str, str]] = None) -> "Tuple[BackendFactory, HostEnv]":
+    """The entry point for migd's wiring (migd.site): simulated GPUs' backend factory and the simulated host's
+    HostEnv (see simenv.py)."""
+    from . import simenv as env
+
+    return env.environment(spec, state_path, environ)
+
+
+def make_backend(simulate: Optional[str] = None, sim_state: Optional[str] = None, read_only: bool = False,
+                 cache_dir: Optional[str] = None, cache_write: bool = False) -> "Backend":
+    """An nvml backend over simulated GPUs (tests; migd itself goes through `environment`)."""
+    from . import simenv as env
+
+    return env.make_backend(simulate, sim_state, read_only, cache_dir, cache_write)
+
+
 def install(host: "SimHost", faults: Optional[List[dict]] = None) -> "FakeNvmlLib":
     """Point pynvml at a fake library for `host`. One simulated host per process, like one driver per host."""
-    import pynvml
+    from . import fakelib
 
-    from .fakelib import FakeNvmlLib
-
-    lib = FakeNvmlLib(host, faults)
-    pynvml.nvmlLib = lib
-    pynvml._nvmlGetFunctionPointer_cache.clear()
-    return lib
+    return fakelib.install(host, faults)
 
 
 def uninstall() -> None:
-    import pynvml
+    from . import fakelib
 
-    pynvml.nvmlLib = None
-    pynvml._nvmlGetFunctionPointer_cache.clear()
+    fakelib.uninstall()

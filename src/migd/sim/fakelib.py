@@ -737,3 +737,20 @@ def _v3_misplaced_name(out, info: dict) -> None:
     from the v2 layout's offsets (instanceCount read as slices, memory as 0) written at v2's name offset, 56."""
     name = f"MIG {info.get('instanceCount', 0)}g.0gb".encode()
     ctypes.memmove(ctypes.addressof(out) + 56, name, len(name))
+
+
+def install(host: SimHost, faults: Optional[List[dict]] = None) -> "FakeNvmlLib":
+    """Point pynvml at a fake library for `host`. One simulated host per process, like one driver per host."""
+    import pynvml
+
+    lib = FakeNvmlLib(host, faults)
+    pynvml.nvmlLib = lib
+    pynvml._nvmlGetFunctionPointer_cache.clear()
+    return lib
+
+
+def uninstall() -> None:
+    import pynvml
+
+    pynvml.nvmlLib = None
+    pynvml._nvmlGetFunctionPointer_cache.clear()

@@ -488,6 +488,11 @@ def _state_problem(state: dict) -> Optional[str]:
         ("driver_ready_at", _is_number_or_none(state.get("driver_ready_at"))),
         ("trace", isinstance(state.get("trace", []), list)),
         ("faults", isinstance(state.get("faults", []), list)),
+        ("system", state.get("system", "running") in ("starting", "running")),
+        ("systemctl", isinstance(state.get("systemctl", []), list)
+         and all(isinstance(c, str) for c in state.get("systemctl", []))),
+        ("stopped_units", isinstance(state.get("stopped_units", []), list)
+         and all(isinstance(u, str) for u in state.get("stopped_units", []))),
         ("gpus", 1 <= len(state["gpus"]) <= 64),
     ]
     for key, ok in checks:
