@@ -14,6 +14,7 @@ import pytest
 
 import reliability as R
 from migd import cli, forked, sim
+from migd.site import build
 from migd.log import setup
 from migd.sim.host import SimHost
 from migd.watch import Watcher
