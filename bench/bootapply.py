@@ -36,7 +36,7 @@ instances = { "1g.5gb" = 7 }
 _COUNT = """
 import contextlib, io, json, sys
 sys.path.insert(0, {lib!r})
-import migd.sim as S
+import migd.sim.fakelib as S
 libs = []
 _install = S.install
 def install(*a, **k):
