@@ -174,3 +174,15 @@ def test_forked_call_returns_raises_and_times_out():
     assert e.value.pid > 0 and forked.reap() == []
     with pytest.raises(ProcessLookupError):
         os.kill(e.value.pid, 0)
+
+
+def test_a_reader_finishes_its_round_through_sigterm():
+    """systemd stops migd-watch with SIGTERM to the whole unit: a reader in the middle of a re-apply must not stop
+    between two changes (a hung one is SIGKILLed)."""
+    import signal
+
+    def work():
+        os.kill(os.getpid(), signal.SIGTERM)
+        return "finished"
+
+    assert forked.call(work, 10) == "finished"

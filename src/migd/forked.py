@@ -79,8 +79,11 @@ def call(fn: Callable[[], T], limit: float) -> T:
 def _child(fn: Callable[[], Any], w: int, log: Any) -> None:
     code = 0
     try:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # the parent's handlers are not ours
-            signal.signal(sig, signal.SIG_DFL)
+        # Not the parent's handlers, and no stopping half-way: systemd's SIGTERM to the unit's cgroup (or a ^C to
+        # the process group) must not cut a re-apply between two changes; a round ends in well under the hang
+        # limit, and a hung one is SIGKILLed (by the parent, or by systemd after TimeoutStopSec=).
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
         events: List[Any] = log.divert()
         try:
             reply: Any = ("ok", fn(), events)

@@ -224,6 +224,8 @@ class Watcher:
                 problem = ("check_hung", f"a layout check has not returned for {e.seconds:g} s (an NVML call hung "
                                          "in the driver): its reader process was killed")
             except forked.ChildFailed as e:
+                if self.stopping.is_set():  # stopping: not a failure worth a line
+                    return {}
                 problem = ("check_failed", f"layout check failed: {e}")
         if reapply:
             try:
