@@ -11,8 +11,9 @@ WIDTHS = (62, 44, 10)
 _REMEDY = {
     "interpreter": "the interpreter's own start (python3 -I -S -c pass): not migd's",
     "import migd (cli, report, engine, schema)": "fewer or lighter modules on the read path (1b names the top ones)",
-    "argparse (build + parse)": "argparse: building the whole parser (every verb's options) to parse two words; its "
-                                "HelpFormatter imports shutil (bz2, lzma) at every add_argument",
+    "argparse (build + parse)": "argparse: building the whole parser (every verb's options, a HelpFormatter per "
+                                "option) to parse two words; (shutil, which that formatter imports, comes with "
+                                "pynvml's ctypes.util anyway: the floor pays it)",
     "site (wiring)": "the host environment and backend factory (migd.site)",
     "config (read + validate)": "reading and validating the config (tomli, the layout checks) for instance names",
     "import pynvml": "pynvml itself (one ~5000-line ctypes module); a trimmed NVML binding would remove most of it",
