@@ -53,7 +53,10 @@ for lib in libs:
         calls[name] = calls.get(name, 0) + n
 print(json.dumps({{"rc": rc, "calls": calls, "latency_s": sum(lib.latency_spent for lib in libs),
                   "mutating_s": sum(lib.mutating_spent for lib in libs),
-                  "call_s": sum(lib.call_spent for lib in libs)}}))
+                  "call_s": sum(lib.call_spent for lib in libs), "own_s": sum(lib.own_spent for lib in libs),
+                  "read_wait_s": sum(lib.read_latency_by_gpu.get(-1, 0.0)
+                                     + max([v for k, v in lib.read_latency_by_gpu.items() if k >= 0] or [0.0])
+                                     for lib in libs)}}))
 """
 # Read latencies measured on an H200 (issue 12: reads ~0.5 ms, a process's first handle ~7 ms, nvmlInit ~12 ms);
 # mutating calls' latencies are unknown here and left at 0, so the figure is "everything but mutating calls".
@@ -94,6 +97,28 @@ def run_counting(installed: Installed, args, env) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def lasting_reads_per_gpu(installed: Installed, env: Dict[str, str], tmp: str) -> Optional[float]:
+    """NVML reads per GPU of the same fresh-boot apply after an earlier boot left the profile tables in the state
+    directory: boot 1 on a DGX A100 in a state file, then the same GPUs (same UUIDs) fresh again, an empty run dir."""
+    from migd.sim.host import SimHost
+
+    config = os.path.join(tmp, "migd.toml")
+    state = os.path.join(tmp, "lasting", "state.json")
+    os.makedirs(os.path.dirname(state), exist_ok=True)
+    lasting_env = dict(env, MIGD_STATE_DIR=os.path.join(tmp, "lasting", "lib"))
+    counted: dict = {}
+    for boot in (1, 2):
+        if os.path.exists(state):
+            os.remove(state)
+        SimHost.create("dgx-a100", state)
+        counted = run_counting(installed, ["--sim-state", state, "--config", config, "apply"],
+                               dict(lasting_env, MIGD_RUN_DIR=os.path.join(tmp, "lasting", f"run{boot}")))
+    calls = counted.get("calls") or {}
+    if not calls:
+        return None
+    return sum(n for name, n in calls.items() if not MUTATING.search(name)) / 8
+
+
 def latency_spec(latency: Dict[str, float]) -> str:
     return ",".join(f"{k}={v * 1000:g}ms" for k, v in latency.items())
 
@@ -132,6 +157,11 @@ def report(table: Table, section: str, runs: int, imp_runs: int, installed: Inst
                           if name.startswith(("nvmlDeviceGetGpuInstanceProfileInfo", "nvmlDeviceGetGpuInstancePossible")))
         table.note(f"of which the profile table: {table_reads / 8:.0f} per GPU (read from the per-boot cache by "
                    f"every later run of the boot: {(reads - table_reads) / 8:.0f} per GPU)")
+        lasting = lasting_reads_per_gpu(installed, env, tmp)
+        if lasting is not None:
+            table.row(section, "  reads per GPU, a later fresh boot (tables from the lasting cache, /var/lib/migd)",
+                      f"{lasting:.1f}", f"without it {per_gpu:.1f}", "goal <= 90")
+        out.update(reads_lasting=lasting)
         out.update(reads_cached=(reads - table_reads) / 8, reads_per_gpu=per_gpu, reads_minimum=sum(floor.values()),
                    reads_floor=floor,
                    top_reads=[(name, n) for n, name in top])
@@ -152,17 +182,22 @@ def report(table: Table, section: str, runs: int, imp_runs: int, installed: Inst
     total = max(cold["imports"].median - cold["base_is"].median, 0.0)
     counted = run_counting(installed, args, lat_env)
     wall = cold["installed"].median
-    nvml_s = float(counted.get("latency_s", 0.0)) - float(counted.get("mutating_s", 0.0))
+    # The GPUs' reads overlap (one thread each): what the run waits for is the calls about no GPU plus the GPU
+    # whose reads take longest (the summed latency is printed beside it).
+    nvml_s = float(counted.get("read_wait_s", 0.0))
+    nvml_sum = float(counted.get("latency_s", 0.0)) - float(counted.get("mutating_s", 0.0))
     # The simulator's own Python per call is not on a real GPU (there the measured latency is the whole call):
     # left out, with the mutating calls.
-    sim_s = max(float(counted.get("call_s", 0.0)) - float(counted.get("latency_s", 0.0)), 0.0)
+    # (own_s: the simulator's work under its lock; the GPUs' threads overlap their calls, so call_s - latency_s
+    # would count waits for that lock too)
+    sim_s = float(counted.get("own_s", 0.0))
     own = wall - float(counted.get("mutating_s", 0.0)) - sim_s
     table.row(section, f"  with simulated read latencies ({latency_spec(latency)}), mutating calls 0",
               ms(own), f"process {ms(wall)} - simulator's own work {ms(sim_s)}", f"goal <= {GOAL_OWN_MS} ms")
     rest = max(own - cold["base_is"].median - nvml_s - total, 0.0)
-    table.row(section, "    split: interpreter | imports | NVML reads | migd's own work",
-              f"{ms(cold['base_is'].median)} | {ms(total)} | {ms(nvml_s)} | {ms(rest)}", "imports: an import-only process",
-              "")
+    table.row(section, "    split: interpreter | imports | NVML reads (waited) | migd's own work",
+              f"{ms(cold['base_is'].median)} | {ms(total)} | {ms(nvml_s)} | {ms(rest)}",
+              f"reads summed over the GPUs' threads {ms(nvml_sum)}", "")
     out.update(own_imports_s=total, own_s=own, own_nvml_s=nvml_s, own_base_s=cold["base_is"].median, own_rest_s=rest,
                latency=latency_spec(latency))
     return out

@@ -1,4 +1,4 @@
-"""Issue 12's table from one run: figure, now, goal, met or missed, and for a missed goal what dominates it
+"""Issue 12's and 21's table from one run: figure, now, goal, met or missed, and for a missed goal what dominates it
 (measured in the same run) and what would remove it. Printed by run.py after the sections."""
 
 from __future__ import annotations
@@ -11,6 +11,11 @@ WIDTHS = (62, 44, 10)
 _REMEDY = {
     "interpreter": "the interpreter's own start (python3 -I -S -c pass): not migd's",
     "import migd (cli, report, engine, schema)": "fewer or lighter modules on the read path (1b names the top ones)",
+    "argparse (build + parse)": "argparse: building the whole parser (every verb's options, a HelpFormatter per "
+                                "option) to parse two words; (shutil, which that formatter imports, comes with "
+                                "pynvml's ctypes.util anyway: the floor pays it)",
+    "site (wiring)": "the host environment and backend factory (migd.site)",
+    "config (read + validate)": "reading and validating the config (tomli, the layout checks) for instance names",
     "import pynvml": "pynvml itself (one ~5000-line ctypes module); a trimmed NVML binding would remove most of it",
     "nvmlInit": "the driver's init (nvidia-persistenced keeps the driver loaded; nothing in migd)",
     "GPUs + profiles + placements": "the per-boot profile cache (only identity and mode are read live)",
@@ -48,7 +53,7 @@ def _split_of(values: Dict[str, float], total: float) -> str:
 
 
 def summary(results: Dict[str, Any], only: Sequence[str], gpu: bool) -> None:
-    print("Issue 12: figure / now / goal (this run)")
+    print("Issues 12 and 21: figure / now / goal (this run)")
     _line(("figure", "now", "goal", "verdict"))
     _line(("-" * (WIDTHS[0] - 1), "-" * (WIDTHS[1] - 1), "-" * (WIDTHS[2] - 1), "-------"))
     rows: List[Tuple[str, str, str, Optional[bool], List[str]]] = []
@@ -88,9 +93,13 @@ def summary(results: Dict[str, Any], only: Sequence[str], gpu: bool) -> None:
                "most frequent: " + ", ".join(f"{n} ×{c}" for n, c in r3["top_reads"]),
                "removes it: the profile table from the per-boot cache (a later apply, check, watchdog round); "
                "a fresh boot has no cache"]
+        lasting = r3.get("reads_lasting")
+        why[-1] = ("what is left: identity, the processes before a change, the creates' results, one verification and "
+                   "the MIG devices (the minimum above without the profile table); +1 VBIOS read keys the lasting cache")
         rows.append(("NVML reads per GPU, fresh-boot apply of 7 × 1g (simulated dgx-a100)",
-                     f"{per_gpu:.0f} (minimum {r3['reads_minimum']}; {r3['reads_cached']:.0f} with the cache)", "<= 80",
-                     per_gpu <= 80, why))
+                     f"{per_gpu:.0f} (minimum {r3['reads_minimum']}; "
+                     + (f"{lasting:.1f} from the lasting cache)" if lasting else "lasting cache not measured)"),
+                     "<= 90 cached", lasting <= 90 if lasting else None, why))
     else:
         rows.append(("NVML reads per GPU, fresh-boot apply of 7 × 1g (simulated)", "section 3 not run", "<= 80",
                      None, []))
@@ -101,9 +110,17 @@ def summary(results: Dict[str, Any], only: Sequence[str], gpu: bool) -> None:
         why = [f"split: {_split_of(shares, own)}",
                "removes it: fewer reads (above), and reading the 8 GPUs in parallel threads (ctypes releases the GIL "
                "during each NVML call)"]
+        why[-1] = "removes it: imports (structlog is loaded at the first event), then the slowest GPU's reads"
         rows.append((f"migd's time for an 8-GPU boot apply but mutating calls ({r3['latency']}, simulated)",
-                     f"{_ms(own)} (reads' latency aside: {_ms(own - r3['own_nvml_s'])})", "<= 150 ms",
-                     own <= 0.150, why))
+                     f"{_ms(own)} (reads waited for: {_ms(r3['own_nvml_s'])})", "<= 250 ms",
+                     own <= 0.250, why))
+    r6 = results.get("6") or {}
+    if "boot8" in r6:
+        b1, b8 = r6["boot1"], r6["boot8"]
+        rows.append(("8-GPU vs 1-GPU boot apply (simulated H200s, GPUs side by side)",
+                     f"{_ms(b8)} vs {_ms(b1)} ({b8 / b1:.2f}x)", "<= 1.5x", b8 / b1 <= 1.5,
+                     ["what grows with GPUs: the simulator's and migd's Python work per GPU (one GIL); the reads "
+                      "overlap (section 6)"]))
     r5 = results.get("5")
     r5s = results.get("5sim") or {}
     sim_rss = f" (sim 8 GPUs: {r5s['rss_last'] / 1024:.1f} MiB)" if r5s else ""
@@ -111,13 +128,13 @@ def summary(results: Dict[str, Any], only: Sequence[str], gpu: bool) -> None:
     if r5:
         split = r5.get("split_last") or {}
         rss = r5["rss_last"] / 1024
-        rows.append(("watchdog RSS on the real GPU", f"{rss:.1f} MiB", "<= 40 MiB", rss <= 40,
+        rows.append(("watchdog RSS on the real GPU", f"{rss:.1f} MiB", "<= 25 MiB", rss <= 25,
                      ["RSS by mapping: " + ", ".join(f"{k} {v / 1024:.1f} MiB" for k, v in
                                                      sorted(split.items(), key=lambda kv: -kv[1]))]))
         rows.append(("watchdog CPU per check on the real GPU", _ms(r5["cpu"]), "<= 15 ms", r5["cpu"] <= 0.015,
                      [f"first check {_ms(r5['cpu_first'])} CPU (imports, profile table)"]))
     else:
-        rows.append(("watchdog RSS on the real GPU", "no GPU" + sim_rss, "<= 40 MiB", None, []))
+        rows.append(("watchdog RSS on the real GPU", "no GPU" + sim_rss, "<= 25 MiB", None, []))
         rows.append(("watchdog CPU per check on the real GPU", "no GPU" + sim_cpu, "<= 15 ms", None,
                      []))
     for what, now, goal, met, why in rows:

@@ -75,7 +75,21 @@ def phases(lib: Optional[str] = None) -> int:
     import migd.report  # noqa: F401
     import migd.engine  # noqa: F401
     import migd.schema  # noqa: F401
-    t1 = time.perf_counter()
+    # What the CLI does before it reads a GPU (issue 21.4): the parser built and run, the run wired, the config
+    # read (the bench's, where the GPU machine has no /etc/migd.toml; a missing one costs its failed open alone).
+    import migd.cli as cli
+    import migd.config  # noqa: F401  (status loads it for instance names)
+    t_imp = time.perf_counter()
+    args = cli.build_parser().parse_args(["--config", os.environ.get("BENCH_CONFIG", "/etc/migd.toml"), "status",
+                                          "--json"])
+    t_parse = time.perf_counter()
+    cli._site(args)
+    t_site = time.perf_counter()
+    try:
+        cli._load_config(args)
+    except migd.errors.MigdError:
+        pass
+    t_config = time.perf_counter()
     import pynvml
     t2 = time.perf_counter()
     calls: Dict[str, int] = {}
@@ -126,7 +140,9 @@ def phases(lib: Optional[str] = None) -> int:
     backend.close()
     t7 = time.perf_counter()
     print(json.dumps({
-        "import migd (cli, report, engine, schema)": t1 - t0, "import pynvml": t2 - t1, "nvmlInit": t3 - t2,
+        "import migd (cli, report, engine, schema)": t_imp - t0, "argparse (build + parse)": t_parse - t_imp,
+        "site (wiring)": t_site - t_parse, "config (read + validate)": t_config - t_site,
+        "import pynvml": t2 - t_config, "nvmlInit": t3 - t2,
         "GPUs + profiles + placements": t4 - t3, "state (mode, instances, MIG devices)": t5 - t4,
         "report": t6 - t5, "nvmlShutdown": t7 - t6, "calls": sum(calls.values()),
         "nvml_seconds": sum(spent.values()),
@@ -251,13 +267,14 @@ def report(table: Table, section: str, runs: int, installed: Installed, gpu_labe
     totals["floor"] = samples[floor].median
     totals["smi_names"] = " + ".join(smi_keys)
     for way, inst in (("plain", None), ("installed", installed)):
-        ph = run_phases(env, installed=inst)
+        ph = run_phases(dict(env, BENCH_CONFIG=config), installed=inst)
         if ph and "error" in ph:
             table.note(f"in-process breakdown [{way}] failed: {ph['error']}")
             continue
         table.row(section, f"  in-process `status` [{way}] on {ph['gpu_count']} GPU(s): {ph['calls']} NVML calls",
                   "", "median of 3", "")
-        for key in ("import migd (cli, report, engine, schema)", "import pynvml", "nvmlInit", "GPUs + profiles + placements",
+        for key in ("import migd (cli, report, engine, schema)", "argparse (build + parse)", "site (wiring)",
+                    "config (read + validate)", "import pynvml", "nvmlInit", "GPUs + profiles + placements",
                     "state (mode, instances, MIG devices)", "report", "nvmlShutdown"):
             table.row(section, f"    {key}", ms(ph[key]), "", "")
         if inst is not None:

@@ -7,6 +7,7 @@ Sections (bench/README.md explains every row):
   3   boot apply overhead: cold `migd --simulate dgx-a100 apply` vs `python3 -c pass`
   4   planner: every valid layout × 8 GPUs
   5   watchdog footprint: RSS and CPU per check (simulated dgx-h100; plus the real GPU, read-only, when present)
+  6   how cost grows: 1-16 simulated H200s (boot apply, status, a watchdog round); the real GPUs' read-only rows
 Every timed figure is a median of several runs with its baseline measured in the same run (interleaved for cold
 processes); compare ratios across machines, absolute times only on the same one.
 
@@ -28,7 +29,7 @@ from typing import Any, Dict
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import ROOT, Installed, Table, gpu_available, machine_line, require_dependencies  # noqa: E402
 
-SECTIONS = ("1", "1b", "2", "3", "4", "5")
+SECTIONS = ("1", "1b", "2", "3", "4", "5", "6")
 
 
 def _git() -> str:
@@ -113,6 +114,11 @@ def main() -> int:
                 results["5"] = watchdog.report(table, "5", checks, real=True, label=f"real GPU, read-only: {gpu}")
             else:
                 table.row("5", "watchdog on a real GPU, read-only", "skipped (no GPU)", "", "")
+        if "6" in only:
+            import scaling
+
+            sizes = (1, 8) if args.quick else scaling.SIZES
+            results["6"] = scaling.report(table, "6", min(runs, 5), installed, sizes, nvml_call_s, gpu if ok else "")
     finally:
         installed.cleanup()
         raw.cleanup()

@@ -259,7 +259,8 @@ class Prepared:
     pristine: bytes  # the state file's bytes at the starting point
     before: List[object]  # each GPU's layout at the starting point
     desired: List[object]  # each GPU's layout after a fault-free apply
-    steps: List[Tuple[str, int, int]]  # the fault-free apply's mutations: (call, gpu, n-th such call on that gpu)
+    steps: List[Tuple[str, int, int]]  # the fault-free apply's mutations: (call, gpu, n-th such call on that gpu),
+    # GPU by GPU
 
     def args(self, *verb: str) -> List[str]:
         return ["--sim-state", self.state, "--config", self.config, *verb]
@@ -327,6 +328,8 @@ def prepare(scenario: Scenario, where: Path) -> Prepared:
     for _pid, call, gpu, _t in after["trace"]:
         counts[(call, gpu)] = counts.get((call, gpu), 0) + 1
         steps.append((call, gpu, counts[(call, gpu)]))
+    # GPU by GPU, each in its own order: the GPUs' threads interleave differently every run, each GPU's steps never.
+    steps = [s for g in sorted({s[1] for s in steps}) for s in steps if s[1] == g]
     Path(state).write_bytes(pristine)
     return Prepared(scenario, where, state, config, pristine, before, desired, steps)
 

@@ -19,14 +19,15 @@ def test_bench_quick_runs_every_simulated_section_and_prints_the_issue_table(tmp
                        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300, check=False)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "Traceback" not in r.stdout + r.stderr
-    for section in ("\n2 ", "\n3 ", "\n4 ", "\n5 "):
+    for section in ("\n2 ", "\n3 ", "\n4 ", "\n5 ", "\n6 "):
         assert section in r.stdout, (section, r.stdout[-2000:])
-    table = r.stdout[r.stdout.index("Issue 12: figure / now / goal"):]
+    table = r.stdout[r.stdout.index("Issues 12 and 21: figure / now / goal"):]
     assert "NVML reads per GPU, fresh-boot apply of 7 × 1g" in table
     # reads per GPU beside the floor bench computes for the same apply: at most a few above it
     reads, minimum = map(int, re.search(r"\n\s+(\d+) \(minimum (\d+);", table).groups())
     assert minimum <= reads <= minimum + 3, (reads, minimum)
     assert "watchdog RSS" in table and "section 1 not run" not in table.split("watchdog RSS")[1]
+    assert "8-GPU vs 1-GPU boot apply" in table and "from the lasting cache" in table
 
 
 def test_bench_with_a_python_lacking_the_dependencies_stops_at_once_in_one_line(tmp_path):

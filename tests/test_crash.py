@@ -95,12 +95,15 @@ def test_sigkill_during_rollback_then_apply_converges(prepared, summary_line):
     for p, k in R.sample(points, 14, "crash-rollback"):
         call, gpu, n = p.steps[k]
         fault = f"{call}=UNKNOWN@{n}/gpu{gpu}"
-        trace = R.traced_run(p, fault)
-        if len(trace) <= k or trace[k][1] != gpu:
+        # This GPU's mutations alone (each GPU runs on its own thread): the first `done` succeeded, then the call
+        # failed (not traced), and the next one is the rollback's first change.
+        trace = [c for c in R.traced_run(p, fault) if c[1] == gpu]
+        done = sum(1 for s in p.steps[:k] if s[1] == gpu)
+        if len(trace) <= done:
             skipped += 1  # the rollback had nothing to undo (the first change failed)
             continue
-        rb_call, _ = trace[k]
-        rb_n = R.nth(trace, k) + (1 if (rb_call, gpu) == (call, gpu) else 0)  # the failed call counts too
+        rb_call, _ = trace[done]
+        rb_n = R.nth(trace, done) + (1 if (rb_call, gpu) == (call, gpu) else 0)  # the failed call counts too
         why = _hang_and_kill(p, f"{fault},{rb_call}=hang@{rb_n}/gpu{gpu}") or _converges(p)
         results.append((f"{p.scenario.name}, {fault}, killed in the rollback at {rb_call}", why))
     assert results
@@ -143,7 +146,9 @@ def test_reboot_mid_apply_keeps_ampere_mode_loses_hopper_mode(prepared):
 
 # --- concurrency -----------------------------------------------------------------------------------------------
 
-SLOW_CREATES = "nvmlDeviceCreateGpuInstanceWithPlacement=slow"  # 24 GIs x 50 ms: an apply takes over a second
+# Each GI create 8 x 50 ms longer (the waits of matching faults add up): the 8 GPUs are applied side by side, 3 GIs
+# each, so an apply takes over a second.
+SLOW_CREATES = ",".join(["nvmlDeviceCreateGpuInstanceWithPlacement=slow"] * 8)
 
 
 @pytest.fixture
@@ -214,7 +219,8 @@ def test_apply_waits_for_the_watchdog_check_in_progress_and_checks_skip_applies(
     checks = []
 
     def slow_check():
-        monkeypatch.setenv("MIGD_SIM_FAULTS", "nvmlDeviceGetMigMode=slow")
+        # 10 x 50 ms per mode read: the GPUs are read side by side, so it is each GPU's reads that must be slow
+        monkeypatch.setenv("MIGD_SIM_FAULTS", ",".join(["nvmlDeviceGetMigMode=slow"] * 10))
         t0 = time.time()
         result = watcher.check_once()
         checks.append((t0, time.time(), result))

@@ -222,13 +222,12 @@ def traced_reads(p: R.Prepared) -> List[Tuple[str, int, int, bool]]:
     recorded = [False]
     real_inject, real_write = fakelib.FakeNvmlLib._inject, runstate.write_results
 
-    def spy(self, name, args):
-        gpu = self._gpu_of(args)
+    def spy(self, name, gpu):  # the fake library's fault hook: the call, and the GPU it is about (or None)
         if gpu is not None:
             base = name.split("_v")[0] if "_v" in name else name
             counts[(base, gpu)] += 1
             calls.append((base, gpu, counts[(base, gpu)], recorded[0]))
-        return real_inject(self, name, args)
+        return real_inject(self, name, gpu)
 
     def write(*a, **kw):
         recorded[0] = True

@@ -596,11 +596,13 @@ def test_watch_reapply_waiting_for_the_admins_apply_does_not_revert_it(watched, 
     assert _apply(watched).code == 0
     w = Watcher(watched["config"], site_mod.build(None, watched["state"]))
     real_reapply = w._reapply
-    admin = []
+    said = os.path.join(os.path.dirname(watched["state"]), "admin-apply-exit")  # the re-apply runs in migd-watch's
+    #                                                                          reader process: its exit comes back here
 
     def admin_applies_first(gpus):  # between the round's check (lock released) and the re-apply's lock
         _edit(watched["config"], WATCHED.replace(R.LAYOUT_A, R.LAYOUT_C))
-        admin.append(_apply(watched).code)
+        with open(said, "w") as f:
+            f.write(str(_apply(watched).code))
         return real_reapply(gpus)
 
     host = SimHost.create("", watched["state"])  # drift on GPU 0: its smallest instance destroyed by hand
@@ -611,7 +613,8 @@ def test_watch_reapply_waiting_for_the_admins_apply_does_not_revert_it(watched, 
     monkeypatch.setattr(w, "_reapply", admin_applies_first)
     with capture_logs() as logs:
         w.check_once()
-    assert admin == [0]
+    with open(said) as f:
+        assert f.read() == "0"
     applied = R.layouts(load_state(watched["state"]))
     assert all(len(g[2]) == 2 for g in applied), applied  # layout B (3g + 3g), not reverted to A
     assert any(e["event"] == "reapply_superseded" for e in logs), logs

@@ -40,6 +40,9 @@ def readonly(tmp_path):
 
 @pytest.fixture
 def env(tmp_path, monkeypatch, readonly):
+    from migd.log import setup
+
+    setup("info")  # migd-watch's level (not whatever an earlier test's CLI run left)
     publish._trouble = None
     site = R.watch_site(tmp_path, monkeypatch, CONFIG.format(path=readonly / "migd.prom"))
     yield dict(site, dir=readonly)

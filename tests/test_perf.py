@@ -241,11 +241,19 @@ def _status(monkeypatch, tmp_path, args, run_dir=None):
     return calls, out
 
 
+def _no_lasting_cache(monkeypatch, tmp_path):
+    """A simulated host's state directory that cannot exist (under a plain file): no lasting profile cache."""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    monkeypatch.setenv("MIGD_STATE_DIR", str(blocker / "lib"))
+
+
 @pytest.fixture
 def cached(monkeypatch, tmp_path):
     """A host after `apply` (which leaves the cache), and the status JSON that a run without a cache prints."""
     args, _ = _host_args(tmp_path)
     run = tmp_path / "run"  # the simulated host's run directory (MIGD_RUN_DIR, set by _apply_counting)
+    _no_lasting_cache(monkeypatch, tmp_path)  # the per-boot cache alone (the lasting one: below)
     rc, _, out = _apply_counting(monkeypatch, tmp_path, [*args, "-q", "apply"])
     assert rc == 0, out
     cache = run / "profiles.json"
@@ -388,9 +396,126 @@ def test_the_watchdog_reads_the_profile_table_once(monkeypatch, tmp_path):
     rc, _, out = _apply_counting(monkeypatch, tmp_path, [*args, "-q", "apply"])  # MIGD_RUN_DIR=tmp_path/run
     assert rc == 0
     (tmp_path / "run" / "profiles.json").unlink()  # as if boot had not left one
+    _no_lasting_cache(monkeypatch, tmp_path)  # nor the lasting cache
     w = Watcher(args[5], site.build(args[1], args[3]))
-    reads = []
-    for _ in range(3):
+    assert set(w.check_once().values()) == {"ok"}  # reads the table live (in its reader process), writes the cache
+    assert (tmp_path / "run" / "profiles.json").is_file()
+    # From now on a profile-table read fails: the next rounds are fine only if they read none
+    monkeypatch.setenv("MIGD_SIM_FAULTS", "nvmlDeviceGetGpuInstanceProfileInfo=UNKNOWN,"
+                                          "nvmlDeviceGetGpuInstancePossiblePlacements=UNKNOWN")
+    for _ in range(2):
         assert set(w.check_once().values()) == {"ok"}
-        reads.append(_profile_reads(pynvml.nvmlLib.calls))
-    assert reads[0] > 0 and reads[1] == reads[2] == 0  # the first round wrote it, the next ones read it
+    (tmp_path / "run" / "profiles.json").unlink()
+    # the fault bites when the table is read: each GPU unreadable, an error for that GPU (issue 17.8)
+    assert set(w.check_once().values()) == {"error"}
+    assert pynvml.nvmlLib is None or pynvml.nvmlLib.initialized == 0  # never opened NVML in this process
+
+
+# --- the profile cache that survives reboots (issue 21.2) ---------------------------------------------------------
+
+READS_PER_GPU_LASTING = 90  # a fresh boot whose tables come from /var/lib/migd: the ~32 table reads saved, +1 VBIOS
+
+
+def _fresh_boot(monkeypatch, tmp_path, n, change=None, lasting=True):
+    """The n-th boot of a DGX A100 in a state file: MIG off, nothing on it, an empty /run/migd, the same
+    /var/lib/migd (MIGD_STATE_DIR) every boot. Returns (reads per GPU, profile-table reads, printed status)."""
+    from migd.sim.host import SimHost
+
+    state = tmp_path / "sim.json"
+    if state.exists():
+        state.unlink()
+    host = SimHost.create("dgx-a100", str(state))  # the same GPUs (UUIDs) every boot
+    if change:
+        change(host)
+        host.save()
+    cfg = tmp_path / "migd.toml"
+    cfg.write_text(SEVEN_1G)
+    if lasting:
+        monkeypatch.setenv("MIGD_STATE_DIR", str(tmp_path / "lib"))
+    else:
+        _no_lasting_cache(monkeypatch, tmp_path)
+    rc, calls, out = _apply_counting(monkeypatch, tmp_path / f"boot{n}",
+                                     ["--sim-state", str(state), "--config", str(cfg), "apply"])
+    assert rc == 0, out
+    reads = sum(v for k, v in calls.items() if not MUTATING.search(k))
+    return reads / 8, _profile_reads(calls), out
+
+
+def test_a_fresh_boot_reads_the_profile_tables_from_the_lasting_cache(monkeypatch, tmp_path):
+    """Boot 1 (first after an install or driver update) reads the tables live, as many reads as without any
+    cache plus the VBIOS read that keys the entry it leaves in /var/lib/migd; boot 2 reads none of them."""
+    first, table_reads, out1 = _fresh_boot(monkeypatch, tmp_path, 1)
+    assert table_reads > 0 and first <= READS_PER_GPU + 1
+    assert (tmp_path / "lib" / "profiles.json").is_file() and stat_mode(tmp_path / "lib" / "profiles.json") == 0o644
+    second, table_reads, out2 = _fresh_boot(monkeypatch, tmp_path, 2)
+    assert table_reads == 0 and second <= READS_PER_GPU_LASTING, second
+    assert out2 == out1  # the same answer
+
+
+def _lasting(monkeypatch, tmp_path):
+    _, _, live = _fresh_boot(monkeypatch, tmp_path, 0, lasting=False)  # no lasting cache at all: read live
+    _fresh_boot(monkeypatch, tmp_path, 1)  # leaves the lasting cache
+    return tmp_path / "lib" / "profiles.json", live
+
+
+@pytest.mark.parametrize("case", ["vbios", "subsystem", "driver", "other gpu", "mig mode", "per-boot entry",
+                                  "garbage", "writable by others", "owned by another user"])
+def test_a_lasting_cache_that_does_not_match_or_cannot_be_trusted_is_not_used(monkeypatch, tmp_path, case):
+    """A board or firmware update (subsystem ID, VBIOS), another driver, another GPU or mode, a per-boot file, a
+    corrupt or untrusted file: the tables are read live, and the answer is the live one."""
+    import json
+    import os
+
+    cache, live = _lasting(monkeypatch, tmp_path)
+    change = None
+
+    def edit(fn):
+        doc = json.loads(cache.read_text())
+        fn(doc)
+        cache.write_text(json.dumps(doc))
+
+    def cut(doc):  # a table cut short: an answer built from it would differ from the live one
+        for g in doc["gpus"].values():
+            g["profiles"] = g["profiles"][:1]
+
+    if case == "vbios":
+        edit(cut)
+        change = lambda h: [g.update(vbios="96.00.99.00.01") for g in h.gpus]  # noqa: E731
+    elif case == "subsystem":
+        edit(cut)
+        change = lambda h: [g.update(pci_subsystem_id=0x147E10DE) for g in h.gpus]  # noqa: E731
+    elif case == "driver":
+        edit(lambda d: (d.update(driver="550.54.15"), cut(d)))
+    elif case == "other gpu":
+        edit(lambda d: d.update(gpus={k.replace("GPU-", "GPU-f"): dict(v, profiles=v["profiles"][:1])
+                                      for k, v in d["gpus"].items()}))
+    elif case == "mig mode":
+        edit(lambda d: [g.update(modes=[True], profiles=g["profiles"][:1]) for g in d["gpus"].values()])
+    elif case == "per-boot entry":
+        edit(lambda d: (d.update(boot_id="sim:a boot"), cut(d)))
+    elif case == "garbage":
+        cache.write_bytes(b"\x00\xff" * 100)
+    elif case == "writable by others":
+        edit(cut)
+        os.chmod(cache, 0o646)
+    else:
+        import migd.backend.profile_cache as pc
+
+        edit(cut)
+        monkeypatch.setattr(pc, "_trusted_uids", lambda: (4242,))  # whoever we are, the file is not theirs
+    _, table_reads, out = _fresh_boot(monkeypatch, tmp_path, 2, change)
+    assert table_reads > 0 and out == live
+
+
+def test_read_verbs_read_the_lasting_cache_and_never_write_it(monkeypatch, tmp_path):
+    """After a reboot, before migd.service ran (no per-boot cache): status reads the tables from /var/lib/migd and
+    leaves it as it was; the watchdog reads it too, never writes it."""
+    cache, _ = _lasting(monkeypatch, tmp_path)
+    before = cache.read_bytes()
+    state = str(tmp_path / "sim.json")
+    monkeypatch.setenv("MIGD_STATE_DIR", str(tmp_path / "lib"))
+    rc, calls, out = _apply_counting(monkeypatch, tmp_path / "after-reboot", ["--sim-state", state, "status", "--json"])
+    assert rc == 0 and _profile_reads(calls) == 0 and cache.read_bytes() == before
+    cache.unlink()
+    rc, calls, out = _apply_counting(monkeypatch, tmp_path / "after-reboot-2", ["--sim-state", state, "status"])
+    assert rc == 0 and _profile_reads(calls) > 0 and not cache.exists()

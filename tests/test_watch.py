@@ -169,10 +169,16 @@ def test_watch_process_notifies_systemd_and_stops_on_sigterm(env, tmp_path):
 
 
 def test_hung_check_withholds_watchdog_pings(env, monkeypatch):
+    """The checker thread itself stuck (past the hang limit, when its reader process is killed, and the grace for
+    that): no more pings. While a reader process is only waited for, the pings go on."""
+    from migd.watch import KILL_GRACE_S
+
     w = Watcher(env["config"], site.build(None, env["state"]))
     w.watchdog_s = 0.2
     assert w._progressing()
-    w.busy_since = time.monotonic() - 1.0
+    w.busy_since = time.monotonic() - 0.5
+    assert w._progressing()
+    w.busy_since = time.monotonic() - KILL_GRACE_S - 1.0
     assert not w._progressing()
     w.busy_since = None
     assert w._progressing()
@@ -380,7 +386,7 @@ def test_reapply_that_cannot_start_is_logged_once_per_reason(env, monkeypatch):
     def engine(read_only):
         e = real_engine(read_only)
         if not read_only:
-            reason = reasons.pop(0)
+            reason = reasons[w.checks - 1]  # this round's (each re-apply runs in its own reader process)
 
             def refuse():
                 raise reason
@@ -392,7 +398,7 @@ def test_reapply_that_cannot_start_is_logged_once_per_reason(env, monkeypatch):
         assert w.check_once()[0] == "drift"
     skipped = [e["msg"] for e in events.named("reapply_skipped")]
     assert len(skipped) == 2 and "DRIVER_NOT_LOADED" in skipped[0] and "holds the lock" in skipped[1], skipped
-    assert not reasons
+    assert w.checks == len(reasons)
 
 
 def w_result(gpu):

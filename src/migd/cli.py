@@ -487,6 +487,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     try:
         engine = _engine(args, progress.watch(backend), cfg)
         desired = engine.desired()
+        progress.expect(sorted(desired))
         _audit_start(args, cfg, _site(args).simulated)
         result = engine.apply(desired, stop_clients=bool(args.stop_clients), on_gpu_done=progress.gpu_done)
         progress.close()

@@ -18,7 +18,7 @@ from ._record import dataclass, field, replace
 from enum import Enum
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from . import drift, layout, report, runstate, schema
+from . import drift, layout, pergpu, report, runstate, schema
 from . import errors as E
 from .backend import Backend
 from .errors import DriverError, LockBusy
@@ -196,7 +196,8 @@ class Engine:
 
     def plans(self, desired: Dict[int, DesiredGpu]) -> Dict[int, GpuPlan]:
         infos = self.infos()
-        return {i: plan_gpu(infos[i], d, self.backend.state(i), self.persistence) for i, d in desired.items()}
+        states = pergpu.each(self.backend.state, list(desired))  # each GPU read on its own thread
+        return {i: plan_gpu(infos[i], d, states[i], self.persistence) for i, d in desired.items()}
 
     # --- apply ----------------------------------------------------------------------------------------------
 
@@ -278,9 +279,13 @@ class Engine:
 
     def _run(self, indices: Sequence[int], desired: Dict[int, DesiredGpu],
              done: Optional[Callable[[GpuResult], None]] = None) -> Dict[int, GpuResult]:
+        """Apply each GPU on its own thread (pergpu): their reads and changes overlap; each GPU's calls, and its
+        rollback, stay in their order on its thread. done(result): called on that thread once the GPU's result is
+        final (a progress line)."""
         infos = self.infos()
-        out = {}
-        for i in indices:
+        out: Dict[int, GpuResult] = {}
+
+        def one(i: int) -> None:
             try:
                 out[i] = apply_gpu(self.backend, infos[i], desired[i], self.persistence, self._holders)
             except DriverError as e:  # reading the GPU failed before anything changed
@@ -299,7 +304,9 @@ class Engine:
                 out[i] = GpuResult(i, Outcome.FAILED, msg)
             if done is not None:
                 done(out[i])
-        return out
+
+        pergpu.each(one, indices)
+        return {i: out[i] for i in indices}
 
     def current_infos(self) -> List[GpuInfo]:
         """The GPUs' infos re-read (a MIG mode change may change what a GPU reports), or the ones read before the
@@ -318,14 +325,16 @@ class Engine:
         Returns None, or why they could not be written (apply then exits 1)."""
         infos = self.current_infos()
         docs = []
-        for i in sorted(set(desired) | set(results)):
+        gpus = sorted(set(desired) | set(results))
+        read = pergpu.settle(self.backend.state, [i for i in gpus if i in desired and not infos[i].unknown])
+        for i in gpus:
             result = results.get(i)
             state: Optional[GpuState] = None
             names: Dict[int, str] = {}
             info = infos[i]
-            if i in desired and not info.unknown:
+            if i in read:
                 try:
-                    state = self.backend.state(i)
+                    state = read[i].get()
                     names = drift.names_by_gi(plan_gpu(info, desired[i], state))
                 except DriverError as e:
                     state = None
@@ -378,9 +387,14 @@ class Engine:
         rows = [GpuCheck(info.index, CheckStatus.LOST, "", "lost (fell off the bus)") for info in infos if info.lost]
         rows += [GpuCheck(info.index, CheckStatus.ERROR, "", f"unreadable: {info.unreadable}")
                  for info in infos if info.unreadable and not info.lost]
+        states = self.states(list(desired))
         for i, d in desired.items():
-            rows.append(self.compare_gpu(infos[i], d))
+            rows.append(self.compare_gpu(infos[i], d, states[i].get()))
         return CheckResult(sorted(rows, key=lambda r: r.gpu))
+
+    def states(self, gpus: Sequence[int]) -> Dict[int, "pergpu.Done[GpuState]"]:
+        """Each GPU's live state, read on its own thread: GPU -> its state, or the error reading it raised."""
+        return pergpu.settle(self.backend.state, gpus)
 
     def compare_gpu(self, info: GpuInfo, desired: DesiredGpu, state: Optional[GpuState] = None) -> GpuCheck:
         state = state if state is not None else self.backend.state(info.index)
@@ -395,6 +409,8 @@ class Engine:
         infos = self.infos()
         gpus, names, managed = [], {}, {}
         wanted = set(only) if only is not None else None
+        read = self.states([info.index for info in infos
+                            if not info.lost and (wanted is None or info.index in wanted)])
         for info in infos:
             if wanted is not None and info.index not in wanted:
                 continue
@@ -402,7 +418,7 @@ class Engine:
                 gpus.append(Gpu(info, GpuState(False, False, None)))
                 continue
             try:
-                state = self.backend.state(info.index)
+                state = read[info.index].get()
             except DriverError:
                 if wanted is None:
                     raise

@@ -15,6 +15,14 @@ Import cost: structlog takes ~45 ms to import, more than the rest of a short CLI
 run, so it is imported on the first log call rather than here; verbs that log
 nothing never pay for it. For the same reason socket, json and traceback are
 imported where they are used (structlog pulls them in anyway once it loads).
+
+The resident migd-watch process never loads structlog (`lean()`): structlog's
+filtering bound logger imports asyncio (and asyncio ssl), ~7 MiB it would keep for
+ever. There, an event takes the same pipeline without structlog: the level filter,
+``to_record`` and the same renderer and writer, so the journal gets the same entry.
+Where structlog is already loaded (tests, capture_logs) it is used as everywhere.
+The watch's short-lived reader processes hand their events to it (`divert`,
+`replay`), so one process writes the log and tests capture every event.
 """
 
 from __future__ import annotations
@@ -23,7 +31,8 @@ import os
 import sys
 from typing import Any, Dict, List, Mapping, MutableMapping, Optional, Tuple, Union
 
-__all__ = ["setup", "start_audit", "get_logger", "Logger", "LEVELS", "journal_field_name", "encode_journal"]
+__all__ = ["setup", "start_audit", "get_logger", "Logger", "LEVELS", "journal_field_name", "encode_journal",
+           "lean", "divert", "replay"]
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}  # structlog's numbers
 PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}  # syslog's numbers
@@ -155,12 +164,22 @@ class _OldExceptionRenderer:
         self.formatter = formatter
 
     def __call__(self, _logger: Any, _method: str, ev: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        v = ev.pop("exc_info", None)
-        exc_info = (type(v), v, v.__traceback__) if isinstance(v, BaseException) else v if isinstance(v, tuple) \
-            else sys.exc_info() if v else None
+        exc_info = _exc_tuple(ev.pop("exc_info", None))
         if exc_info:
             ev["exception"] = self.formatter(exc_info)
         return ev
+
+
+def _exc_tuple(exc_info: Any) -> Optional[Tuple[Any, Any, Any]]:
+    """exc_info as structlog takes it (an exception, a sys.exc_info() tuple, or True: the one being handled)."""
+    if isinstance(exc_info, BaseException):
+        return (type(exc_info), exc_info, exc_info.__traceback__)
+    if isinstance(exc_info, tuple):
+        return exc_info if exc_info and exc_info[0] is not None else None
+    if exc_info:
+        info = sys.exc_info()
+        return info if info[0] is not None else None
+    return None
 
 
 # --- output ----------------------------------------------------------------------------
@@ -226,13 +245,16 @@ class _Output:
         if self._sock is not None:
             self._sock.close()
 
+    def floor(self) -> int:
+        """The lowest level let through (the audit trail takes info and above whatever stderr shows)."""
+        return min(LEVELS[self.level], LEVELS["info"]) if self.audit is not None else LEVELS[self.level]
+
     def configure(self) -> None:
         """Point structlog's global configuration at this output (at the first log call, not at
         setup(): see the module docstring). Inside capture_logs() only the level changes."""
         import structlog  # here, not at module import: see the module docstring
 
-        floor = min(LEVELS[self.level], LEVELS["info"]) if self.audit is not None else LEVELS[self.level]
-        wrapper = structlog.make_filtering_bound_logger(floor)
+        wrapper = structlog.make_filtering_bound_logger(self.floor())
         self._kv = structlog.processors.KeyValueRenderer(repr_native_str=False)  # values: _kv_value's text
         capturing = any(isinstance(p, structlog.testing.LogCapture) for p in structlog.get_config()["processors"])
         if capturing:
@@ -273,7 +295,10 @@ class _Output:
                                   code)}
 
     def _key_values(self, fields: Mapping[str, Any]) -> str:
-        return str(self._kv(None, "", {k: _kv_value(v) for k, v in fields.items()}))
+        values = {k: _kv_value(v) for k, v in fields.items()}
+        if self._kv is None:  # the lean path (the resident migd-watch: no structlog): KeyValueRenderer's format
+            return " ".join(f"{k}={v}" for k, v in values.items())
+        return str(self._kv(None, "", values))
 
     # final renderers: -> the arguments of _emit
     def render_journal(self, _logger: Any, _method: str, ev: MutableMapping[str, Any]) -> Any:
@@ -441,6 +466,54 @@ def _current() -> _Output:
     return _output
 
 
+_lean = False  # lean(): this process logs without loading structlog (see the module docstring)
+_diverted: Optional[List[Tuple[str, str, Dict[str, Any]]]] = None  # divert(): events kept for another process
+
+
+def lean() -> None:
+    """Log without loading structlog in this process, unless something already loaded it."""
+    global _lean
+    _lean = True
+
+
+def divert() -> List[Tuple[str, str, Dict[str, Any]]]:
+    """From now on keep every event (level, event, fields) in the list returned, emit none: a reader process's
+    events, which the process that started it logs with replay()."""
+    global _diverted
+    _diverted = []
+    return _diverted
+
+
+def replay(events: List[Tuple[str, str, Dict[str, Any]]]) -> None:
+    """Log events a reader process diverted, as if logged here."""
+    for level, event, fields in events:
+        Logger({})._log(level, event, fields)
+
+
+def _callsite() -> Dict[str, Any]:
+    """Where the event was logged: the first frame outside this module (structlog's CallsiteParameterAdder keys)."""
+    frame = sys._getframe(1)
+    while frame.f_back is not None and frame.f_globals.get("__name__") == __name__:
+        frame = frame.f_back
+    return {"pathname": frame.f_code.co_filename, "lineno": frame.f_lineno, "func_name": frame.f_code.co_name}
+
+
+def _lean_emit(method: str, event: str, fields: Dict[str, Any]) -> None:
+    output = _current()
+    if LEVELS["error" if method == "exception" else method] < output.floor():
+        return
+    if method == "exception":
+        method, fields = "error", {"exc_info": True, **fields}
+    ev: Dict[str, Any] = {**fields, "event": event, "level": method}  # what structlog's add_log_level adds
+    ev = dict(_OldExceptionRenderer(_exception_formatter(output.level == "debug"))(None, method, ev))
+    if output.target == "journal" and "pathname" not in ev:  # CODE_* as structlog's CallsiteParameterAdder adds them
+        ev.update(_callsite())
+    record = output.to_record(None, method, ev)
+    renderer = output.render_journal if output.target == "journal" else output.render_console
+    args, _ = renderer(None, method, record)
+    output._emit(*args)
+
+
 class Logger:
     """What get_logger() returns. Binds a structlog logger on first use (and again after
     setup() is called), so module-level ``log = get_logger()`` costs nothing."""
@@ -468,24 +541,37 @@ class Logger:
         """A logger that adds these fields to every event."""
         return Logger({**self._context, **fields})
 
+    def _log(self, method: str, event: str, fields: Dict[str, Any]) -> None:
+        if _diverted is not None:
+            if method == "exception" or "exc_info" in fields:  # a traceback cannot travel: its one-line summary does
+                exc = _exc_tuple(fields.pop("exc_info", True))
+                method = "error" if method == "exception" else method
+                if exc is not None:
+                    fields["exception"] = _Exception(exc, with_traceback=False)
+            _diverted.append((method, event, {**self._context, **_callsite(), **fields}))
+        elif _lean and "structlog" not in sys.modules:
+            _lean_emit(method, event, {**self._context, **fields})
+        else:
+            getattr(self._logger(), method)(event, **fields)
+
     def debug(self, event: str, **fields: Any) -> None:
-        self._logger().debug(event, **fields)
+        self._log("debug", event, fields)
 
     def info(self, event: str, **fields: Any) -> None:
-        self._logger().info(event, **fields)
+        self._log("info", event, fields)
 
     def warning(self, event: str, **fields: Any) -> None:
-        self._logger().warning(event, **fields)
+        self._log("warning", event, fields)
 
     def error(self, event: str, **fields: Any) -> None:
-        self._logger().error(event, **fields)
+        self._log("error", event, fields)
 
     def critical(self, event: str, **fields: Any) -> None:
-        self._logger().critical(event, **fields)
+        self._log("critical", event, fields)
 
     def exception(self, event: str, **fields: Any) -> None:
         """error() with the exception being handled (exc_info=True)."""
-        self._logger().exception(event, **fields)
+        self._log("exception", event, fields)
 
 
 def get_logger(**fields: Any) -> Logger:

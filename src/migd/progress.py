@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, Dict, Optional, TextIO, Tuple, cast
+from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple, cast
 
 from .backend import Backend
 
@@ -33,6 +33,8 @@ class Progress:
         self.out = out
         self.status = status
         self.clock = clock
+        self._order: List[int] = []  # GPUs whose lines come in index order (expect())
+        self._held: Dict[int, str] = {}  # finished before a lower-numbered GPU: printed when that one is
         self._lock = threading.Lock()
         self._calls: Dict[int, Tuple[str, float]] = {}  # thread id -> (what, started)
         self._shown = False  # a status line is on the screen
@@ -41,11 +43,27 @@ class Progress:
 
     # --- results ----------------------------------------------------------------------------------------------
 
+    def expect(self, gpus: Sequence[int]) -> None:
+        """These GPUs' lines come in index order (they are applied side by side, on threads): each as soon as it
+        and every lower-numbered one is final, so the output reads the same whichever thread ends first."""
+        with self._lock:
+            self._order = sorted(gpus)
+
     def gpu_done(self, result: Any) -> None:
         with self._lock:
             self._clear()
-            self.out.write(f"{result.message}\n")
+            if result.gpu in self._order:
+                self._held[result.gpu] = result.message
+                self._flush_in_order()
+            else:
+                self.out.write(f"{result.message}\n")
             self.out.flush()
+
+    def _flush_in_order(self, everything: bool = False) -> None:
+        while self._order and (everything or self._order[0] in self._held):
+            message = self._held.pop(self._order.pop(0), None)
+            if message is not None:
+                self.out.write(f"{message}\n")
 
     def line(self, text: str) -> None:
         with self._lock:
@@ -77,6 +95,8 @@ class Progress:
             self._ticker.join()
         with self._lock:
             self._clear()
+            self._flush_in_order(everything=True)  # a GPU that never got a result holds nobody back
+            self.out.flush()
 
     def _tick(self) -> None:
         frame = 0

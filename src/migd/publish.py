@@ -135,6 +135,16 @@ def metrics_trouble() -> Optional[str]:
     return _trouble[1] if _trouble else None
 
 
+def carried() -> Optional[Tuple[str, str]]:
+    """This process's metrics-file trouble, for migd-watch's reader process to hand back (see watch._in_child)."""
+    return _trouble
+
+
+def restore(trouble: Optional[Tuple[str, str]]) -> None:
+    global _trouble
+    _trouble = trouble
+
+
 def _metrics_failed(path: str, e: OSError) -> None:
     global _trouble
     why = f"cannot write the metrics file {path}: {e.strerror or e}"

@@ -99,6 +99,6 @@ def _real(environ: Mapping[str, str], notices: Tuple[str, ...]) -> Site:
         except OSError:
             boot = None
         return make_backend(read_only=read_only, cache_dir=env.run_dir if boot else None, cache_write=cache_write,
-                            boot_id=boot)
+                            boot_id=boot, state_dir=env.state_dir)
 
     return Site(factory, env, notices)

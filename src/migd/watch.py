@@ -23,21 +23,23 @@ import contextlib
 import os
 import signal
 import threading
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, TypeVar
 
 from . import config as config_mod
 from . import errors as E
-from . import layout, publish, runstate
+from . import forked, layout, publish, runstate
 from .engine import ApplyResult, CheckStatus, ConfigChanged, Engine, GpuResult, Outcome
 from .layout import DesiredGpu
 from .errors import ConfigError, DriverError, LockBusy
-from .log import get_logger
+from .log import get_logger, lean
 from .model import DriftPolicy, GpuState
 from .site import Site
 
 log = get_logger()
 
 BACKOFF_MAX_S = 3600.0  # a failing re-apply is retried at most this rarely
+KILL_GRACE_S = 10.0  # after the hang limit, the time a killed reader process is given to go
+T = TypeVar("T")
 # round problem -> the event (and text) that says it cleared; any other problem clears as check_recovered
 _RECOVERED = {"read_failed": ("read_recovered", "GPUs readable again")}
 _STATUS_WORDS = {CheckStatus.DRIFT: "drifted", CheckStatus.PENDING: "pending a MIG mode change",
@@ -79,6 +81,8 @@ class GpuTrack:
 class Watcher:
     def __init__(self, config_path: str, site: Site, notify: Optional[Notifier] = None):
         self.config_path = config_path
+        lean()  # the resident process: never loads structlog (and with it asyncio, ssl): see log.py
+        _preload(site.simulated)
         self.site = site  # the backend factory and the host environment (migd.site)
         self.env = site.env
         self.run_dir = site.env.run_dir
@@ -146,7 +150,8 @@ class Watcher:
 
     def _progressing(self) -> bool:
         started = self.busy_since
-        limit = self.watchdog_s if self.watchdog_s else 60.0
+        # The reader process is killed at the hang limit; this thread is stuck only if it is still busy after that.
+        limit = self._hang_limit() + KILL_GRACE_S
         if started is not None and self.env.clock.monotonic() - started > limit:
             if not getattr(self, "_hang_logged", False):
                 self._hang_logged = True
@@ -236,24 +241,57 @@ class Watcher:
                 log.debug("check_unlocked", msg=f"checking without the lock: {e}")
             self.checks += 1
             try:
-                statuses, reapply = self._check()
-            except NothingHere:
-                pass  # a GPU-less host: nothing selected here, nothing to read; not a problem
-            except DriverError as e:
-                problem = ("read_failed", f"cannot read GPUs: {e}")
-            except ConfigError as e:  # e.g. the layout fits no GPU of a model found on this host
-                problem = ("config_unusable", f"cannot check: {_first(e)}")
-            except Exception as e:  # noqa: BLE001 - reported (once) and retried next round, never fatal
-                log.debug("check_traceback", msg="layout check failed", exc_info=True)
-                problem = ("check_failed", f"layout check failed: {type(e).__name__}: {e}")
+                statuses, reapply, problem = self._in_child(self._read_round)
+            except forked.Hung as e:  # like a hung read before: said once, the round fails, the next one retries
+                log.debug("reader_killed", msg=f"reader process {e.pid} killed", pid=e.pid)
+                problem = ("check_hung", f"a layout check has not returned for {e.seconds:g} s (an NVML call hung "
+                                         "in the driver): its reader process was killed")
+            except forked.ChildFailed as e:
+                if self.stopping.is_set():  # stopping: not a failure worth a line
+                    return {}
+                problem = ("check_failed", f"layout check failed: {e}")
         if reapply:
             try:
-                self._reapply(reapply)
+                self._in_child(lambda: self._reapply(reapply))
+            except forked.Hung as e:
+                log.debug("reader_killed", msg=f"re-apply process {e.pid} killed", pid=e.pid)
+                problem = ("check_hung", f"a re-apply has not returned for {e.seconds:g} s (an NVML call hung in "
+                                         "the driver): its process was killed")
             except Exception as e:  # noqa: BLE001
                 log.debug("check_traceback", msg="re-apply failed", exc_info=True)
                 problem = ("check_failed", f"re-apply failed: {type(e).__name__}: {e}")
         self._round_done(statuses, problem)
         return statuses
+
+    def _read_round(self) -> Tuple[Dict[int, CheckStatus], List[int], Optional[Tuple[str, str]]]:
+        """Read and compare (in the reader process): the statuses, the GPUs to re-apply, and the round's problem."""
+        try:
+            statuses, reapply = self._check()
+        except NothingHere:
+            return {}, [], None  # a GPU-less host: nothing selected here, nothing to read; not a problem
+        except DriverError as e:
+            return {}, [], ("read_failed", f"cannot read GPUs: {e}")
+        except ConfigError as e:  # e.g. the layout fits no GPU of a model found on this host
+            return {}, [], ("config_unusable", f"cannot check: {_first(e)}")
+        except Exception as e:  # noqa: BLE001 - reported (once) and retried next round, never fatal
+            log.debug("check_traceback", msg="layout check failed", exc_info=True)
+            return {}, [], ("check_failed", f"layout check failed: {type(e).__name__}: {e}")
+        return statuses, reapply, None
+
+    def _hang_limit(self) -> float:
+        return self.watchdog_s if self.watchdog_s else 60.0
+
+    def _in_child(self, work: Callable[[], T]) -> T:
+        """work() in a short-lived reader process (forked.py), so this process never loads libnvidia-ml; what
+        work() changed of this watcher (what was logged per GPU, per process) comes back with its result."""
+        Carried = Tuple[Dict[int, GpuTrack], bool, str, Optional[Tuple[str, str]]]
+
+        def job() -> Tuple[T, Carried]:
+            return work(), (self.gpus, self.no_driver_said, self.reapply_skip, publish.carried())
+
+        result, (self.gpus, self.no_driver_said, self.reapply_skip, trouble) = forked.call(job, self._hang_limit())
+        publish.restore(trouble)
+        return result
 
     def _round_done(self, statuses: Dict[int, CheckStatus], problem: Optional[Tuple[str, str]]) -> None:
         """The one place a round ends (checked, or failed): log the round's problem on change, set STATUS=."""
@@ -332,8 +370,9 @@ class Watcher:
                     self._report(info.index, CheckStatus.ERROR, "", f"unreadable: {info.unreadable}")
                     statuses[info.index] = CheckStatus.ERROR
             desired = engine.desired()
+            states = engine.states(list(desired))  # each GPU read on its own thread
             for i, d in desired.items():
-                state = engine.backend.state(i)
+                state = states[i].get()
                 row = engine.compare_gpu(infos[i], d, state)
                 self._report(i, row.status, row.expected, row.found, row.diff)
                 statuses[i] = row.status
@@ -472,6 +511,18 @@ class Watcher:
 
 class NothingHere(Exception):
     """No NVIDIA driver installed and nothing names a GPU: the check has nothing to read (Watcher._nothing_here)."""
+
+
+def _preload(simulated: bool) -> None:
+    """Import, once, what every reader process runs (pynvml and the NVML backend, the metrics writer; the simulator
+    for simulated GPUs): a forked reader starts with them instead of importing them each round. Importing pynvml
+    loads no library: nvmlInit does, and only reader processes call it."""
+    import importlib
+
+    import pynvml  # noqa: F401  (backend/nvml.py imports it only when a backend is made)
+
+    for name in (".backend.nvml", ".metrics", ".cdi") + ((".sim.fakelib",) if simulated else ()):
+        importlib.import_module(name, __package__)
 
 
 def _first(e: ConfigError) -> str:

@@ -203,17 +203,19 @@ def test_migd_under_real_systemd(boot_base, boot_rootfs, boot_vm, migd_deb):
     status = json.loads(r2.command("status")["stdout"])
     assert all(len(g["instances"]) == 3 for g in status["gpus"])
 
-    # --- 5. a hung NVML call in the checker: systemd's watchdog kills and restarts migd-watch ---------------------
+    # --- 5. a hung NVML call: its reader process is killed at the hang limit (WatchdogSec, 4 s here) and it is said
+    # once; migd-watch itself was never inside NVML, so it keeps pinging and is not restarted (issue 21.3) -----------
     hang = root / "etc/systemd/system/migd-watch.service.d/hang.conf"
     hang.write_text("[Service]\nEnvironment=MIGD_SIM_FAULTS=nvmlDeviceGetCount=hang\n")
     r3 = boot_vm(units=UNITS, timeout=90, commands={"wait": ["sleep", "14"]}).check()
     hang.unlink()
     watch = r3.unit("migd-watch.service")
     texts = [str(e.get("MESSAGE")) for e in r3.journal(UNIT="migd-watch.service")]  # systemd's own records
-    assert any("Watchdog timeout" in t for t in texts), texts[-10:]
-    assert any("Failed with result 'watchdog'" in t for t in texts), texts[-10:]
-    assert int(watch["NRestarts"]) >= 1, watch["NRestarts"]
-    assert _events(r3, "migd-watch.service", "check_hung")
+    assert not any("Watchdog timeout" in t for t in texts), texts[-10:]
+    assert watch["ActiveState"] == "active" and int(watch["NRestarts"]) == 0, (watch["ActiveState"], watch["NRestarts"])
+    hung = _events(r3, "migd-watch.service", "check_hung")
+    assert len(hung) == 1 and hung[0]["PRIORITY"] == "3" and "reader process was killed" in hung[0]["MESSAGE"], hung
+    assert watch["StatusText"].startswith("a layout check has not returned for 4 s"), watch["StatusText"]
 
     # --- 2. negative control: migd ordered after the clients -> Hopper's MIG enable stays pending, holder named ---
     override = root / "etc/systemd/system/migd.service"

@@ -3,7 +3,8 @@ an audit hook that refuses, and reports on stderr, anything a simulated migd run
 
 - a write outside the directories in $MIGD_GUARD_ALLOW (colon-separated): `open` for writing (builtin or os.open),
   rename/replace, mkdir/rmdir/remove, chmod/chown, link/symlink, truncate, utime;
-- starting any process (subprocess, exec*, posix_spawn, spawn, system, fork);
+- starting any program (subprocess, exec*, posix_spawn, spawn, system; a fork of migd itself is allowed, under
+  this same hook);
 - loading a native library other than Python's own (the real libnvidia-ml).
 
 Each violation prints one `MIGD-GUARD-VIOLATION ...` line on stderr (fd 2, no file opened) and raises
@@ -18,8 +19,10 @@ _ALLOW = tuple(os.path.realpath(p) for p in os.environ.get("MIGD_GUARD_ALLOW", "
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _PATH_EVENTS = {"os.rename": 2, "os.replace": 2, "os.mkdir": 1, "os.rmdir": 1, "os.remove": 1, "os.chmod": 1,
                 "os.chown": 1, "os.link": 2, "os.symlink": 2, "os.truncate": 1, "os.utime": 1, "shutil.rmtree": 1}
-_PROCESS_EVENTS = ("subprocess.Popen", "os.exec", "os.posix_spawn", "os.spawn", "os.system", "os.fork",
-                   "os.forkpty", "pty.spawn")
+# os.fork is migd-watch's own reader process (forked.py): the same program, under this same hook; a program
+# started (exec, spawn, system) is what must never happen.
+_PROCESS_EVENTS = ("subprocess.Popen", "os.exec", "os.posix_spawn", "os.spawn", "os.system", "os.forkpty",
+                   "pty.spawn")
 
 
 _DIR_FD_ARG = {"os.rename": (2, 3), "os.replace": (2, 3), "os.mkdir": (2,), "os.rmdir": (1,), "os.remove": (1,),

@@ -45,19 +45,21 @@ def read_only_forced() -> bool:
 
 class BackendFactory(Protocol):
     """Builds an (unopened) backend: the real driver's, or simulated GPUs' (`migd.site`, `migd.sim.environment`).
-    read_only: the read-only guard; cache_write: this run may write the per-boot profile cache."""
+    read_only: the read-only guard; cache_write: this run may write the profile caches (per boot, and the lasting
+    one in the state directory)."""
 
     def __call__(self, read_only: bool = False, cache_write: bool = False) -> Backend: ...
 
 
 def make_backend(read_only: bool = False, cache_dir: Optional[str] = None, cache_write: bool = False,
-                 boot_id: Optional[str] = None) -> Backend:
+                 boot_id: Optional[str] = None, state_dir: Optional[str] = None) -> Backend:
     """The nvml backend over the real driver (simulated GPUs are built by `migd.sim`, never here).
 
     MIGD_READ_ONLY=1 forces the read-only guard on whatever the caller asked.
     cache_dir: where the per-boot profile cache is (the run directory: see profile_cache.py), None for none;
     cache_write: this run may write it (apply, boot, watch; read verbs only read it); boot_id: this boot's
-    (HostEnv.boot_id; None: read the kernel's).
+    (HostEnv.boot_id; None: read the kernel's); state_dir: where the profile cache that survives reboots is
+    (HostEnv.state_dir), None for none; written when cache_write is.
     """
     from .nvml import NvmlBackend
     from .profile_cache import ProfileCache
@@ -66,4 +68,5 @@ def make_backend(read_only: bool = False, cache_dir: Optional[str] = None, cache
     read_only = read_only or read_only_forced()
     this_boot = (boot_id or kernel_boot_id()) if cache_dir else None
     return NvmlBackend(read_only=read_only, description="nvml", profile_cache=ProfileCache(
-        cache_dir, this_boot, write=cache_write) if cache_dir and this_boot else None)
+        cache_dir, this_boot, write=cache_write) if cache_dir and this_boot else None,
+        lasting_cache=ProfileCache(state_dir, None, write=cache_write) if state_dir else None)

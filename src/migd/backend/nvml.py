@@ -53,7 +53,8 @@ class _GpuInstanceProfileInfoV3(ctypes.Structure):
 
 class NvmlBackend:
     def __init__(self, read_only: bool = False, description: str = "nvml", device_dir: Optional[str] = "/dev",
-                 simulated: bool = False, profile_cache: Optional[ProfileCache] = None):
+                 simulated: bool = False, profile_cache: Optional[ProfileCache] = None,
+                 lasting_cache: Optional[ProfileCache] = None):
         import pynvml  # imported here so pure commands (validate) never load it
 
         self._n = pynvml
@@ -69,6 +70,7 @@ class NvmlBackend:
         self._gi_handles: Dict[Tuple[int, int], Any] = {}  # (gpu, GI id) -> handle, from this backend's creates
         self._profile_v3 = True  # the driver answers the v3 profile-info struct (R545+); see _profile_info
         self._cache = profile_cache  # per-boot profile tables (profile_cache.py); None: always read live
+        self._lasting = lasting_cache  # the tables kept across boots (state dir), keyed by the board too
         self._driver: Optional[str] = None
         self._open = False
 
@@ -116,8 +118,7 @@ class NvmlBackend:
 
     def close(self) -> None:
         if self._open:
-            if self._cache is not None:
-                self._cache.flush()  # tables read one GPU at a time (after a mode change)
+            self._flush()  # tables read one GPU at a time (after a mode change)
             self._open = False
             self._handles.clear()
             self._gi_handles.clear()
@@ -152,10 +153,20 @@ class NvmlBackend:
     # --- identity and capabilities ---------------------------------------------------------------------------
 
     def gpus(self) -> List[GpuInfo]:
-        infos = [self._info(i) for i in range(len(self._info_slots()))]
-        if self._cache is not None:
-            self._cache.flush()
+        """Every GPU's identity and profile table, each GPU read on its own thread (pergpu)."""
+        from .. import pergpu
+
+        count = len(self._info_slots())
+        if (self._cache or self._lasting) is not None and any(info is None for info in self._infos or ()):
+            self.driver_version()  # the caches' key, read once here rather than by every GPU's thread
+        infos = list(pergpu.each(self._info, range(count)).values())
+        self._flush()
         return infos
+
+    def _flush(self) -> None:
+        for cache in (self._cache, self._lasting):
+            if cache is not None:
+                cache.flush()
 
     def _info_slots(self) -> List[Optional[GpuInfo]]:
         if self._infos is None:
@@ -221,19 +232,43 @@ class NvmlBackend:
             # R550+ answers profile queries with MIG off; older drivers say NOT_SUPPORTED until MIG is enabled: the
             # cache is keyed by the mode too, so it never answers for the other one.
             key = (uuid, int(pci.pciDeviceId), bool(mode[0]))
-            cached = self._cache.get(self.driver_version(), *key) if self._cache is not None else None
-            if cached is not None:
-                profiles = cached
-            else:
-                profiles = tuple(self._read_profiles(i, h))
-                if self._cache is not None:
-                    self._cache.put(self.driver_version(), *key, profiles)
+            profiles = self._cached_profiles(i, h, pci, key)
         slices = max((p.slices for p in profiles), default=0)
         slots = max((p.placements[0].start + p.placements[0].size for p in profiles if p.placements), default=0)
         return GpuInfo(index=i, uuid=uuid, name=name, pci_bus_id=bus_id,
                        architecture=_ARCH_NAMES.get(arch, f"arch{arch}") if arch is not None else "unknown",
                        mig_capable=mig_capable, profiles=profiles, total_slices=slices, total_memory_slots=slots,
                        pci_device_id=int(pci.pciDeviceId), pci_subsystem_id=int(pci.pciSubSystemId))
+
+    def _cached_profiles(self, i: int, h: Any, pci: Any, key: Tuple[str, int, bool]) -> Tuple[GpuProfile, ...]:
+        """The profile table from this boot's cache, else from the lasting one (keyed by the board as well), else
+        read live; it is left in whichever cache missed (by writers: see profile_cache.py)."""
+        driver = self.driver_version() if (self._cache or self._lasting) is not None else ""
+        profiles = self._cache.get(driver, *key) if self._cache is not None else None
+        if profiles is not None:
+            return profiles
+        board: Optional[Dict[str, Any]] = None
+        lasting = self._lasting
+        if lasting is not None and (lasting.write or lasting.candidate(driver, *key)):
+            board = self._board(i, h, pci)  # one read, only where an entry could match or one is to be written
+            if board is not None:
+                profiles = lasting.get(driver, *key, board=board)
+        if profiles is None:
+            profiles = tuple(self._read_profiles(i, h))
+            if lasting is not None and board is not None:
+                lasting.put(driver, *key, profiles, board=board)
+        if self._cache is not None:
+            self._cache.put(driver, *key, profiles)
+        return profiles
+
+    def _board(self, i: int, h: Any, pci: Any) -> Optional[Dict[str, Any]]:
+        """What besides the driver, the GPU and its mode decides a profile table: the board (PCI subsystem ID) and
+        its firmware (VBIOS version). None (no lasting cache for this GPU) where the driver's text is not text."""
+        try:
+            vbios = str(self._call("nvmlDeviceGetVbiosVersion", h, gpu=i))
+        except UnicodeDecodeError:
+            return None
+        return {"pci_subsystem_id": int(pci.pciSubSystemId), "vbios": vbios}
 
     def _read_profiles(self, i: int, h: Any) -> List[GpuProfile]:
         profiles = []
@@ -453,9 +488,12 @@ class NvmlBackend:
         # "May unbind or reset the device ... minor number might change": re-acquire handles. The profile table
         # does not change with the mode; re-read this GPU's info only where it had none (drivers before R550 list
         # profiles only with MIG on) - on the boot path every Hopper GPU changes mode, and a re-read is ~40 calls.
-        self._handles.clear()
-        self._gi_handles.clear()
-        self._ci_cache = {k: v for k, v in self._ci_cache.items() if k[0] != gpu}
+        # This GPU's alone: the other GPUs' threads go on using theirs.
+        self._handles.pop(gpu, None)
+        for key in [k for k in list(self._gi_handles) if k[0] == gpu]:
+            del self._gi_handles[key]
+        for key in [k for k in list(self._ci_cache) if k[0] == gpu]:
+            del self._ci_cache[key]
         known = self._infos[gpu] if self._infos is not None else None
         if self._infos is not None and known is not None and not known.profiles:
             self._infos[gpu] = None

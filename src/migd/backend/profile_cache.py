@@ -1,4 +1,4 @@
-"""Per-boot cache of the GPUs' profile tables: <run dir>/profiles.json.
+"""Caches of the GPUs' profile tables: per boot in <run dir>/profiles.json, across boots in <state dir>/profiles.json.
 
 A GPU's profile table (GI profiles with their placements, the CI profiles derived from them) is ~25 NVML reads per
 GPU and fixed for one driver version and one GPU model - but on drivers before R550 it is empty while MIG is off.
@@ -13,6 +13,14 @@ miss: the table is read from the driver. A cache can make a run faster, never it
 Written (atomically, 0644, under the run directory's own checks) by the verbs that run as the service or change
 GPUs - `apply`, `boot`, `watch` - so that the first one of a boot (migd.service) leaves it for every later run.
 Read verbs only read it: they leave the run directory as they found it.
+
+The same file format, checks and code serve the cache that survives reboots (/var/lib/migd/profiles.json, the
+state directory; `boot_id` None): the first boot after an install or a driver update reads the tables live and
+leaves them there, every later boot's apply reads them from it. Without the boot to vouch for the hardware, its
+entries are also keyed by the board (`board`: PCI subsystem ID and VBIOS version, read live each time - the VBIOS
+is one NVML read, asked only where an entry could match): driver version, PCI device and subsystem IDs, VBIOS, UUID
+and MIG mode are everything a profile table depends on. The per-boot cache is asked first; a table found in the
+lasting one is copied into it, so later runs of the boot need not read the VBIOS either.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ _MAX_BYTES = 4 << 20  # a table is ~10 KiB per GPU: anything this big is not our
 
 
 class ProfileCache:
-    def __init__(self, directory: str, boot_id: str, write: bool = False):
+    def __init__(self, directory: str, boot_id: Optional[str], write: bool = False):
         self.directory = directory
         self.boot_id = boot_id
         self.write = write
@@ -42,12 +50,20 @@ class ProfileCache:
     def path(self) -> str:
         return os.path.join(self.directory, FILE)
 
-    def get(self, driver: str, uuid: str, pci_device_id: int, mig_current: bool) -> Optional[Tuple[GpuProfile, ...]]:
-        entries = self._entries(driver)
-        entry = entries.get(uuid)
-        if not isinstance(entry, dict) or entry.get("pci_device_id") != pci_device_id \
-                or type(entry.get("modes")) is not list or mig_current not in entry["modes"] \
-                or not all(type(m) is bool for m in entry["modes"]):
+    def candidate(self, driver: str, uuid: str, pci_device_id: int, mig_current: bool) -> bool:
+        """Is there an entry for this driver, GPU, PCI device ID and mode (before reading what else keys it)?"""
+        entry = self._entries(driver).get(uuid)
+        return isinstance(entry, dict) and entry.get("pci_device_id") == pci_device_id \
+            and type(entry.get("modes")) is list and mig_current in entry["modes"] \
+            and all(type(m) is bool for m in entry["modes"])
+
+    def get(self, driver: str, uuid: str, pci_device_id: int, mig_current: bool,
+            board: Optional[Dict[str, Any]] = None) -> Optional[Tuple[GpuProfile, ...]]:
+        """The table of an entry that matches all of the key (`board`: what else keys a lasting entry), or None."""
+        if not self.candidate(driver, uuid, pci_device_id, mig_current):
+            return None
+        entry = self._entries(driver)[uuid]
+        if entry.get("board") != board:
             return None
         try:
             return tuple(_profile(p) for p in _list(entry.get("profiles")))
@@ -55,15 +71,18 @@ class ProfileCache:
             return None
 
     def put(self, driver: str, uuid: str, pci_device_id: int, mig_current: bool,
-            profiles: Tuple[GpuProfile, ...]) -> None:
+            profiles: Tuple[GpuProfile, ...], board: Optional[Dict[str, Any]] = None) -> None:
         if self.write and profiles and uuid:
             self._driver = driver
             # Read with MIG off, a table is the driver's answer for both modes (R550+: the same table, as
             # nvml.set_mig_mode relies on too); read with MIG on, only for MIG on (older drivers list nothing
             # with MIG off).
             modes = [True] if mig_current else [False, True]
-            self._dirty[uuid] = {"pci_device_id": pci_device_id, "modes": modes,
-                                 "profiles": [_profile_doc(p) for p in profiles]}
+            entry: Dict[str, Any] = {"pci_device_id": pci_device_id, "modes": modes,
+                                     "profiles": [_profile_doc(p) for p in profiles]}
+            if board is not None:
+                entry["board"] = board
+            self._dirty[uuid] = entry
 
     def flush(self) -> None:
         """Write what was read live (with the entries still valid for this boot and driver). Best effort: a run
@@ -108,7 +127,7 @@ def untrusted(st: os.stat_result, what: str) -> Optional[str]:
     return None
 
 
-def _load(path: str, directory: str, boot_id: str) -> Optional[Dict[str, Any]]:
+def _load(path: str, directory: str, boot_id: Optional[str]) -> Optional[Dict[str, Any]]:
     try:
         dst = os.lstat(directory)
         if not stat.S_ISDIR(dst.st_mode) or untrusted(dst, "directory"):

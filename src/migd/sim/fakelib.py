@@ -8,14 +8,21 @@ with ==), is exercised by every simulated test, not only on hardware.
 Faults: each entry of the host's `faults` (or of MIGD_SIM_FAULTS, `CALL=CODE[@N][/gpuK]`, comma-separated) makes
 the N-th call of C function CALL (every call if no N) return CODE, hang when CODE is `hang` (announced on stderr
 as "sim: CALL hangs", so a test knows when to SIGKILL), or take 50 ms longer and then succeed when CODE is `slow`
-(to make concurrent runs overlap).
+(to make concurrent runs overlap). `@N` counts per GPU, because migd runs each GPU on its own thread: the N-th call
+of CALL on GPU K with `/gpuK`, on each GPU without it (a GPU is the one a call's handle belongs to, or the index
+nvmlDeviceGetHandleByIndex asks for). Calls about no GPU (nvmlInit, nvmlDeviceGetCount, ...) count per process. So
+a fault hits the same call whatever order the GPUs' threads run in. On a one-GPU host this is the count it always was.
+
+Threads: every call runs its reads and changes of the host under the host's one lock (SimHost.lock); latencies and
+`slow`/`hang` waits happen outside it, so GPUs' calls overlap like a real driver's.
 
 Latency (MIGD_SIM_LATENCY, e.g. `reads=0.5ms,first_handle=7ms,init=12ms,create=0,mode=0`): each simulated call
 sleeps that long, so a benchmark sees NVML's share of a run. `init` (nvmlInit), `first_handle` (a process's first
 nvmlDeviceGetHandleByIndex of a GPU), `reads` (every other getter, failed probes included), `create`, `destroy`,
 `mode` (SetMigMode), `persistence` (SetPersistenceMode), `shutdown`. Read latencies were measured on an H200 (R580);
 mutating ones are unknown here: parameters, 0 unless given. `latency_spent` / `mutating_spent` add up the sleeps,
-`call_spent` all time inside simulated calls (so a benchmark can leave out the simulator's own work).
+`call_spent` all time inside simulated calls, `own_spent` the simulator's own work alone (so a benchmark can leave
+it out: on a GPU the measured latency is the whole call).
 
 Trace: while the host state holds a "trace" list, every mutation appends [pid, call, gpu, time] to it, under the
 state file's lock: the order in which processes sharing a state file changed the GPUs.
@@ -169,7 +176,13 @@ class FakeNvmlLib:
         self.latency_spent = 0.0  # seconds slept in simulated calls (MIGD_SIM_LATENCY)
         self.mutating_spent = 0.0  # of which in mutating ones
         self.call_spent = 0.0  # all time inside simulated calls: the latencies plus the simulator's own work
+        self.read_latency_by_gpu: Dict[int, float] = {}  # read latencies slept, per GPU (-1: calls about no GPU)
+        self.own_spent = 0.0  # the simulator's own work (under its lock; with the GPUs' threads, call_spent adds
+        # up overlapping calls and waits for the lock, this does not)
         self._handled: set = set()  # GPU indices whose handle this process asked for (first_handle)
+        self._lock = host.lock  # the host's state (and our counters, handle table): one call's work at a time
+        if self.latency:
+            _precise_sleeps()
 
     def __getattr__(self, name: str) -> Callable:
         impl = getattr(type(self), "_" + name, None)
@@ -177,47 +190,71 @@ class FakeNvmlLib:
             raise AttributeError(name)  # pynvml turns this into FUNCTION_NOT_FOUND, like a missing symbol
 
         def call(*args):
+            # Thread-safe like NVML: the host's state is read and changed under one lock; waits (latency, `slow`
+            # and `hang` faults) happen outside it, so calls on different GPUs overlap as on a real driver.
             start = time.perf_counter()
+            gpu = None
             try:
-                self._refresh()
-                self._current = (name, self._gpu_of(args))
-                self._inject(name, args)
-                if self.latency:
-                    self._sleep(name, args)
-                if name not in ("nvmlInitWithFlags", "nvmlInit_v2") and not self.initialized:
-                    return E.CODE_BY_NAME["UNINITIALIZED"]
-                result = impl(self, *args)
+                with self._lock:
+                    held = time.perf_counter()
+                    self._refresh()
+                    gpu = self._gpu_of(name, args)
+                    wait = self._inject(name, gpu)
+                    self.own_spent += time.perf_counter() - held
+                if wait is not None:
+                    _wait(name, wait)
+                slept = self._sleep(name, args, gpu) if self.latency else False
+                with self._lock:
+                    held = time.perf_counter()
+                    try:
+                        if slept or wait is not None:
+                            self._refresh()  # another process may have changed a shared host meanwhile
+                        if name not in ("nvmlInitWithFlags", "nvmlInit_v2") and not self.initialized:
+                            return E.CODE_BY_NAME["UNINITIALIZED"]
+                        self._current = (name, gpu)
+                        result = impl(self, *args)
+                    finally:
+                        self.own_spent += time.perf_counter() - held
                 return 0 if result is None else result
             except SimError as e:
-                if e.code == E.GPU_IS_LOST:
-                    self._mark_lost(args)
+                if e.code == E.GPU_IS_LOST and gpu is not None:
+                    self._mark_lost(gpu)
                 return e.code
             finally:
-                self.call_spent += time.perf_counter() - start
+                spent = time.perf_counter() - start
+                with self._lock:
+                    self.call_spent += spent
 
         return call
 
     # --- plumbing -------------------------------------------------------------------------------------------
 
-    def _sleep(self, name: str, args: tuple) -> None:
+    def _sleep(self, name: str, args: tuple, gpu: Optional[int] = None) -> bool:
+        """Wait out the call's simulated latency (outside the lock: a real driver's calls on different GPUs
+        overlap, and a sleeping thread lets the others run). True when it waited."""
         kind = _latency_kind(name)
-        if name.startswith("nvmlDeviceGetHandleByIndex") and args:
-            index = _int(args[0])
-            if index not in self._handled:
-                self._handled.add(index)
-                kind = "first_handle" if "first_handle" in self.latency else kind
+        with self._lock:
+            if name.startswith("nvmlDeviceGetHandleByIndex") and args:
+                index = _int(args[0])
+                if index not in self._handled:
+                    self._handled.add(index)
+                    kind = "first_handle" if "first_handle" in self.latency else kind
         seconds = self.latency.get(kind, 0.0)
-        if seconds:
-            start = time.perf_counter()
-            deadline = start + seconds
-            if seconds > 0.002:
-                time.sleep(seconds - 0.001)
-            while time.perf_counter() < deadline:  # sub-ms sleeps overshoot by 20-50 %: wait the rest exactly
-                pass
-            spent = time.perf_counter() - start
+        if not seconds:
+            return False
+        start = time.perf_counter()
+        # A sleep, never a busy wait: spinning would hold the GIL and serialize the GPUs' threads. The timer slack
+        # is lowered at install (_precise_sleeps), so a 0.5 ms sleep overshoots by tens of µs, not 100+.
+        time.sleep(seconds)
+        spent = time.perf_counter() - start
+        with self._lock:
             self.latency_spent += spent
             if kind not in ("init", "shutdown", "first_handle", "reads"):
                 self.mutating_spent += spent
+            else:  # per GPU (-1: calls about none): the GPUs' threads overlap, so the longest is what a run waits
+                key = -1 if gpu is None else gpu
+                self.read_latency_by_gpu[key] = self.read_latency_by_gpu.get(key, 0.0) + spent
+        return True
 
     def _refresh(self) -> None:
         """See changes other processes made to a shared state file (the driver is live, not a snapshot)."""
@@ -256,47 +293,52 @@ class FakeNvmlLib:
         env = os.environ.get("MIGD_SIM_FAULTS", "")
         return list(self.host.state.get("faults", [])) + self.extra_faults + (parse_faults(env) if env else [])
 
-    def _inject(self, name: str, args: tuple) -> None:
+    def _inject(self, name: str, gpu: Optional[int]) -> Optional[float]:
+        """Count the call and apply the faults that name it (under the lock). Raises SimError for an error fault;
+        returns how long to wait first (`slow`; inf for `hang`), or None.
+
+        `@N` counts per GPU: the N-th call of CALL on that GPU (each GPU's calls are in a fixed order on its own
+        thread, whatever the other GPUs' threads do meanwhile), on GPU K only with `/gpuK`, else on every GPU. A
+        call about no GPU (nvmlInit, nvmlDeviceGetCount, ...) counts per process."""
         base = name.split("_v")[0] if "_v" in name else name
         count = self.calls[base] = self.calls.get(base, 0) + 1
-        gpu = self._gpu_of(args)
-        if gpu is not None:  # `@N/gpuK` counts GPU K's calls only, whatever other GPUs did meanwhile
-            self.gpu_calls[(base, gpu)] = self.gpu_calls.get((base, gpu), 0) + 1
+        if gpu is not None:
+            count = self.gpu_calls[(base, gpu)] = self.gpu_calls.get((base, gpu), 0) + 1
+        wait: Optional[float] = None
         for fault in self._faults():
             if fault["call"] not in (name, base):
                 continue
             if fault.get("gpu") is not None and gpu != fault["gpu"]:
                 continue
-            nth = count if fault.get("gpu") is None else self.gpu_calls[(base, gpu)]
-            if fault.get("at") is not None and fault["at"] != nth:
+            if fault.get("at") is not None and fault["at"] != count:
                 continue
             if fault.get("hang"):
-                try:
-                    os.write(2, f"sim: {name} hangs (injected fault)\n".encode())
-                except OSError:
-                    pass
-                while True:  # a wedged driver call: only the watchdog (SIGKILL) gets us out
-                    time.sleep(3600)
+                return float("inf")
             if fault.get("slow"):
-                time.sleep(fault["slow"])
+                wait = (wait or 0.0) + fault["slow"]
                 continue
             if fault.get("raise"):
                 raise RuntimeError(f"injected exception in {name}")
             raise SimError(fault["code"], f"injected fault in {name}")
+        return wait
 
-    def _gpu_of(self, args: tuple) -> Optional[int]:
-        for a in args[:1]:
+    def _gpu_of(self, name: str, args: tuple) -> Optional[int]:
+        """The GPU a call is about: the one its first argument's handle belongs to, or the index asked for."""
+        if not args:
+            return None
+        if name.startswith("nvmlDeviceGetHandleByIndex"):
             try:
-                key = self.handles.key(a)
-            except (TypeError, ctypes.ArgumentError):
-                key = None
-            if key:
-                return key[1]
-        return None
+                return _int(args[0])
+            except (TypeError, ValueError):
+                return None
+        try:
+            key = self.handles.key(args[0])
+        except (TypeError, ctypes.ArgumentError):
+            key = None
+        return key[1] if key else None
 
-    def _mark_lost(self, args: tuple) -> None:
-        gpu = self._gpu_of(args)
-        if gpu is not None:
+    def _mark_lost(self, gpu: int) -> None:
+        with self._lock:
             self._mutate(lambda: self.host.gpus[gpu].__setitem__("lost", True))
 
     def _key(self, handle, kind: str) -> tuple:
@@ -389,6 +431,10 @@ class FakeNvmlLib:
         info.busIdLegacy = bus_id[4:].encode()
         info.domain, info.bus, info.device = 0, int(bus_id[9:11], 16), 0
         info.pciDeviceId = self.host.model(i).pci_device_id
+        info.pciSubSystemId = self.host.pci_subsystem_id(i)
+
+    def _nvmlDeviceGetVbiosVersion(self, handle, buf, size):
+        return _put_string(buf, size, self.host.vbios(self._gpu(handle)).encode())
 
     def _nvmlDeviceGetArchitecture(self, handle, arch_ref):
         _out(arch_ref).value = self.host.model(self._gpu(handle)).architecture
@@ -665,6 +711,28 @@ class FakeNvmlLib:
             slot.gpuInstanceId = _ID_ANY if p["gi"] is None else p["gi"]
             slot.computeInstanceId = _ID_ANY if p["ci"] is None else p["ci"]
         count.value = len(procs)
+
+
+def _wait(name: str, seconds: float) -> None:
+    """A `slow` fault's extra time, or a `hang` (seconds = inf): a wedged driver call that only SIGKILL ends."""
+    if seconds != float("inf"):
+        time.sleep(seconds)
+        return
+    try:
+        os.write(2, f"sim: {name} hangs (injected fault)\n".encode())
+    except OSError:
+        pass
+    while True:
+        time.sleep(3600)
+
+
+def _precise_sleeps() -> None:
+    """Lower this thread's timer slack (Linux's default, 50 µs, makes a 0.5 ms sleep last ~0.6 ms) to 1 ns; the
+    GPUs' threads inherit it. Best effort: elsewhere sleeps are just a little longer."""
+    try:
+        ctypes.CDLL(None).prctl(29, 1, 0, 0, 0)  # PR_SET_TIMERSLACK
+    except (OSError, AttributeError):
+        pass
 
 
 def _v3_misplaced_name(out, info: dict) -> None:

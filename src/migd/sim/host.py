@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib  # noqa: F401  (uuid5 imports it at its first call: each migd-watch reader process would, every round)
 import json
 import os
 import re
@@ -26,6 +27,12 @@ if TYPE_CHECKING:
     from ..driverfiles import DriverFiles
 
 STATE_VERSION = 1
+# What keys the lasting profile cache besides the driver and the GPU: the board's PCI subsystem ID (recorded for the
+# H100 and H200: tests/data; for every other model ASSUMED equal to its device ID) and the VBIOS version (recorded
+# for none: ASSUMED, a placeholder in nvidia-smi's format). A state file's GPU may set its own ("pci_subsystem_id",
+# "vbios"), as a board or firmware update would.
+SUBSYSTEM_IDS = {"h100-80gb": 0x16C110DE, "h200": 0x18BF10DE}
+VBIOS = "96.00.00.00.01"
 _MIG_NAMESPACE = uuidlib.UUID("5f3c1d2e-7b9a-4c8d-9e0f-6a1b2c3d4e5f")  # any fixed namespace: uuid5 like the driver
 
 
@@ -74,6 +81,9 @@ class SimHost:
     def __init__(self, state: dict, path: Optional[str] = None):
         self.state = state
         self.path = path
+        # One lock around the state: the fake library holds it for every call's reads and changes (each GPU's
+        # calls come from its own thread), and reload/save take it too. Re-entrant: a change saves under it.
+        self.lock = threading.RLock()
 
     # --- persistence ----------------------------------------------------------------------------------------
 
@@ -121,12 +131,13 @@ class SimHost:
     def save(self) -> None:
         if not self.path:
             return
-        with _locked(self.path):
+        with self.lock, _locked(self.path):
             _atomic_write_json(self.path, self.state)
 
     def reload(self) -> None:
-        if self.path and os.path.exists(self.path):
-            self.state = load_state(self.path)
+        with self.lock:
+            if self.path and os.path.exists(self.path):
+                self.state = load_state(self.path)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -197,6 +208,13 @@ class SimHost:
             dkms = self.state.get("dkms_dir")
             return DriverFiles("libnvidia-ml.so.1 (simulated)", None, False, find_dkms_build(dkms) if dkms else None)
         return DriverFiles("libnvidia-ml.so.1 (simulated)", "nvidia.ko (simulated)", module_loaded=driver == "loaded")
+
+    def pci_subsystem_id(self, gpu: int) -> int:
+        g = self.gpus[gpu]
+        return g.get("pci_subsystem_id", SUBSYSTEM_IDS.get(g["model"], self.model(gpu).pci_device_id))
+
+    def vbios(self, gpu: int) -> str:
+        return self.gpus[gpu].get("vbios", VBIOS)
 
     def check_gpu(self, gpu: int) -> dict:
         g = self.gpus[gpu]
@@ -554,6 +572,8 @@ def _gpu_problem(g: dict) -> Optional[str]:
         ("lost", isinstance(g.get("lost", False), bool)),
         ("reset_supported", isinstance(g.get("reset_supported", True), bool)),
         ("display_mode", g.get("display_mode", "compute") in ("compute", "graphics")),
+        ("pci_subsystem_id", _is_int(g.get("pci_subsystem_id", 0), 0, (1 << 32) - 1)),
+        ("vbios", isinstance(g.get("vbios", ""), str) and len(g.get("vbios", "")) < 64),
     ]
     for key, ok in fields:
         if not ok:

@@ -36,7 +36,7 @@ _NOTES_KEEP = 5  # ... and shown by `migd status`
 
 def make_backend(simulate: Optional[str] = None, sim_state: Optional[str] = None, read_only: bool = False,
                  cache_dir: Optional[str] = None, cache_write: bool = False,
-                 host: Optional[SimHost] = None) -> "Backend":
+                 host: Optional[SimHost] = None, state_dir: Optional[str] = None) -> "Backend":
     """The nvml backend over simulated GPUs: a host built from `simulate`, or the one shared through the state
     file `sim_state` (created from `simulate` when absent). `--sim-state` of a host built from one spec with
     `--simulate` of another is an error (UsageError), never a silent switch to the file's GPUs."""
@@ -66,10 +66,13 @@ def make_backend(simulate: Optional[str] = None, sim_state: Optional[str] = None
         # The simulated host's boot, and its driver's v3 support (tests switch it), stand in for the boot_id.
         boot = f"sim:{os.path.abspath(sim_state)}:{host.state.get('boot')}:{host.state.get('profile_info_v3', True)}"
         cache = ProfileCache(cache_dir, boot, write=cache_write)
+    # The tables kept across (simulated) reboots: a host in a state file, in its state directory.
+    lasting = ProfileCache(state_dir, None, write=cache_write) if state_dir and sim_state else None
     label = f"simulated {host.state['spec']}" + (f" ({sim_state})" if sim_state else "")
     # The simulated device nodes are plain files under the state's device_dir, named like /dev/nvidia<minor>.
     return NvmlBackend(read_only=read_only or read_only_forced(), description=label,
-                       device_dir=host.state.get("device_dir"), simulated=True, profile_cache=cache)
+                       device_dir=host.state.get("device_dir"), simulated=True, profile_cache=cache,
+                       lasting_cache=lasting)
 
 
 class SimulatedHost:
@@ -213,7 +216,8 @@ def _environment(spec: Optional[str], state_path: Optional[str],
     path: str = state_path
 
     def factory(read_only: bool = False, cache_write: bool = False) -> "Backend":
-        return make_backend(spec, path, read_only=read_only, cache_dir=run, cache_write=cache_write)
+        return make_backend(spec, path, read_only=read_only, cache_dir=run, cache_write=cache_write,
+                            state_dir=state)
 
     return factory, _env(sim, run, state, textfile), notices
 
