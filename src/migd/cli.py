@@ -151,23 +151,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     service_verb = args.verb in ("boot", "watch")
     try:
         return VERBS[args.verb](args)
-    except ConfigError as e:
+    except (MigdError, OSError, KeyboardInterrupt) as e:
+        from .engine import exit_for
+
+        code, event = exit_for(e)
+        if isinstance(e, BrokenPipeError):  # nothing more can be written
+            sys.stderr.close()
+        if not event:
+            return code
+        # a config error's STATUS= is said here; any other error's by boot.run itself
+        return _fail(service_verb, event, _error_text(e, service_verb), code,
+                     status=args.verb == "boot" and isinstance(e, ConfigError))
+
+
+def _error_text(e: BaseException, service_verb: bool) -> str:
+    if isinstance(e, ConfigError):
         lead = "invalid configuration, no GPU touched:"
         # Under systemd each problem is one journal line that says what happened and names file:line.
-        text = "\n".join(f"{lead} {' '.join(str(p).split())}" for p in e.problems) if service_verb else f"{lead}\n{e}"
-        return _fail(service_verb, "config_invalid", text, E.EXIT_USAGE, status=args.verb == "boot")
-    except E.UsageError as e:  # bad --simulate spec or state file; a ValueError from a bug is no usage error
-        return _fail(service_verb, "usage", str(e), E.EXIT_USAGE)
-    except MigdError as e:
-        return _fail(service_verb, "failed", str(e), e.exit_code)  # boot.run set STATUS= itself
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:  # `migd plan | head`
-        sys.stderr.close()
-        return E.EXIT_OK
-    except OSError as e:  # (after its subclass BrokenPipeError) a file or directory migd needs is unusable
+        return "\n".join(f"{lead} {' '.join(str(p).split())}" for p in e.problems) if service_verb else f"{lead}\n{e}"
+    if isinstance(e, OSError):
         where = f"{E.printable(str(e.filename))}: " if e.filename else ""
-        return _fail(service_verb, "failed", f"{where}{E.printable(e.strerror or str(e))}", E.EXIT_FAILURE)
+        return f"{where}{E.printable(e.strerror or str(e))}"
+    return str(e)
 
 
 def _fail(service_verb: bool, event: str, text: str, code: int, status: bool = False) -> int:

@@ -223,12 +223,10 @@ class Watcher:
         problem: Optional[Tuple[str, str]] = None
         with contextlib.ExitStack() as held:
             try:
-                held.enter_context(runstate.locked(0, wait=False, shared=True, directory=self.run_dir))
+                held.enter_context(runstate.check_lock(0, directory=self.run_dir))  # never waits for an apply
             except LockBusy:
                 log.debug("check_skipped", msg="apply in progress (lock held): skipping this check")
                 return {}
-            except (OSError, runstate.RunDirError) as e:  # e.g. run by hand without /run/migd: check unlocked
-                log.debug("check_unlocked", msg=f"checking without the lock: {e}")
             self.checks += 1
             try:
                 statuses, reapply, problem = self._in_child(self._read_round)
