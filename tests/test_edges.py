@@ -52,3 +52,17 @@ def test_check_lock_is_shared_waits_no_longer_than_asked_and_falls_back_to_unloc
     with runstate.check_lock(0, directory=os.path.join(str(blocked), "run")):  # no usable run dir: unlocked
         entered.append(True)
     assert entered == [True]
+
+
+def test_edges_get_their_engine_lock_and_exit_codes_from_one_place_each():
+    """No edge builds an Engine, takes the check lock or maps an exception to an exit code by itself."""
+    import re
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parent.parent / "src" / "migd"
+    for edge in ("cli.py", "boot.py", "watch.py"):
+        text = (src / edge).read_text()
+        assert not re.search(r"\bEngine\(", text), f"{edge} builds an Engine: use Site.engine"
+        assert "shared=True" not in text, f"{edge} takes the shared lock itself: use runstate.check_lock"
+        assert not re.search(r"except [A-Za-z.]*Error[^\n]*:\n\s+return (130|E\.EXIT_)", text), edge
+    assert "return 130" not in (src / "cli.py").read_text()

@@ -222,9 +222,7 @@ def _backend(args: argparse.Namespace, read_only: bool) -> "Backend":
 
 def _engine(args: argparse.Namespace, backend: "Backend", cfg: "Optional[Config]",
             host: Optional[str] = None) -> "Engine":
-    from .engine import Engine
-
-    return Engine(backend, cfg, _site(args).env, host=host)
+    return _site(args).engine(backend, cfg, host=host)
 
 
 def _live_view(args: argparse.Namespace, backend: "Backend") -> "Tuple[Engine, StatusView, Optional[str]]":

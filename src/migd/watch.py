@@ -327,8 +327,7 @@ class Watcher:
     def _engine(self, read_only: bool) -> Engine:
         # The service writes the per-boot profile cache (if boot did not), so each later round reads identity,
         # mode and instances only.
-        backend = self.site.open_backend(read_only=read_only, cache_write=True)
-        return Engine(backend, self.cfg, self.env)
+        return self.site.engine(self.site.open_backend(read_only=read_only, cache_write=True), self.cfg)
 
     def _track(self, gpu: int) -> GpuTrack:
         return self.gpus.setdefault(gpu, GpuTrack())
