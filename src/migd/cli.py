@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence, Tuple
 
 from . import __version__
 from . import errors as E
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from .backend import Backend
     from .engine import ApplyResult, Engine, StatusView
     from .layout import DesiredGpu
-    from .model import Config, GpuInfo
+    from .model import Config
     from .picture import Style
     from .site import Site
 
@@ -244,22 +244,13 @@ def _live_view(args: argparse.Namespace, backend: "Backend") -> "Tuple[Engine, S
 
 
 def _load_config(args: argparse.Namespace, privileged: bool = False, checking: bool = False) -> "Config":
-    """privileged: the verb may change GPUs, so as root the file must be one only root can change (sshd-style).
-    checking (validate, plan): say what apply would say. As root that is apply's own check, an error; as another
-    user the same check, trusting that user too (a file in a checkout is the user's), as a warning: the file is
-    deployed elsewhere and the owner changes, but a group-writable file or drop-in directory would still be
-    refused at boot."""
+    """The config, as trusted as the verb needs (config.load_for_verb)."""
     from . import config
 
-    owner = config.trusted_owner()
-    if privileged or (checking and owner is not None):
-        return config.load(args.config, owner=owner)
-    if checking:
-        try:
-            return config.load(args.config, owner=os.geteuid())
-        except config.UntrustedConfig as e:
-            print(f"migd: warning: apply and boot (as root) would refuse this config:\n{e}", file=sys.stderr)
-    return config.load(args.config)
+    def warn(e: Exception) -> None:
+        print(f"migd: warning: apply and boot (as root) would refuse this config:\n{e}", file=sys.stderr)
+
+    return config.load_for_verb(args.config, privileged=privileged, checking=checking, warn=warn)
 
 
 # --- verbs --------------------------------------------------------------------------------------------------------
@@ -291,40 +282,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_profiles(args: argparse.Namespace) -> int:
     from . import picture, report, schema
+    from .profiles import only_profiles
 
     backend = _backend(args, True)
     try:
-        infos = _only_profiles(backend.gpus(), args.profile)
+        infos = only_profiles(backend.gpus(), args.profile)
         style = _style()
         print(schema.dumps(schema.profiles(infos, backend.simulated)) if args.json else
               report.profiles_text(infos, after=lambda info: picture.placements(info, style)))
         return E.EXIT_OK
     finally:
         backend.close()
-
-
-def _only_profiles(infos: "List[GpuInfo]", spellings: Sequence[str]) -> "List[GpuInfo]":
-    """`migd profiles 3g 1g.10gb`: each GPU's table with only these profiles; one that no GPU has is an error."""
-    if not spellings:
-        return infos
-    from ._record import replace
-    from .profiles import resolve_gpu_profile
-
-    out = []
-    found = set()
-    for info in infos:
-        keep = []
-        for spelling in spellings:
-            profile, _ = resolve_gpu_profile(spelling, info)
-            if profile is not None and profile not in keep:
-                keep.append(profile)
-                found.add(spelling)
-        out.append(replace(info, profiles=tuple(p for p in info.profiles if p in keep)))
-    for spelling in spellings:
-        if spelling not in found:
-            reasons = {resolve_gpu_profile(spelling, info)[1] for info in infos if info.mig_capable}
-            raise E.UsageError("; ".join(sorted(reasons)) or f"no GPU here has a profile {spelling!r}")
-    return out
 
 
 def cmd_completion(args: argparse.Namespace) -> int:

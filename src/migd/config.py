@@ -65,6 +65,24 @@ def load(path: str = DEFAULT_PATH, owner: Optional[int] = None) -> Config:
     return _merge([_parse_file(text, p, names) for p, text in files])
 
 
+def load_for_verb(path: str, privileged: bool = False, checking: bool = False,
+                  warn: Callable[[UntrustedConfig], None] = lambda _: None) -> Config:
+    """The config as a verb needs it trusted. privileged: the verb may change GPUs, so as root the file must be one
+    only root can change (sshd-style). checking (validate, plan): say what apply would say. As root that is apply's
+    own check, an error; as another user the same check, trusting that user too (a file in a checkout is the
+    user's), as `warn`: the file is deployed elsewhere and the owner changes, but a group-writable file or drop-in
+    directory would still be refused at boot. Otherwise (a read verb) no check."""
+    owner = trusted_owner()
+    if privileged or (checking and owner is not None):
+        return load(path, owner=owner)
+    if checking:
+        try:
+            return load(path, owner=os.geteuid())
+        except UntrustedConfig as e:
+            warn(e)
+    return load(path)
+
+
 def _device_id(text: str) -> str:
     """ "0x233010de" -> "0x233010DE" (and ":0x…" subsystem ID), the form GpuSelector keeps; "" if not one."""
     m = _DEVICE_ID_RE.match(text.strip())
