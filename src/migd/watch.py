@@ -11,8 +11,8 @@ Every problem is logged once when it appears and once when it clears: per GPU (d
 or given up) and per round (GPUs unreadable, the layout unusable, the check itself failing). A config that selects
 no GPU on this host is watched without opening NVML at all.
 
-drift_policy = "reapply" re-applies a drifted GPU through the same `Engine.apply` as `migd apply`; when (busy,
-backoff, given up) is decided by `reapply.ReapplyPolicy`, a pure object: this module only reads, logs and loops.
+drift_policy = "reapply" re-applies a drifted GPU through the same `Engine.apply` as `migd apply`; whether and when
+(busy, backoff, given up) is decided by `reapply.ReapplyPolicy`, a pure object: this module reads, logs and loops.
 """
 
 from __future__ import annotations
