@@ -204,7 +204,7 @@ def test_installed_generator_imports_the_config_parser_only_when_gpu_clients_may
     assert modules((REPO / "etc/migd.toml").read_text()) == ["migd", "migd.generator"]
     assert [m for m in modules(_daemon('["ollama.service"]')) if not m.startswith("typing")] == [
         "migd", "migd._record", "migd.config", "migd.errors", "migd.generator", "migd.gpuclients", "migd.hostnames",
-        "migd.model", "migd.profiles", "migd.suggest"]
+        "migd.model", "migd.profiles", "migd.suggest", "migd.tomlpos", "migd.trust"]
     assert (tmp_path / "out/ollama.service.d/50-migd.conf").is_file()
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence, Tuple
 
 from . import __version__
 from . import errors as E
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from .backend import Backend
     from .engine import ApplyResult, Engine, StatusView
     from .layout import DesiredGpu
-    from .model import Config, GpuInfo
+    from .model import Config
     from .picture import Style
     from .site import Site
 
@@ -151,23 +151,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     service_verb = args.verb in ("boot", "watch")
     try:
         return VERBS[args.verb](args)
-    except ConfigError as e:
+    except (MigdError, OSError, KeyboardInterrupt) as e:
+        from .engine import exit_for
+
+        code, event = exit_for(e)
+        if isinstance(e, BrokenPipeError):  # nothing more can be written
+            sys.stderr.close()
+        if not event:
+            return code
+        # a config error's STATUS= is said here; any other error's by boot.run itself
+        return _fail(service_verb, event, _error_text(e, service_verb), code,
+                     status=args.verb == "boot" and isinstance(e, ConfigError))
+
+
+def _error_text(e: BaseException, service_verb: bool) -> str:
+    if isinstance(e, ConfigError):
         lead = "invalid configuration, no GPU touched:"
         # Under systemd each problem is one journal line that says what happened and names file:line.
-        text = "\n".join(f"{lead} {' '.join(str(p).split())}" for p in e.problems) if service_verb else f"{lead}\n{e}"
-        return _fail(service_verb, "config_invalid", text, E.EXIT_USAGE, status=args.verb == "boot")
-    except E.UsageError as e:  # bad --simulate spec or state file; a ValueError from a bug is no usage error
-        return _fail(service_verb, "usage", str(e), E.EXIT_USAGE)
-    except MigdError as e:
-        return _fail(service_verb, "failed", str(e), e.exit_code)  # boot.run set STATUS= itself
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:  # `migd plan | head`
-        sys.stderr.close()
-        return E.EXIT_OK
-    except OSError as e:  # (after its subclass BrokenPipeError) a file or directory migd needs is unusable
+        return "\n".join(f"{lead} {' '.join(str(p).split())}" for p in e.problems) if service_verb else f"{lead}\n{e}"
+    if isinstance(e, OSError):
         where = f"{E.printable(str(e.filename))}: " if e.filename else ""
-        return _fail(service_verb, "failed", f"{where}{E.printable(e.strerror or str(e))}", E.EXIT_FAILURE)
+        return f"{where}{E.printable(e.strerror or str(e))}"
+    return str(e)
 
 
 def _fail(service_verb: bool, event: str, text: str, code: int, status: bool = False) -> int:
@@ -217,9 +222,7 @@ def _backend(args: argparse.Namespace, read_only: bool) -> "Backend":
 
 def _engine(args: argparse.Namespace, backend: "Backend", cfg: "Optional[Config]",
             host: Optional[str] = None) -> "Engine":
-    from .engine import Engine
-
-    return Engine(backend, cfg, _site(args).env, host=host)
+    return _site(args).engine(backend, cfg, host=host)
 
 
 def _live_view(args: argparse.Namespace, backend: "Backend") -> "Tuple[Engine, StatusView, Optional[str]]":
@@ -241,22 +244,13 @@ def _live_view(args: argparse.Namespace, backend: "Backend") -> "Tuple[Engine, S
 
 
 def _load_config(args: argparse.Namespace, privileged: bool = False, checking: bool = False) -> "Config":
-    """privileged: the verb may change GPUs, so as root the file must be one only root can change (sshd-style).
-    checking (validate, plan): say what apply would say. As root that is apply's own check, an error; as another
-    user the same check, trusting that user too (a file in a checkout is the user's), as a warning: the file is
-    deployed elsewhere and the owner changes, but a group-writable file or drop-in directory would still be
-    refused at boot."""
+    """The config, as trusted as the verb needs (config.load_for_verb)."""
     from . import config
 
-    owner = config.trusted_owner()
-    if privileged or (checking and owner is not None):
-        return config.load(args.config, owner=owner)
-    if checking:
-        try:
-            return config.load(args.config, owner=os.geteuid())
-        except config.UntrustedConfig as e:
-            print(f"migd: warning: apply and boot (as root) would refuse this config:\n{e}", file=sys.stderr)
-    return config.load(args.config)
+    def warn(e: Exception) -> None:
+        print(f"migd: warning: apply and boot (as root) would refuse this config:\n{e}", file=sys.stderr)
+
+    return config.load_for_verb(args.config, privileged=privileged, checking=checking, warn=warn)
 
 
 # --- verbs --------------------------------------------------------------------------------------------------------
@@ -288,40 +282,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_profiles(args: argparse.Namespace) -> int:
     from . import picture, report, schema
+    from .profiles import only_profiles
 
     backend = _backend(args, True)
     try:
-        infos = _only_profiles(backend.gpus(), args.profile)
+        infos = only_profiles(backend.gpus(), args.profile)
         style = _style()
         print(schema.dumps(schema.profiles(infos, backend.simulated)) if args.json else
               report.profiles_text(infos, after=lambda info: picture.placements(info, style)))
         return E.EXIT_OK
     finally:
         backend.close()
-
-
-def _only_profiles(infos: "List[GpuInfo]", spellings: Sequence[str]) -> "List[GpuInfo]":
-    """`migd profiles 3g 1g.10gb`: each GPU's table with only these profiles; one that no GPU has is an error."""
-    if not spellings:
-        return infos
-    from ._record import replace
-    from .profiles import resolve_gpu_profile
-
-    out = []
-    found = set()
-    for info in infos:
-        keep = []
-        for spelling in spellings:
-            profile, _ = resolve_gpu_profile(spelling, info)
-            if profile is not None and profile not in keep:
-                keep.append(profile)
-                found.add(spelling)
-        out.append(replace(info, profiles=tuple(p for p in info.profiles if p in keep)))
-    for spelling in spellings:
-        if spelling not in found:
-            reasons = {resolve_gpu_profile(spelling, info)[1] for info in infos if info.mig_capable}
-            raise E.UsageError("; ".join(sorted(reasons)) or f"no GPU here has a profile {spelling!r}")
-    return out
 
 
 def cmd_completion(args: argparse.Namespace) -> int:

@@ -12,16 +12,15 @@ Results are typed (dataclasses, enums); the exit-code policy for every verb live
 
 from __future__ import annotations
 
-import contextlib
 import os
 from ._record import dataclass, field, replace
 from enum import Enum
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from . import drift, layout, pergpu, report, runstate, schema
 from . import errors as E
 from .backend import Backend
-from .errors import DriverError, LockBusy
+from .errors import DriverError
 from .hostenv import HostEnv
 from .holders import describe, pids_holding
 from .layout import DesiredGpu, DesiredInstance, desired_for
@@ -78,6 +77,22 @@ def outcome_exit(outcome: Outcome) -> int:
 
 def status_exit(status: CheckStatus) -> int:
     return _STATUS_EXIT.get(status, E.EXIT_FAILURE)
+
+
+def exit_for(e: "Union[E.MigdError, OSError, KeyboardInterrupt]") -> Tuple[int, str]:
+    """An exception that ends a verb: its exit code and the journal event that says it ("": nothing to say).
+    The CLI's one mapping; what the event's text says is the CLI's to word."""
+    if isinstance(e, KeyboardInterrupt):
+        return 130, ""
+    if isinstance(e, BrokenPipeError):  # `migd plan | head`: the reader went away, nothing is wrong
+        return E.EXIT_OK, ""
+    if isinstance(e, E.ConfigError):  # nothing touched
+        return E.EXIT_USAGE, "config_invalid"
+    if isinstance(e, E.UsageError):  # bad --simulate spec or state file; a ValueError from a bug is no usage error
+        return E.EXIT_USAGE, "usage"
+    if isinstance(e, E.MigdError):  # its own code: lock busy 5, a driver error 1
+        return e.exit_code, "failed"
+    return E.EXIT_FAILURE, "failed"  # an OSError: a file or directory migd needs is unusable
 
 
 class ConfigChanged(E.MigdError):
@@ -367,20 +382,8 @@ class Engine:
     def check(self) -> CheckResult:
         """compare() under the shared lock: an apply in progress is waited for (up to lock_timeout, then exit 5),
         so a half-applied layout is never reported as drift."""
-        with self._shared_lock():
+        with runstate.check_lock(self.config.daemon.lock_timeout, directory=self.run_dir):
             return self.compare(self.desired())
-
-    @contextlib.contextmanager
-    def _shared_lock(self) -> Iterator[None]:
-        with contextlib.ExitStack() as held:
-            try:
-                held.enter_context(runstate.locked(self.config.daemon.lock_timeout, shared=True,
-                                                   directory=self.run_dir))
-            except LockBusy:
-                raise
-            except (OSError, runstate.RunDirError) as e:  # a user without the run dir: nothing to serialize with
-                log.debug("check_unlocked", msg=f"checking without the lock: {e}")
-            yield
 
     def compare(self, desired: Dict[int, DesiredGpu]) -> CheckResult:
         infos = self.infos()

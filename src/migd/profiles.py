@@ -6,7 +6,7 @@ Pure: works on model.GpuProfile tables, whichever backend produced them.
 from __future__ import annotations
 
 import re
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .model import ComputeProfile, GpuInfo, GpuProfile, Placement
 from .suggest import did_you_mean
@@ -136,3 +136,27 @@ def describe_counts(names: Sequence[str]) -> str:
     for n in names:
         counts[n] = counts.get(n, 0) + 1
     return ", ".join(f"{c} × {n}" if c > 1 else n for n, c in counts.items())
+
+
+def only_profiles(infos: Sequence[GpuInfo], spellings: Sequence[str]) -> List[GpuInfo]:
+    """`migd profiles 3g 1g.10gb`: each GPU's table with only these profiles; one that no GPU has is an error."""
+    if not spellings:
+        return list(infos)
+    from ._record import replace
+    from .errors import UsageError
+
+    out: List[GpuInfo] = []
+    found = set()
+    for info in infos:
+        keep: List[GpuProfile] = []
+        for spelling in spellings:
+            profile, _ = resolve_gpu_profile(spelling, info)
+            if profile is not None and profile not in keep:
+                keep.append(profile)
+                found.add(spelling)
+        out.append(replace(info, profiles=tuple(p for p in info.profiles if p in keep)))
+    for spelling in spellings:
+        if spelling not in found:
+            reasons = {resolve_gpu_profile(spelling, info)[1] for info in infos if info.mig_capable}
+            raise UsageError("; ".join(sorted(reasons)) or f"no GPU here has a profile {spelling!r}")
+    return out

@@ -106,6 +106,24 @@ def locked(timeout: float, wait: bool = True, shared: bool = False, *, directory
         os.close(fd)  # closing drops the flock
 
 
+@contextlib.contextmanager
+def check_lock(timeout: float, *, directory: str) -> Iterator[None]:
+    """The lock a check (`migd check`, each migd-watch round) holds: shared, so it never reads a half-applied layout.
+    An apply holding it past `timeout`: LockBusy (`migd check` fails with exit 5, migd-watch skips the round). A run
+    dir this user cannot use (run by hand without /run/migd): nothing to serialize with, so it checks unlocked and
+    says so (debug)."""
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(locked(timeout, shared=True, directory=directory))
+        except LockBusy:
+            raise
+        except (OSError, RunDirError) as e:
+            from .log import get_logger
+
+            get_logger().debug("check_unlocked", msg=f"checking without the lock: {e}")
+        yield
+
+
 def _holders(fd: int) -> str:
     """Who holds the lock: from /proc/locks (the kernel's word), else the pid the last exclusive holder wrote."""
     try:

@@ -23,6 +23,8 @@ from .hostenv import HostEnv
 
 if TYPE_CHECKING:
     from .backend import Backend, BackendFactory
+    from .engine import Engine
+    from .model import Config
 
 SIMULATION_VARIABLES = ("MIGD_SIMULATE", "MIGD_SIM_STATE")
 SIM_DIRECTORY_VARIABLES = ("MIGD_RUN_DIR", "MIGD_STATE_DIR", "MIGD_TEXTFILE_DIR")
@@ -41,6 +43,13 @@ class Site:
     @property
     def simulated(self) -> bool:
         return self.env.simulated
+
+    def engine(self, backend: "Backend", cfg: "Optional[Config]", host: Optional[str] = None) -> "Engine":
+        """The engine over `backend` (one of open_backend's) and `cfg`, on this run's host environment: how every
+        edge (cli, boot, watch) gets one."""
+        from .engine import Engine  # not for the verbs that never read a GPU (validate, completion)
+
+        return Engine(backend, cfg, self.env, host=host)
 
 
 def simulate_help() -> str:

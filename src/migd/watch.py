@@ -11,10 +11,8 @@ Every problem is logged once when it appears and once when it clears: per GPU (d
 or given up) and per round (GPUs unreadable, the layout unusable, the check itself failing). A config that selects
 no GPU on this host is watched without opening NVML at all.
 
-drift_policy = "reapply" re-applies a drifted GPU, but only when none of its instances has processes; a re-apply
-that changed nothing and failed is retried with exponential backoff; one that changed the GPU and had to be rolled
-back (or could not be) is not retried on the same live layout: that would repeat the same destroy/re-create, see
-`_reapply_done`.
+drift_policy = "reapply" re-applies a drifted GPU through the same `Engine.apply` as `migd apply`; whether and when
+(busy, backoff, given up) is decided by `reapply.ReapplyPolicy`, a pure object: this module reads, logs and loops.
 """
 
 from __future__ import annotations
@@ -23,21 +21,21 @@ import contextlib
 import os
 import signal
 import threading
-from typing import Callable, Dict, List, Optional, Tuple, TypeVar
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 from . import config as config_mod
 from . import errors as E
 from . import forked, layout, publish, runstate
-from .engine import ApplyResult, CheckStatus, ConfigChanged, Engine, GpuResult, Outcome
+from .engine import ApplyResult, CheckStatus, ConfigChanged, Engine, GpuResult
 from .layout import DesiredGpu
 from .errors import ConfigError, DriverError, LockBusy
 from .log import get_logger, lean
-from .model import DriftPolicy, GpuState
+from .model import GpuState
+from .reapply import ReapplyPolicy, ReapplyTrack, Say, Verdict, cannot_start
 from .site import Site
 
 log = get_logger()
 
-BACKOFF_MAX_S = 3600.0  # a failing re-apply is retried at most this rarely
 KILL_GRACE_S = 10.0  # after the hang limit, the time a killed reader process is given to go
 T = TypeVar("T")
 # round problem -> the event (and text) that says it cleared; any other problem clears as check_recovered
@@ -61,21 +59,13 @@ class Notifier:
             self._n.notify(text)
 
 
-class GpuTrack:
-    """What the watcher remembers about one GPU between rounds, so each change is logged once."""
+class GpuTrack(ReapplyTrack):
+    """What the watcher remembers about one GPU between rounds, so each change is logged once: the re-apply
+    policy's track, and the (status, found) last logged."""
 
     def __init__(self) -> None:
-        self.reported: Optional[Tuple[CheckStatus, str]] = None  # (status, found) last logged
-        self.held = ""  # why a drifted GPU is not re-applied ("busy"), logged once
-        self.failures = 0  # consecutive failed re-applies
-        self.retry_at = 0.0  # monotonic time before which no re-apply is tried (backoff)
-        self.failure_logged: Optional[Tuple[str, str]] = None  # (outcome, message) last logged as reapply_failed
-        self.given_up = False  # a re-apply was rolled back: not retried on the same live layout
-        self.given_up_on: Optional[str] = None  # the live layout (found) seen after giving up
-
-    def reset_reapply(self) -> None:
-        self.held, self.failures, self.retry_at, self.failure_logged = "", 0, 0.0, None
-        self.given_up, self.given_up_on = False, None
+        super().__init__()
+        self.reported: Optional[Tuple[CheckStatus, str]] = None
 
 
 class Watcher:
@@ -233,12 +223,10 @@ class Watcher:
         problem: Optional[Tuple[str, str]] = None
         with contextlib.ExitStack() as held:
             try:
-                held.enter_context(runstate.locked(0, wait=False, shared=True, directory=self.run_dir))
+                held.enter_context(runstate.check_lock(0, directory=self.run_dir))  # never waits for an apply
             except LockBusy:
                 log.debug("check_skipped", msg="apply in progress (lock held): skipping this check")
                 return {}
-            except (OSError, runstate.RunDirError) as e:  # e.g. run by hand without /run/migd: check unlocked
-                log.debug("check_unlocked", msg=f"checking without the lock: {e}")
             self.checks += 1
             try:
                 statuses, reapply, problem = self._in_child(self._read_round)
@@ -339,8 +327,7 @@ class Watcher:
     def _engine(self, read_only: bool) -> Engine:
         # The service writes the per-boot profile cache (if boot did not), so each later round reads identity,
         # mode and instances only.
-        backend = self.site.open_backend(read_only=read_only, cache_write=True)
-        return Engine(backend, self.cfg, self.env)
+        return self.site.engine(self.site.open_backend(read_only=read_only, cache_write=True), self.cfg)
 
     def _track(self, gpu: int) -> GpuTrack:
         return self.gpus.setdefault(gpu, GpuTrack())
@@ -400,30 +387,16 @@ class Watcher:
                                           "globs): nothing to watch", library="", module="")
         return True
 
+    def _policy(self) -> ReapplyPolicy:
+        """The re-apply rules for the config held now (its policy and interval; stale or not), on this clock."""
+        return ReapplyPolicy(lambda: self.clock(), self.cfg.daemon.drift_policy, self.cfg.daemon.watch_interval,
+                             self.config_path, stale=bool(self.stale))
+
     def _wants_reapply(self, i: int, status: CheckStatus, found: str, state: GpuState) -> bool:
         """drift_policy = "reapply": re-apply this GPU now? Each reason not to is logged once per change."""
-        track = self._track(i)
-        if status == CheckStatus.OK:
-            track.reset_reapply()  # cleared: backoff and give-up start afresh
-            return False
-        if status != CheckStatus.DRIFT or self.cfg.daemon.drift_policy != DriftPolicy.REAPPLY or self.stale:
-            return False
-        if any(gi.busy for gi in state.instances):
-            if track.held != "busy":
-                track.held = "busy"
-                log.warning("drift_not_reapplied", msg=f"GPU {i}: drifted, but its instances have processes: not "
-                            "re-applying", gpu=i)
-            return False
-        track.held = ""
-        if track.given_up:
-            if track.given_up_on is None:
-                track.given_up_on = found  # the layout the failed re-apply left behind
-            if found == track.given_up_on:
-                return False
-            log.info("reapply_resumed", msg=f"GPU {i}: its layout changed since re-applying it was given up: "
-                     "re-applying again", gpu=i, found=found)
-            track.reset_reapply()
-        return self.clock() >= track.retry_at
+        decision = self._policy().decide(self._track(i), i, status, found, busy=any(gi.busy for gi in state.instances))
+        _say(decision.says)
+        return decision.verdict == Verdict.REAPPLY
 
     def _report(self, gpu: int, status: CheckStatus, expected: str, found: str, diff: str = "") -> None:
         track = self._track(gpu)
@@ -461,12 +434,8 @@ class Watcher:
             self.wake.set()
             return
         except (LockBusy, DriverError, ConfigError) as e:  # nothing changed; the next round decides again
-            why = str(e)
-            if why != self.reapply_skip:
-                log.warning("reapply_skipped", msg=f"not re-applying now: {why}")
-            else:
-                log.debug("reapply_skipped_again", msg=f"not re-applying now: {why}")
-            self.reapply_skip = why
+            _say([cannot_start(self.reapply_skip, str(e))])
+            self.reapply_skip = str(e)
             return
         self.reapply_skip = ""
         for i in gpus:
@@ -475,34 +444,8 @@ class Watcher:
         self._reapply_recorded(result)
 
     def _reapply_done(self, i: int, r: GpuResult) -> None:
-        """The one place a GPU's re-apply ends: success resets its backoff; a failure that changed nothing is
-        retried with exponential backoff; one that changed the GPU and then had to roll back (or could not) is not
-        retried on the same live layout: the same plan on the same layout would destroy and re-create the same
-        instances every round (on hardware: new UUIDs, and a rollback that fails once leaves an instance destroyed
-        for good). It is tried again when the GPU's layout changes, the config is reloaded, or the drift clears."""
-        track = self._track(i)
-        if r.outcome in (Outcome.APPLIED, Outcome.UNCHANGED):
-            log.info("drift_reapplied", msg=f"GPU {i}: re-applied after drift: {r.outcome.value}", gpu=i,
-                     outcome=r.outcome.value)
-            track.reset_reapply()
-            return
-        track.failures += 1
-        if r.done and r.outcome in (Outcome.ROLLED_BACK, Outcome.FAILED, Outcome.LOST):  # it changed, then undid
-            track.given_up, track.given_up_on = True, None
-            log.error("reapply_given_up", msg=f"{r.message}; not re-applying GPU {i} again until its layout or "
-                      f"{self.config_path} changes (fix it, then `migd apply` or `systemctl reload migd-watch`)",
-                      gpu=i, outcome=r.outcome.value, failures=track.failures)
-            return
-        delay = min(self.cfg.daemon.watch_interval * 2 ** track.failures, BACKOFF_MAX_S)
-        track.retry_at = self.clock() + delay
-        key = (r.outcome.value, r.message)
-        if track.failure_logged != key:
-            track.failure_logged = key
-            log.warning("reapply_failed", msg=f"{r.message}; re-apply retried with backoff (next in {delay:g} s, "
-                        f"doubling up to {BACKOFF_MAX_S:g} s)", gpu=i, outcome=r.outcome.value, retry_in=delay)
-        else:
-            log.debug("reapply_failed_again", msg=f"GPU {i}: re-apply failed again; next in {delay:g} s", gpu=i,
-                      failures=track.failures)
+        """The one place a GPU's re-apply ends: the policy updates its track and says what to log."""
+        _say(self._policy().finished(self._track(i), i, r))
 
     def _reapply_recorded(self, result: ApplyResult) -> None:
         if result.record_error:
@@ -523,6 +466,12 @@ def _preload(simulated: bool) -> None:
 
     for name in (".backend.nvml", ".metrics", ".cdi") + ((".sim.fakelib",) if simulated else ()):
         importlib.import_module(name, __package__)
+
+
+def _say(says: Sequence[Say]) -> None:
+    """Log what the re-apply policy said, each as its own event at its level."""
+    for say in says:
+        getattr(log, say.level.value)(say.event, msg=say.msg, **dict(say.fields))
 
 
 def _first(e: ConfigError) -> str:
