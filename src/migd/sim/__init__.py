@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, List, Mapping, Optional, Tuple
 if TYPE_CHECKING:
     from ..backend import Backend, BackendFactory
     from ..hostenv import HostEnv
-    from .fakelib import FakeNvmlLib, parse_faults
+    from .fakelib import Fault, FakeNvmlLib, parse_faults
     from .host import SimError, SimHost
 
 __all__ = ["FakeNvmlLib", "SimError", "SimHost", "environment", "install", "make_backend", "uninstall", "parse_faults"]
@@ -46,7 +46,7 @@ def make_backend(simulate: Optional[str] = None, sim_state: Optional[str] = None
     return env.make_backend(simulate, sim_state, read_only, cache_dir, cache_write)
 
 
-def install(host: "SimHost", faults: Optional[List[dict]] = None) -> "FakeNvmlLib":
+def install(host: "SimHost", faults: Optional[List["Fault"]] = None) -> "FakeNvmlLib":
     """Point pynvml at a fake library for `host`. One simulated host per process, like one driver per host."""
     from . import fakelib
 

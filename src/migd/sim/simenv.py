@@ -129,7 +129,7 @@ class SimulatedHost:
         return None
 
     def system_booting(self) -> bool:
-        return self.host().state.get("system", "running") == "starting"
+        return bool(self.host().state.get("system", "running") == "starting")
 
     def boot_id(self) -> str:
         return f"sim-boot-{self.host().state.get('boot', 1)}"
