@@ -203,14 +203,17 @@ class BootResult:
 
     @property
     def state(self) -> Dict[str, Any]:
-        return json.loads((self.results_dir / "state.json").read_text())
+        state: Dict[str, Any] = json.loads((self.results_dir / "state.json").read_text())
+        return state
 
     def unit(self, name: str) -> Dict[str, str]:
         """All ``systemctl show`` properties of a unit listed in ``units=``."""
-        return json.loads((self.results_dir / "units" / (name + ".json")).read_text())
+        unit: Dict[str, str] = json.loads((self.results_dir / "units" / (name + ".json")).read_text())
+        return unit
 
     def command(self, name: str) -> Dict[str, Any]:
-        return json.loads((self.results_dir / "cmd" / (name + ".json")).read_text())
+        command: Dict[str, Any] = json.loads((self.results_dir / "cmd" / (name + ".json")).read_text())
+        return command
 
     # -- journal
     def journal(self, **match: str) -> List[Dict[str, Any]]:
@@ -376,7 +379,7 @@ def _norm_bind(b: Bind) -> Tuple[str, str, bool]:
         cont = cont or host
     else:
         host, cont = str(b[0]), b[1]
-        mode = b[2] if len(b) > 2 else ""  # type: ignore[misc]
+        mode = b[2] if len(b) > 2 else ""
     if mode not in ("", "ro", "rw"):
         raise ValueError("bind mode must be ro/rw: %r" % (b,))
     if not os.path.exists(host):
@@ -395,7 +398,7 @@ def _remove_stale_locks(root: Path) -> List[str]:
     so we only delete files no live nspawn holds.
     """
     import fcntl
-    removed = []
+    removed = []  # type: List[str]
     try:
         st = root.stat()
         candidates = [root.parent / (".#%s.lck" % root.name),
@@ -519,7 +522,7 @@ def boot(rootfs_dir: PathLike, *, bind: Sequence[Bind] = (),
     removed = []  # type: List[str]
     leftovers = []  # type: List[str]
     cgroups = []  # type: List[Path]
-    proc = None  # type: Optional[subprocess.Popen]
+    proc = None  # type: Optional[subprocess.Popen[bytes]]
     with open(res / "console.log", "wb") as console:
         try:
             # A private cgroup (per hierarchy) for nspawn and everything it spawns.

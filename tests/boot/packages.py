@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, Iterable, Optional, Sequence
+from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SH = REPO / "packaging" / "build.sh"
@@ -28,7 +28,7 @@ TOOLS = {"deb": ("dpkg-buildpackage", "dh", "dh_python3", "rst2man"), "rpm": ("r
 APT_PACKAGES = "debhelper dh-python python3-docutils rpm"
 INPUTS = ("src/migd", "packaging", "etc")
 
-_memo: Dict[tuple, Dict[str, Path]] = {}
+_memo: Dict[Tuple[Any, ...], Dict[str, Path]] = {}
 
 
 def cache_dir() -> Path:
@@ -162,7 +162,7 @@ def build_release(commit: str, version: str, log=None) -> Path:
     return deb
 
 
-def install_deb(root: Path, deb: Path, *args: str) -> subprocess.CompletedProcess:
+def install_deb(root: Path, deb: Path, *args: str) -> "subprocess.CompletedProcess[str]":
     """`dpkg -i` the .deb inside a rootfs, with the rootfs' own dpkg and maintainer scripts (chroot, no systemd
     running there: units get enabled, nothing is started). Raises RuntimeError with dpkg's output on failure."""
     dest = Path(root) / "tmp" / deb.name

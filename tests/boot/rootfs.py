@@ -329,7 +329,7 @@ def install_tree(root: PathLike, src: PathLike) -> List[str]:
     return installed
 
 
-def systemctl_root(root: PathLike, *args: str) -> subprocess.CompletedProcess:
+def systemctl_root(root: PathLike, *args: str) -> "subprocess.CompletedProcess[str]":
     """Run ``systemctl --root=ROOT ARGS`` on the host (offline unit ops)."""
     return subprocess.run(["systemctl", "--root=%s" % root, "--no-reload"] + list(args),
                           check=True, env=system_env(), stdin=subprocess.DEVNULL,
