@@ -162,7 +162,7 @@ PYTHON = sys.executable
 _SUMMARY: List[str] = []
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def summary_line() -> Callable[[str], None]:
     return _SUMMARY.append
 

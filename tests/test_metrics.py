@@ -63,9 +63,16 @@ def sim_host(env) -> SimHost:
     return SimHost.create("", env["state"])
 
 
-def test_promtool_is_installed_for_ci():
+def test_values_fails_on_a_file_promtool_refuses(tmp_path):
+    """The format check every test here relies on can fail: values() runs promtool, which refuses a metric
+    described twice (a mistake migd's own parser lets through)."""
     if not PROMTOOL:
         pytest.skip("promtool missing (Debian package prometheus): the other tests check the format less strictly")
+    bad = tmp_path / "bad.prom"
+    bad.write_text('# HELP migd_x x\n# TYPE migd_x gauge\nmigd_x{gpu="0"} 1\n'
+                   '# HELP migd_x x\n# TYPE migd_x gauge\nmigd_x{gpu="1"} 1\n')
+    with pytest.raises(AssertionError, match="second HELP"):
+        values(bad)
 
 
 def test_apply_writes_gpu_and_apply_series_atomically_0644(env, capsys):
