@@ -435,7 +435,7 @@ def test_random_arguments_never_traceback(argv, cli_env):
             return
     if {"boot", "watch"} & set(argv):
         return  # boot waits for a driver, watch runs until stopped: covered by their own tests
-    cwd = os.getcwd()
+    cwd = Path.cwd()
     os.chdir(cli_env["dir"])  # relative paths land in the test's directory
     try:
         r = R.run_cli(argv, {"MIGD_RUN_DIR": cli_env["run"]})

@@ -372,7 +372,7 @@ def _rpm(*args: str) -> str:
 def test_rpm_files_and_relations(built):
     need("rpm")
     rpm = str(built["rpm"])
-    files = {p: "" for p in _rpm("-qlp", rpm).split()}
+    files = dict.fromkeys(_rpm("-qlp", rpm).split(), "")
     _common_layout(files, "/usr/lib/systemd/system", "/usr/share/zsh/site-functions")
     assert "/usr/lib/systemd/system-preset/50-migd.preset" in files
     flags = dict(line.rsplit(" ", 1) for line in _rpm("-qp", "--qf", "[%{FILENAMES} %{FILEFLAGS:fflags}\n]",

@@ -288,9 +288,8 @@ def test_lock_busy_names_the_holder_from_the_kernel(tmp_path, monkeypatch):
         """)], env=R.child_env(str(tmp_path / "run")), stdout=subprocess.PIPE)
     try:
         assert holder.stdout.readline() == b"held\n"
-        with pytest.raises(LockBusy) as e:
-            with runstate.locked(0.2, directory=str(tmp_path / "run")):
-                pass
+        with pytest.raises(LockBusy) as e, runstate.locked(0.2, directory=str(tmp_path / "run")):
+            pass
         assert f"pid {holder.pid}" in str(e.value) and "gave up after 0.2 s" in str(e.value)
     finally:
         holder.kill()

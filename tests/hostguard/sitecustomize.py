@@ -69,9 +69,7 @@ def _hook(event: str, args: Tuple[Any, ...]) -> None:
         for k, path in enumerate(args[:_PATH_EVENTS[event]]):
             if not _allowed(_under(fds[k] if k < len(fds) else (fds[0] if fds else None), path)):
                 _violation(event, args)
-    elif event in _PROCESS_EVENTS:
-        _violation(event, args)
-    elif event == "ctypes.dlopen" and args and args[0] is not None:
+    elif event in _PROCESS_EVENTS or event == "ctypes.dlopen" and args and args[0] is not None:
         _violation(event, args)
 
 

@@ -30,6 +30,7 @@ state file's lock: the order in which processes sharing a state file changed the
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import time
@@ -732,10 +733,8 @@ def _wait(name: str, seconds: float) -> None:
     if seconds != float("inf"):
         time.sleep(seconds)
         return
-    try:
+    with contextlib.suppress(OSError):
         os.write(2, f"sim: {name} hangs (injected fault)\n".encode())
-    except OSError:
-        pass
     while True:
         time.sleep(3600)
 
@@ -743,10 +742,8 @@ def _wait(name: str, seconds: float) -> None:
 def _precise_sleeps() -> None:
     """Lower this thread's timer slack (Linux's default, 50 µs, makes a 0.5 ms sleep last ~0.6 ms) to 1 ns; the
     GPUs' threads inherit it. Best effort: elsewhere sleeps are just a little longer."""
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).prctl(29, 1, 0, 0, 0)  # PR_SET_TIMERSLACK
-    except (OSError, AttributeError):
-        pass
 
 
 def _v3_misplaced_name(out: CArg, info: Dict[str, Any]) -> None:
@@ -757,7 +754,7 @@ def _v3_misplaced_name(out: CArg, info: Dict[str, Any]) -> None:
     ctypes.memmove(ctypes.addressof(out) + 56, name, len(name))
 
 
-def install(host: SimHost, faults: Optional[List[Fault]] = None) -> "FakeNvmlLib":
+def install(host: SimHost, faults: Optional[List[Fault]] = None) -> FakeNvmlLib:
     """Point pynvml at a fake library for `host`. One simulated host per process, like one driver per host."""
     import pynvml
 

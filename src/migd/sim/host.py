@@ -90,7 +90,7 @@ class SimHost:
     # --- persistence ----------------------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, spec: str, path: Optional[str] = None) -> "SimHost":
+    def create(cls, spec: str, path: Optional[str] = None) -> SimHost:
         """Load the host from `path` if it exists, else build it from `spec` (and save it there).
         Raises ValueError (a bad spec, or a state file that cannot be read, written or trusted)."""
         try:
@@ -195,7 +195,7 @@ class SimHost:
         if driver in ("not-loaded", "no-module") or (ready_at is not None and time.time() < ready_at):
             raise SimError(E.DRIVER_NOT_LOADED, "NVIDIA kernel module not loaded")
 
-    def driver_files(self) -> "DriverFiles":
+    def driver_files(self) -> DriverFiles:
         """What of a driver this simulated host has installed: nothing with "no-library" (a host without a
         driver); the library but no module for the running kernel with "no-module" (a DKMS build, queued or failed,
         read from the state's dkms_dir: a real DKMS tree, e.g. the boot test's rootfs); library and module otherwise
