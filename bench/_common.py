@@ -132,7 +132,9 @@ class Installed:
             else:
                 shutil.copy2(origin, os.path.join(self.lib, os.path.basename(origin)))
         # The launcher finds <prefix>/lib/migd beside its own <prefix>/bin; an older one named /usr/lib/migd.
-        text = open(LAUNCHER, encoding="utf-8").read().replace('"/usr/lib/migd"', repr(self.lib))
+        with open(LAUNCHER, encoding="utf-8") as f:
+            text = f.read()
+        text = text.replace('"/usr/lib/migd"', repr(self.lib))
         os.makedirs(os.path.join(self.root, "bin"))
         self.launcher = os.path.join(self.root, "bin", "migd")
         with open(self.launcher, "w", encoding="utf-8") as f:
@@ -179,7 +181,7 @@ def run_once(cmd: Sequence[str], env: Optional[Dict[str, str]] = None, cwd: Opti
 
 
 def time_interleaved(cmds: Dict[str, Sequence[str]], runs: int, env: Optional[Dict[str, str]] = None,
-                     warmup: int = 1, cwd: Optional[str] = None) -> Dict[str, "Samples"]:
+                     warmup: int = 1, cwd: Optional[str] = None) -> Dict[str, Samples]:
     """Wall time of each command as a cold process, `runs` times, interleaved (A B C A B C ...) so that drift in
     machine load hits every command alike. One unrecorded warm-up round first (page cache, pyc files)."""
     out = {k: Samples() for k in cmds}

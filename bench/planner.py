@@ -43,9 +43,27 @@ def _infos(model_key: str):
             migd.sim.uninstall()
 
 
+def _applied_states(info, layouts, desired, fresh) -> Dict[tuple, object]:
+    """The live state each layout leaves behind (from one plan), for the re-plan row."""
+    from migd.model import GpuState, LiveComputeInstance, LiveGpuInstance
+    from migd.plan import plan_gpu
+
+    applied: Dict[tuple, object] = {}
+    for layout in layouts:
+        plan = plan_gpu(info, desired(info, layout), fresh)
+        assert plan.ok, (layout, plan.refusal)
+        gis = []
+        for gi_id, a in enumerate(plan.assignments):
+            cis = tuple(LiveComputeInstance(id=0, profile_id=cp.id, placement=pl)
+                        for cp, pl in zip(a.instance.compute, a.compute_placements))
+            gis.append(LiveGpuInstance(id=gi_id, profile_id=a.instance.profile.id, placement=a.placement, compute=cis))
+        applied[layout] = GpuState(mig_current=True, mig_pending=True, persistence=None, instances=tuple(gis))
+    return applied
+
+
 def measure(model_key: str, reps: int) -> Dict[str, object]:
     from migd.layout import DesiredGpu, DesiredInstance
-    from migd.model import GpuEntry, GpuSelector, GpuState, LiveComputeInstance, LiveGpuInstance
+    from migd.model import GpuEntry, GpuSelector, GpuState
     from migd.plan import plan_gpu
 
     infos = _infos(model_key)
@@ -60,17 +78,7 @@ def measure(model_key: str, reps: int) -> Dict[str, object]:
             items.append(DesiredInstance(p, (p.full_compute_profile,)))
         return DesiredGpu(entry, True, tuple(items))
 
-    # The live state each layout leaves behind (from one plan), for the re-plan row.
-    applied: Dict[tuple, GpuState] = {}
-    for layout in layouts:
-        plan = plan_gpu(infos[0], desired(infos[0], layout), fresh)
-        assert plan.ok, (layout, plan.refusal)
-        gis = []
-        for gi_id, a in enumerate(plan.assignments):
-            cis = tuple(LiveComputeInstance(id=0, profile_id=cp.id, placement=pl)
-                        for cp, pl in zip(a.instance.compute, a.compute_placements))
-            gis.append(LiveGpuInstance(id=gi_id, profile_id=a.instance.profile.id, placement=a.placement, compute=cis))
-        applied[layout] = GpuState(mig_current=True, mig_pending=True, persistence=None, instances=tuple(gis))
+    applied = _applied_states(infos[0], layouts, desired, fresh)
 
     def baseline() -> int:
         n = 0

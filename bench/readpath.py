@@ -16,6 +16,7 @@ an in-process breakdown of one `status` (import, nvmlInit, GPU/profile reads, st
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -85,10 +86,8 @@ def phases(lib: Optional[str] = None) -> int:
     t_parse = time.perf_counter()
     cli._site(args)
     t_site = time.perf_counter()
-    try:
+    with contextlib.suppress(migd.errors.MigdError):
         cli._load_config(args)
-    except migd.errors.MigdError:
-        pass
     t_config = time.perf_counter()
     import pynvml
     t2 = time.perf_counter()

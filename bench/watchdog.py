@@ -106,10 +106,7 @@ def child(args) -> int:
 
     migd.log.setup(level="info", target="stderr")  # the service logs at info (to the journal there)
 
-    if args.real:
-        w = Watcher(args.config, site.build())
-    else:
-        w = Watcher(args.config, site.build(args.simulate, args.sim_state))
+    w = Watcher(args.config, site.build()) if args.real else Watcher(args.config, site.build(args.simulate, args.sim_state))
     stages.append(("what every reader process needs, imported once (pynvml, the NVML backend, metrics)", _rss_kib()))
     rss_import = _rss_kib()
     split_import = rss_split()
@@ -133,6 +130,8 @@ def child(args) -> int:
             split_first = rss_split()
     import resource
 
+    with open("/proc/self/maps") as maps:
+        nvml_mapped = any("libnvidia-ml" in line for line in maps)
     out = {
         "rss_idle": rss_idle, "rss_import": rss_import, "rss_first": rss_first, "rss_last": _rss_kib(),
         "stages": stages + [(f"{args.checks - 1} more checks", _rss_kib())],
@@ -142,7 +141,7 @@ def child(args) -> int:
         "cpu": _median(cpu[1:] or cpu), "wall": _median(wall[1:] or wall),
         "reader_cpu": _median(reader_cpu[1:] or reader_cpu),
         "loaded": sorted(m for m in ("structlog", "asyncio", "ssl") if m in sys.modules),
-        "nvml_library_mapped": any("libnvidia-ml" in line for line in open("/proc/self/maps")),
+        "nvml_library_mapped": nvml_mapped,
         "checks": args.checks, "statuses": sorted({s for st in statuses for s in st}),
         "gpus": len(w.gpus),
     }

@@ -12,7 +12,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pytest
 
@@ -29,12 +29,14 @@ MEASURED_JSON = sorted(DATA.glob("*.json"))  # every recorded GPU: each must hav
 SRC = ROOT / "src"
 
 
-def load_h100_reference() -> dict:
-    return json.loads(H100_JSON.read_text())
+def load_h100_reference() -> Dict[str, Any]:
+    reference: Dict[str, Any] = json.loads(H100_JSON.read_text())
+    return reference
 
 
-def load_reference(path: Path) -> dict:
-    return json.loads(path.read_text())
+def load_reference(path: Path) -> Dict[str, Any]:
+    reference: Dict[str, Any] = json.loads(path.read_text())
+    return reference
 
 
 def sim_model_for(pci_device_id: str):
@@ -47,7 +49,7 @@ def sim_model_for(pci_device_id: str):
 
 
 @pytest.fixture(scope="session")
-def h100_reference() -> dict:
+def h100_reference() -> Dict[str, Any]:
     return load_h100_reference()
 
 
@@ -101,7 +103,8 @@ def sim_backend():
 
         backend = make_backend(simulate=spec, sim_state=sim_state, read_only=read_only)
         backend.open()
-        backend._sim_host = pynvml.nvmlLib.host  # for tests only: the backend itself knows no simulator
+        # for tests only: the backend itself knows no simulator (so Backend has no such attribute)
+        backend._sim_host = pynvml.nvmlLib.host  # type: ignore[attr-defined]
         opened.append(backend)
         return backend
 
@@ -143,7 +146,7 @@ def file_host(state_path) -> Callable[..., SimHost]:
     return make
 
 
-def python_env() -> dict:
+def python_env() -> Dict[str, str]:
     """Environment for child Python processes: migd importable from the source tree, nothing inherited."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MIGD_")}
     env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
@@ -159,7 +162,7 @@ PYTHON = sys.executable
 _SUMMARY: List[str] = []
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def summary_line() -> Callable[[str], None]:
     return _SUMMARY.append
 

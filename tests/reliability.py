@@ -25,7 +25,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 import migd.log
 from migd import cli, sim
@@ -33,6 +33,7 @@ from migd.sim.host import SimHost, load_state
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
+T = TypeVar("T")
 FULL = os.environ.get("MIGD_FULL_MATRIX", "") not in ("", "0")
 
 MUTATING_CALLS = (
@@ -113,9 +114,9 @@ EIGHT_GPUS = "dgx-a100"  # 8 x A100-SXM4-40GB: Ampere
 
 # --- what the GPUs look like ---------------------------------------------------------------------------------
 
-def layouts(state: dict) -> List[object]:
+def layouts(state: Dict[str, Any]) -> List[object]:
     """Per GPU: "lost", or (MIG current, pending, GIs as (profile, start, size, CIs as (profile, start, size)))."""
-    out = []
+    out: List[object] = []
     for g in state["gpus"]:
         if g.get("lost"):
             out.append("lost")
@@ -142,10 +143,10 @@ class Run:
     code: int
     out: str
     err: str
-    events: List[Tuple[str, str, dict]] = field(default_factory=list)  # (level, event, fields)
+    events: List[Tuple[str, str, Dict[str, Any]]] = field(default_factory=list)  # (level, event, fields)
     exception: Optional[BaseException] = None
 
-    def named(self, event: str, **fields) -> List[dict]:
+    def named(self, event: str, **fields) -> List[Dict[str, Any]]:
         return [f for _, e, f in self.events if e == event and all(f.get(k) == v for k, v in fields.items())]
 
     @property
@@ -154,12 +155,12 @@ class Run:
 
 
 @contextlib.contextmanager
-def captured_events() -> Iterator[List[Tuple[str, str, dict]]]:
+def captured_events() -> Iterator[List[Tuple[str, str, Dict[str, Any]]]]:
     """Every event migd logs in this process at the level the CLI set up: (level, event name, fields with msg),
     through structlog's own capture_logs (the pipeline's processors swapped for a capture)."""
     from structlog.testing import capture_logs
 
-    events: List[Tuple[str, str, dict]] = []
+    events: List[Tuple[str, str, Dict[str, Any]]] = []
     with capture_logs() as entries:
         try:
             yield events
@@ -205,12 +206,12 @@ def child_env(run_dir: str, **extra: str) -> Dict[str, str]:
     return env
 
 
-def migd_process(args: Sequence[str], env: Dict[str, str]) -> subprocess.Popen:
+def migd_process(args: Sequence[str], env: Dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "migd.cli", *args], env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(ROOT))
 
 
-def wait_for_hang(proc: subprocess.Popen, timeout: float = 30.0) -> Tuple[bool, str]:
+def wait_for_hang(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> Tuple[bool, str]:
     """Read the process's stderr until the simulator says a call hangs (True), or it exits / time runs out."""
     assert proc.stderr is not None
     fd = proc.stderr.fileno()
@@ -229,7 +230,7 @@ def wait_for_hang(proc: subprocess.Popen, timeout: float = 30.0) -> Tuple[bool, 
     return False, seen.decode(errors="replace")
 
 
-def wait_until_holding(proc: subprocess.Popen, node: str, timeout: float = 30.0) -> None:
+def wait_until_holding(proc: subprocess.Popen[bytes], node: str, timeout: float = 30.0) -> None:
     """Readiness, not a sleep: return once `proc` has the (simulated) device node open."""
     from migd.holders import pids_holding
 
@@ -240,7 +241,7 @@ def wait_until_holding(proc: subprocess.Popen, node: str, timeout: float = 30.0)
         time.sleep(0.01)
 
 
-def kill(proc: subprocess.Popen) -> None:
+def kill(proc: subprocess.Popen[bytes]) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     for f in (proc.stdout, proc.stderr):
@@ -334,7 +335,7 @@ def prepare(scenario: Scenario, where: Path) -> Prepared:
     return Prepared(scenario, where, state, config, pristine, before, desired, steps)
 
 
-def sample(cases: List, k: int, seed: str) -> List:
+def sample(cases: List[T], k: int, seed: str) -> List[T]:
     """Every case under MIGD_FULL_MATRIX=1, else a deterministic sample of k (always the same ones)."""
     if FULL or len(cases) <= k:
         return list(cases)

@@ -303,7 +303,7 @@ def test_migd_error_codes_are_pynvmls_named_constants():
     wrong = {code: name for code, name in E.NVML_CODES.items() if code and getattr(N, f"NVML_ERROR_{name}", None) != code}
     assert not wrong
     constants = {k: v for k, v in vars(E).items() if k.isupper() and isinstance(v, int) and not k.startswith("EXIT_")}
-    assert constants and all(N.NVML_SUCCESS == v if k == "SUCCESS" else getattr(N, f"NVML_ERROR_{k}") == v
+    assert constants and all(v == N.NVML_SUCCESS if k == "SUCCESS" else getattr(N, f"NVML_ERROR_{k}") == v
                              for k, v in constants.items())
 
 

@@ -212,7 +212,7 @@ def test_unknown_keys_at_every_level():
     """)
     assert [(line, key) for line, key, _ in found] == [  # in line order, as the admin reads the file
         (1, "colour"), (6, "[[gpu]] #1 flavour"), (8, "[[gpu]] #1 instances #1 nmae"), (12, "daemon.watch"), (14, "extra")]
-    messages = dict(((line, key), msg) for line, key, msg in found)
+    messages = {(line, key): msg for line, key, msg in found}
     assert "[[gpu]] tables and one [daemon] table" in messages[(1, "colour")]
     accepted = "cdi_refresh, drift_policy, driver_wait_timeout, gpu_clients, lock_timeout, metrics_file, on_pending"
     assert f"[daemon] accepts {accepted}" in messages[(12, "daemon.watch")]

@@ -75,10 +75,7 @@ def test_sigkill_after_every_step_then_apply_converges(prepared, summary_line):
         p.reset()
         why = _hang_and_kill(p, f"{call}=hang@{n}/gpu{gpu}")
         if not why:
-            if p.current() == p.desired:
-                why = "the kill came too late: already applied"
-            else:
-                why = _converges(p)
+            why = "the kill came too late: already applied" if p.current() == p.desired else _converges(p)
         results.append((f"{p.scenario.name}, killed after {k} of {len(p.steps)} steps", why))
     _report(summary_line, f"{HOST}, killed after step k of {sum(len(p.steps) for p in prepared)}", results)
 
@@ -86,10 +83,7 @@ def test_sigkill_after_every_step_then_apply_converges(prepared, summary_line):
 @pytest.mark.slow
 def test_sigkill_during_rollback_then_apply_converges(prepared, summary_line):
     """A call fails at step k; the rollback's first change hangs and migd is killed half-way back."""
-    points = []
-    for p in prepared:
-        for k, (call, gpu, n) in enumerate(p.steps):
-            points.append((p, k))
+    points = [(p, k) for p in prepared for k in range(len(p.steps))]
     results = []
     skipped = 0
     for p, k in R.sample(points, 14, "crash-rollback"):
@@ -177,7 +171,7 @@ def test_two_applies_at_once_are_serialized(dgx, summary_line):
     a = R.migd_process(args, env)
     b = R.migd_process(args, env)
     outs = [p.communicate(timeout=60) for p in (a, b)]
-    for p, (out, err) in zip((a, b), outs):
+    for p, (_out, err) in zip((a, b), outs):
         assert p.returncode == 0 and b"Traceback" not in err, err.decode()
     trace = load_state(dgx["state"])["trace"]
     assert len(trace) == 8 * 9  # each GPU: persistence, MIG mode, 3 GIs, 4 CIs; once

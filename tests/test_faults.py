@@ -20,11 +20,13 @@ Default: every one-GPU error case, samples of the rest (the same ones every run)
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import List, Tuple
 
 import pytest
@@ -97,6 +99,12 @@ def run_error_case(p: R.Prepared, step, err: str) -> Tuple[str, str]:
         if layout != p.desired[g]:
             return "other GPU not applied", (f"{where}: GPU {g} is {R.describe_layout(layout)}, expected "
                                              f"{R.describe_layout(p.desired[g])}")
+    return _judge_faulted_gpu(p, r, where, step, err, now)
+
+
+def _judge_faulted_gpu(p: R.Prepared, r: R.Run, where: str, step, err: str, now) -> Tuple[str, str]:
+    """run_error_case's verdict on the GPU the fault hit: lost and said so, or rolled back and said so."""
+    call, gpu, _ = step
     if err == "GPU_IS_LOST":
         if now[gpu] != "lost":
             return "not lost", f"{where}: GPU {gpu} not lost: {R.describe_layout(now[gpu])}"
@@ -275,7 +283,13 @@ def run_read_case(p: R.Prepared, step: Tuple[str, int, int, bool], err: str) -> 
     for g, layout in enumerate(now):
         if g != gpu and layout != p.desired[g]:
             return "other GPU not applied", f"{where}: GPU {g} is {R.describe_layout(layout)}"
-    layout, rec = now[gpu], recorded.get(gpu, {})
+    return _judge_read_gpu(p, r, where, step, err, now[gpu], recorded.get(gpu, {}), env)
+
+
+def _judge_read_gpu(p: R.Prepared, r: R.Run, where: str, step: Tuple[str, int, int, bool], err: str, layout,
+                    rec: dict, env: str) -> Tuple[str, str]:
+    """run_read_case's verdict on the GPU whose read failed: its layout and what was recorded about it agree."""
+    _, gpu, _, after_record = step
     outcome = rec.get("outcome")
     if layout == "lost":
         if err != "GPU_IS_LOST":
@@ -361,10 +375,8 @@ def busy_gpu(draw):
             gi_id = host.create_gi(0, pid, tuple(draw(st.sampled_from(free))))
             cps = sorted(host.ci_profiles(0, host.find_gi(0, gi_id)).values(), key=lambda c: c["id"])
             for _ in range(draw(st.integers(0, 3))):
-                try:
+                with contextlib.suppress(SimError):
                     host.create_ci(0, gi_id, draw(st.sampled_from(cps))["id"])
-                except SimError:
-                    pass
         cis = [(gi["id"], ci["id"]) for gi in host.gpus[0]["gis"] for ci in gi["cis"]]
         if cis:
             for n, (gi, ci) in enumerate(draw(st.lists(st.sampled_from(cis), min_size=draw(st.sampled_from([0, 1, 1])),
@@ -547,7 +559,7 @@ def test_boot_with_the_driver_not_loaded_waits_then_fails_clearly(two_gpus):
     """README: boot waits for an installed driver with backoff up to driver_wait_timeout, logging the wait once,
     then fails the unit (exit 1) saying what to check; `apply` does not wait. Nothing is touched."""
     _set_driver(two_gpus["state"], "not-loaded")
-    before = open(two_gpus["state"], "rb").read()
+    before = Path(two_gpus["state"]).read_bytes()
     args = ["--sim-state", two_gpus["state"], "--config", two_gpus["config"]]
     t0 = time.monotonic()
     r = R.run_cli(args + ["boot"], {"MIGD_RUN_DIR": two_gpus["run"]})
@@ -558,18 +570,18 @@ def test_boot_with_the_driver_not_loaded_waits_then_fails_clearly(two_gpus):
                for _, e, f in r.events if e == "failed"), r.events
     r = R.run_cli(args + ["apply"], {"MIGD_RUN_DIR": two_gpus["run"]})
     assert not r.traceback and r.code == 1 and "DRIVER_NOT_LOADED" in r.err, r.err
-    assert open(two_gpus["state"], "rb").read() == before
+    assert Path(two_gpus["state"]).read_bytes() == before
 
 
 def test_boot_with_no_driver_installed_does_not_wait(two_gpus):
     """Nothing of a driver installed and only "all" selectors: nothing to do, at once, exit 0. Nothing touched."""
     _set_driver(two_gpus["state"], "no-library")
-    before = open(two_gpus["state"], "rb").read()
+    before = Path(two_gpus["state"]).read_bytes()
     r = R.run_cli(["--sim-state", two_gpus["state"], "--config", two_gpus["config"], "boot"],
                   {"MIGD_RUN_DIR": two_gpus["run"]})
     assert not r.traceback and r.code == 0, r.err
     assert not r.named("driver_wait") and r.named("no_driver"), r.events
-    assert open(two_gpus["state"], "rb").read() == before
+    assert Path(two_gpus["state"]).read_bytes() == before
 
 
 def test_boot_without_the_real_library_is_nothing_to_do(tmp_path):

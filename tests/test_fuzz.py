@@ -35,6 +35,16 @@ HOST = "h100-80gb,a100-40gb"
 FUZZ_EXAMPLES = 1000 if R.FULL else 150
 STATS = collections.Counter()
 
+
+@pytest.fixture(scope="module", autouse=True)
+def fuzz_figures(summary_line):
+    """The figures, for the summary, after this file's tests (whichever ran, in whatever order): not a test, which
+    would pass with nothing to say when run alone."""
+    yield
+    if STATS:
+        summary_line("bad input: " + ", ".join(f"{n} {k}" for k, n in sorted(STATS.items())))
+
+
 # Problems about the whole file (no line or key to name): what they say.
 WHOLE_FILE = ("larger than", "file not found", "cannot read", "owned by", "writable by", "not a regular file",
               "directory", "nesting too deep")
@@ -425,7 +435,7 @@ def test_random_arguments_never_traceback(argv, cli_env):
             return
     if {"boot", "watch"} & set(argv):
         return  # boot waits for a driver, watch runs until stopped: covered by their own tests
-    cwd = os.getcwd()
+    cwd = Path.cwd()
     os.chdir(cli_env["dir"])  # relative paths land in the test's directory
     try:
         r = R.run_cli(argv, {"MIGD_RUN_DIR": cli_env["run"]})
@@ -434,11 +444,3 @@ def test_random_arguments_never_traceback(argv, cli_env):
     assert not r.traceback, (argv, r.exception, r.err[-2000:])
     assert r.code in (0, 1, 2, 3, 4, 5), (argv, r.code)
     STATS[f"argv: exit {r.code}"] += 1
-
-
-@pytest.mark.slow
-def test_fuzz_figures(summary_line):
-    """Runs last in this file: the figures, for the summary."""
-    if not STATS:
-        pytest.skip("run with the rest of the file")
-    summary_line("bad input: " + ", ".join(f"{n} {k}" for k, n in sorted(STATS.items())))

@@ -24,6 +24,7 @@ import pytest
 import reliability as R
 from migd import site as site_mod
 from migd.sim.host import SimHost, load_state
+import functools
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (a second user, chown)")
 NOBODY = 65534
@@ -254,7 +255,6 @@ def test_too_many_host_patterns_is_a_config_error_naming_file_and_line(tmp_path)
 
 def _old_matches(pattern: str, name: str) -> bool:
     """The reference: main's backtracking matcher (exponential-free only thanks to memoising), as the oracle."""
-    from functools import lru_cache
 
     from migd.hostnames import PatternError, _Range, compile_pattern
 
@@ -264,7 +264,7 @@ def _old_matches(pattern: str, name: str) -> bool:
         return False
     name = name.strip().lower()
 
-    @lru_cache(maxsize=None)
+    @functools.cache
     def at(t, i):
         if t == len(tokens):
             return i == len(name)

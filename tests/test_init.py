@@ -63,7 +63,7 @@ def test_every_suggested_layout_validates_on_its_model(tmp_path, capsys, model):
     cfg.write_text(text)
     code, out, err = run(capsys, "--simulate", f"{model}:2", "-c", cfg, "validate")
     assert code == 0, out + err
-    for line, label in suggestions:
+    for line, _label in suggestions:
         edited = text.replace("mig = false\n", f"mig = true\n{line}\n", 1)
         cfg.write_text(edited)
         code, out, err = run(capsys, "--simulate", f"{model}:2", "-c", cfg, "validate")

@@ -9,6 +9,7 @@ import shutil
 import stat
 import subprocess
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -63,9 +64,16 @@ def sim_host(env) -> SimHost:
     return SimHost.create("", env["state"])
 
 
-def test_promtool_is_installed_for_ci():
+def test_values_fails_on_a_file_promtool_refuses(tmp_path):
+    """The format check every test here relies on can fail: values() runs promtool, which refuses a metric
+    described twice (a mistake migd's own parser lets through)."""
     if not PROMTOOL:
         pytest.skip("promtool missing (Debian package prometheus): the other tests check the format less strictly")
+    bad = tmp_path / "bad.prom"
+    bad.write_text('# HELP migd_x x\n# TYPE migd_x gauge\nmigd_x{gpu="0"} 1\n'
+                   '# HELP migd_x x\n# TYPE migd_x gauge\nmigd_x{gpu="1"} 1\n')
+    with pytest.raises(AssertionError, match="second HELP"):
+        values(bad)
 
 
 def test_apply_writes_gpu_and_apply_series_atomically_0644(env, capsys):
@@ -74,7 +82,7 @@ def test_apply_writes_gpu_and_apply_series_atomically_0644(env, capsys):
     assert stat.S_IMODE(st.st_mode) == 0o644
     assert [p.name for p in env["prom"].parent.iterdir()] == ["migd.prom"]  # no temp file left behind
     v = values(env["prom"])
-    uuid0 = json.loads(open(os.path.join(os.environ["MIGD_RUN_DIR"], "state.json")).read())["gpus"][0]["uuid"]
+    uuid0 = json.loads(Path(os.environ["MIGD_RUN_DIR"], "state.json").read_text())["gpus"][0]["uuid"]
     assert one(v, "migd_gpu_layout_match", gpu="0", uuid=uuid0) == 1
     assert one(v, "migd_gpu_mig_mode_current", gpu="1") == 1 and one(v, "migd_gpu_mig_mode_pending", gpu="1") == 1
     assert one(v, "migd_gpu_instances", gpu="0", profile="1g.10gb") == 1
@@ -152,8 +160,8 @@ def test_boot_writes_the_file(env, capsys):
 
 
 def test_unwritable_directory_is_a_warning_not_a_failure(env, capsys, tmp_path):
-    conf = open(env["config"]).read().replace(str(env["prom"]), str(tmp_path / "missing" / "migd.prom"))
-    open(env["config"], "w").write(conf)
+    conf = Path(env["config"]).read_text().replace(str(env["prom"]), str(tmp_path / "missing" / "migd.prom"))
+    Path(env["config"]).write_text(conf)
     assert migd(env, "apply") == 0
     assert "cannot write the metrics file" in capsys.readouterr().err
 

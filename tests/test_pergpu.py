@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -73,9 +74,9 @@ def test_a_fault_without_a_gpu_counts_each_gpus_calls(dgx):
         r = R.run_cli(["--sim-state", dgx["state"], "--config", dgx["config"], "apply"],
                       {"MIGD_RUN_DIR": dgx["run"], "MIGD_SIM_FAULTS": fault})
         assert r.code == 1 and not r.traceback, r.err
-        doc = json.loads(open(os.path.join(dgx["run"], "state.json")).read())
+        doc = json.loads(Path(dgx["run"], "state.json").read_text())
         records.append({g["index"]: g["outcome"] for g in doc["gpus"]})
-    assert records[0] == records[1] == {i: "rolled_back" for i in range(8)}
+    assert records[0] == records[1] == dict.fromkeys(range(8), "rolled_back")
     assert records[2] == {i: "rolled_back" if i == 5 else "applied" for i in range(8)}
 
 

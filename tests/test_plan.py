@@ -12,7 +12,7 @@ import random
 import subprocess
 import textwrap
 from collections import Counter
-from functools import lru_cache
+from functools import cache
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import pytest
@@ -111,10 +111,7 @@ def placeable(table: Table, ids: Sequence[int], occupied: int = 0) -> bool:
     """Plain backtracking: can every instance get one of its listed placements, none overlapping?"""
     if not ids:
         return True
-    for p in table[ids[0]][3]:
-        if not _mask(p) & occupied and placeable(table, ids[1:], occupied | _mask(p)):
-            return True
-    return False
+    return any(not _mask(p) & occupied and placeable(table, ids[1:], occupied | _mask(p)) for p in table[ids[0]][3])
 
 
 def brute_feasible(table: Table, ids: Sequence[int], slices: int) -> bool:
@@ -132,7 +129,7 @@ def valid_layout(table: Table, placed: Sequence[Tuple[int, Tuple[int, int]]], sl
 
 # --- GPU info from the simulator, once per model ---------------------------------------------------------------
 
-@lru_cache(maxsize=None)
+@cache
 def info_for(model: str) -> GpuInfo:
     backend = make_backend(simulate=model)
     try:

@@ -62,7 +62,7 @@ def _steps(body: str) -> List[Tuple[str, List[str]]]:
     return steps
 
 
-def _pattern(expected: List[str]) -> "re.Pattern[str]":
+def _pattern(expected: List[str]) -> re.Pattern[str]:
     parts = ["(?:[^\n]*\n)*?" if line == "..." else re.escape(line) + "\n" for line in expected]
     return re.compile("".join(parts))
 

@@ -47,7 +47,7 @@ def test_record_agrees_with_dataclasses(frozen):
                 hash(a)  # eq without frozen: unhashable, as dataclasses
             a.x = 9
             assert a.x == 9
-    D, R = _pair(True)
+    D, R = _pair(True)  # noqa: N806 (two classes: a dataclass and a record)
     assert _record.replace(R(1, 2), y=7) == R(1, 7) and dataclasses.replace(D(1, 2), y=7) == D(1, 7)
     with pytest.raises(TypeError):
         _record.replace(R(1), z=1)

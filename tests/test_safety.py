@@ -104,8 +104,8 @@ def test_library_mismatch_on_processes_is_unknown(sim_backend, monkeypatch):
 
     backend = sim_backend("h100-80gb")
     backend.set_mig_mode(0, True)
-    gi = backend.create_gpu_instance(0, 9, R_placement(0, 4))
-    backend.create_compute_instance(0, gi, 2, R_placement(0, 3))
+    gi = backend.create_gpu_instance(0, 9, placement_of(0, 4))
+    backend.create_compute_instance(0, gi, 2, placement_of(0, 3))
 
     def mismatch(handle):
         raise pynvml.NVMLLibraryMismatchError("Unversioned function called")
@@ -115,7 +115,7 @@ def test_library_mismatch_on_processes_is_unknown(sim_backend, monkeypatch):
     assert state.instances[0].busy and "older than the driver" in state.instances[0].pids_unreadable
 
 
-def R_placement(start: int, size: int):
+def placement_of(start: int, size: int):
     from migd.model import Placement
 
     return Placement(start, size)

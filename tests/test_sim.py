@@ -917,7 +917,7 @@ def test_catalog_model_matches_reference_through_pynvml(sim_backend, key):
             assert info.memorySizeMB == mem
         pl = placements_of(h, info.id)
         assert pl == [(s, size) for s in starts]
-        assert all(0 <= s and s + sz <= slots for s, sz in pl)
+        assert all(s >= 0 and s + sz <= slots for s, sz in pl)
         assert inst <= len(pl)
         assert info.sliceCount <= slices
     assert set(seen) == set(units)

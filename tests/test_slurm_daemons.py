@@ -87,10 +87,9 @@ class Cluster:
 
     def start(self) -> None:
         for name, args in (("slurmctld", ["-D", "-i"]), ("slurmd", ["-D", "-N", self.node])):
-            log = open(self.root / f"{name}.out", "ab")
-            self.procs.append(subprocess.Popen([BINARIES[name], *args, "-f", str(self.conf)], env=self.env,
-                                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-            log.close()
+            with open(self.root / f"{name}.out", "ab") as log:
+                self.procs.append(subprocess.Popen([BINARIES[name], *args, "-f", str(self.conf)], env=self.env,
+                                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
 
     def stop(self) -> None:
         for p in self.procs:

@@ -95,7 +95,8 @@ def _make(cls: _C, frozen: bool) -> _C:
         def _hash(self: Any) -> int:
             return hash(key(self))
 
-        setattr(cls, "__hash__", _hash if frozen else None)  # eq without frozen: unhashable, as dataclasses
+        # eq without frozen: unhashable, as dataclasses; setattr because mypy refuses assigning a method
+        setattr(cls, "__hash__", _hash if frozen else None)  # noqa: B010
     if frozen:
         cls.__setattr__ = _frozen_setattr  # type: ignore[method-assign,assignment]
         cls.__delattr__ = _frozen_delattr  # type: ignore[method-assign,assignment]

@@ -108,7 +108,7 @@ def not_loaded_message(found: DriverFiles, timeout: float) -> str:
 
 
 def run(cfg: Config, open_backend: Callable[[], Backend], env: HostEnv,
-        make_engine: Callable[[Backend], "Engine"], status: Callable[[str], None] = lambda _: None) -> int:
+        make_engine: Callable[[Backend], Engine], status: Callable[[str], None] = lambda _: None) -> int:
     """What migd.service does: nothing for a host no entry is for; else wait for the driver, apply every selected
     GPU through the engine, and with on_pending = "reboot-once" reboot once for a mode change left pending. Returns
     the exit code. Failures fail the unit, never the boot (nothing Requires= migd.service). `status` gets the
@@ -123,7 +123,7 @@ def run(cfg: Config, open_backend: Callable[[], Backend], env: HostEnv,
 
 
 def _run(cfg: Config, open_backend: Callable[[], Backend], env: HostEnv,
-         make_engine: Callable[[Backend], "Engine"]) -> Tuple[int, str]:
+         make_engine: Callable[[Backend], Engine]) -> Tuple[int, str]:
     from . import layout, rebootonce
     from .engine import Outcome
 

@@ -34,7 +34,7 @@ class DriverFiles:
     library: Optional[str] = None
     module: Optional[str] = None
     module_loaded: bool = False
-    build: "Optional[ModuleBuild]" = None  # DKMS's nvidia module build for the running kernel, if registered
+    build: Optional[ModuleBuild] = None  # DKMS's nvidia module build for the running kernel, if registered
 
     @property
     def module_may_appear(self) -> bool:

@@ -81,7 +81,7 @@ class ConfigError(MigdError):
         super().__init__("\n".join(str(p) for p in self.problems))
 
     @classmethod
-    def one(cls, message: str, path: str = "", line: Optional[int] = None, key: str = "") -> "ConfigError":
+    def one(cls, message: str, path: str = "", line: Optional[int] = None, key: str = "") -> ConfigError:
         return cls([Problem(message, path, line, key)])
 
 

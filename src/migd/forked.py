@@ -16,6 +16,7 @@ of CPU per round). The parent is migd-watch itself, so only its own trusted data
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import select
@@ -49,10 +50,8 @@ def call(fn: Callable[[], T], limit: float) -> T:
     reap()
     r, w = os.pipe()
     for stream in (sys.stdout, sys.stderr):  # nothing buffered may be written twice (the child inherits buffers)
-        try:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
             stream.flush()
-        except (OSError, ValueError, AttributeError):
-            pass
     pid = os.fork()
     if pid == 0:  # the child: never returns
         os.close(r)
@@ -128,10 +127,8 @@ REAP_WAIT_S = 2.0  # how long a killed child is waited for before it is left to 
 
 
 def _kill(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     _unreaped.add(pid)
     deadline = time.monotonic() + REAP_WAIT_S  # a killed process goes at once, unless stuck inside the driver
     while pid in reap() and time.monotonic() < deadline:
@@ -139,10 +136,8 @@ def _kill(pid: int) -> None:
 
 
 def _wait(pid: int) -> None:
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
 
 
 def reap() -> List[int]:

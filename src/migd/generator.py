@@ -47,14 +47,14 @@ def may_set_gpu_clients(config_path: str) -> bool:
     return False
 
 
-def generate(normal_dir: str, config_path: str = DEFAULT_CONFIG) -> "List[str]":
+def generate(normal_dir: str, config_path: str = DEFAULT_CONFIG) -> List[str]:
     """Write the drop-ins for the config's gpu_clients; returns the files written. Raises ConfigError."""
     from . import config as config_mod
     from . import gpuclients
 
     cfg = config_mod.load(config_path, owner=config_mod.trusted_owner())
     source = ", ".join(cfg.files)
-    written: "List[str]" = []
+    written: List[str] = []
     for pattern in gpuclients.patterns(cfg.daemon.gpu_clients):
         d = os.path.join(normal_dir, pattern.dropin_dir)
         path = os.path.join(d, gpuclients.DROPIN_NAME)
@@ -93,7 +93,7 @@ def say(message: str, priority: int = 3, kmsg: str = KMSG, devlog: str = DEVLOG)
     sys.stderr.write(f"{NAME}: {message}\n")
 
 
-def main(argv: "Sequence[str]", config_path: str = DEFAULT_CONFIG, kmsg: str = KMSG, devlog: str = DEVLOG) -> int:
+def main(argv: Sequence[str], config_path: str = DEFAULT_CONFIG, kmsg: str = KMSG, devlog: str = DEVLOG) -> int:
     """Always 0: a generator that fails leaves the boot to go on without it anyway, and says so less clearly."""
     if len(argv) not in (2, 4):
         say("usage: migd-generator NORMAL_DIR [EARLY_DIR LATE_DIR] (systemd runs it; see systemd.generator(7))",

@@ -70,8 +70,8 @@ class HostEnv:
     reboot: Callable[[], Optional[str]]  # queue a reboot; None or why it was refused
     system_booting: Callable[[], bool]  # is the system still starting up (the only time migd may reboot it)
     boot_id: Callable[[], str]
-    hostname: Callable[[], "HostName"]  # the name `hosts = [...]` is matched against, and its source
-    driver_files: Callable[[], "DriverFiles"]  # what of an NVIDIA driver is installed
+    hostname: Callable[[], HostName]  # the name `hosts = [...]` is matched against, and its source
+    driver_files: Callable[[], DriverFiles]  # what of an NVIDIA driver is installed
     clock: Clock
     volatile: Callable[[str], Optional[str]]  # the file system a path is on when it does not survive a reboot
     #                                          (tmpfs, ramfs), else None
@@ -91,7 +91,7 @@ def _boot_id() -> str:
         return f.read().strip()
 
 
-def _hostname() -> "HostName":
+def _hostname() -> HostName:
     """The static host name (/etc/hostname): final before the network names the host (hostnames.static_host)."""
     from . import hostnames
 
@@ -151,7 +151,7 @@ def volatile_fs(path: str) -> Optional[str]:
     return _VOLATILE_MAGIC.get(f_type)
 
 
-def _driver_files() -> "DriverFiles":
+def _driver_files() -> DriverFiles:
     from . import driverfiles
 
     return driverfiles.detect()

@@ -49,7 +49,7 @@ class Notifier:
             pass
 
 
-def _barrier(sock: "socket.socket", address: str, timeout_ms: int = 5000) -> None:
+def _barrier(sock: socket.socket, address: str, timeout_ms: int = 5000) -> None:
     """sd_notify_barrier(): send BARRIER=1 with the write end of a pipe; systemd closes its copy once it has
     processed every message before it, which the read end sees as a hang-up."""
     import select

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from ._record import dataclass
 from enum import Enum
-from functools import lru_cache
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from functools import cache
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .layout import DesiredGpu, DesiredInstance
 from .model import ComputeProfile, GpuInfo, GpuState, LiveComputeInstance, LiveGpuInstance, Placement
@@ -163,15 +163,7 @@ def _plan(info: GpuInfo, desired: DesiredGpu, state: GpuState,
         actions.append(Action(ActionKind.SET_PERSISTENCE, g, enabled=persistence))
 
     if not desired.mig:
-        if state.mig_current:
-            busy = [gi for gi in state.instances if gi.busy]
-            if busy:
-                raise Refused(f"MIG off would destroy {_busy_reason(info, busy)}: not destroying busy instances",
-                              _pid_list(busy), what=RefusalKind.BUSY)
-            actions += _destroy(info, state.instances)
-        if state.mig_current or state.mig_pending:
-            actions.append(Action(ActionKind.SET_MIG_MODE, g, enabled=False))
-        return actions, []
+        return actions + _plan_mig_off(info, state), []
 
     if not info.mig_capable:
         raise Refused(f"{info.model} does not support MIG", what=RefusalKind.NO_MIG)
@@ -190,6 +182,28 @@ def _plan(info: GpuInfo, desired: DesiredGpu, state: GpuState,
 
     if not state.mig_current or not state.mig_pending:
         actions.append(Action(ActionKind.SET_MIG_MODE, g, enabled=True))
+    return actions + _instance_actions(info, live, assignments), assignments
+
+
+def _plan_mig_off(info: GpuInfo, state: GpuState) -> List[Action]:
+    """MIG off: every instance destroyed (refused if one is busy), then the mode."""
+    actions: List[Action] = []
+    if state.mig_current:
+        busy = [gi for gi in state.instances if gi.busy]
+        if busy:
+            raise Refused(f"MIG off would destroy {_busy_reason(info, busy)}: not destroying busy instances",
+                          _pid_list(busy), what=RefusalKind.BUSY)
+        actions += _destroy(info, state.instances)
+    if state.mig_current or state.mig_pending:
+        actions.append(Action(ActionKind.SET_MIG_MODE, info.index, enabled=False))
+    return actions
+
+
+def _instance_actions(info: GpuInfo, live: List[LiveGpuInstance], assignments: List[Assignment]) -> List[Action]:
+    """The destroys and creates that turn the live GIs into the assigned ones: a reused GI's unwanted compute
+    instances, the live GIs no slot keeps or reuses, then the new GIs and compute instances, slot by slot."""
+    g = info.index
+    actions: List[Action] = []
     by_id = {gi.id: gi for gi in live}
     changes = {a.slot: _compute_changes(by_id[a.reused_gi], a.instance, a.compute_placements)
                for a in assignments if a.reused_gi is not None}
@@ -210,7 +224,7 @@ def _plan(info: GpuInfo, desired: DesiredGpu, state: GpuState,
         for cp, cpl in new:
             actions.append(Action(ActionKind.CREATE_CI, g, gi_id=a.reused_gi, slot=a.slot, profile_id=cp.id,
                                   profile_name=cp.name, placement=cpl, gi_profile_name=a.instance.profile.name))
-    return actions, assignments
+    return actions
 
 
 def _compute_changes(gi: LiveGpuInstance, item: DesiredInstance, placements: Tuple[Placement, ...],
@@ -296,10 +310,8 @@ def _place(info: GpuInfo, items: List[DesiredInstance], compute: List[Tuple[Plac
     for gi in busy:
         busy_mask |= gi.placement.mask
     # (profile id, placement start, compute layout) -> live GI that would be kept as is
-    keepable: Dict[Tuple[int, int, Tuple[Tuple[int, int, int], ...]], LiveGpuInstance] = {}
-    for gi in live:
-        keepable[(gi.profile_id, gi.placement.start,
-                  _compute_layout((ci.profile_id, ci.placement) for ci in gi.compute))] = gi
+    keepable = {(gi.profile_id, gi.placement.start, _compute_layout((ci.profile_id, ci.placement) for ci in gi.compute)): gi
+                for gi in live}
     wanted = [_compute_layout((cp.id, pl) for cp, pl in zip(i.compute, c)) for i, c in zip(items, compute)]
     candidates = [[i.pin] if i.pin else sorted(i.profile.placements, key=lambda p: p.start) for i in items]
     n = len(items)
@@ -310,20 +322,18 @@ def _place(info: GpuInfo, items: List[DesiredInstance], compute: List[Tuple[Plac
         """The live GI item k at p would be, and the gain: KEEP as is, REUSE (other CIs), or 0 (created)."""
         gi = keepable.get((items[k].profile.id, p.start, wanted[k]))
         if gi is not None and gi.placement == p:
-            return gi, KEEP
+            return gi, _KEEP
         gi = by_place.get((items[k].profile.id, p))
         if gi is not None and _reusable(gi, items[k], compute[k]):
-            return gi, REUSE
+            return gi, _REUSE
         return None, 0
 
-    NEG, KEEP, REUSE = -1, 1 << 16, 1  # keeping any GI as is beats reusing any number of them
-
-    @lru_cache(maxsize=None)
+    @cache
     def best(k: int, mask: int) -> int:
-        """Best gain for items k.. given occupied slots; NEG if no valid completion."""
+        """Best gain for items k.. given occupied slots; _NEG if no valid completion."""
         if k == n:
-            return 0 if busy_mask & ~mask == 0 else NEG  # every busy GI must have been kept
-        top = NEG
+            return 0 if busy_mask & ~mask == 0 else _NEG  # every busy GI must have been kept
+        top = _NEG
         for p in candidates[k]:
             if p.mask & mask:
                 continue
@@ -331,17 +341,28 @@ def _place(info: GpuInfo, items: List[DesiredInstance], compute: List[Tuple[Plac
             if p.mask & busy_mask and (kept is None or not kept.busy):
                 continue  # would overlap (destroy) a busy GI
             rest = best(k + 1, mask | p.mask)
-            if rest != NEG:
+            if rest != _NEG:
                 top = max(top, rest + gain)
         return top
 
-    if best(0, 0) == NEG:
+    if best(0, 0) == _NEG:
         raise _explain_infeasible(info, items, busy)
+    return _walk_best(candidates, busy_mask, keeps, best)
+
+
+_NEG, _KEEP, _REUSE = -1, 1 << 16, 1  # _place's gains: keeping any GI as is beats reusing any number of them
+
+
+def _walk_best(candidates: List[List[Placement]], busy_mask: int,
+               keeps: Callable[[int, Placement], Tuple[Optional[LiveGpuInstance], int]],
+               best: Callable[[int, int], int]) -> Tuple[List[Placement], Dict[int, int], Dict[int, int]]:
+    """_place's answer: the placements of one best completion, item by item (the first candidate that still reaches
+    the best gain), with the live GIs kept and reused on the way."""
     placements: List[Placement] = []
     kept_map: Dict[int, int] = {}
     reused_map: Dict[int, int] = {}
-    mask, k, target = 0, 0, best(0, 0)
-    for k in range(n):
+    mask, target = 0, best(0, 0)
+    for k in range(len(candidates)):
         for p in candidates[k]:
             if p.mask & mask:
                 continue
@@ -349,10 +370,10 @@ def _place(info: GpuInfo, items: List[DesiredInstance], compute: List[Tuple[Plac
             if p.mask & busy_mask and (kept is None or not kept.busy):
                 continue
             rest = best(k + 1, mask | p.mask)
-            if rest != NEG and rest + gain == target:
+            if rest != _NEG and rest + gain == target:
                 placements.append(p)
                 if kept is not None:
-                    (kept_map if gain == KEEP else reused_map)[k] = kept.id
+                    (kept_map if gain == _KEEP else reused_map)[k] = kept.id
                 mask |= p.mask
                 target -= gain
                 break
@@ -373,10 +394,7 @@ def _explain_infeasible(info: GpuInfo, items: List[DesiredInstance], busy: List[
 def _fits(items: Sequence[DesiredInstance], mask: int) -> bool:
     if not items:
         return True
-    for p in items[0].profile.placements:
-        if not p.mask & mask and _fits(items[1:], mask | p.mask):
-            return True
-    return False
+    return any(not p.mask & mask and _fits(items[1:], mask | p.mask) for p in items[0].profile.placements)
 
 
 def _place_compute(item: DesiredInstance) -> Tuple[Placement, ...]:

@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 log = get_logger()
 
 
-def after_apply(backend: "Backend", cfg: Config, env: HostEnv, desired: Mapping[int, "DesiredGpu"],
-                results: Mapping[int, "AppliedGpu"], ok: bool,
+def after_apply(backend: Backend, cfg: Config, env: HostEnv, desired: Mapping[int, DesiredGpu],
+                results: Mapping[int, AppliedGpu], ok: bool,
                 started: float) -> None:
     """After any apply (boot, `migd apply`, a watchdog re-apply: Engine.apply); `ok`: the apply's exit code was 0;
     `started`: env.clock.monotonic() at its start. The CDI refresh goes through env.systemctl, the metrics file is
@@ -36,8 +36,8 @@ def after_apply(backend: "Backend", cfg: Config, env: HostEnv, desired: Mapping[
         log.error("publish_failed", msg=f"after the apply: {type(e).__name__}: {e}", exc_info=True)
 
 
-def after_check(cfg: Config, env: HostEnv, backend: "Backend",
-                desired: Optional[Mapping[int, "DesiredGpu"]], no_gpus: bool = False) -> None:
+def after_check(cfg: Config, env: HostEnv, backend: Backend,
+                desired: Optional[Mapping[int, DesiredGpu]], no_gpus: bool = False) -> None:
     """After each migd-watch check, with its (still open, maybe never opened) backend and the desired layouts the
     check compared against (None: the check failed before it had them): the GPUs are looked at again from the
     backend's cache, so no extra NVML reads. no_gpus: nothing is selected on this host and there is no driver to
@@ -48,8 +48,8 @@ def after_check(cfg: Config, env: HostEnv, backend: "Backend",
         log.error("publish_failed", msg=f"after the check: {type(e).__name__}: {e}", exc_info=True)
 
 
-def _after_apply(backend: "Backend", cfg: Config, env: HostEnv, desired: Mapping[int, "DesiredGpu"],
-                 results: Mapping[int, "AppliedGpu"], ok: bool,
+def _after_apply(backend: Backend, cfg: Config, env: HostEnv, desired: Mapping[int, DesiredGpu],
+                 results: Mapping[int, AppliedGpu], ok: bool,
                  started: float) -> None:
     duration = env.clock.monotonic() - started
     cdi.refresh_after(cfg.daemon.cdi_refresh, cdi.changed_gpus(results.values()), env)
@@ -62,8 +62,8 @@ def _after_apply(backend: "Backend", cfg: Config, env: HostEnv, desired: Mapping
     _write(path, lambda prev: metrics.apply_samples(views or [], ok, env.clock.time(), duration), metrics.APPLY_FAMILIES)
 
 
-def _after_check(cfg: Config, env: HostEnv, backend: "Backend",
-                 desired: Optional[Mapping[int, "DesiredGpu"]], no_gpus: bool = False) -> None:
+def _after_check(cfg: Config, env: HostEnv, backend: Backend,
+                 desired: Optional[Mapping[int, DesiredGpu]], no_gpus: bool = False) -> None:
     path = env.metrics_path(cfg.daemon.metrics_file)
     if not path:
         _metrics_written("")
@@ -77,7 +77,7 @@ def _after_check(cfg: Config, env: HostEnv, backend: "Backend",
     _write(path, lambda prev: metrics.check_samples(views or [], success, env.clock.time(), prev), metrics.CHECK_FAMILIES)
 
 
-def observe(backend: "Backend", desired: Mapping[int, "DesiredGpu"]) -> Optional[List[metrics.GpuView]]:
+def observe(backend: Backend, desired: Mapping[int, DesiredGpu]) -> Optional[List[metrics.GpuView]]:
     """Every GPU as the metrics show it, from the backend (cached reads); None when the GPU list cannot be read."""
     from .plan import plan_gpu
     from .drift import layout_matches

@@ -36,7 +36,7 @@ class Site:
     """One run's wiring: the backend factory, the host environment, and what the run must say about how it was
     wired before anything else (a simulation chosen by the environment, test hooks ignored)."""
 
-    open_backend: "BackendFactory"
+    open_backend: BackendFactory
     env: HostEnv
     notices: Tuple[str, ...] = ()
 
@@ -101,7 +101,7 @@ def _real(environ: Mapping[str, str], notices: Tuple[str, ...]) -> Site:
 
     env = hostenv.real(state_dir=_state_directory(environ))
 
-    def factory(read_only: bool = False, cache_write: bool = False) -> "Backend":
+    def factory(read_only: bool = False, cache_write: bool = False) -> Backend:
         # the per-boot profile cache is /run/migd's, whoever asks: migd.service wrote it, a user's status reads it
         try:
             boot: Optional[str] = env.boot_id()

@@ -23,8 +23,7 @@ def boot_base():
     if reason:
         pytest.skip(reason)
     img = build_base()
-    print("\n[boot] base image %s: %s (%.1fs)"
-          % (img.path.name, "built now" if img.built else "cached", img.seconds))
+    print("\n[boot] base image {}: {} ({:.1f}s)".format(img.path.name, "built now" if img.built else "cached", img.seconds))
     return img
 
 
@@ -32,10 +31,10 @@ def boot_base():
 def boot_rootfs(boot_base):
     t0 = time.monotonic()
     root = new_rootfs()
-    print("\n[boot] fresh rootfs %s in %.2fs" % (root, time.monotonic() - t0))
+    print(f"\n[boot] fresh rootfs {root} in {time.monotonic() - t0:.2f}s")
     yield root
     if os.environ.get("MIGD_BOOT_KEEP") == "1":
-        print("[boot] kept %s" % root)
+        print(f"[boot] kept {root}")
     else:
         remove_rootfs(root)
 
@@ -45,7 +44,7 @@ def boot_vm(boot_rootfs, tmp_path):
     counter = itertools.count(1)
 
     def _boot(**kwargs):
-        kwargs.setdefault("results_dir", tmp_path / ("boot-%d" % next(counter)))
+        kwargs.setdefault("results_dir", tmp_path / f"boot-{next(counter)}")
         return boot(boot_rootfs, **kwargs)
 
     return _boot

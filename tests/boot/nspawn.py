@@ -43,6 +43,7 @@ every hierarchy nspawn uses (cgroup2 + v1 name=systemd), and afterwards kills
 whatever is still in that subtree (timeouts) and rmdirs it bottom-up.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -62,26 +63,26 @@ COLLECT_SCRIPT = "/usr/local/lib/migd-boot/collect.py"
 PathLike = Union[str, "os.PathLike[str]"]
 Bind = Union[str, Tuple[PathLike, str], Tuple[PathLike, str, str]]
 
-COLLECT_UNIT_TEXT = """\
+COLLECT_UNIT_TEXT = f"""\
 [Unit]
 Description=migd boot-test result collector
 DefaultDependencies=no
 After=systemd-journald.service local-fs.target
 Conflicts=shutdown.target
 Before=shutdown.target
-ConditionPathExists={results}/request.json
+ConditionPathExists={RESULTS_IN_CONTAINER}/request.json
 SuccessAction=poweroff
 FailureAction=poweroff
 
 [Service]
 Type=simple
-ExecStart=/usr/bin/python3 {script}
+ExecStart=/usr/bin/python3 {COLLECT_SCRIPT}
 StandardOutput=journal+console
 StandardError=journal+console
 
 [Install]
 WantedBy=sysinit.target
-""".format(results=RESULTS_IN_CONTAINER, script=COLLECT_SCRIPT)
+"""
 
 # Runs inside the container with the system python3 (3.11 on bookworm).
 COLLECT_SCRIPT_TEXT = r'''#!/usr/bin/python3
@@ -203,14 +204,17 @@ class BootResult:
 
     @property
     def state(self) -> Dict[str, Any]:
-        return json.loads((self.results_dir / "state.json").read_text())
+        state: Dict[str, Any] = json.loads((self.results_dir / "state.json").read_text())
+        return state
 
     def unit(self, name: str) -> Dict[str, str]:
         """All ``systemctl show`` properties of a unit listed in ``units=``."""
-        return json.loads((self.results_dir / "units" / (name + ".json")).read_text())
+        unit: Dict[str, str] = json.loads((self.results_dir / "units" / (name + ".json")).read_text())
+        return unit
 
     def command(self, name: str) -> Dict[str, Any]:
-        return json.loads((self.results_dir / "cmd" / (name + ".json")).read_text())
+        command: Dict[str, Any] = json.loads((self.results_dir / "cmd" / (name + ".json")).read_text())
+        return command
 
     # -- journal
     def journal(self, **match: str) -> List[Dict[str, Any]]:
@@ -238,15 +242,14 @@ class BootResult:
         return [str(e.get("MESSAGE", "")) for e in self.journal(**m)]
 
     def describe(self, lines: int = 60) -> str:
-        parts = ["machine=%s rc=%s timed_out=%s collected=%s %.1fs results=%s"
-                 % (self.machine, self.returncode, self.timed_out, self.collected,
-                    self.seconds, self.results_dir)]
+        parts = [f"machine={self.machine} rc={self.returncode} timed_out={self.timed_out} collected={self.collected} "
+                 f"{self.seconds:.1f}s results={self.results_dir}"]
         if (self.results_dir / "state.json").exists():
-            parts.append("state: %s" % json.dumps(self.state))
+            parts.append(f"state: {json.dumps(self.state)}")
         parts.append("--- console (tail) ---")
         parts.extend(self.console.splitlines()[-lines:])
         if self.leftovers:
-            parts.append("cgroup leftovers: %s" % self.leftovers)
+            parts.append(f"cgroup leftovers: {self.leftovers}")
         return "\n".join(parts)
 
     def check(self) -> "BootResult":
@@ -257,11 +260,11 @@ class BootResult:
         if not self.collected:
             problems.append("collector did not finish")
         if self.returncode not in (0,):
-            problems.append("systemd-nspawn rc=%s" % self.returncode)
+            problems.append(f"systemd-nspawn rc={self.returncode}")
         if self.collected and not self.state.get("settled"):
-            problems.append("boot did not settle (state=%s)" % self.state.get("system_state"))
+            problems.append("boot did not settle (state={})".format(self.state.get("system_state")))
         if problems:
-            raise BootError("boot failed: %s\n%s" % (", ".join(problems), self.describe()), self)
+            raise BootError("boot failed: {}\n{}".format(", ".join(problems), self.describe()), self)
         return self
 
 
@@ -307,7 +310,7 @@ def _cgroup_hierarchies() -> List[Path]:
 
 def _cgroup_walk_bottom_up(top: Path) -> List[Path]:
     dirs = []
-    for dirpath, dirnames, _ in os.walk(top):
+    for dirpath, _dirnames, _ in os.walk(top):
         dirs.append(Path(dirpath))
     return sorted(dirs, key=lambda p: len(p.parts), reverse=True)
 
@@ -315,10 +318,8 @@ def _cgroup_walk_bottom_up(top: Path) -> List[Path]:
 def _cgroup_pids(top: Path) -> List[int]:
     pids = []
     for d in _cgroup_walk_bottom_up(top):
-        try:
+        with contextlib.suppress(OSError, ValueError):
             pids += [int(x) for x in (d / "cgroup.procs").read_text().split()]
-        except (OSError, ValueError):
-            pass
     return pids
 
 
@@ -336,15 +337,11 @@ def _cgroup_kill_and_remove(tops: Sequence[Path], timeout: float = 10.0) -> Tupl
             if pids:
                 live = True
                 if kill_file.exists():
-                    try:
+                    with contextlib.suppress(OSError):
                         kill_file.write_text("1")
-                    except OSError:
-                        pass
                 for pid in pids:
-                    try:
+                    with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
         if not live or time.monotonic() > deadline:
             break
         time.sleep(0.05)
@@ -376,13 +373,13 @@ def _norm_bind(b: Bind) -> Tuple[str, str, bool]:
         cont = cont or host
     else:
         host, cont = str(b[0]), b[1]
-        mode = b[2] if len(b) > 2 else ""  # type: ignore[misc]
+        mode = b[2] if len(b) > 2 else ""
     if mode not in ("", "ro", "rw"):
-        raise ValueError("bind mode must be ro/rw: %r" % (b,))
+        raise ValueError(f"bind mode must be ro/rw: {b!r}")
     if not os.path.exists(host):
-        raise FileNotFoundError("bind source %s does not exist" % host)
+        raise FileNotFoundError(f"bind source {host} does not exist")
     if not cont.startswith("/"):
-        raise ValueError("container path must be absolute: %r" % (b,))
+        raise ValueError(f"container path must be absolute: {b!r}")
     return os.path.abspath(host), cont, mode == "ro"
 
 
@@ -395,11 +392,11 @@ def _remove_stale_locks(root: Path) -> List[str]:
     so we only delete files no live nspawn holds.
     """
     import fcntl
-    removed = []
+    removed = []  # type: List[str]
     try:
         st = root.stat()
-        candidates = [root.parent / (".#%s.lck" % root.name),
-                      Path("/run/systemd/nspawn/locks/inode-%d:%d" % (st.st_dev, st.st_ino))]
+        candidates = [root.parent / (f".#{root.name}.lck"),
+                      Path(f"/run/systemd/nspawn/locks/inode-{st.st_dev}:{st.st_ino}")]
     except OSError:
         return removed
     for c in candidates:
@@ -469,7 +466,7 @@ def boot(rootfs_dir: PathLike, *, bind: Sequence[Bind] = (),
     """
     root = Path(rootfs_dir).resolve()
     if not (root / "usr/lib/os-release").exists() and not (root / "etc/os-release").exists():
-        raise FileNotFoundError("%s does not look like an OS tree" % root)
+        raise FileNotFoundError(f"{root} does not look like an OS tree")
     machine = machine or "migd-" + uuid.uuid4().hex[:10]
     base = Path(os.environ.get("MIGD_BOOT_CACHE", "/var/tmp/migd-boot"))
     if results_dir is None:
@@ -479,7 +476,7 @@ def boot(rootfs_dir: PathLike, *, bind: Sequence[Bind] = (),
         res = Path(results_dir)
         res.mkdir(parents=True, exist_ok=True)
         if any(res.iterdir()):
-            raise FileExistsError("results dir %s is not empty" % res)
+            raise FileExistsError(f"results dir {res} is not empty")
     os.chmod(res, 0o755)
     if settle_timeout is None:
         settle_timeout = max(5.0, timeout - 15.0)
@@ -492,8 +489,8 @@ def boot(rootfs_dir: PathLike, *, bind: Sequence[Bind] = (),
     cmd = [
         "systemd-nspawn",
         "--quiet",
-        "--directory=%s" % root,
-        "--machine=%s" % machine,
+        f"--directory={root}",
+        f"--machine={machine}",
         "--keep-unit", "--register=no",
         "--private-network",
         # a pty as /dev/console, output copied to our stdout (console.log).
@@ -503,13 +500,13 @@ def boot(rootfs_dir: PathLike, *, bind: Sequence[Bind] = (),
         "--link-journal=no",       # keep the journal inside the rootfs only
         "--resolv-conf=off", "--timezone=off",
         "--settings=no",           # ignore any .nspawn files on the host
-        "--bind=%s:%s" % (res, RESULTS_IN_CONTAINER),
+        f"--bind={res}:{RESULTS_IN_CONTAINER}",
     ]
     for b in bind:
         host, cont, ro = _norm_bind(b)
-        cmd.append("--%s=%s:%s" % ("bind-ro" if ro else "bind", host, cont))
+        cmd.append("--{}={}:{}".format("bind-ro" if ro else "bind", host, cont))
     for k, v in (env or {}).items():
-        cmd.append("--setenv=%s=%s" % (k, v))
+        cmd.append(f"--setenv={k}={v}")
     cmd += list(nspawn_args)
     cmd += ["--boot", "--"] + list(init_args)
 
@@ -519,7 +516,7 @@ def boot(rootfs_dir: PathLike, *, bind: Sequence[Bind] = (),
     removed = []  # type: List[str]
     leftovers = []  # type: List[str]
     cgroups = []  # type: List[Path]
-    proc = None  # type: Optional[subprocess.Popen]
+    proc = None  # type: Optional[subprocess.Popen[bytes]]
     with open(res / "console.log", "wb") as console:
         try:
             # A private cgroup (per hierarchy) for nspawn and everything it spawns.
@@ -529,12 +526,12 @@ def boot(rootfs_dir: PathLike, *, bind: Sequence[Bind] = (),
                     d.mkdir()
                     cgroups.append(d)
                 except OSError as e:  # read-only cgroupfs etc.: boot anyway, no isolation
-                    console.write(("*** migd-boot: cannot create cgroup %s: %s\n" % (d, e)).encode())
+                    console.write((f"*** migd-boot: cannot create cgroup {d}: {e}\n").encode())
             wrapper = ["/bin/sh", "-c",
                        'for p in $MIGD_CG_PROCS; do echo $$ > "$p" || exit 97; done; exec "$@"', "sh"]
             penv = {"PATH": SYSTEM_PATH, "LC_ALL": "C.UTF-8",
                     "MIGD_CG_PROCS": " ".join(str(d / "cgroup.procs") for d in cgroups)}
-            console.write(("+ %s\n" % " ".join(cmd)).encode())
+            console.write(("+ {}\n".format(" ".join(cmd))).encode())
             console.flush()
             proc = subprocess.Popen(wrapper + cmd, stdin=subprocess.DEVNULL, stdout=console,
                                     stderr=subprocess.STDOUT, env=penv, start_new_session=True)
@@ -561,7 +558,7 @@ def boot(rootfs_dir: PathLike, *, bind: Sequence[Bind] = (),
                     rc = r
             # nspawn's per-machine propagation dir (it refuses to rm -rf it when
             # /run is not tmpfs: "Attempted to remove disk file system ...")
-            shutil.rmtree("/run/systemd/nspawn/propagate/%s" % machine, ignore_errors=True)
+            shutil.rmtree(f"/run/systemd/nspawn/propagate/{machine}", ignore_errors=True)
             _remove_stale_locks(root)
     result = BootResult(machine=machine, rootfs=root, results_dir=res, returncode=rc,
                         timed_out=timed_out, seconds=time.monotonic() - t0,

@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, Iterable, Optional, Sequence
+from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SH = REPO / "packaging" / "build.sh"
@@ -28,7 +28,7 @@ TOOLS = {"deb": ("dpkg-buildpackage", "dh", "dh_python3", "rst2man"), "rpm": ("r
 APT_PACKAGES = "debhelper dh-python python3-docutils rpm"
 INPUTS = ("src/migd", "packaging", "etc")
 
-_memo: Dict[tuple, Dict[str, Path]] = {}
+_memo: Dict[Tuple[Any, ...], Dict[str, Path]] = {}
 
 
 def cache_dir() -> Path:
@@ -47,7 +47,7 @@ def missing_build_tools(kinds: Iterable[str] = ("deb", "rpm")) -> Optional[str]:
     """A reason string when this machine cannot build the given package kinds, else None."""
     missing = sorted({t for k in kinds for t in TOOLS[k] if shutil.which(t, path=SYSTEM_PATH) is None})
     if missing:
-        return "missing %s (apt-get install %s)" % (", ".join(missing), APT_PACKAGES)
+        return "missing {} (apt-get install {})".format(", ".join(missing), APT_PACKAGES)
     return None
 
 
@@ -63,7 +63,7 @@ def source_key(version: str) -> str:
 
 
 def file_names(version: str) -> Dict[str, str]:
-    return {"deb": "migd_%s_all.deb" % version, "rpm": "migd-%s-1.noarch.rpm" % version}
+    return {"deb": f"migd_{version}_all.deb", "rpm": f"migd-{version}-1.noarch.rpm"}
 
 
 def build_packages(version: Optional[str] = None, kinds: Sequence[str] = ("deb", "rpm"),
@@ -85,7 +85,7 @@ def build_packages(version: Optional[str] = None, kinds: Sequence[str] = ("deb",
             reason = missing_build_tools(kinds)
             if reason:
                 raise RuntimeError(reason)
-            work = Path(tempfile.mkdtemp(prefix="work-%s-" % key, dir=str(out.parent)))
+            work = Path(tempfile.mkdtemp(prefix=f"work-{key}-", dir=str(out.parent)))
             try:
                 args = [str(BUILD_SH), "--no-lint", "--outdir", str(work / "dist"), "--version", version]
                 if kinds == ("deb",):
@@ -99,14 +99,14 @@ def build_packages(version: Optional[str] = None, kinds: Sequence[str] = ("deb",
                 proc = subprocess.run(args, cwd=str(REPO), env=env, stdin=subprocess.DEVNULL,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                 if proc.returncode != 0:
-                    raise RuntimeError("packaging/build.sh failed (rc=%d):\n%s" % (proc.returncode, proc.stdout[-4000:]))
+                    raise RuntimeError(f"packaging/build.sh failed (rc={proc.returncode}):\n{proc.stdout[-4000:]}")
                 out.mkdir(exist_ok=True)
                 for k in kinds:
                     os.replace(work / "dist" / names[k], wanted[k])
-                (out / ("build-%s.log" % "-".join(kinds))).write_text(
+                (out / ("build-{}.log".format("-".join(kinds)))).write_text(
                     proc.stdout + "\n[%.1fs]\n" % (time.monotonic() - t0))
                 if log:
-                    log("built %s in %.1fs" % (", ".join(p.name for p in wanted.values()), time.monotonic() - t0))
+                    log("built {} in {:.1f}s".format(", ".join(p.name for p in wanted.values()), time.monotonic() - t0))
             finally:
                 shutil.rmtree(work, ignore_errors=True)
     _memo[(key, kinds)] = wanted
@@ -124,10 +124,10 @@ def build_release(commit: str, version: str, log=None) -> Path:
     proc = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", "--quiet", commit + "^{commit}"],
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     if proc.returncode != 0:
-        raise RuntimeError("commit %s is not in this clone (shallow?): git fetch --unshallow" % commit)
+        raise RuntimeError(f"commit {commit} is not in this clone (shallow?): git fetch --unshallow")
     full = proc.stdout.strip()
     name = file_names(version)["deb"]
-    out = cache_dir() / "builds" / ("release-%s-%s" % (full[:12], version))
+    out = cache_dir() / "builds" / (f"release-{full[:12]}-{version}")
     deb = out / name
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.parent / (".lock-release-" + full[:12]), "w") as lock:
@@ -137,7 +137,7 @@ def build_release(commit: str, version: str, log=None) -> Path:
         reason = missing_build_tools(["deb"])
         if reason:
             raise RuntimeError(reason)
-        work = Path(tempfile.mkdtemp(prefix="release-%s-" % full[:12], dir=str(out.parent)))
+        work = Path(tempfile.mkdtemp(prefix=f"release-{full[:12]}-", dir=str(out.parent)))
         try:
             tree = work / "src"
             tree.mkdir()
@@ -152,17 +152,17 @@ def build_release(commit: str, version: str, log=None) -> Path:
                                    str(work / "dist"), "--version", version], cwd=str(tree), env=env,
                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             if proc.returncode != 0:
-                raise RuntimeError("build.sh of %s failed (rc=%d):\n%s" % (commit, proc.returncode, proc.stdout[-4000:]))
+                raise RuntimeError(f"build.sh of {commit} failed (rc={proc.returncode}):\n{proc.stdout[-4000:]}")
             out.mkdir(exist_ok=True)
             os.replace(work / "dist" / name, deb)
             if log:
-                log("built %s from %s in %.1fs" % (name, commit, time.monotonic() - t0))
+                log(f"built {name} from {commit} in {time.monotonic() - t0:.1f}s")
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return deb
 
 
-def install_deb(root: Path, deb: Path, *args: str) -> subprocess.CompletedProcess:
+def install_deb(root: Path, deb: Path, *args: str) -> "subprocess.CompletedProcess[str]":
     """`dpkg -i` the .deb inside a rootfs, with the rootfs' own dpkg and maintainer scripts (chroot, no systemd
     running there: units get enabled, nothing is started). Raises RuntimeError with dpkg's output on failure."""
     dest = Path(root) / "tmp" / deb.name
@@ -175,5 +175,5 @@ def install_deb(root: Path, deb: Path, *args: str) -> subprocess.CompletedProces
     finally:
         dest.unlink()
     if proc.returncode != 0:
-        raise RuntimeError("dpkg -i %s in %s failed (rc=%d):\n%s" % (deb.name, root, proc.returncode, proc.stdout))
+        raise RuntimeError(f"dpkg -i {deb.name} in {root} failed (rc={proc.returncode}):\n{proc.stdout}")
     return proc

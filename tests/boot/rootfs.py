@@ -27,6 +27,7 @@ CLI (e.g. to pre-warm a CI cache)::
     python3 tests/boot/rootfs.py new        # prints a fresh rootfs dir
 """
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -93,7 +94,7 @@ def image_path(packages: Iterable[str] = DEFAULT_PACKAGES, suite: str = SUITE,
                variant: str = VARIANT, mirrors: Optional[Sequence[str]] = None) -> Path:
     """Where the base tarball for this spec is (or would be) cached."""
     key = image_key(packages, suite, variant, mirrors)
-    return cache_dir() / "images" / ("%s-%s.tar" % (suite, key))
+    return cache_dir() / "images" / (f"{suite}-{key}.tar")
 
 
 def missing_prerequisites(need_mmdebstrap: Optional[bool] = None) -> Optional[str]:
@@ -110,7 +111,7 @@ def missing_prerequisites(need_mmdebstrap: Optional[bool] = None) -> Optional[st
         tools.append("mmdebstrap")
     missing = [t for t in tools if which(t) is None]
     if missing:
-        return "missing tools: %s (apt-get install systemd-container mmdebstrap)" % ", ".join(missing)
+        return "missing tools: {} (apt-get install systemd-container mmdebstrap)".format(", ".join(missing))
     return None
 
 
@@ -148,49 +149,42 @@ def build_base(packages: Iterable[str] = DEFAULT_PACKAGES, suite: str = SUITE,
     tarball = image_path(packages, suite, variant, mirrors)
     images = tarball.parent
     images.mkdir(parents=True, exist_ok=True)
-    manifest = images / ("%s-%s.json" % (suite, key))
+    manifest = images / (f"{suite}-{key}.json")
 
-    with open(images / (".lock-%s" % key), "w") as lock:
+    with open(images / (f".lock-{key}"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if tarball.exists():
             recorded = 0.0
-            try:
+            with contextlib.suppress(Exception):
                 recorded = float(json.loads(manifest.read_text())["build_seconds"])
-            except Exception:
-                pass
             return BaseImage(tarball, key, False, recorded)
 
         reason = missing_prerequisites(need_mmdebstrap=True)
         if reason:
             raise RuntimeError(reason)
-        partial = images / ("%s-%s.partial.tar" % (suite, key))  # ".tar": mmdebstrap picks format by suffix
+        partial = images / (f"{suite}-{key}.partial.tar")  # ".tar": mmdebstrap picks format by suffix
         tmp = cache_dir() / "tmp"
         tmp.mkdir(parents=True, exist_ok=True)
         cmd = [
-            "mmdebstrap", "--mode=root", "--variant=%s" % variant,
-            "--include=%s" % ",".join(packages),
+            "mmdebstrap", "--mode=root", f"--variant={variant}",
+            "--include={}".format(",".join(packages)),
             # identity of the test machine; machine-id is set per copy
-            "--customize-hook=echo %s > \"$1/etc/hostname\"" % HOSTNAME,
+            f"--customize-hook=echo {HOSTNAME} > \"$1/etc/hostname\"",
             "--customize-hook=rm -f \"$1/etc/resolv.conf\"",
             suite, str(partial),
         ] + _mirrors(suite, mirrors)
-        logpath = images / ("%s-%s.log" % (suite, key))
+        logpath = images / (f"{suite}-{key}.log")
         t0 = time.monotonic()
         own_log = log is None
-        out = open(logpath, "w") if own_log else log
-        try:
+        with open(logpath, "w") if own_log else contextlib.nullcontext(log) as out:
             proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=out,
                                   stderr=subprocess.STDOUT,
                                   env=system_env({"TMPDIR": str(tmp)}))
-        finally:
-            if own_log:
-                out.close()
         seconds = time.monotonic() - t0
         if proc.returncode != 0:
             partial.unlink(missing_ok=True)
             tail = logpath.read_text(errors="replace")[-3000:] if own_log else ""
-            raise RuntimeError("mmdebstrap failed (rc=%d), log %s:\n%s"
-                               % (proc.returncode, logpath, tail))
+            raise RuntimeError(f"mmdebstrap failed (rc={proc.returncode}), log {logpath}:\n{tail}")
         manifest.write_text(json.dumps({
             "suite": suite, "variant": variant, "packages": packages,
             "mirrors": _mirrors(suite, mirrors), "recipe": RECIPE_VERSION,
@@ -221,7 +215,7 @@ def new_rootfs(dest: Optional[PathLike] = None, *, name: str = "rootfs",
         root = Path(dest)
         root.mkdir(parents=True, exist_ok=True)
         if any(root.iterdir()):
-            raise FileExistsError("%s is not empty" % root)
+            raise FileExistsError(f"{root} is not empty")
     os.chmod(root, 0o755)  # mkdtemp makes 0700; "/" in the container must be 0755
     subprocess.run(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*",
                     "-xpf", str(base.path), "-C", str(root)],
@@ -265,7 +259,7 @@ def resolve_in_root(root: PathLike, path: str, *, follow_last: bool = True) -> P
         if nxt.is_symlink() and (parts or follow_last):
             hops += 1
             if hops > 40:
-                raise OSError("too many symlinks resolving %s in %s" % (path, root))
+                raise OSError(f"too many symlinks resolving {path} in {root}")
             target = os.readlink(nxt)
             if target.startswith("/"):
                 cur = root
@@ -329,9 +323,9 @@ def install_tree(root: PathLike, src: PathLike) -> List[str]:
     return installed
 
 
-def systemctl_root(root: PathLike, *args: str) -> subprocess.CompletedProcess:
+def systemctl_root(root: PathLike, *args: str) -> "subprocess.CompletedProcess[str]":
     """Run ``systemctl --root=ROOT ARGS`` on the host (offline unit ops)."""
-    return subprocess.run(["systemctl", "--root=%s" % root, "--no-reload"] + list(args),
+    return subprocess.run(["systemctl", f"--root={root}", "--no-reload"] + list(args),
                           check=True, env=system_env(), stdin=subprocess.DEVNULL,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -360,7 +354,7 @@ def _main(argv: List[str]) -> int:
         print(image_key(pkgs, a.suite))
     elif a.action == "build":
         img = build_base(pkgs, a.suite)
-        print("%s (%s in %.1fs)" % (img.path, "built" if img.built else "cached", img.seconds))
+        print("{} ({} in {:.1f}s)".format(img.path, "built" if img.built else "cached", img.seconds))
     else:
         print(new_rootfs(packages=pkgs, suite=a.suite))
     return 0

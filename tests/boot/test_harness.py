@@ -86,7 +86,7 @@ def _overlay(tmp_path: Path) -> Path:
 
 def _ts(props, name):
     v = int(props[name])
-    assert v > 0, "%s not set: %r" % (name, props.get(name))
+    assert v > 0, f"{name} not set: {props.get(name)!r}"
     return v
 
 
@@ -129,8 +129,8 @@ def test_harness(boot_base, boot_rootfs, boot_vm, tmp_path):
     assert ev[0]["MESSAGE"] == "hi" and ev[0]["PRIORITY"] == "4", ev[0]
     imm = r1.journal(MIGD_EVENT="test-immediate")
     assert imm, "MIGD_EVENT=test-immediate not in journal"
-    print("\n[boot] native journal: linger -> _SYSTEMD_UNIT=%r, exit-immediately -> _SYSTEMD_UNIT=%r"
-          % (ev[0].get("_SYSTEMD_UNIT"), imm[0].get("_SYSTEMD_UNIT")))
+    print(f"\n[boot] native journal: linger -> _SYSTEMD_UNIT={ev[0].get('_SYSTEMD_UNIT')!r}, "
+          f"exit-immediately -> _SYSTEMD_UNIT={imm[0].get('_SYSTEMD_UNIT')!r}")
     assert ev[0].get("_SYSTEMD_UNIT") == "journal-native.service", ev[0]
 
     # ---- second boot of the same rootfs: state persists
@@ -153,10 +153,10 @@ def test_harness(boot_base, boot_rootfs, boot_vm, tmp_path):
             assert not (h / ("migd-boot-" + r.machine)).exists()
         assert not os.path.exists("/run/systemd/nspawn/propagate/" + r.machine)
 
-    print("[boot] timings: base image %s %.1fs | boot#1 %.2fs (nspawn %.2fs, settle %.2fs)"
-          " | boot#2 %.2fs (nspawn %.2fs, settle %.2fs)"
-          % ("built" if boot_base.built else "cached (recorded build)", boot_base.seconds,
-             boot1_s, r1.seconds, st1["settle_seconds"], boot2_s, r2.seconds, st2["settle_seconds"]))
+    print("[boot] timings: base image {} {:.1f}s | boot#1 {:.2f}s (nspawn {:.2f}s, settle {:.2f}s)"
+          " | boot#2 {:.2f}s (nspawn {:.2f}s, settle {:.2f}s)".format(
+              "built" if boot_base.built else "cached (recorded build)", boot_base.seconds,
+              boot1_s, r1.seconds, st1["settle_seconds"], boot2_s, r2.seconds, st2["settle_seconds"]))
     assert boot1_s < 30 and boot2_s < 30
 
 
@@ -199,5 +199,4 @@ def test_hung_boot_is_collected_and_killed(boot_base, boot_rootfs, boot_vm):
     for h in _cgroup_hierarchies():
         assert not (h / ("migd-boot-" + r.machine)).exists()
     assert took < 20, took
-    print("\n[boot] hung boot: killed and cleaned up in %.1fs (%d cgroups removed)"
-          % (took, len(r.cgroups_removed)))
+    print(f"\n[boot] hung boot: killed and cleaned up in {took:.1f}s ({len(r.cgroups_removed)} cgroups removed)")

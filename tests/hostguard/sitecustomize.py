@@ -14,6 +14,7 @@ PermissionError, so the test sees it even where migd handles the error.
 import os
 import sys
 import threading
+from typing import Any, Tuple
 
 _ALLOW = tuple(os.path.realpath(p) for p in os.environ.get("MIGD_GUARD_ALLOW", "").split(":") if p)
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
@@ -51,12 +52,12 @@ def _allowed(path: object) -> bool:
     return any(real == a or real.startswith(a + os.sep) for a in _ALLOW)
 
 
-def _violation(event: str, args: tuple) -> None:
+def _violation(event: str, args: Tuple[Any, ...]) -> None:
     os.write(2, f"MIGD-GUARD-VIOLATION {event} {args!r}\n".encode("utf-8", "backslashreplace"))
     raise PermissionError(f"guard: {event} {args!r}")
 
 
-def _hook(event: str, args: tuple) -> None:
+def _hook(event: str, args: Tuple[Any, ...]) -> None:
     if event == "open":
         path, mode, flags = args
         writes = (isinstance(mode, str) and any(c in mode for c in "wax+")) or \
@@ -68,13 +69,11 @@ def _hook(event: str, args: tuple) -> None:
         for k, path in enumerate(args[:_PATH_EVENTS[event]]):
             if not _allowed(_under(fds[k] if k < len(fds) else (fds[0] if fds else None), path)):
                 _violation(event, args)
-    elif event in _PROCESS_EVENTS:
-        _violation(event, args)
-    elif event == "ctypes.dlopen" and args and args[0] is not None:
+    elif event in _PROCESS_EVENTS or event == "ctypes.dlopen" and args and args[0] is not None:
         _violation(event, args)
 
 
-def _open(path, flags, mode=0o777, *, dir_fd=None, _real=os.open):  # type: ignore[no-untyped-def]
+def _open(path, flags, mode=0o777, *, dir_fd=None, _real=os.open):
     _opening.dir_fd = dir_fd
     try:
         return _real(path, flags, mode, dir_fd=dir_fd)

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import re
@@ -127,12 +128,10 @@ class NvmlBackend:
             self._infos = None
             self._info_errors.clear()
             self._driver = None
-            try:
+            with contextlib.suppress(DriverError):
                 self._call("nvmlShutdown")
-            except DriverError:
-                pass
 
-    def __enter__(self) -> "NvmlBackend":
+    def __enter__(self) -> NvmlBackend:
         self.open()
         return self
 

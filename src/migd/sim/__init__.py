@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, List, Mapping, Optional, Tuple
 if TYPE_CHECKING:
     from ..backend import Backend, BackendFactory
     from ..hostenv import HostEnv
-    from .fakelib import FakeNvmlLib, parse_faults
+    from .fakelib import Fault, FakeNvmlLib, parse_faults
     from .host import SimError, SimHost
 
 __all__ = ["FakeNvmlLib", "SimError", "SimHost", "environment", "install", "make_backend", "uninstall", "parse_faults"]
@@ -30,7 +30,7 @@ def __getattr__(name: str) -> Any:
 
 
 def environment(spec: Optional[str], state_path: Optional[str],
-                environ: Optional[Mapping[str, str]] = None) -> "Tuple[BackendFactory, HostEnv, List[str]]":
+                environ: Optional[Mapping[str, str]] = None) -> Tuple[BackendFactory, HostEnv, List[str]]:
     """The entry point for migd's wiring (migd.site): simulated GPUs' backend factory, the simulated host's
     HostEnv, and what the run must say first (see simenv.py)."""
     from . import simenv as env
@@ -39,14 +39,14 @@ def environment(spec: Optional[str], state_path: Optional[str],
 
 
 def make_backend(simulate: Optional[str] = None, sim_state: Optional[str] = None, read_only: bool = False,
-                 cache_dir: Optional[str] = None, cache_write: bool = False) -> "Backend":
+                 cache_dir: Optional[str] = None, cache_write: bool = False) -> Backend:
     """An nvml backend over simulated GPUs (tests; migd itself goes through `environment`)."""
     from . import simenv as env
 
     return env.make_backend(simulate, sim_state, read_only, cache_dir, cache_write)
 
 
-def install(host: "SimHost", faults: Optional[List[dict]] = None) -> "FakeNvmlLib":
+def install(host: SimHost, faults: Optional[List[Fault]] = None) -> FakeNvmlLib:
     """Point pynvml at a fake library for `host`. One simulated host per process, like one driver per host."""
     from . import fakelib
 

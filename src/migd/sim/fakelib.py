@@ -30,14 +30,22 @@ state file's lock: the order in which processes sharing a state file changed the
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from .. import errors as E
 from ..catalog import CI_PROFILE_INDEX_END, PROFILE_INDEX_END
 from .host import SimError, SimHost
+
+# What pynvml passes a C function: byref() references, ctypes scalars, structures, arrays and pointers. pynvml is
+# untyped and each NVML function takes its own ctypes types, so the fake library's C-side arguments are Any.
+CArg = Any
+Fault = Dict[str, Any]  # one parsed fault: call, at, gpu and one of code / hang / slow / raise
+# A handle's identity: ("gpu", i), ("gi", i, gi_id), ("ci" or "mig", i, gi_id, ci_id)
+HandleKey = Tuple[Any, ...]
 
 DRIVER_VERSION = b"580.159.04"
 # NVML_STRUCT_VERSION(GpuInstanceProfileInfo, n) = sizeof(struct) | n << 24 (nvml.h); both structs are 152 bytes
@@ -87,9 +95,9 @@ def _latency_kind(name: str) -> str:
     return "reads"
 
 
-def parse_faults(text: str) -> List[dict]:
+def parse_faults(text: str) -> List[Fault]:
     """`nvmlGpuInstanceDestroy=IN_USE@2/gpu1,nvmlDeviceGetMigMode=hang` -> fault dicts. Raises ValueError."""
-    faults = []
+    faults: List[Fault] = []
     for item in filter(None, (x.strip() for x in text.split(","))):
         call, sep, rest = item.partition("=")
         if not sep or not call.startswith("nvml"):
@@ -98,7 +106,7 @@ def parse_faults(text: str) -> List[dict]:
         code, _, at = rest.partition("@")
         if not at.isdigit() and at or not gpu.isdigit() and gpu:
             raise ValueError(f"bad fault {item!r}: N and K in CALL=CODE[@N][/gpuK] are numbers")
-        fault: dict = {"call": call, "at": int(at) if at else None, "gpu": int(gpu) if gpu else None}
+        fault: Fault = {"call": call, "at": int(at) if at else None, "gpu": int(gpu) if gpu else None}
         if code == "hang":
             fault["hang"] = True
         elif code == "slow":
@@ -120,40 +128,40 @@ class _Handles:
     """Real pointer values for opaque NVML handles, so callers get genuine ctypes pointers."""
 
     def __init__(self) -> None:
-        self._buffers: Dict[tuple, ctypes.c_uint] = {}
-        self._by_addr: Dict[int, tuple] = {}
+        self._buffers: Dict[HandleKey, ctypes.c_uint] = {}
+        self._by_addr: Dict[int, HandleKey] = {}
 
-    def address(self, key: tuple) -> int:
+    def address(self, key: HandleKey) -> int:
         buf = self._buffers.get(key)
         if buf is None:
             buf = self._buffers[key] = ctypes.c_uint(0)
             self._by_addr[ctypes.addressof(buf)] = key
         return ctypes.addressof(buf)
 
-    def key(self, handle) -> Optional[tuple]:
+    def key(self, handle: CArg) -> Optional[HandleKey]:
         addr = ctypes.cast(handle, ctypes.c_void_p).value if handle is not None else None
         return self._by_addr.get(addr) if addr else None
 
 
-def _out(ref):
+def _out(ref: CArg) -> Any:
     """The object behind a byref() argument (or the object itself, when passed bare)."""
     return getattr(ref, "_obj", ref)
 
 
-def _set_pointer(ref, addr: int) -> None:
+def _set_pointer(ref: CArg, addr: int) -> None:
     ctypes.c_void_p.from_address(ctypes.addressof(_out(ref))).value = addr
 
 
-def _int(x) -> int:
+def _int(x: CArg) -> int:
     return x.value if hasattr(x, "value") else int(x)
 
 
-def _placement(p) -> Tuple[int, int]:
+def _placement(p: CArg) -> Tuple[int, int]:
     p = _out(p)
     return (p.start, p.size)
 
 
-def _put_string(buf, size, text: bytes) -> int:
+def _put_string(buf: CArg, size: CArg, text: bytes) -> int:
     if len(text) + 1 > _int(size):
         return 7  # INSUFFICIENT_SIZE
     ctypes.memmove(buf, text + b"\0", len(text) + 1)
@@ -163,7 +171,7 @@ def _put_string(buf, size, text: bytes) -> int:
 class FakeNvmlLib:
     """Attribute lookup returns C-like functions: positional ctypes arguments in, int return code out."""
 
-    def __init__(self, host: SimHost, faults: Optional[List[dict]] = None):
+    def __init__(self, host: SimHost, faults: Optional[List[Fault]] = None):
         self.host = host
         self.extra_faults = list(faults or [])
         self.calls: Dict[str, int] = {}
@@ -179,17 +187,17 @@ class FakeNvmlLib:
         self.read_latency_by_gpu: Dict[int, float] = {}  # read latencies slept, per GPU (-1: calls about no GPU)
         self.own_spent = 0.0  # the simulator's own work (under its lock; with the GPUs' threads, call_spent adds
         # up overlapping calls and waits for the lock, this does not)
-        self._handled: set = set()  # GPU indices whose handle this process asked for (first_handle)
+        self._handled: Set[int] = set()  # GPU indices whose handle this process asked for (first_handle)
         self._lock = host.lock  # the host's state (and our counters, handle table): one call's work at a time
         if self.latency:
             _precise_sleeps()
 
-    def __getattr__(self, name: str) -> Callable:
+    def __getattr__(self, name: str) -> Callable[..., int]:
         impl = getattr(type(self), "_" + name, None)
         if impl is None or not name.startswith("nvml"):
             raise AttributeError(name)  # pynvml turns this into FUNCTION_NOT_FOUND, like a missing symbol
 
-        def call(*args):
+        def call(*args: CArg) -> int:
             # Thread-safe like NVML: the host's state is read and changed under one lock; waits (latency, `slow`
             # and `hang` faults) happen outside it, so calls on different GPUs overlap as on a real driver.
             start = time.perf_counter()
@@ -229,7 +237,7 @@ class FakeNvmlLib:
 
     # --- plumbing -------------------------------------------------------------------------------------------
 
-    def _sleep(self, name: str, args: tuple, gpu: Optional[int] = None) -> bool:
+    def _sleep(self, name: str, args: Tuple[CArg, ...], gpu: Optional[int] = None) -> bool:
         """Wait out the call's simulated latency (outside the lock: a real driver's calls on different GPUs
         overlap, and a sleeping thread lets the others run). True when it waited."""
         kind = _latency_kind(name)
@@ -276,7 +284,7 @@ class FakeNvmlLib:
             st = os.stat(self.host.path)
             self._stat = (st.st_mtime_ns, st.st_size)
 
-    def _mutate(self, fn: Callable[[], object]):
+    def _mutate(self, fn: Callable[[], Any]) -> Any:
         """Mutations: reload, change, save under one lock, so processes sharing a state file never lose each
         other's work (two read-modify-write cycles interleaving would drop one)."""
         with self.host.locked():
@@ -289,7 +297,7 @@ class FakeNvmlLib:
             self._commit()
         return result
 
-    def _faults(self) -> List[dict]:
+    def _faults(self) -> List[Fault]:
         env = os.environ.get("MIGD_SIM_FAULTS", "")
         return list(self.host.state.get("faults", [])) + self.extra_faults + (parse_faults(env) if env else [])
 
@@ -322,7 +330,7 @@ class FakeNvmlLib:
             raise SimError(fault["code"], f"injected fault in {name}")
         return wait
 
-    def _gpu_of(self, name: str, args: tuple) -> Optional[int]:
+    def _gpu_of(self, name: str, args: Tuple[CArg, ...]) -> Optional[int]:
         """The GPU a call is about: the one its first argument's handle belongs to, or the index asked for."""
         if not args:
             return None
@@ -341,7 +349,7 @@ class FakeNvmlLib:
         with self._lock:
             self._mutate(lambda: self.host.gpus[gpu].__setitem__("lost", True))
 
-    def _key(self, handle, kind: str) -> tuple:
+    def _key(self, handle: CArg, kind: str) -> HandleKey:
         key = self.handles.key(handle)
         if not key or key[0] != kind:
             raise SimError(E.INVALID_ARGUMENT, f"not a {kind} handle")
@@ -355,61 +363,63 @@ class FakeNvmlLib:
                 raise SimError(E.INVALID_ARGUMENT, "stale handle") from None
         return key
 
-    def _gi_exists(self, key: tuple) -> bool:
+    def _gi_exists(self, key: HandleKey) -> bool:
         try:
             self.host.find_gi(key[1], key[2])
             return True
         except SimError:
             return False
 
-    def _gpu(self, handle) -> int:
-        return self._key(handle, "gpu")[1]
+    def _gpu(self, handle: CArg) -> int:
+        return int(self._key(handle, "gpu")[1])
 
-    def _gi(self, handle) -> Tuple[int, dict]:
+    def _gi(self, handle: CArg) -> Tuple[int, Dict[str, Any]]:
         key = self._key(handle, "gi")
         return key[1], self.host.find_gi(key[1], key[2])
 
     # --- library ------------------------------------------------------------------------------------------
 
-    def _nvmlInitWithFlags(self, flags):
+    def _nvmlInitWithFlags(self, flags: CArg) -> None:
         self.host.check_driver()
         self.initialized += 1
 
-    def _nvmlShutdown(self):
+    def _nvmlShutdown(self) -> None:
         self.initialized = max(0, self.initialized - 1)
 
-    def _nvmlSystemGetDriverVersion(self, buf, size):
+    def _nvmlSystemGetDriverVersion(self, buf: CArg, size: CArg) -> int:
         return _put_string(buf, size, DRIVER_VERSION)
 
     # --- devices ------------------------------------------------------------------------------------------
 
-    def _nvmlDeviceGetCount_v2(self, count_ref):
+    def _nvmlDeviceGetCount_v2(self, count_ref: CArg) -> None:
         _out(count_ref).value = len(self.host.gpus)
 
-    def _nvmlDeviceGetHandleByIndex_v2(self, index, dev_ref):
+    def _nvmlDeviceGetHandleByIndex_v2(self, index: CArg, dev_ref: CArg) -> None:
         i = _int(index)
         if not 0 <= i < len(self.host.gpus):
             raise SimError(E.INVALID_ARGUMENT)
         _set_pointer(dev_ref, self.handles.address(("gpu", i)))
 
-    def _nvmlDeviceGetHandleByUUID(self, uuid, dev_ref):
+    def _nvmlDeviceGetHandleByUUID(self, uuid: CArg, dev_ref: CArg) -> None:
         text = _out(uuid).value.decode()
         for i, g in enumerate(self.host.gpus):
             if g["uuid"] == text:
-                return _set_pointer(dev_ref, self.handles.address(("gpu", i)))
+                _set_pointer(dev_ref, self.handles.address(("gpu", i)))
+                return
             for gi, ci in self.host.mig_devices(i) if g["mig"][0] else []:
                 if self.host.mig_uuid(i, gi["id"], ci["id"]) == text:
-                    return _set_pointer(dev_ref, self.handles.address(("mig", i, gi["id"], ci["id"])))
+                    _set_pointer(dev_ref, self.handles.address(("mig", i, gi["id"], ci["id"])))
+                    return
         raise SimError(E.NOT_FOUND)
 
-    def _device_key(self, handle) -> tuple:
+    def _device_key(self, handle: CArg) -> HandleKey:
         key = self.handles.key(handle)
         if not key or key[0] not in ("gpu", "mig"):
             raise SimError(E.INVALID_ARGUMENT)
         self.host.check_gpu(key[1])
         return key
 
-    def _nvmlDeviceGetName(self, handle, buf, size):
+    def _nvmlDeviceGetName(self, handle: CArg, buf: CArg, size: CArg) -> int:
         key = self._device_key(handle)
         name = self.host.model(key[1]).name
         if key[0] == "mig":
@@ -418,12 +428,12 @@ class FakeNvmlLib:
             name += " " + self.host.ci_profile(key[1], gi, ci["profile_id"])["name"]
         return _put_string(buf, size, name.encode())
 
-    def _nvmlDeviceGetUUID(self, handle, buf, size):
+    def _nvmlDeviceGetUUID(self, handle: CArg, buf: CArg, size: CArg) -> int:
         key = self._device_key(handle)
         uuid = self.host.gpus[key[1]]["uuid"] if key[0] == "gpu" else self.host.mig_uuid(*key[1:])
         return _put_string(buf, size, uuid.encode())
 
-    def _nvmlDeviceGetPciInfo_v3(self, handle, info_ref):
+    def _nvmlDeviceGetPciInfo_v3(self, handle: CArg, info_ref: CArg) -> None:
         i = self._gpu(handle)
         info = _out(info_ref)
         bus_id = self.host.gpus[i]["pci_bus_id"]
@@ -433,35 +443,35 @@ class FakeNvmlLib:
         info.pciDeviceId = self.host.model(i).pci_device_id
         info.pciSubSystemId = self.host.pci_subsystem_id(i)
 
-    def _nvmlDeviceGetVbiosVersion(self, handle, buf, size):
+    def _nvmlDeviceGetVbiosVersion(self, handle: CArg, buf: CArg, size: CArg) -> int:
         return _put_string(buf, size, self.host.vbios(self._gpu(handle)).encode())
 
-    def _nvmlDeviceGetArchitecture(self, handle, arch_ref):
+    def _nvmlDeviceGetArchitecture(self, handle: CArg, arch_ref: CArg) -> None:
         _out(arch_ref).value = self.host.model(self._gpu(handle)).architecture
 
-    def _nvmlDeviceGetMinorNumber(self, handle, ref):
+    def _nvmlDeviceGetMinorNumber(self, handle: CArg, ref: CArg) -> None:
         _out(ref).value = self._gpu(handle)
 
-    def _nvmlDeviceGetPersistenceMode(self, handle, ref):
+    def _nvmlDeviceGetPersistenceMode(self, handle: CArg, ref: CArg) -> None:
         _out(ref).value = self.host.gpus[self._gpu(handle)]["persistence"]
 
-    def _nvmlDeviceSetPersistenceMode(self, handle, mode):
+    def _nvmlDeviceSetPersistenceMode(self, handle: CArg, mode: CArg) -> None:
         i = self._gpu(handle)
         self._mutate(lambda: self.host.gpus[i].__setitem__("persistence", _int(mode)))
 
     # --- MIG mode -----------------------------------------------------------------------------------------
 
-    def _nvmlDeviceGetMigMode(self, handle, cur_ref, pend_ref):
+    def _nvmlDeviceGetMigMode(self, handle: CArg, cur_ref: CArg, pend_ref: CArg) -> None:
         g = self.host.gpus[self._gpu(handle)]
         _out(cur_ref).value, _out(pend_ref).value = g["mig"]
 
-    def _nvmlDeviceSetMigMode(self, handle, mode, status_ref):
+    def _nvmlDeviceSetMigMode(self, handle: CArg, mode: CArg, status_ref: CArg) -> None:
         i = self._gpu(handle)
         _out(status_ref).value = self._mutate(lambda: self.host.set_mig_mode(i, _int(mode)))
 
     # --- GPU-instance profiles ----------------------------------------------------------------------------
 
-    def _profile_by_index(self, handle, index) -> dict:
+    def _profile_by_index(self, handle: CArg, index: CArg) -> Dict[str, Any]:
         i = self._gpu(handle)
         idx = _int(index)
         if idx >= PROFILE_INDEX_END:
@@ -471,7 +481,7 @@ class FakeNvmlLib:
             raise SimError(E.NOT_SUPPORTED)
         return info
 
-    def _nvmlDeviceGetGpuInstanceProfileInfoV(self, handle, index, info_ref):
+    def _nvmlDeviceGetGpuInstanceProfileInfoV(self, handle: CArg, index: CArg, info_ref: CArg) -> None:
         """v2 or v3 by the struct's version word, as the driver tells them apart (v3: no isP2pSupported; adds
         capabilities). A host whose driver predates v3 (`profile_info_v3: false`) refuses v3 with
         ARGUMENT_VERSION_MISMATCH, as nvml.h documents for an unknown version."""
@@ -498,20 +508,21 @@ class FakeNvmlLib:
                 setattr(out, field, value)
         out.version = 0  # measured: the driver zeroes version after a successful V call
 
-    def _nvmlDeviceGetGpuInstanceProfileInfo(self, handle, index, info_ref):
+    def _nvmlDeviceGetGpuInstanceProfileInfo(self, handle: CArg, index: CArg, info_ref: CArg) -> None:
         info = self._profile_by_index(handle, index)
         out = _out(info_ref)
         for field, value in info.items():
             if field not in ("name", "placements", "capabilities"):
                 setattr(out, field, value)
 
-    def _nvmlDeviceGetGpuInstancePossiblePlacements_v2(self, handle, profile_id, array, count_ref):
+    def _nvmlDeviceGetGpuInstancePossiblePlacements_v2(self, handle: CArg, profile_id: CArg, array: CArg,
+                                                       count_ref: CArg) -> None:
         i = self._gpu(handle)
         _, info = self.host.gi_profile(i, _int(profile_id))
-        return self._fill_placements(info["placements"], array, count_ref)
+        self._fill_placements(info["placements"], array, count_ref)
 
     @staticmethod
-    def _fill_placements(placements, array, count_ref):
+    def _fill_placements(placements: List[Tuple[int, int]], array: CArg, count_ref: CArg) -> None:
         count = _out(count_ref)
         if array is not None:
             if len(array) < len(placements):  # the real call overruns a short buffer: fail loudly instead
@@ -520,7 +531,7 @@ class FakeNvmlLib:
                 slot.start, slot.size = start, size
         count.value = len(placements)
 
-    def _nvmlDeviceGetGpuInstanceRemainingCapacity(self, handle, profile_id, count_ref):
+    def _nvmlDeviceGetGpuInstanceRemainingCapacity(self, handle: CArg, profile_id: CArg, count_ref: CArg) -> None:
         i = self._gpu(handle)
         pid = _int(profile_id)
         _, info = self.host.gi_profile(i, pid)
@@ -533,21 +544,21 @@ class FakeNvmlLib:
 
     # --- GPU instances ------------------------------------------------------------------------------------
 
-    def _nvmlDeviceCreateGpuInstance(self, handle, profile_id, gi_ref):
+    def _nvmlDeviceCreateGpuInstance(self, handle: CArg, profile_id: CArg, gi_ref: CArg) -> None:
         i = self._gpu(handle)
         gi_id = self._mutate(lambda: self.host.create_gi(i, _int(profile_id)))
         _set_pointer(gi_ref, self.handles.address(("gi", i, gi_id)))
 
-    def _nvmlDeviceCreateGpuInstanceWithPlacement(self, handle, profile_id, placement, gi_ref):
+    def _nvmlDeviceCreateGpuInstanceWithPlacement(self, handle: CArg, profile_id: CArg, placement: CArg, gi_ref: CArg) -> None:
         i = self._gpu(handle)
         gi_id = self._mutate(lambda: self.host.create_gi(i, _int(profile_id), _placement(placement)))
         _set_pointer(gi_ref, self.handles.address(("gi", i, gi_id)))
 
-    def _nvmlGpuInstanceDestroy(self, gi_handle):
+    def _nvmlGpuInstanceDestroy(self, gi_handle: CArg) -> None:
         i, gi = self._gi(gi_handle)
         self._mutate(lambda: self.host.destroy_gi(i, gi["id"]))
 
-    def _nvmlDeviceGetGpuInstances(self, handle, profile_id, array, count_ref):
+    def _nvmlDeviceGetGpuInstances(self, handle: CArg, profile_id: CArg, array: CArg, count_ref: CArg) -> None:
         i = self._gpu(handle)
         pid = _int(profile_id)
         self.host.gi_profile(i, pid)
@@ -555,16 +566,17 @@ class FakeNvmlLib:
         count = _out(count_ref)
         if len(found) > count.value:
             raise SimError(7)  # INSUFFICIENT_SIZE
+        element = type(array[0]) if len(array) else ctypes.c_void_p
         for n, gi in enumerate(found):
-            array[n] = ctypes.cast(self.handles.address(("gi", i, gi["id"])), type(array[0]) if len(array) else None)
+            array[n] = ctypes.cast(self.handles.address(("gi", i, gi["id"])), element)
         count.value = len(found)
 
-    def _nvmlDeviceGetGpuInstanceById(self, handle, gi_id, gi_ref):
+    def _nvmlDeviceGetGpuInstanceById(self, handle: CArg, gi_id: CArg, gi_ref: CArg) -> None:
         i = self._gpu(handle)
         self.host.find_gi(i, _int(gi_id))
         _set_pointer(gi_ref, self.handles.address(("gi", i, _int(gi_id))))
 
-    def _nvmlGpuInstanceGetInfo(self, gi_handle, info_ref):
+    def _nvmlGpuInstanceGetInfo(self, gi_handle: CArg, info_ref: CArg) -> None:
         i, gi = self._gi(gi_handle)
         out = _out(info_ref)
         out.device = ctypes.cast(self.handles.address(("gpu", i)), type(out.device))
@@ -573,7 +585,7 @@ class FakeNvmlLib:
 
     # --- compute instances --------------------------------------------------------------------------------
 
-    def _ci_profile_by_index(self, gi_handle, index, eng) -> dict:
+    def _ci_profile_by_index(self, gi_handle: CArg, index: CArg, eng: CArg) -> Dict[str, Any]:
         i, gi = self._gi(gi_handle)
         idx = _int(index)
         if idx >= CI_PROFILE_INDEX_END or _int(eng) != _CI_ENGINE_SHARED:
@@ -583,7 +595,7 @@ class FakeNvmlLib:
             raise SimError(E.NOT_SUPPORTED)
         return info
 
-    def _nvmlGpuInstanceGetComputeInstanceProfileInfoV(self, gi_handle, index, eng, info_ref):
+    def _nvmlGpuInstanceGetComputeInstanceProfileInfoV(self, gi_handle: CArg, index: CArg, eng: CArg, info_ref: CArg) -> None:
         info = self._ci_profile_by_index(gi_handle, index, eng)
         out = _out(info_ref)
         for field, value in info.items():
@@ -593,42 +605,44 @@ class FakeNvmlLib:
                 setattr(out, field, value)
         out.version = 0
 
-    def _nvmlGpuInstanceGetComputeInstanceProfileInfo(self, gi_handle, index, eng, info_ref):
+    def _nvmlGpuInstanceGetComputeInstanceProfileInfo(self, gi_handle: CArg, index: CArg, eng: CArg, info_ref: CArg) -> None:
         info = self._ci_profile_by_index(gi_handle, index, eng)
         out = _out(info_ref)
         for field, value in info.items():
             if field not in ("name", "placements"):
                 setattr(out, field, value)
 
-    def _nvmlGpuInstanceGetComputeInstancePossiblePlacements(self, gi_handle, ci_profile_id, array, count_ref):
+    def _nvmlGpuInstanceGetComputeInstancePossiblePlacements(self, gi_handle: CArg, ci_profile_id: CArg, array: CArg,
+                                                             count_ref: CArg) -> None:
         i, gi = self._gi(gi_handle)
         info = self.host.ci_profile(i, gi, _int(ci_profile_id))
-        return self._fill_placements(info["placements"], array, count_ref)
+        self._fill_placements(info["placements"], array, count_ref)
 
-    def _nvmlGpuInstanceGetComputeInstanceRemainingCapacity(self, gi_handle, ci_profile_id, count_ref):
+    def _nvmlGpuInstanceGetComputeInstanceRemainingCapacity(self, gi_handle: CArg, ci_profile_id: CArg, count_ref: CArg) -> None:
         i, gi = self._gi(gi_handle)
         pid = _int(ci_profile_id)
         info = self.host.ci_profile(i, gi, pid)
         used = sum(1 for ci in gi["cis"] if ci["profile_id"] == pid)
         _out(count_ref).value = max(0, info["instanceCount"] - used)
 
-    def _create_ci(self, gi_handle, ci_profile_id, placement, ci_ref):
+    def _create_ci(self, gi_handle: CArg, ci_profile_id: CArg, placement: Optional[Tuple[int, int]], ci_ref: CArg) -> None:
         i, gi = self._gi(gi_handle)
         gi_id = gi["id"]
         ci_id = self._mutate(lambda: self.host.create_ci(i, gi_id, _int(ci_profile_id), placement))
         _set_pointer(ci_ref, self.handles.address(("ci", i, gi_id, ci_id)))
 
-    def _nvmlGpuInstanceCreateComputeInstance(self, gi_handle, ci_profile_id, ci_ref):
+    def _nvmlGpuInstanceCreateComputeInstance(self, gi_handle: CArg, ci_profile_id: CArg, ci_ref: CArg) -> None:
         self._create_ci(gi_handle, ci_profile_id, None, ci_ref)
 
-    def _nvmlGpuInstanceCreateComputeInstanceWithPlacement(self, gi_handle, ci_profile_id, placement, ci_ref):
+    def _nvmlGpuInstanceCreateComputeInstanceWithPlacement(self, gi_handle: CArg, ci_profile_id: CArg, placement: CArg,
+                                                           ci_ref: CArg) -> None:
         self._create_ci(gi_handle, ci_profile_id, _placement(placement), ci_ref)
 
-    def _nvmlComputeInstanceDestroy(self, ci_handle):
+    def _nvmlComputeInstanceDestroy(self, ci_handle: CArg) -> None:
         key = self._key(ci_handle, "ci")
         self._mutate(lambda: self.host.destroy_ci(*key[1:]))
 
-    def _nvmlGpuInstanceGetComputeInstances(self, gi_handle, ci_profile_id, array, count_ref):
+    def _nvmlGpuInstanceGetComputeInstances(self, gi_handle: CArg, ci_profile_id: CArg, array: CArg, count_ref: CArg) -> None:
         i, gi = self._gi(gi_handle)
         pid = _int(ci_profile_id)
         self.host.ci_profile(i, gi, pid)
@@ -640,12 +654,12 @@ class FakeNvmlLib:
             array[n] = ctypes.cast(self.handles.address(("ci", i, gi["id"], ci["id"])), type(array[0]))
         count.value = len(found)
 
-    def _nvmlGpuInstanceGetComputeInstanceById(self, gi_handle, ci_id, ci_ref):
+    def _nvmlGpuInstanceGetComputeInstanceById(self, gi_handle: CArg, ci_id: CArg, ci_ref: CArg) -> None:
         i, gi = self._gi(gi_handle)
         self.host.find_ci(i, gi["id"], _int(ci_id))
         _set_pointer(ci_ref, self.handles.address(("ci", i, gi["id"], _int(ci_id))))
 
-    def _nvmlComputeInstanceGetInfo_v2(self, ci_handle, info_ref):
+    def _nvmlComputeInstanceGetInfo_v2(self, ci_handle: CArg, info_ref: CArg) -> None:
         key = self._key(ci_handle, "ci")
         ci = self.host.find_ci(*key[1:])
         out = _out(info_ref)
@@ -656,11 +670,11 @@ class FakeNvmlLib:
 
     # --- MIG devices --------------------------------------------------------------------------------------
 
-    def _nvmlDeviceGetMaxMigDeviceCount(self, handle, ref):
+    def _nvmlDeviceGetMaxMigDeviceCount(self, handle: CArg, ref: CArg) -> None:
         i = self._gpu(handle)
         _out(ref).value = self.host.model(i).compute_slices if self.host.gpus[i]["mig"][0] else 0
 
-    def _nvmlDeviceGetMigDeviceHandleByIndex(self, handle, index, ref):
+    def _nvmlDeviceGetMigDeviceHandleByIndex(self, handle: CArg, index: CArg, ref: CArg) -> None:
         i = self._gpu(handle)
         devices = self.host.mig_devices(i)
         n = _int(index)
@@ -671,28 +685,28 @@ class FakeNvmlLib:
         gi, ci = devices[n]
         _set_pointer(ref, self.handles.address(("mig", i, gi["id"], ci["id"])))
 
-    def _nvmlDeviceIsMigDeviceHandle(self, handle, ref):
+    def _nvmlDeviceIsMigDeviceHandle(self, handle: CArg, ref: CArg) -> None:
         _out(ref).value = 1 if self._device_key(handle)[0] == "mig" else 0
 
-    def _nvmlDeviceGetGpuInstanceId(self, handle, ref):
+    def _nvmlDeviceGetGpuInstanceId(self, handle: CArg, ref: CArg) -> None:
         key = self._device_key(handle)
         if key[0] != "mig":
             raise SimError(E.INVALID_ARGUMENT)
         _out(ref).value = key[2]
 
-    def _nvmlDeviceGetComputeInstanceId(self, handle, ref):
+    def _nvmlDeviceGetComputeInstanceId(self, handle: CArg, ref: CArg) -> None:
         key = self._device_key(handle)
         if key[0] != "mig":
             raise SimError(E.INVALID_ARGUMENT)
         _out(ref).value = key[3]
 
-    def _nvmlDeviceGetDeviceHandleFromMigDeviceHandle(self, handle, ref):
+    def _nvmlDeviceGetDeviceHandleFromMigDeviceHandle(self, handle: CArg, ref: CArg) -> None:
         key = self._device_key(handle)
         if key[0] != "mig":
             raise SimError(E.INVALID_ARGUMENT)
         _set_pointer(ref, self.handles.address(("gpu", key[1])))
 
-    def _nvmlDeviceGetComputeRunningProcesses_v3(self, handle, count_ref, array):
+    def _nvmlDeviceGetComputeRunningProcesses_v3(self, handle: CArg, count_ref: CArg, array: CArg) -> int:
         key = self._device_key(handle)
         g = self.host.gpus[key[1]]
         if key[0] == "mig":
@@ -711,6 +725,7 @@ class FakeNvmlLib:
             slot.gpuInstanceId = _ID_ANY if p["gi"] is None else p["gi"]
             slot.computeInstanceId = _ID_ANY if p["ci"] is None else p["ci"]
         count.value = len(procs)
+        return 0
 
 
 def _wait(name: str, seconds: float) -> None:
@@ -718,10 +733,8 @@ def _wait(name: str, seconds: float) -> None:
     if seconds != float("inf"):
         time.sleep(seconds)
         return
-    try:
+    with contextlib.suppress(OSError):
         os.write(2, f"sim: {name} hangs (injected fault)\n".encode())
-    except OSError:
-        pass
     while True:
         time.sleep(3600)
 
@@ -729,13 +742,11 @@ def _wait(name: str, seconds: float) -> None:
 def _precise_sleeps() -> None:
     """Lower this thread's timer slack (Linux's default, 50 µs, makes a 0.5 ms sleep last ~0.6 ms) to 1 ns; the
     GPUs' threads inherit it. Best effort: elsewhere sleeps are just a little longer."""
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).prctl(29, 1, 0, 0, 0)  # PR_SET_TIMERSLACK
-    except (OSError, AttributeError):
-        pass
 
 
-def _v3_misplaced_name(out, info: dict) -> None:
+def _v3_misplaced_name(out: CArg, info: Dict[str, Any]) -> None:
     """What R580 did with a v3 profile-info struct on an H200 (tests/data/h200-141gb.json's driver; the bytes were
     dumped on the real GPU): every number at its v3 offset, `name` (offset 48) left empty, and a name formatted
     from the v2 layout's offsets (instanceCount read as slices, memory as 0) written at v2's name offset, 56."""
@@ -743,7 +754,7 @@ def _v3_misplaced_name(out, info: dict) -> None:
     ctypes.memmove(ctypes.addressof(out) + 56, name, len(name))
 
 
-def install(host: SimHost, faults: Optional[List[dict]] = None) -> "FakeNvmlLib":
+def install(host: SimHost, faults: Optional[List[Fault]] = None) -> FakeNvmlLib:
     """Point pynvml at a fake library for `host`. One simulated host per process, like one driver per host."""
     import pynvml
 

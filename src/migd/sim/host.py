@@ -18,13 +18,15 @@ import stat
 import threading
 import time
 import uuid as uuidlib
-from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
 
 from .. import errors as E
 from ..catalog import MODELS, SimModel, compute_profiles, parse_host_spec
 
 if TYPE_CHECKING:
     from ..driverfiles import DriverFiles
+
+Json = Dict[str, Any]  # a JSON object of the state file (a GPU, an instance, a process, a fault): checked on load
 
 STATE_VERSION = 1
 # What keys the lasting profile cache besides the driver and the GPU: the board's PCI subsystem ID (recorded for the
@@ -53,7 +55,7 @@ def pci_bus_id(i: int) -> str:
     return f"00000000:{(0x07 + 4 * (i // 16) + 0x10 * (i % 16)) & 0xFF:02X}:00.0"
 
 
-def new_state(spec: str, seed: str = "") -> dict:
+def new_state(spec: str, seed: str = "") -> Json:
     models = parse_host_spec(spec)
     gpus = []
     for i, model in enumerate(models):
@@ -78,7 +80,7 @@ def new_state(spec: str, seed: str = "") -> dict:
 class SimHost:
     """Simulated GPUs plus driver rules. Mutating methods raise SimError with NVML's code."""
 
-    def __init__(self, state: dict, path: Optional[str] = None):
+    def __init__(self, state: Json, path: Optional[str] = None):
         self.state = state
         self.path = path
         # One lock around the state: the fake library holds it for every call's reads and changes (each GPU's
@@ -88,7 +90,7 @@ class SimHost:
     # --- persistence ----------------------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, spec: str, path: Optional[str] = None) -> "SimHost":
+    def create(cls, spec: str, path: Optional[str] = None) -> SimHost:
         """Load the host from `path` if it exists, else build it from `spec` (and save it there).
         Raises ValueError (a bad spec, or a state file that cannot be read, written or trusted)."""
         try:
@@ -151,8 +153,9 @@ class SimHost:
     # --- identity ------------------------------------------------------------------------------------------
 
     @property
-    def gpus(self) -> List[dict]:
-        return self.state["gpus"]
+    def gpus(self) -> List[Json]:
+        gpus: List[Json] = self.state["gpus"]
+        return gpus
 
     def model(self, gpu: int) -> SimModel:
         return MODELS[self.gpus[gpu]["model"]]
@@ -192,7 +195,7 @@ class SimHost:
         if driver in ("not-loaded", "no-module") or (ready_at is not None and time.time() < ready_at):
             raise SimError(E.DRIVER_NOT_LOADED, "NVIDIA kernel module not loaded")
 
-    def driver_files(self) -> "DriverFiles":
+    def driver_files(self) -> DriverFiles:
         """What of a driver this simulated host has installed: nothing with "no-library" (a host without a
         driver); the library but no module for the running kernel with "no-module" (a DKMS build, queued or failed,
         read from the state's dkms_dir: a real DKMS tree, e.g. the boot test's rootfs); library and module otherwise
@@ -211,12 +214,12 @@ class SimHost:
 
     def pci_subsystem_id(self, gpu: int) -> int:
         g = self.gpus[gpu]
-        return g.get("pci_subsystem_id", SUBSYSTEM_IDS.get(g["model"], self.model(gpu).pci_device_id))
+        return int(g.get("pci_subsystem_id", SUBSYSTEM_IDS.get(g["model"], self.model(gpu).pci_device_id)))
 
     def vbios(self, gpu: int) -> str:
-        return self.gpus[gpu].get("vbios", VBIOS)
+        return str(self.gpus[gpu].get("vbios", VBIOS))
 
-    def check_gpu(self, gpu: int) -> dict:
+    def check_gpu(self, gpu: int) -> Json:
         g = self.gpus[gpu]
         if g.get("lost"):
             raise SimError(E.GPU_IS_LOST, f"GPU {gpu} has fallen off the bus")
@@ -268,7 +271,7 @@ class SimHost:
 
     # --- GPU instances ------------------------------------------------------------------------------------
 
-    def gi_profile(self, gpu: int, profile_id: int) -> Tuple[int, dict]:
+    def gi_profile(self, gpu: int, profile_id: int) -> Tuple[int, Json]:
         for idx, info in self.model(gpu).gi_profiles.items():
             if info["id"] == profile_id:
                 return idx, info
@@ -279,7 +282,7 @@ class SimHost:
         g = self.gpus[gpu]
         return [p for p in info["placements"] if self._placement_error(g, gpu, info, p) is None]
 
-    def _placement_error(self, g: dict, gpu: int, info: dict, placement: Tuple[int, int]) -> Optional[str]:
+    def _placement_error(self, g: Json, gpu: int, info: Json, placement: Tuple[int, int]) -> Optional[str]:
         start, size = placement
         if (start, size) not in [tuple(p) for p in info["placements"]]:
             return f"{start}:{size} is not a placement of {info['name']}"
@@ -329,7 +332,7 @@ class SimHost:
         g["gis"].sort(key=lambda x: x["start"])
         return gi_id
 
-    def _blocked_by(self, g: dict, gpu: int, placement: Tuple[int, int]) -> int:
+    def _blocked_by(self, g: Json, gpu: int, placement: Tuple[int, int]) -> int:
         """How many placements (of every profile) that are free now a GI at `placement` would take away."""
         taken = 0
         for gi in g["gis"]:
@@ -344,10 +347,11 @@ class SimHost:
         level = (slots // size).bit_length() - 1
         return (1 << level) - 1 + start // size
 
-    def find_gi(self, gpu: int, gi_id: int) -> dict:
+    def find_gi(self, gpu: int, gi_id: int) -> Json:
         for gi in self.check_gpu(gpu)["gis"]:
             if gi["id"] == gi_id:
-                return gi
+                found: Json = gi
+                return found
         raise SimError(E.NOT_FOUND, f"no GPU instance {gi_id}")
 
     def destroy_gi(self, gpu: int, gi_id: int) -> None:
@@ -361,11 +365,11 @@ class SimHost:
 
     # --- compute instances --------------------------------------------------------------------------------
 
-    def ci_profiles(self, gpu: int, gi: dict) -> Dict[int, dict]:
+    def ci_profiles(self, gpu: int, gi: Json) -> Dict[int, Json]:
         _, info = self.gi_profile(gpu, gi["profile_id"])
         return compute_profiles(self.model(gpu), info)
 
-    def ci_profile(self, gpu: int, gi: dict, ci_profile_id: int) -> dict:
+    def ci_profile(self, gpu: int, gi: Json, ci_profile_id: int) -> Json:
         for info in self.ci_profiles(gpu, gi).values():
             if info["id"] == ci_profile_id:
                 return info
@@ -393,10 +397,11 @@ class SimHost:
         gi["cis"].sort(key=lambda x: x["start"])
         return ci_id
 
-    def find_ci(self, gpu: int, gi_id: int, ci_id: int) -> dict:
+    def find_ci(self, gpu: int, gi_id: int, ci_id: int) -> Json:
         for ci in self.find_gi(gpu, gi_id)["cis"]:
             if ci["id"] == ci_id:
-                return ci
+                found: Json = ci
+                return found
         raise SimError(E.NOT_FOUND, f"no compute instance {ci_id} in GPU instance {gi_id}")
 
     def destroy_ci(self, gpu: int, gi_id: int, ci_id: int) -> None:
@@ -408,7 +413,7 @@ class SimHost:
 
     # --- MIG devices -------------------------------------------------------------------------------------
 
-    def mig_devices(self, gpu: int) -> List[Tuple[dict, dict]]:
+    def mig_devices(self, gpu: int) -> List[Tuple[Json, Json]]:
         """(GI, CI) pairs in MIG device index order: by placement."""
         g = self.check_gpu(gpu)
         if not g["mig"][0]:
@@ -462,7 +467,7 @@ def _alive(pid: int) -> bool:
 MAX_STATE_BYTES = 16 << 20  # a state file is a few KB; anything this big is not one
 
 
-def load_state(path: str) -> dict:
+def load_state(path: str) -> Json:
     """Read and validate a state file. Raises ValueError naming the file and the bad field, never anything else.
 
     No lock: writers replace the file by rename, so a read sees a whole old or a whole new file; and a path that
@@ -492,20 +497,20 @@ def load_state(path: str) -> dict:
     return state
 
 
-def _short(value) -> str:
+def _short(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _is_int(v, lo: int = 0, hi: int = (1 << 31) - 1) -> bool:
+def _is_int(v: object, lo: int = 0, hi: int = (1 << 31) - 1) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
 
 
-def _is_number_or_none(v) -> bool:
+def _is_number_or_none(v: object) -> bool:
     return v is None or isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _state_problem(state: dict) -> Optional[str]:
+def _state_problem(state: Json) -> Optional[str]:
     """What is wrong with a parsed state file (types and ranges the simulator relies on), or None."""
     opt_str = (str, type(None))
     checks = [
@@ -547,17 +552,17 @@ def _state_problem(state: dict) -> Optional[str]:
     return None
 
 
-_CI_PROFILES: Dict[Tuple[str, int], Dict[int, dict]] = {}
+_CI_PROFILES: Dict[Tuple[str, int], Dict[int, Json]] = {}
 
 
-def _ci_profiles_by_id(model: SimModel, gi_info: dict) -> Dict[int, dict]:
+def _ci_profiles_by_id(model: SimModel, gi_info: Json) -> Dict[int, Json]:
     key = (model.key, gi_info["id"])
     if key not in _CI_PROFILES:
         _CI_PROFILES[key] = {c["id"]: c for c in compute_profiles(model, gi_info).values()}
     return _CI_PROFILES[key]
 
 
-def _gpu_problem(g: dict) -> Optional[str]:
+def _gpu_problem(g: Json) -> Optional[str]:
     model = MODELS[g["model"]]
     fields = [
         ("uuid", isinstance(g.get("uuid"), str) and 0 < len(g["uuid"]) < 80),
@@ -626,7 +631,7 @@ def _locked(path: str) -> Iterator[None]:
         os.close(fd)
 
 
-def _atomic_write_json(path: str, data: dict) -> None:
+def _atomic_write_json(path: str, data: Json) -> None:
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=1, sort_keys=True)

@@ -36,7 +36,7 @@ _NOTES_KEEP = 5  # ... and shown by `migd status`
 
 def make_backend(simulate: Optional[str] = None, sim_state: Optional[str] = None, read_only: bool = False,
                  cache_dir: Optional[str] = None, cache_write: bool = False,
-                 host: Optional[SimHost] = None, state_dir: Optional[str] = None) -> "Backend":
+                 host: Optional[SimHost] = None, state_dir: Optional[str] = None) -> Backend:
     """The nvml backend over simulated GPUs: a host built from `simulate`, or the one shared through the state
     file `sim_state` (created from `simulate` when absent). `--sim-state` of a host built from one spec with
     `--simulate` of another is an error (UsageError), never a silent switch to the file's GPUs."""
@@ -129,12 +129,12 @@ class SimulatedHost:
         return None
 
     def system_booting(self) -> bool:
-        return self.host().state.get("system", "running") == "starting"
+        return bool(self.host().state.get("system", "running") == "starting")
 
     def boot_id(self) -> str:
         return f"sim-boot-{self.host().state.get('boot', 1)}"
 
-    def driver_files(self) -> "DriverFiles":
+    def driver_files(self) -> DriverFiles:
         return self.host().driver_files()
 
     def volatile(self, path: str) -> Optional[str]:
@@ -180,7 +180,7 @@ def directories(state_path: str, environ: Mapping[str, str]) -> Tuple[str, str, 
 
 
 def environment(spec: Optional[str], state_path: Optional[str],
-                environ: Optional[Mapping[str, str]] = None) -> "Tuple[BackendFactory, HostEnv, List[str]]":
+                environ: Optional[Mapping[str, str]] = None) -> Tuple[BackendFactory, HostEnv, List[str]]:
     """Simulated GPUs (`spec`, or the host in `state_path`), the simulated host's HostEnv, and what to say first
     (where a host was just created). Without `state_path` the host persists in default_state_path(spec). A bad
     spec or state file is a UsageError (exit 2), said before anything is created."""
@@ -191,7 +191,7 @@ def environment(spec: Optional[str], state_path: Optional[str],
 
 
 def _environment(spec: Optional[str], state_path: Optional[str],
-                 environ: Optional[Mapping[str, str]]) -> "Tuple[BackendFactory, HostEnv, List[str]]":
+                 environ: Optional[Mapping[str, str]]) -> Tuple[BackendFactory, HostEnv, List[str]]:
     from ..catalog import parse_host_spec
 
     environ = os.environ if environ is None else environ
@@ -215,14 +215,14 @@ def _environment(spec: Optional[str], state_path: Optional[str],
             os.makedirs(textfile, mode=0o755, exist_ok=True)  # the simulated node_exporter's textfile directory
     path: str = state_path
 
-    def factory(read_only: bool = False, cache_write: bool = False) -> "Backend":
+    def factory(read_only: bool = False, cache_write: bool = False) -> Backend:
         return make_backend(spec, path, read_only=read_only, cache_dir=run, cache_write=cache_write,
                             state_dir=state)
 
     return factory, _env(sim, run, state, textfile), notices
 
 
-def _ephemeral(spec: Optional[str], environ: Mapping[str, str]) -> "Tuple[BackendFactory, HostEnv, List[str]]":
+def _ephemeral(spec: Optional[str], environ: Mapping[str, str]) -> Tuple[BackendFactory, HostEnv, List[str]]:
     """`--sim-state -`: a host in memory, from MIG off at every command (benchmarks); its directories in a fresh
     temporary directory unless the MIGD_*_DIR hooks name them."""
     import tempfile
@@ -233,7 +233,7 @@ def _ephemeral(spec: Optional[str], environ: Mapping[str, str]) -> "Tuple[Backen
                             environ.get("MIGD_TEXTFILE_DIR") or base + ".textfile")
     sim = SimulatedHost(spec, None, run)
 
-    def factory(read_only: bool = False, cache_write: bool = False) -> "Backend":
+    def factory(read_only: bool = False, cache_write: bool = False) -> Backend:
         return make_backend(spec, None, read_only=read_only, host=sim.host())
 
     return factory, _env(sim, run, state, textfile), []

@@ -19,12 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import List, Optional
 
 from .fakelib import parse_faults
 from .host import SimError, SimHost, load_state
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python3 -m migd.sim.tool")
     ap.add_argument("--state", required=True)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -79,7 +80,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def _poke(host: SimHost, args) -> None:
+def _poke(host: SimHost, args: argparse.Namespace) -> None:
     if args.cmd == "destroy-gi":
         gi = host.find_gi(args.gpu, args.gi)
         gi["cis"] = []  # nvidia-smi mig -dci then -dgi
