@@ -39,13 +39,11 @@ def test_the_cli_exits_with_the_mapped_code(tmp_path, capsys):
 
 def test_check_lock_is_shared_waits_no_longer_than_asked_and_falls_back_to_unlocked(tmp_path):
     run = str(tmp_path / "run")
-    with runstate.check_lock(0, directory=run):
-        with runstate.check_lock(0, directory=run):  # checks run together
-            pass
-    with runstate.locked(1, directory=run):  # an apply in progress
-        with pytest.raises(LockBusy):
-            with runstate.check_lock(0, directory=run):
-                pass
+    with runstate.check_lock(0, directory=run), runstate.check_lock(0, directory=run):  # checks run together
+        pass
+    # an apply in progress: a check cannot take the lock
+    with runstate.locked(1, directory=run), pytest.raises(LockBusy), runstate.check_lock(0, directory=run):
+        pass
     blocked = tmp_path / "file"
     blocked.write_text("")
     entered = []

@@ -7,6 +7,7 @@ takes a config validates all of it, against every GPU it selects, before touchin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence, Tuple
@@ -54,7 +55,7 @@ class _Parser(argparse.ArgumentParser):
             self.error(f"unrecognized arguments: {' '.join(extras)}" + (f" ({shown})" if shown else ""))
         return parsed
 
-    def _verbs(self) -> "Dict[str, argparse.ArgumentParser]":
+    def _verbs(self) -> Dict[str, argparse.ArgumentParser]:
         for a in self._actions:
             if isinstance(a, argparse._SubParsersAction):
                 return dict(a.choices)
@@ -196,7 +197,7 @@ def _fail(service_verb: bool, event: str, text: str, code: int, status: bool = F
 # --- shared steps ---------------------------------------------------------------------------------------------
 
 
-def _site(args: argparse.Namespace) -> "Site":
+def _site(args: argparse.Namespace) -> Site:
     """The run's wiring (migd.site), built once per process; its notices (a simulation chosen by the environment,
     test hooks ignored) are said first: on stderr at a terminal, as journal warnings under systemd."""
     built: Optional[Site] = getattr(args, "site", None)
@@ -214,18 +215,18 @@ def _site(args: argparse.Namespace) -> "Site":
     return built
 
 
-def _backend(args: argparse.Namespace, read_only: bool) -> "Backend":
+def _backend(args: argparse.Namespace, read_only: bool) -> Backend:
     backend = _site(args).open_backend(read_only=read_only, cache_write=not read_only)
     backend.open()
     return backend
 
 
-def _engine(args: argparse.Namespace, backend: "Backend", cfg: "Optional[Config]",
-            host: Optional[str] = None) -> "Engine":
+def _engine(args: argparse.Namespace, backend: Backend, cfg: Optional[Config],
+            host: Optional[str] = None) -> Engine:
     return _site(args).engine(backend, cfg, host=host)
 
 
-def _live_view(args: argparse.Namespace, backend: "Backend") -> "Tuple[Engine, StatusView, Optional[str]]":
+def _live_view(args: argparse.Namespace, backend: Backend) -> Tuple[Engine, StatusView, Optional[str]]:
     """The live layout, with instance names and "matches/drift" where a valid config selects the GPU: status and
     export work without a (valid) config, they only lose the names; the third value says why they are lost."""
     why: Optional[str] = None
@@ -243,7 +244,7 @@ def _live_view(args: argparse.Namespace, backend: "Backend") -> "Tuple[Engine, S
     return engine, engine.status(desired), why
 
 
-def _load_config(args: argparse.Namespace, privileged: bool = False, checking: bool = False) -> "Config":
+def _load_config(args: argparse.Namespace, privileged: bool = False, checking: bool = False) -> Config:
     """The config, as trusted as the verb needs (config.load_for_verb)."""
     from . import config
 
@@ -256,7 +257,7 @@ def _load_config(args: argparse.Namespace, privileged: bool = False, checking: b
 # --- verbs --------------------------------------------------------------------------------------------------------
 
 
-def _style() -> "Style":
+def _style() -> Style:
     """How pictures are drawn on this stdout: box characters when it is UTF-8, colour on a terminal only."""
     from .picture import style_for
 
@@ -471,7 +472,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         backend.close()
 
 
-def _audit_start(args: argparse.Namespace, cfg: "Config", simulated: bool) -> None:
+def _audit_start(args: argparse.Namespace, cfg: Config, simulated: bool) -> None:
     """`migd apply` from a shell: from here on its events also go to the journal with who ran it (the audit trail),
     however terse the terminal is; the first says who runs which apply of which config (the changes follow, under
     the names boot logs them with). A simulated run's trail is marked so, and not missed where there is no
@@ -487,7 +488,7 @@ def _audit_start(args: argparse.Namespace, cfg: "Config", simulated: bool) -> No
                       config=cfg.path, stop_clients=bool(args.stop_clients), simulated=simulated)
 
 
-def _audit_end(args: argparse.Namespace, result: "ApplyResult") -> None:
+def _audit_end(args: argparse.Namespace, result: ApplyResult) -> None:
     """The audit trail's last line: the outcome (what each GPU got, the exit code)."""
     from . import audit
     from .log import get_logger
@@ -548,7 +549,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     return E.EXIT_OK
 
 
-def _print_unmatched(engine: "Engine") -> None:
+def _print_unmatched(engine: Engine) -> None:
     """An entry that selects no GPU here is legal in a fleet file, and said (never a silent no-op)."""
     from . import layout
 
@@ -557,7 +558,7 @@ def _print_unmatched(engine: "Engine") -> None:
             print(line)
 
 
-def _print_apply(engine: "Engine", result: "ApplyResult", desired: "Dict[int, DesiredGpu]",
+def _print_apply(engine: Engine, result: ApplyResult, desired: Dict[int, DesiredGpu],
                  verbose: bool = False) -> None:
     """After the lines per GPU (printed as each was done), the applied GPUs' slot grids (identical GPUs drawn once),
     with -v as `status` shows them, compute instance UUIDs included (a GPU lost meanwhile is left out)."""
@@ -587,10 +588,9 @@ def run() -> None:
     still exits the ordinary way, with its traceback."""
     code = main()
     for stream in (sys.stdout, sys.stderr):
-        try:
+        # `migd profiles | head`: the reader is gone (or main closed it)
+        with contextlib.suppress(BrokenPipeError, ValueError):
             stream.flush()
-        except (BrokenPipeError, ValueError):  # `migd profiles | head`: the reader is gone (or main closed it)
-            pass
     os._exit(code)
 
 

@@ -95,7 +95,7 @@ def parse(text: str, path: str = "<config>") -> Config:
     return _merge([_parse_file(text, path)])
 
 
-def _parse_file(text: str, path: str, names: Optional[Dict[str, Tuple[str, str]]] = None) -> "_Parser":
+def _parse_file(text: str, path: str, names: Optional[Dict[str, Tuple[str, str]]] = None) -> _Parser:
     """One file parsed; its problems are collected (in p.problems), so every file's can be reported at once.
     `names`: the devices.env variables earlier files' instance names took (shared, so a drop-in cannot reuse one)."""
     p = _Parser(path, text if "\x00" not in text else "", names)
@@ -119,7 +119,7 @@ def _parse_file(text: str, path: str, names: Optional[Dict[str, Tuple[str, str]]
     return p
 
 
-def _merge(files: Sequence["_Parser"]) -> Config:
+def _merge(files: Sequence[_Parser]) -> Config:
     """The main file then its drop-ins, as one Config: entries appended in that order (so a drop-in's entry
     overrides the main file's by "the last matching entry wins"); [daemon] keys set later override earlier ones
     key by key (a drop-in setting watch_interval keeps the main file's drift_policy)."""

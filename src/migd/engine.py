@@ -79,7 +79,7 @@ def status_exit(status: CheckStatus) -> int:
     return _STATUS_EXIT.get(status, E.EXIT_FAILURE)
 
 
-def exit_for(e: "Union[E.MigdError, OSError, KeyboardInterrupt]") -> Tuple[int, str]:
+def exit_for(e: Union[E.MigdError, OSError, KeyboardInterrupt]) -> Tuple[int, str]:
     """An exception that ends a verb: its exit code and the journal event that says it ("": nothing to say).
     The CLI's one mapping; what the event's text says is the CLI's to word."""
     if isinstance(e, KeyboardInterrupt):
@@ -395,7 +395,7 @@ class Engine:
             rows.append(self.compare_gpu(infos[i], d, states[i].get()))
         return CheckResult(sorted(rows, key=lambda r: r.gpu))
 
-    def states(self, gpus: Sequence[int]) -> Dict[int, "pergpu.Done[GpuState]"]:
+    def states(self, gpus: Sequence[int]) -> Dict[int, pergpu.Done[GpuState]]:
         """Each GPU's live state, read on its own thread: GPU -> its state, or the error reading it raised."""
         return pergpu.settle(self.backend.state, gpus)
 

@@ -44,7 +44,7 @@ class Site:
     def simulated(self) -> bool:
         return self.env.simulated
 
-    def engine(self, backend: "Backend", cfg: "Optional[Config]", host: Optional[str] = None) -> "Engine":
+    def engine(self, backend: Backend, cfg: Optional[Config], host: Optional[str] = None) -> Engine:
         """The engine over `backend` (one of open_backend's) and `cfg`, on this run's host environment: how every
         edge (cli, boot, watch) gets one."""
         from .engine import Engine  # not for the verbs that never read a GPU (validate, completion)

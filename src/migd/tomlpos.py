@@ -6,6 +6,8 @@ elements and inline tables, multi-line strings); a syntax error gets the parser'
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -38,10 +40,8 @@ class Locator:
         self.lines: Dict[Tuple[Any, ...], int] = {}
         self._text, self._i, self._line = text, 0, 1
         self._arrays: Dict[Tuple[Any, ...], int] = {}  # array-of-tables path -> tables so far
-        try:
-            self._document()
-        except (ValueError, IndexError, RecursionError):
-            pass  # locating a line must never hide the problem being reported
+        with contextlib.suppress(ValueError, IndexError, RecursionError):  # locating a line must never hide the
+            self._document()                                                # problem being reported
         del self._text
 
     def line(self, path: Sequence[Any]) -> Optional[int]:

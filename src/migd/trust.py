@@ -151,7 +151,7 @@ def untrusted_path(path: str, st: os.stat_result, owners: Set[int]) -> Optional[
     and sitting in such directories, and its target checked the same way; the path must end at the very file that
     was opened (`st`). So no one but root can swap the file, a directory above it, or a link on the way."""
     # No normpath: "link/.." is not what lexical ".." removal makes of it; ".." is resolved on checked real paths.
-    todo = [c for c in os.path.join(os.getcwd(), path).split("/") if c]
+    todo = [c for c in os.path.join(os.getcwd(), path).split("/") if c]  # noqa: PTH109 - str components, split here
     done = "/"
     links = 0
     while True:

@@ -68,6 +68,11 @@ class GpuTrack(ReapplyTrack):
         self.reported: Optional[Tuple[CheckStatus, str]] = None
 
 
+# what a reader process carries back of the watcher: per-GPU tracking, "no driver" said, re-apply skip reason, and
+# publish's metrics trouble
+_Carried = Tuple[Dict[int, GpuTrack], bool, str, Optional[Tuple[str, str]]]
+
+
 class Watcher:
     def __init__(self, config_path: str, site: Site, notify: Optional[Notifier] = None):
         self.config_path = config_path
@@ -272,9 +277,7 @@ class Watcher:
     def _in_child(self, work: Callable[[], T]) -> T:
         """work() in a short-lived reader process (forked.py), so this process never loads libnvidia-ml; what
         work() changed of this watcher (what was logged per GPU, per process) comes back with its result."""
-        Carried = Tuple[Dict[int, GpuTrack], bool, str, Optional[Tuple[str, str]]]
-
-        def job() -> Tuple[T, Carried]:
+        def job() -> Tuple[T, _Carried]:
             return work(), (self.gpus, self.no_driver_said, self.reapply_skip, publish.carried())
 
         result, (self.gpus, self.no_driver_said, self.reapply_skip, trouble) = forked.call(job, self._hang_limit())
