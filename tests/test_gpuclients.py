@@ -9,7 +9,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import pytest
 
@@ -178,6 +178,15 @@ def test_generator_survives_an_unexpected_failure(tmp_path):
     assert "no GPU client ordered after migd.service: " in kmsg.read_text()
 
 
+def _tomli_dir() -> List[str]:
+    """Where tomli is, on Python < 3.11 (`-I -S` leaves out site-packages; the packages vendor it beside migd)."""
+    if sys.version_info >= (3, 11):
+        return []
+    import tomli
+
+    return [os.path.dirname(os.path.dirname(tomli.__file__))]
+
+
 def test_installed_generator_imports_the_config_parser_only_when_gpu_clients_may_be_set(tmp_path):
     """A generator delays every boot: the packaged script runs with -IS; a config without gpu_clients (the common
     boot) loads no more than the generator itself (not even typing); one with it, the config parser and nothing of
@@ -186,7 +195,7 @@ def test_installed_generator_imports_the_config_parser_only_when_gpu_clients_may
     assert script.startswith("#!/usr/bin/python3 -IS\n")
     probe = textwrap.dedent("""
         import sys
-        sys.path.insert(0, sys.argv[1])
+        sys.path[:0] = [sys.argv[1]] + sys.argv[4:]  # and tomli where Python < 3.11 needs it (the package vendors it)
         from migd import generator
         generator.main(["migd-generator", sys.argv[3]], config_path=sys.argv[2], kmsg="/nonexistent", devlog="/")
         print(" ".join(sorted(m for m in sys.modules if m.split(".")[0] in
@@ -197,7 +206,7 @@ def test_installed_generator_imports_the_config_parser_only_when_gpu_clients_may
     def modules(text: str):
         conf.write_text(text)
         r = subprocess.run([sys.executable, "-I", "-S", "-c", probe, str(REPO / "src"), str(conf),
-                            str(tmp_path / "out")], capture_output=True, text=True)
+                            str(tmp_path / "out"), *_tomli_dir()], capture_output=True, text=True)
         assert r.returncode == 0 and r.stderr == "", r.stderr
         return r.stdout.split()
 
