@@ -175,9 +175,8 @@ def export(backend: Any, desired: Optional[Dict[int, DesiredGpu]] = None, source
            node: Optional[str] = None, mig_minors: Optional[str] = None) -> str:
     """The text for this host: live layout, or with `desired` (from config `source`) the layout it declares
     (planned on empty GPUs; GPUs no entry selects keep their live layout). Reads the capability minors only for the
-    live layout, from `mig_minors` (the simulated host's file), else the driver's ($MIGD_MIG_MINORS overrides
-    both, for tests)."""
-    import os
+    live layout, from `mig_minors` (HostEnv.mig_minors: the driver's file, or a simulated host's own), else the
+    driver's."""
     import socket
 
     from .plan import plan_gpu
@@ -190,7 +189,7 @@ def export(backend: Any, desired: Optional[Dict[int, DesiredGpu]] = None, source
                         "cannot be listed")
     declared = desired is not None
     desired = desired or {}
-    minors = None if declared else read_mig_minors(os.environ.get("MIGD_MIG_MINORS") or mig_minors or MIG_MINORS)
+    minors = None if declared else read_mig_minors(mig_minors or MIG_MINORS)
     devices: List[GresDevice] = []
     for info in infos:
         gpu_minor = backend.minor_number(info.index)

@@ -219,7 +219,7 @@ def _environment(spec: Optional[str], state_path: Optional[str],
         return make_backend(spec, path, read_only=read_only, cache_dir=run, cache_write=cache_write,
                             state_dir=state)
 
-    return factory, _env(sim, run, state, textfile), notices
+    return factory, _env(sim, run, state, textfile, environ), notices
 
 
 def _ephemeral(spec: Optional[str], environ: Mapping[str, str]) -> Tuple[BackendFactory, HostEnv, List[str]]:
@@ -236,13 +236,15 @@ def _ephemeral(spec: Optional[str], environ: Mapping[str, str]) -> Tuple[Backend
     def factory(read_only: bool = False, cache_write: bool = False) -> Backend:
         return make_backend(spec, None, read_only=read_only, host=sim.host())
 
-    return factory, _env(sim, run, state, textfile), []
+    return factory, _env(sim, run, state, textfile, environ), []
 
 
-def _env(sim: SimulatedHost, run: str, state: str, textfile: str) -> HostEnv:
+def _env(sim: SimulatedHost, run: str, state: str, textfile: str, environ: Mapping[str, str]) -> HostEnv:
+    """The simulated host's HostEnv; MIGD_MIG_MINORS (tests) names another mig-minors file for it."""
+    minors = environ.get("MIGD_MIG_MINORS")
     return HostEnv(simulated=True, run_dir=run, state_dir=state, textfile_dir=textfile, systemctl=sim.systemctl,
                    unit_load_state=sim.unit_load_state, unit_property=sim.unit_property, reboot=sim.reboot,
                    system_booting=sim.system_booting,
                    boot_id=sim.boot_id, hostname=hostnames.static_host, driver_files=sim.driver_files,
                    clock=SystemClock(), volatile=sim.volatile, notes=sim.notes,
-                   mig_minors=lambda: sim.host().mig_minors_path())
+                   mig_minors=lambda: minors or sim.host().mig_minors_path())
