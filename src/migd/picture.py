@@ -18,6 +18,7 @@ from ._record import dataclass
 from .drift import Comparison, InstanceRecord
 from .model import Gpu, GpuInfo, GpuProfile, GpuState, Placement
 from .plan import Action, ActionKind, GpuPlan
+from .report import index_ranges
 
 WIDTH = 80
 
@@ -154,20 +155,6 @@ def grid(slots: int, boxes: Sequence[Box], style: Style, indent: int = 2,
 
 def _fit(text: str, width: int, legend: Legend) -> str:
     return text if len(text) <= width else legend.key(text)
-
-
-def index_ranges(indices: Sequence[int]) -> str:
-    """[0, 1, 2, 3, 5, 7, 8] -> "0-3,5,7-8"."""
-    parts: List[str] = []
-    run: List[int] = []
-    for i in sorted(indices):
-        if run and i != run[-1] + 1:
-            parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
-            run = []
-        run.append(i)
-    if run:
-        parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
-    return ",".join(parts)
 
 
 def _grouped(items: Sequence[Tuple[int, Tuple[str, ...]]]) -> List[Tuple[List[int], Tuple[str, ...]]]:

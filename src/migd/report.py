@@ -25,14 +25,14 @@ def profiles_text(infos: Sequence[GpuInfo], after: Optional[Callable[[GpuInfo], 
         groups.setdefault((info.name, tuple(_profile_table(info))), []).append(info)
     out = []
     for (name, table), members in groups.items():
-        out.append(f"GPU {_index_ranges([i.index for i in members])}: {name}")
+        out.append(f"GPU {index_ranges([i.index for i in members])}: {name}")
         out += table
         if after is not None and members[0].profiles:
             out += after(members[0])
     return "\n".join(out)
 
 
-def _index_ranges(indices: Sequence[int]) -> str:
+def index_ranges(indices: Sequence[int]) -> str:
     """[0, 1, 2, 3, 5, 7, 8] -> "0-3,5,7-8"."""
     parts: List[str] = []
     run: List[int] = []
