@@ -172,3 +172,14 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("migd checks")
         for line in _SUMMARY:
             terminalreporter.write_line(line)
+
+
+@pytest.fixture
+def cli_isolated(tmp_path, monkeypatch):
+    """For tests that call cli.main in process: a private run dir, none of the MIGD_* variables of the shell that
+    started pytest, and no simulated library left installed afterwards."""
+    monkeypatch.setenv("MIGD_RUN_DIR", str(tmp_path / "run"))
+    for var in ("MIGD_SIMULATE", "MIGD_SIM_STATE", "MIGD_CONFIG", "MIGD_READ_ONLY", "MIGD_SIM_FAULTS"):
+        monkeypatch.delenv(var, raising=False)
+    yield
+    migd.sim.uninstall()

@@ -365,3 +365,12 @@ def sim_tool(state: str, *args: str) -> None:
     r = subprocess.run([sys.executable, "-m", "migd.sim.tool", "--state", state, *args],
                        env=child_env("/nonexistent"), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def cli_capsys(capsys: Any, *args: object) -> Tuple[int, str, str]:
+    """cli.main in process with these arguments: (exit code, stdout, stderr) as pytest's capsys caught them."""
+    from migd import cli
+
+    code = cli.main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err

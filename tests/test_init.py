@@ -7,24 +7,13 @@ from __future__ import annotations
 import re
 
 import pytest
+import reliability as R
 
-from migd import cli, sim
 from migd.catalog import MODELS
 
 
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("MIGD_RUN_DIR", str(tmp_path / "run"))
-    for var in ("MIGD_SIMULATE", "MIGD_SIM_STATE", "MIGD_CONFIG", "MIGD_READ_ONLY", "MIGD_SIM_FAULTS"):
-        monkeypatch.delenv(var, raising=False)
-    yield
-    sim.uninstall()
-
-
-def run(capsys, *args):
-    code = cli.main([str(a) for a in args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
+pytestmark = pytest.mark.usefixtures("cli_isolated")
+run = R.cli_capsys
 
 
 def test_init_writes_the_live_layout_and_it_validates(tmp_path, capsys):

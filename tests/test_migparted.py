@@ -15,8 +15,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import reliability as R
 
-from migd import cli, miniyaml, sim
+from migd import miniyaml
 from migd.catalog import MODELS
 
 DATA = Path(__file__).parent / "data" / "mig-parted"
@@ -33,19 +34,8 @@ mig-configs:
 """
 
 
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("MIGD_RUN_DIR", str(tmp_path / "run"))
-    for var in ("MIGD_SIMULATE", "MIGD_SIM_STATE", "MIGD_CONFIG", "MIGD_READ_ONLY", "MIGD_SIM_FAULTS"):
-        monkeypatch.delenv(var, raising=False)
-    yield
-    sim.uninstall()
-
-
-def run(capsys, *args):
-    code = cli.main([str(a) for a in args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
+pytestmark = pytest.mark.usefixtures("cli_isolated")
+run = R.cli_capsys
 
 
 def _offered(model) -> set:

@@ -7,23 +7,12 @@ import json
 import textwrap
 
 import pytest
-
-from migd import cli, sim
-
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("MIGD_RUN_DIR", str(tmp_path / "run"))
-    for var in ("MIGD_SIMULATE", "MIGD_SIM_STATE", "MIGD_CONFIG", "MIGD_READ_ONLY", "MIGD_SIM_FAULTS"):
-        monkeypatch.delenv(var, raising=False)
-    yield
-    sim.uninstall()
+import reliability as R
 
 
-def run(capsys, *args):
-    code = cli.main([str(a) for a in args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
+
+pytestmark = pytest.mark.usefixtures("cli_isolated")
+run = R.cli_capsys
 
 
 @pytest.fixture
