@@ -42,6 +42,19 @@ def test_init_writes_the_live_layout_and_it_validates(tmp_path, capsys):
     assert out_file.read_text() == text
 
 
+def test_init_says_which_gpu_it_leaves_out(tmp_path, capsys):
+    """A GPU migd cannot read gets no entry in the starter file, and init says so (never silently)."""
+    import subprocess
+    import sys
+
+    state = str(tmp_path / "s.json")
+    assert run(capsys, "--simulate", "h100-80gb:2", "--sim-state", state, "status")[0] == 0
+    subprocess.run([sys.executable, "-m", "migd.sim.tool", "--state", state, "lose", "1"], check=True)
+    code, out, err = run(capsys, "--sim-state", state, "init")
+    assert code == 0 and "(GPU 0, PCI device ID" in out and "GPU 1" not in out, out
+    assert "migd: GPU 1 left out of the starter file: lost (fell off the bus)" in err, err
+
+
 @pytest.mark.parametrize("model", sorted(MODELS))
 def test_every_suggested_layout_validates_on_its_model(tmp_path, capsys, model):
     code, text, err = run(capsys, "--simulate", f"{model}:2", "init")

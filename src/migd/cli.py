@@ -519,15 +519,20 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from . import hostnames, starter
+    from . import starter
     from .model import Gpu
 
     backend = _backend(args, True)
     try:
-        gpus = [Gpu(info, backend.state(info.index)) for info in backend.gpus() if not info.unknown]
+        infos = backend.gpus()
+        gpus = [Gpu(info, backend.state(info.index)) for info in infos if not info.unknown]
     finally:
         backend.close()
-    text = starter.starter_toml(gpus, hostnames.this_host())
+    for info in infos:  # never silently: a GPU migd cannot read gets no entry, and the admin is told
+        if info.unknown:
+            why = "lost (fell off the bus)" if info.lost else f"unreadable: {info.unreadable}"
+            print(f"migd: GPU {info.index} left out of the starter file: {E.printable(why)}", file=sys.stderr)
+    text = starter.starter_toml(gpus, _site(args).env.hostname().name)
     if not args.output:
         print(text, end="")
         return E.EXIT_OK
